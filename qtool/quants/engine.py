@@ -1,0 +1,112 @@
+"""The engine contract: quantize / dequantize float rows for any implemented type.
+
+    quantize(rows: float32[nrows, n_per_row], qtype, imatrix: float32[n_per_row] | None)
+        -> uint8[nrows, row_bytes]
+    dequantize(data: uint8[nrows, row_bytes], qtype, n_per_row) -> float32[nrows, n_per_row]
+
+Each type module exports QUANTIZE / DEQUANTIZE dicts keyed by type name (and, for types that
+ik_llama.cpp quantizes differently, IK_QUANTIZE keyed by name); this module only dispatches.
+Row kernels take (rows, imatrix) and return bytes; dequantizers take (data, n_per_row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import floats, iquants, kquants, legacy
+from .ik import IK_DEQUANTIZE, IK_QUANTIZE
+from .types import IK, MAINLINE, QType, get_type
+
+QuantizeFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+DequantizeFn = Callable[[np.ndarray, int], np.ndarray]
+
+_QUANTIZE: dict[str, QuantizeFn] = {**floats.QUANTIZE, **legacy.QUANTIZE, **kquants.QUANTIZE,
+                                    **iquants.QUANTIZE}
+_DEQUANTIZE: dict[str, DequantizeFn] = {**floats.DEQUANTIZE, **legacy.DEQUANTIZE,
+                                        **kquants.DEQUANTIZE, **iquants.DEQUANTIZE}
+
+
+class NotImplementedType(NotImplementedError):
+    """The engine has no quantizer for this type (yet)."""
+
+
+def _quantizer(qt: QType, flavour: str) -> QuantizeFn | None:
+    if flavour == IK and qt.name in IK_QUANTIZE:
+        return IK_QUANTIZE[qt.name]
+    return _QUANTIZE.get(qt.name)
+
+
+def can_quantize(qtype: str | QType, flavour: str = MAINLINE) -> bool:
+    return _quantizer(get_type(qtype), flavour) is not None
+
+
+def can_dequantize(qtype: str | QType) -> bool:
+    qt = get_type(qtype)
+    return qt.name in _DEQUANTIZE or qt.name in IK_DEQUANTIZE or _gguf_dequantizable(qt)
+
+
+def quantize(rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = None,
+             flavour: str = MAINLINE) -> np.ndarray:
+    """Quantize float rows to the bytes ggml_quantize_chunk writes for the same rows and imatrix."""
+    qt = get_type(qtype)
+    fn = _quantizer(qt, flavour)
+    if fn is None:
+        raise NotImplementedType(f"qtool cannot quantize to {qt.name} yet")
+    x = np.ascontiguousarray(rows, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"rows must be 2-D (nrows, n_per_row), got shape {x.shape}")
+    n_per_row = x.shape[1]
+    if n_per_row % qt.block_size:
+        raise ValueError(f"{qt.name}: row length {n_per_row} is not a multiple of {qt.block_size}")
+    qw = None
+    if imatrix is not None:
+        qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if qw.shape[0] != n_per_row:
+            raise ValueError(f"imatrix has {qw.shape[0]} values, rows have {n_per_row}")
+    elif qt.needs_imatrix:
+        raise ValueError(f"{qt.name} requires an importance matrix")
+    out = fn(x, qw)
+    assert out.dtype == np.uint8 and out.shape == (x.shape[0], qt.row_bytes(n_per_row)), (
+        f"{qt.name} kernel returned {out.dtype}{out.shape}")
+    return out
+
+
+def dequantize(data: np.ndarray, qtype: str | QType, n_per_row: int) -> np.ndarray:
+    """Dequantize rows of bytes back to float32[nrows, n_per_row]."""
+    qt = get_type(qtype)
+    d = np.ascontiguousarray(data, dtype=np.uint8)
+    nrb = qt.row_bytes(n_per_row)
+    d = d.reshape(-1, nrb)
+    if qt.name in IK_DEQUANTIZE:
+        return IK_DEQUANTIZE[qt.name](d, n_per_row)
+    if qt.name in _DEQUANTIZE:
+        return _DEQUANTIZE[qt.name](d, n_per_row)
+    if _gguf_dequantizable(qt):
+        import gguf
+
+        out = gguf.quants.dequantize(d, gguf.GGMLQuantizationType(qt.id))
+        return np.asarray(out, dtype=np.float32).reshape(d.shape[0], n_per_row)
+    raise NotImplementedType(f"qtool cannot dequantize {qt.name} yet")
+
+
+def _gguf_dequantizable(qt: QType) -> bool:
+    if qt.flavour == IK:
+        return False
+    try:
+        import gguf
+
+        gguf.quants._type_traits[gguf.GGMLQuantizationType(qt.id)]  # noqa: B018
+        return True
+    except (ValueError, KeyError, AttributeError):
+        return False
+
+
+def quantizable_types(flavour: str = MAINLINE) -> list[str]:
+    names = set(_QUANTIZE)
+    if flavour == IK:
+        names |= set(IK_QUANTIZE)
+    return sorted(names)

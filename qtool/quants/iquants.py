@@ -1,0 +1,4 @@
+"""(filled in by the port of this family)"""
+
+QUANTIZE: dict = {}
+DEQUANTIZE: dict = {}
