@@ -1,4 +1,0 @@
-"""(filled in by the port of this family)"""
-
-QUANTIZE: dict = {}
-DEQUANTIZE: dict = {}

@@ -1,0 +1,4 @@
+"""(filled in by the port of this type)"""
+
+QUANTIZE: dict = {}
+DEQUANTIZE: dict = {}
