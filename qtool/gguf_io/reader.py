@@ -1,0 +1,279 @@
+"""Read GGUF files read-only and memory-mapped, including split sets and type ids the `gguf`
+package does not know (ik_llama.cpp's 133-158 ...).
+
+We parse the header ourselves (the format is small) so that every key/value pair keeps its raw
+bytes: the writer copies them unchanged, as llama-quantize's gguf_set_kv does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..quants.types import MAINLINE, QType, type_by_id
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+
+# GGUF value types
+T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL, T_STRING, T_ARRAY, \
+    T_UINT64, T_INT64, T_FLOAT64 = range(13)
+SCALAR_FMT = {T_UINT8: "<B", T_INT8: "<b", T_UINT16: "<H", T_INT16: "<h", T_UINT32: "<I", T_INT32: "<i",
+              T_FLOAT32: "<f", T_BOOL: "<?", T_UINT64: "<Q", T_INT64: "<q", T_FLOAT64: "<d"}
+SCALAR_DTYPE = {T_UINT8: "<u1", T_INT8: "<i1", T_UINT16: "<u2", T_INT16: "<i2", T_UINT32: "<u4",
+                T_INT32: "<i4", T_FLOAT32: "<f4", T_BOOL: "?", T_UINT64: "<u8", T_INT64: "<i8",
+                T_FLOAT64: "<f8"}
+
+_SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<n>\d{5})\.gguf$")
+MAX_DIMS = 4
+
+
+class GGUFError(Exception):
+    """A file is not a readable GGUF file; the message says which file, what and where."""
+
+
+@dataclass
+class KV:
+    """One key/value pair: parsed value plus the raw bytes of the whole entry."""
+
+    key: str
+    vtype: int
+    value: Any
+    raw: bytes
+    atype: int | None = None  # element type for arrays
+
+
+@dataclass
+class TensorInfo:
+    """A tensor of a (possibly split) GGUF model. shape is ggml's ne order: shape[0] = row length."""
+
+    name: str
+    shape: tuple[int, ...]
+    type_id: int
+    offset: int  # absolute offset in its file
+    part: int  # index of the split file holding it
+    qtype: QType = field(repr=False, default=None)  # type: ignore[assignment]
+
+    @property
+    def n_per_row(self) -> int:
+        return self.shape[0]
+
+    @property
+    def n_rows(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) if len(self.shape) > 1 else 1
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def n_bytes(self) -> int:
+        return self.qtype.row_bytes(self.n_per_row) * self.n_rows
+
+
+class _Cursor:
+    def __init__(self, buf: memoryview, path: str) -> None:
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise GGUFError(f"{self.path}: truncated at offset {self.pos} while reading {what} "
+                            f"(need {n} bytes, file has {len(self.buf)})")
+        b = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return b
+
+    def scalar(self, fmt: str, what: str) -> Any:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
+
+    def string(self, what: str) -> str:
+        n = self.scalar("<Q", what + " length")
+        if n > (1 << 30):
+            raise GGUFError(f"{self.path}: implausible string length {n} at offset {self.pos - 8} ({what})")
+        raw = bytes(self.take(n, what))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("utf-8", errors="replace")
+
+
+def _read_value(c: _Cursor, vtype: int, what: str) -> tuple[Any, int | None]:
+    if vtype in SCALAR_FMT:
+        return c.scalar(SCALAR_FMT[vtype], what), None
+    if vtype == T_STRING:
+        return c.string(what), None
+    if vtype == T_ARRAY:
+        atype = c.scalar("<I", what + " array type")
+        n = c.scalar("<Q", what + " array length")
+        if atype in SCALAR_DTYPE:
+            itemsize = np.dtype(SCALAR_DTYPE[atype]).itemsize
+            if n * itemsize > len(c.buf):
+                raise GGUFError(f"{c.path}: array of {n} items at offset {c.pos} is larger than the file ({what})")
+            arr = np.frombuffer(c.take(n * itemsize, what), dtype=SCALAR_DTYPE[atype]).copy()
+            return arr, atype
+        if atype == T_STRING:
+            if n > len(c.buf):
+                raise GGUFError(f"{c.path}: array of {n} strings at offset {c.pos} is larger than the file ({what})")
+            return [c.string(what) for _ in range(n)], atype
+        raise GGUFError(f"{c.path}: unsupported array element type {atype} at offset {c.pos} ({what})")
+    raise GGUFError(f"{c.path}: unknown value type {vtype} at offset {c.pos} ({what})")
+
+
+@dataclass
+class GGUFFile:
+    """One parsed GGUF file (one part of a split set)."""
+
+    path: str
+    version: int
+    kvs: list[KV]
+    tensors: list[TensorInfo]
+    alignment: int
+    data_offset: int
+    mm: np.memmap
+
+
+def read_gguf_file(path: str | os.PathLike[str], part: int = 0, flavour: str = MAINLINE) -> GGUFFile:
+    """Parse one GGUF file's header; tensor data stays memory-mapped read-only."""
+    p = str(path)
+    if not os.path.exists(p):
+        raise GGUFError(f"{p}: no such file")
+    if os.path.isdir(p):
+        raise GGUFError(f"{p}: is a directory, not a GGUF file")
+    size = os.path.getsize(p)
+    if size < 24:
+        raise GGUFError(f"{p}: not a GGUF file (only {size} bytes)")
+    mm = np.memmap(p, dtype=np.uint8, mode="r")
+    c = _Cursor(memoryview(mm), p)
+    magic = bytes(c.take(4, "magic"))
+    if magic != GGUF_MAGIC:
+        raise GGUFError(f"{p}: not a GGUF file (magic {magic!r} at offset 0, expected b'GGUF')")
+    version = c.scalar("<I", "version")
+    if version not in (2, 3):
+        raise GGUFError(f"{p}: unsupported GGUF version {version} at offset 4 (qtool reads 2 and 3)")
+    n_tensors = c.scalar("<Q", "tensor count")
+    n_kv = c.scalar("<Q", "key/value count")
+    if n_tensors > size or n_kv > size:
+        raise GGUFError(f"{p}: implausible counts ({n_tensors} tensors, {n_kv} keys) in the header")
+    kvs: list[KV] = []
+    seen: set[str] = set()
+    for i in range(n_kv):
+        start = c.pos
+        key = c.string(f"key #{i}")
+        vtype = c.scalar("<I", f"type of {key!r}")
+        value, atype = _read_value(c, vtype, f"value of {key!r}")
+        if key in seen:
+            raise GGUFError(f"{p}: duplicate key {key!r} at offset {start}")
+        seen.add(key)
+        kvs.append(KV(key, vtype, value, bytes(c.buf[start:c.pos]), atype))
+    alignment = DEFAULT_ALIGNMENT
+    for kv in kvs:
+        if kv.key == "general.alignment":
+            alignment = int(kv.value)
+            if alignment <= 0 or alignment & (alignment - 1):
+                raise GGUFError(f"{p}: general.alignment {alignment} is not a power of two")
+    infos: list[tuple[str, tuple[int, ...], int, int]] = []
+    for i in range(n_tensors):
+        name = c.string(f"tensor #{i} name")
+        n_dims = c.scalar("<I", f"n_dims of {name!r}")
+        if n_dims > MAX_DIMS:
+            raise GGUFError(f"{p}: tensor {name!r} has {n_dims} dimensions (max {MAX_DIMS})")
+        shape = tuple(int(c.scalar("<Q", f"shape of {name!r}")) for _ in range(n_dims))
+        type_id = c.scalar("<I", f"type of {name!r}")
+        offset = c.scalar("<Q", f"offset of {name!r}")
+        infos.append((name, shape, type_id, offset))
+    data_offset = (c.pos + alignment - 1) // alignment * alignment
+    tensors: list[TensorInfo] = []
+    for name, shape, type_id, offset in infos:
+        try:
+            qt = type_by_id(type_id, flavour)
+        except KeyError:
+            raise GGUFError(f"{p}: tensor {name!r} has unknown type id {type_id}") from None
+        t = TensorInfo(name, shape if shape else (1,), type_id, data_offset + offset, part, qt)
+        if t.n_per_row % qt.block_size:
+            raise GGUFError(f"{p}: tensor {name!r} row length {t.n_per_row} is not a multiple of "
+                            f"{qt.name}'s block size {qt.block_size}")
+        end = t.offset + t.n_bytes
+        if end > size:
+            raise GGUFError(f"{p}: truncated: tensor {name!r} needs bytes {t.offset}..{end}, "
+                            f"file has {size}")
+        tensors.append(t)
+    return GGUFFile(p, version, kvs, tensors, alignment, data_offset, mm)
+
+
+def split_paths(path: str) -> list[str]:
+    """All parts of a split set given its first part; [path] for a single file."""
+    m = _SPLIT_RE.match(os.path.basename(path))
+    if not m:
+        return [path]
+    n = int(m.group("n"))
+    d = os.path.dirname(path)
+    prefix = m.group("prefix")
+    return [os.path.join(d, f"{prefix}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+
+
+class GGUFModel:
+    """A GGUF model, single file or split set, opened read-only and memory-mapped.
+
+    `kvs` are the first part's key/value pairs; `tensors` are all tensors of all parts in file
+    order; `tensor_data(t)` is a read-only view of a tensor's bytes (no copy).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], flavour: str = MAINLINE) -> None:
+        self.path = str(path)
+        first = read_gguf_file(self.path, 0, flavour)
+        self.parts = [first]
+        n_split = first_kv_value(first.kvs, "split.count")
+        if n_split and int(n_split) > 1:
+            paths = split_paths(self.path)
+            if len(paths) != int(n_split):
+                raise GGUFError(f"{self.path}: split.count is {n_split} but the name does not follow "
+                                f"the NAME-00001-of-0000N.gguf pattern")
+            if Path(paths[0]).resolve() != Path(self.path).resolve():
+                raise GGUFError(f"{self.path}: open the first part of a split set ({paths[0]})")
+            for i, pp in enumerate(paths[1:], start=1):
+                self.parts.append(read_gguf_file(pp, i, flavour))
+        self.kvs: list[KV] = first.kvs
+        self.tensors: list[TensorInfo] = [t for part in self.parts for t in part.tensors]
+        self.alignment = first.alignment
+
+    def kv(self, key: str, default: Any = None) -> Any:
+        return first_kv_value(self.kvs, key, default)
+
+    @property
+    def arch(self) -> str:
+        return str(self.kv("general.architecture", ""))
+
+    def tensor_data(self, t: TensorInfo) -> np.ndarray:
+        mm = self.parts[t.part].mm
+        return mm[t.offset:t.offset + t.n_bytes]
+
+    def tensor_rows(self, t: TensorInfo, start: int, stop: int) -> np.ndarray:
+        """Bytes of rows [start, stop) as uint8[nrows, row_bytes] (a view)."""
+        rb = t.qtype.row_bytes(t.n_per_row)
+        mm = self.parts[t.part].mm
+        return mm[t.offset + start * rb:t.offset + stop * rb].reshape(stop - start, rb)
+
+    def close(self) -> None:
+        for p in self.parts:
+            mm = p.mm
+            p.mm = None  # type: ignore[assignment]
+            del mm
+
+    def __enter__(self) -> GGUFModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def first_kv_value(kvs: list[KV], key: str, default: Any = None) -> Any:
+    for kv in kvs:
+        if kv.key == key:
+            return kv.value
+    return default

@@ -1,0 +1,94 @@
+"""GGUF reading/writing: round trips, unknown type ids, split sets, malformed files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qtool.gguf_io import GGUFError, GGUFModel, GGUFStreamWriter, OutTensor, kv_str, kv_u16, kv_u32, make_kv
+from qtool.gguf_io.reader import T_ARRAY, T_FLOAT32, T_STRING, T_UINT32
+from qtool.quants import get_type
+
+
+def write_model(path: Path, tensors: dict[str, tuple[tuple[int, ...], str, np.ndarray]],
+                extra_kvs: list | None = None) -> None:
+    kvs = [kv_str("general.architecture", "llama"), kv_u32("llama.block_count", 1),
+           make_kv("tokenizer.ggml.tokens", T_ARRAY, ["a", "b", "c"], T_STRING),
+           make_kv("llama.some_floats", T_ARRAY, [1.0, 2.5], T_FLOAT32)] + (extra_kvs or [])
+    outs = [OutTensor(n, s, get_type(t)) for n, (s, t, _) in tensors.items()]
+    with GGUFStreamWriter(path, kvs, outs) as w:
+        for _, (_, _, data) in tensors.items():
+            w.write_tensor_chunk(data)
+
+
+def test_round_trip_and_ik_type_ids(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 64)).astype(np.float32)
+    ik = rng.integers(0, 255, size=(2 * 144,), dtype=np.uint8)  # IQ4_K: 2 rows of 256
+    p = tmp_path / "m.gguf"
+    write_model(p, {"a.weight": ((64, 3), "F32", a), "b.weight": ((256, 2), "IQ4_K", ik)})
+    m = GGUFModel(p, flavour="ik")
+    assert [t.name for t in m.tensors] == ["a.weight", "b.weight"]
+    assert m.tensors[1].qtype.name == "IQ4_K" and m.tensors[1].type_id == 139
+    assert np.array_equal(m.tensor_data(m.tensors[0]).view(np.float32).reshape(3, 64), a)
+    assert np.array_equal(m.tensor_data(m.tensors[1]), ik)
+    assert m.kv("tokenizer.ggml.tokens") == ["a", "b", "c"]
+    assert m.kv("llama.block_count") == 1
+    # identity rewrite is byte-identical
+    q = tmp_path / "copy.gguf"
+    with GGUFStreamWriter(q, m.kvs, [OutTensor(t.name, t.shape, t.qtype) for t in m.tensors], m.alignment) as w:
+        for t in m.tensors:
+            w.write_tensor_chunk(m.tensor_data(t))
+    assert p.read_bytes() == q.read_bytes()
+    assert p.stat().st_size % 32 == 0
+
+
+def test_split_set(tmp_path: Path) -> None:
+    x = np.arange(32, dtype=np.float32)
+    for i in range(2):
+        kvs = [kv_u16("split.no", i), kv_u16("split.count", 2), kv_u32("split.tensors.count", 2)]
+        write_model(tmp_path / f"m-{i + 1:05d}-of-00002.gguf", {f"t{i}": ((32,), "F32", x + i)}, kvs)
+    m = GGUFModel(tmp_path / "m-00001-of-00002.gguf")
+    assert [t.name for t in m.tensors] == ["t0", "t1"]
+    assert m.tensor_data(m.tensors[1]).view(np.float32)[0] == 1.0
+    with pytest.raises(GGUFError, match="first part"):
+        GGUFModel(tmp_path / "m-00002-of-00002.gguf")
+
+
+def test_missing_and_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(GGUFError, match="no such file"):
+        GGUFModel(tmp_path / "nope.gguf")
+    f = tmp_path / "foreign.gguf"
+    f.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    with pytest.raises(GGUFError, match="not a GGUF file"):
+        GGUFModel(f)
+
+
+def test_truncated_files_say_where(tmp_path: Path) -> None:
+    p = tmp_path / "m.gguf"
+    write_model(p, {"a": ((64, 4), "F32", np.zeros((4, 64), np.float32))})
+    data = p.read_bytes()
+    for cut in (30, 60, len(data) // 2, len(data) - 1):
+        t = tmp_path / f"cut{cut}.gguf"
+        t.write_bytes(data[:cut])
+        with pytest.raises(GGUFError, match="truncated|not a GGUF"):
+            GGUFModel(t)
+
+
+def test_atomic_output_removed_on_error(tmp_path: Path) -> None:
+    p = tmp_path / "out.gguf"
+    with pytest.raises(RuntimeError), GGUFStreamWriter(p, [kv_u32("x", 1)],
+                                                       [OutTensor("a", (32,), get_type("F32"))]) as w:
+        w.write_tensor_chunk(np.zeros(16, np.float32))
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kv_scalar_types_round_trip(tmp_path: Path) -> None:
+    p = tmp_path / "m.gguf"
+    write_model(p, {"a": ((32,), "F32", np.zeros(32, np.float32))},
+                [make_kv("x.f", T_FLOAT32, 0.5), make_kv("x.u", T_UINT32, 7)])
+    m = GGUFModel(p)
+    assert m.kv("x.f") == 0.5 and m.kv("x.u") == 7
