@@ -1,0 +1,188 @@
+"""Execute a quantization plan: stream tensors from the input, quantize row slabs in a process
+pool, write the output GGUF in llama-quantize's layout.
+
+Output identical for every thread count: rows are independent, slabs are written in order.
+Memory: at most ~2 slabs per worker in flight, each a few MB.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+import numpy as np
+
+from .gguf_io import KV, GGUFModel, GGUFStreamWriter, OutTensor, TensorInfo, kv_u32, remove_kv, set_kv
+from .quants import dequantize, quantize
+from .quants.types import MAINLINE, QType
+
+SLAB_ELEMENTS = 1 << 20  # values per work item
+GGML_QNT_VERSION = 2
+
+
+class QuantizeError(Exception):
+    """A user-facing error of a quantization run (bad options for this model, missing imatrix ...)."""
+
+
+@dataclass
+class TensorJob:
+    """What to do with one input tensor."""
+
+    info: TensorInfo
+    out_name: str
+    out_type: QType
+    reason: str = ""
+    imatrix: np.ndarray | None = None  # float32 (n_expert, n_per_row) or None
+
+    @property
+    def converts(self) -> bool:
+        return self.out_type.id != self.info.qtype.id or self.out_type.name != self.info.qtype.name
+
+    @property
+    def out_bytes(self) -> int:
+        return self.out_type.row_bytes(self.info.n_per_row) * self.info.n_rows
+
+
+@dataclass
+class RunResult:
+    output: str
+    n_tensors: int
+    size_in: int
+    size_out: int
+    n_elements: int
+    seconds: float
+    tensors: list[dict] = field(default_factory=list)
+
+    @property
+    def bpw_in(self) -> float:
+        return 8.0 * self.size_in / max(1, self.n_elements)
+
+    @property
+    def bpw_out(self) -> float:
+        return 8.0 * self.size_out / max(1, self.n_elements)
+
+
+def weight_sort_key(name: str) -> tuple[int, str]:
+    """llama_model_loader's weight_name_comparer: by layer number (-1 for non-layer tensors), then name."""
+    m = re.match(r"blk\.([+-]?\d+)\.", name)
+    return (int(m.group(1)) if m else -1, name)
+
+
+def output_kvs(kvs: list[KV], ftype_id: int, overrides: list[KV] = (), block_count: tuple[str, int] | None = None
+               ) -> list[KV]:
+    """The output's key/value pairs in llama-quantize's order: the input's, then
+    quantization_version and file_type (re-appended), split keys removed, overrides appended."""
+    out = list(kvs)
+    out = set_kv(out, kv_u32("general.quantization_version", GGML_QNT_VERSION))
+    out = set_kv(out, kv_u32("general.file_type", ftype_id))
+    for k in ("split.no", "split.count", "split.tensors.count"):
+        out = remove_kv(out, k)
+    for kv in overrides:
+        out = set_kv(out, kv)
+    if block_count is not None:
+        out = set_kv(out, kv_u32(*block_count))
+    return out
+
+
+def rows_to_float(model: GGUFModel, t: TensorInfo, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a tensor as float32 (dequantized if needed)."""
+    raw = model.tensor_rows(t, start, stop)
+    return dequantize(raw, t.qtype, t.n_per_row)
+
+
+def convert_rows(x: np.ndarray, out_type: QType, imatrix: np.ndarray | None, flavour: str) -> np.ndarray:
+    return quantize(x, out_type, imatrix, flavour=flavour)
+
+
+# --- worker side -------------------------------------------------------------------------------
+_W_MODEL: GGUFModel | None = None
+
+
+def _worker_init(path: str, flavour: str) -> None:
+    global _W_MODEL
+    _W_MODEL = GGUFModel(path, flavour=flavour)
+
+
+def _work(tensor_index: int, start: int, stop: int, out_type: QType, imatrix: np.ndarray | None,
+          flavour: str) -> bytes:
+    assert _W_MODEL is not None
+    t = _W_MODEL.tensors[tensor_index]
+    x = rows_to_float(_W_MODEL, t, start, stop)
+    return convert_rows(x, out_type, imatrix, flavour).tobytes()
+
+
+def _slabs(job: TensorJob) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    """Row ranges of one tensor; a range never crosses an expert boundary (one imatrix row each)."""
+    t = job.info
+    rows_per_expert = t.shape[1] if len(t.shape) > 1 else 1
+    n = max(1, SLAB_ELEMENTS // t.n_per_row)
+    for start in range(0, t.n_rows, n):
+        stop = min(t.n_rows, start + n)
+        while start < stop:
+            e_stop = min(stop, (start // rows_per_expert + 1) * rows_per_expert)
+            w = None
+            if job.imatrix is not None:
+                e = start // rows_per_expert
+                w = job.imatrix[e] if job.imatrix.shape[0] > 1 else job.imatrix[0]
+            yield start, e_stop, w
+            start = e_stop
+
+
+def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV], nthreads: int = 1,
+             flavour: str = MAINLINE, on_progress: Callable[[str, int], None] | None = None) -> RunResult:
+    """Write the output file for the given jobs (already in output order)."""
+    t0 = time.perf_counter()
+    outs = [OutTensor(j.out_name, j.info.shape, j.out_type) for j in jobs]
+    index = {id(t): i for i, t in enumerate(model.tensors)}
+    pool: ProcessPoolExecutor | None = None
+    if nthreads > 1 and any(j.converts for j in jobs):
+        ctx = get_context("fork") if os.name == "posix" else get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=nthreads, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(model.path, flavour))
+    tensors_report = []
+    try:
+        with GGUFStreamWriter(output, kvs, outs, model.alignment) as w:
+            for job in jobs:
+                t = job.info
+                if not job.converts:
+                    w.write_tensor_chunk(model.tensor_data(t))
+                    if on_progress:
+                        on_progress(job.out_name, t.n_elements)
+                else:
+                    if pool is None:
+                        for start, stop, imx in _slabs(job):
+                            x = rows_to_float(model, t, start, stop)
+                            w.write_tensor_chunk(convert_rows(x, job.out_type, imx, flavour))
+                            if on_progress:
+                                on_progress(job.out_name, (stop - start) * t.n_per_row)
+                    else:
+                        pending: deque[tuple[Future[bytes], int]] = deque()
+                        for start, stop, imx in _slabs(job):
+                            pending.append((pool.submit(_work, index[id(t)], start, stop, job.out_type, imx,
+                                                        flavour), (stop - start) * t.n_per_row))
+                            while len(pending) > 2 * nthreads:
+                                f, n = pending.popleft()
+                                w.write_tensor_chunk(f.result())
+                                if on_progress:
+                                    on_progress(job.out_name, n)
+                        while pending:
+                            f, n = pending.popleft()
+                            w.write_tensor_chunk(f.result())
+                            if on_progress:
+                                on_progress(job.out_name, n)
+                tensors_report.append({"name": job.out_name, "shape": list(t.shape), "type_in": t.qtype.name,
+                                       "type": job.out_type.name, "bytes_in": t.n_bytes, "bytes": job.out_bytes,
+                                       "reason": job.reason})
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    size_in = sum(j.info.n_bytes for j in jobs)
+    size_out = sum(j.out_bytes for j in jobs)
+    n_el = sum(j.info.n_elements for j in jobs)
+    return RunResult(output, len(jobs), size_in, size_out, n_el, time.perf_counter() - t0, tensors_report)
