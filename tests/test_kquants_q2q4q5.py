@@ -1,0 +1,98 @@
+"""Q2_K, Q4_K, Q5_K: byte-exact against mainline's golden vectors, dequantization, chunking."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qtool.quants import engine
+from qtool.quants.kquants import q45_k
+from qtool.quants.types import get_type
+
+from .vectors import expected, inputs, mismatched_rows
+
+TYPES = ["Q2_K", "Q4_K", "Q5_K"]
+GGML_IDS = {"Q2_K": 10, "Q4_K": 12, "Q5_K": 13}
+LIB = Path("/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/libggml-base.so")
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("variant", ["noim", "im"])
+def test_golden_quantize(qtype, variant):
+    x, imatrix, kinds = inputs()
+    want = expected(qtype)[f"q_{variant}"]
+    got = engine.quantize(x, qtype, imatrix if variant == "im" else None)
+    assert got.shape == want.shape
+    bad = mismatched_rows(got, want)
+    assert bad == [], f"{qtype} {variant}: rows {bad} ({[kinds[i] for i in bad]}) differ"
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("variant", ["noim", "im"])
+def test_golden_dequantize(qtype, variant):
+    x, _, _ = inputs()
+    e = expected(qtype)
+    got = engine.dequantize(e[f"q_{variant}"], qtype, x.shape[1])
+    want = e[f"deq_{variant}"]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_chunk_boundaries(qtype):
+    """More super-blocks than one chunk, rows split across chunks: still every row exact."""
+    x, imatrix, _ = inputs()
+    e = expected(qtype)
+    rows = np.concatenate([x, x[::-1], x])  # 165 rows * 4 super-blocks > CHUNK_SUPERBLOCKS
+    assert rows.shape[0] * 4 > q45_k.CHUNK_SUPERBLOCKS
+    for imat, key in ((None, "q_noim"), (imatrix, "q_im")):
+        want = np.concatenate([e[key], e[key][::-1], e[key]])
+        assert mismatched_rows(engine.quantize(rows, qtype, imat), want) == []
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_round_trip_error(qtype):
+    """dequantize(quantize(x)) is close to x for gaussian rows (relative RMSE bound per type)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 512)).astype(np.float32)
+    bound = {"Q2_K": 0.45, "Q4_K": 0.12, "Q5_K": 0.06}[qtype]
+    for imat in (None, rng.chisquare(2, 512).astype(np.float32)):
+        y = engine.dequantize(engine.quantize(x, qtype, imat), qtype, 512)
+        rel = np.sqrt(np.mean((y - x) ** 2) / np.mean(x * x))
+        assert rel < bound, (qtype, rel)
+
+
+def _ggml_quantize(lib, qtype: str, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    nrows, n = rows.shape
+    rb = get_type(qtype).row_bytes(n)
+    out = np.zeros((nrows, rb), dtype=np.uint8)
+    fp = ctypes.POINTER(ctypes.c_float)
+    src = np.ascontiguousarray(rows, dtype=np.float32)
+    im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    lib.ggml_quantize_chunk(GGML_IDS[qtype], src.ctypes.data_as(fp), out.ctypes.data_as(ctypes.c_void_p),
+                            0, nrows, n, None if im is None else im.ctypes.data_as(fp))
+    return out
+
+
+@pytest.mark.reference
+@pytest.mark.skipif(not LIB.exists(), reason="no local llama.cpp build")
+@pytest.mark.parametrize("qtype", TYPES)
+def test_against_local_ggml(qtype):
+    """Random rows with 3 super-blocks per row (rows straddle chunks), against libggml-base."""
+    lib = ctypes.CDLL(str(LIB))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    rng = np.random.default_rng(11)
+    n = 768
+    x = (rng.standard_t(4, (100, n)) * 10.0 ** rng.uniform(-3, 3, (100, 1))).astype(np.float32)
+    x[5, 256:512] = 0
+    x[6, :300] = -np.abs(x[6, :300])
+    imatrix = rng.chisquare(1, n).astype(np.float32)
+    imatrix[::17] = 0
+    for imat in (None, imatrix):
+        want = _ggml_quantize(lib, qtype, x, imat)
+        assert mismatched_rows(engine.quantize(x, qtype, imat), want) == []
