@@ -11,6 +11,7 @@ from . import __version__
 # command name -> "module:attribute" in qtool.commands
 _COMMANDS = {
     "types": "types_cmd:types",
+    "stats": "stats_cmd:stats",
 }
 
 
