@@ -55,7 +55,7 @@ def main(out: Path, models: Path) -> None:
             ref = out / "plans" / f"{model}-{run}.json"
             if ref.exists():
                 plan = json.loads(ref.read_text())
-                assert {k: v.upper() for k, v in plan.items()} == dict(zip(names, types)), run
+                assert {k: v.upper() for k, v in plan.items()} == dict(zip(names, types, strict=True)), run
         data = {"source": f"llama-quantize --dry-run (mainline, llama-cpp-python 0.3.36 sdist) on {fname}",
                 "kv": kv, "tensors": tensors, "order": order, "runs": runs}
         (here / f"{model}.json").write_text(json.dumps(data, separators=(",", ":")) + "\n")
