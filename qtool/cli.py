@@ -12,6 +12,7 @@ from . import __version__
 _COMMANDS = {
     "types": "types_cmd:types",
     "stats": "stats_cmd:stats",
+    "mix": "mix_cmd:mix",
 }
 
 

@@ -8,7 +8,7 @@ describes every rule source and their precedence.
 
 from .decision import Decision, Plan
 from .ftypes import FLAVOURS, IK, MAINLINE, FType, FTypeError, ftype_names, ftype_table, parse_ftype
-from .model import ModelInfo, TensorSpec
+from .model import ModelInfo, TensorSpec, specs_from_gguf
 from .options import (
     MixError,
     MixOptions,
@@ -27,4 +27,5 @@ __all__ = [
     "ModelInfo", "Plan", "Recipe", "TensorSpec", "TypeRule", "check_plan", "ftype_names",
     "ftype_table", "load_recipe", "parse_custom_q", "parse_ftype", "parse_ggml_type",
     "parse_prune_layers", "parse_recipe", "parse_tensor_type", "parse_tensor_type_file", "plan",
+    "specs_from_gguf",
 ]

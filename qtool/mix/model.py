@@ -44,8 +44,8 @@ class TensorSpec:
 
 
 def _first(v: Any) -> int:
-    """A per-layer array's layer-0 entry, or the scalar itself."""
-    if isinstance(v, (list, tuple)):
+    """A per-layer array's layer-0 entry (list, tuple or numpy array), or the scalar itself."""
+    if hasattr(v, "__len__") and not isinstance(v, (str, bytes)):
         return int(v[0]) if len(v) else 0
     return int(v)
 
@@ -92,7 +92,7 @@ class ModelInfo:
         n_vocab = get("vocab_size", None)
         if n_vocab is None:
             toks = kv.get("tokenizer.ggml.tokens")
-            n_vocab = len(toks) if isinstance(toks, Sequence) else 0
+            n_vocab = len(toks) if isinstance(toks, Sequence) and not isinstance(toks, str) else 0
         n_expert = int(get("expert_count", 0))
         if arch in ("hunyuan-vl", "hunyuan-dense") and n_expert <= 1:
             n_expert = 0
@@ -144,3 +144,14 @@ def sscanf_layer(name: str) -> int | None:
     """`sscanf(name, "blk.%d.", &il)`: the layer of a name starting with "blk.N", else None."""
     m = _BLK_PREFIX.match(name)
     return int(m.group(1)) if m else None
+
+
+def specs_from_gguf(model: Any) -> tuple[list[TensorSpec], ModelInfo]:
+    """TensorSpecs and ModelInfo of an opened qtool.gguf_io.GGUFModel (duck-typed: `.kvs` with
+    `.key` / `.value`, `.tensors` with `.name`, `.shape`, `.qtype.name`, `.part`, `.offset`)."""
+    kv = {}
+    for e in model.kvs:
+        kv.setdefault(e.key, e.value)
+    tensors = [TensorSpec(t.name, tuple(int(x) for x in t.shape), t.qtype.name, int(t.part), int(t.offset))
+               for t in model.tensors]
+    return tensors, ModelInfo.from_kv(kv)
