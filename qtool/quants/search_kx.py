@@ -45,23 +45,23 @@ def _min_max_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mn, mx
 
 
-def _round_clamp(t: np.ndarray, bound: np.ndarray, nmax_arr: np.ndarray, low: bool, out: np.ndarray) -> np.ndarray:
-    """MAX(0, MIN(nmax, nearest_int(t))) as float32, into out (same shape as t).
+def _round_into(out: np.ndarray, nmax: int, nmax_arr: np.ndarray, fast: bool, hi: bool, lo: bool) -> None:
+    """out <- MAX(0, MIN(nmax, nearest_int(out))) in place, float32.
 
-    bound (n_blocks,) is an upper bound of |t| per block: where it is below 2^22 everywhere,
-    nearest_int is round-half-to-even (np.rint); otherwise (huge or non-finite t) ggml's exact
-    bit trick is used. low=False skips the clamp at 0 when the caller knows t >= 0.
+    fast: the caller guarantees |out| < 2^22 and finite, where nearest_int is round-half-to-even
+    (np.rint); otherwise ggml's bit trick is reproduced. hi / lo: whether the clamp at nmax / at 0
+    can bite (the caller knows when it cannot, and skips it).
     """
-    if not (bound < F32(4.0e6)).all():
-        li = nearest_int(t)
-        np.clip(li, 0, int(nmax_arr.flat[0]), out=li)
+    if not fast:
+        li = nearest_int(out)
+        np.clip(li, 0, nmax, out=li)
         out[...] = li
-        return out
-    np.rint(t, out=out)
-    np.minimum(out, nmax_arr, out=out)
-    if low:
+        return
+    np.rint(out, out=out)
+    if hi:
+        np.minimum(out, nmax_arr, out=out)
+    if lo:
         np.maximum(out, F32(0.0), out=out)
-    return out
 
 
 def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, rdelta: float, nstep: int,
@@ -74,7 +74,9 @@ def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, 
     the_min float32 (n_blocks,) = C's *the_min = -min, Lt uint8 (n, n_blocks)).
 
     As in C, a candidate that wins replaces `min`, and later candidates use the new min both in
-    `iscale = (...)/(max - min)` and in `nearest_int(iscale*(x[i] - min))`.
+    `iscale = (...)/(max - min)` and in `nearest_int(iscale*(x[i] - min))`. The winning L is not
+    copied at every step: the (iscale, min) that produced it are kept and L is recomputed at the
+    end with the same float operations.
     """
     n, nb = xt.shape
     if wt is None:
@@ -93,77 +95,116 @@ def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, 
         xmin = np.where(degenerate, mn, xmin)
 
     fnmax = F32(nmax)
-    steps = [(F32(rmin) + F32(rdelta) * F32(i)) + fnmax for i in range(nstep + 1)]
+    steps = [(F32(rmin) + F32(rdelta) * F32(i)) + fnmax for i in range(nstep + 1)] if nstep >= 1 else []
+    top = max(steps + [fnmax])
+    # below this, rint(isc*(x - min)) <= nmax whenever x - min <= max - min (fl(fl(s/r)*r) <= s(1+2^-23))
+    hi_free = fnmax + F32(0.5) - F32(1e-3) * fnmax
     nmax_arr = np.full((n, nb), fnmax, dtype=F32)
-    xm = xt - mn  # (n, nb) float32, C's x[i] - min
-    lf = np.empty((n, nb), dtype=F32)
+    LX = np.empty((2, n, nb), dtype=F32)  # [l, x]: one broadcast multiply gives w*l*l and w*l*x
+    LX[1] = xt
+    lf = LX[0]
+    P = np.empty((3, n, nb), dtype=F32)  # [w*l, w*l*l, w*l*x], reduced in one call
+    wl = P[0]
     tmp = np.empty((n, nb), dtype=F32)
-    wl = np.empty((n, nb), dtype=F32)
+    xm = xt - mn  # (n, nb) float32, C's x[i] - min
 
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         rng = mx - mn
         iscale0 = fnmax / rng
         scale = F32(1.0) / iscale0
-        np.multiply(xm, iscale0, out=tmp)
-        _round_clamp(tmp, np.abs(iscale0) * rng, nmax_arr, False, lf)
-        L = lf.copy()
+        fast = bool((np.abs(F32(top) / rng) * rng < F32(4.0e6)).all())
+        np.multiply(xm, iscale0, out=lf)
+        _round_into(lf, nmax, nmax_arr, fast, True, False)
         # diff = scale*L + min - x
         np.multiply(lf, scale, out=tmp)
-        tmp += mn
-        tmp -= xt
+        np.add(tmp, mn, out=tmp)
+        np.subtract(tmp, xt, out=tmp)
         if use_mad:
             np.abs(tmp, out=tmp)
         else:
-            np.multiply(tmp, tmp, out=tmp)
-        tmp *= wt
+            np.square(tmp, out=tmp)
+        np.multiply(tmp, wt, out=tmp)
         best = np.add.reduce(tmp, axis=0)
+        best_isc = iscale0
+        best_mnu = mn  # the min that was subtracted when the best L was made
+        lo = False  # x - min >= 0 while min is the block minimum (or 0)
+        rng_pos = True
 
-        if nstep >= 1:
-            low = False  # x - min >= 0 while min is the block minimum (or 0)
-            span = rng  # max |x - min|
-            for s in steps:
-                isc = s / rng
-                np.multiply(xm, isc, out=tmp)
-                _round_clamp(tmp, np.abs(isc) * span, nmax_arr, low, lf)
-                np.multiply(wt, lf, out=wl)
-                sum_l = np.add.reduce(wl, axis=0)
-                np.multiply(wl, lf, out=tmp)
-                sum_l2 = np.add.reduce(tmp, axis=0)
-                np.multiply(wl, xt, out=tmp)
-                sum_xl = np.add.reduce(tmp, axis=0)
-                D = sum_w * sum_l2 - sum_l * sum_l
-                valid = D > 0
-                this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-                this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-                pos = this_min > 0
-                if pos.any():
-                    this_min = np.where(pos, F32(0.0), this_min)
-                    this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
-                np.multiply(lf, this_scale, out=tmp)
-                tmp += this_min
-                tmp -= xt
-                if use_mad:
-                    np.abs(tmp, out=tmp)
-                else:
-                    np.multiply(tmp, tmp, out=tmp)
-                tmp *= wt
-                mad = np.add.reduce(tmp, axis=0)
-                better = valid & (mad < best)
-                if better.any():
-                    np.copyto(L, lf, where=better[None, :])
-                    best = np.where(better, mad, best)
-                    scale = np.where(better, this_scale, scale)
-                    mn = np.where(better, this_min, mn)
-                    np.subtract(xt, mn, out=xm)
-                    rng = mx - mn
-                    span = np.maximum(np.abs(rng), np.abs(xmin - mn))
-                    low = bool((mn > xmin).any())
+        for s in steps:
+            isc = s / rng
+            np.multiply(xm, isc, out=lf)
+            _round_into(lf, nmax, nmax_arr, fast, not (rng_pos and s < hi_free), lo)
+            np.multiply(wt, lf, out=wl)
+            np.multiply(wl[None], LX, out=P[1:])
+            sum_l, sum_l2, sum_xl = np.add.reduce(P, axis=1)
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            if pos.any():
+                this_min = np.where(pos, F32(0.0), this_min)
+                this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            np.multiply(lf, this_scale, out=tmp)
+            np.add(tmp, this_min, out=tmp)
+            np.subtract(tmp, xt, out=tmp)
+            if use_mad:
+                np.abs(tmp, out=tmp)
+            else:
+                np.square(tmp, out=tmp)
+            np.multiply(tmp, wt, out=tmp)
+            mad = np.add.reduce(tmp, axis=0)
+            better = (D > 0) & (mad < best)
+            if better.any():
+                best = np.where(better, mad, best)
+                scale = np.where(better, this_scale, scale)
+                best_isc = np.where(better, isc, best_isc)
+                best_mnu = np.where(better, mn, best_mnu)
+                mn = np.where(better, this_min, mn)
+                np.subtract(xt, mn, out=xm)
+                rng = mx - mn
+                span = np.maximum(np.abs(rng), np.abs(xmin - mn))
+                fast = bool((np.abs(F32(top) / rng) * span < F32(4.0e6)).all())
+                lo = bool((mn > xmin).any())
+                rng_pos = bool((rng > 0).all())
+
+        # the winning L, recomputed from the (iscale, min) that made it
+        np.subtract(xt, best_mnu, out=tmp)
+        np.multiply(tmp, best_isc, out=tmp)
+        li = nearest_int(tmp)
+        np.clip(li, 0, nmax, out=li)
 
     scale = np.where(degenerate, F32(0.0), scale).astype(F32)
     the_min = np.where(degenerate, -mn_deg, -mn).astype(F32)
-    Lt = L.astype(np.uint8)
-    Lt[:, degenerate] = 0
+    Lt = li.astype(np.uint8)
+    if degenerate.any():
+        Lt[:, degenerate] = 0
     return scale, the_min, Lt
+
+
+def _qp_refine(xt: np.ndarray, wt: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx: np.ndarray,
+               suml2: np.ndarray, nmax: int) -> np.ndarray:
+    """One pass of make_qp_quants' `itry` loop over i, in place on L (int32 (n, nb), C's uint8
+    values), sumlx, suml2 (nb,). Returns the per-block `n_changed > 0` mask."""
+    changed = np.zeros(L.shape[1], dtype=bool)
+    for i in range(xt.shape[0]):
+        w = wt[i]
+        x = xt[i]
+        Li = L[i].astype(F32)
+        slx = sumlx - WX[i] * Li
+        sl2 = suml2 - w * Li * Li
+        ok = (slx > 0) & (sl2 > 0)
+        new_l = np.minimum(nearest_int(x * sl2 / slx), nmax)
+        ok &= new_l != L[i]
+        nlf = new_l.astype(F32)
+        slx = slx + WX[i] * nlf
+        sl2 = sl2 + w * nlf * nlf
+        take = ok & (slx * slx * suml2 > sumlx * sumlx * sl2)
+        if take.any():
+            L[i] = np.where(take, new_l & 0xFF, L[i])
+            sumlx[...] = np.where(take, slx, sumlx)
+            suml2[...] = np.where(take, sl2, suml2)
+            changed |= take
+    return changed
 
 
 def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,62 +212,49 @@ def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int) -> tuple[np.ndar
 
     Returns (scale float32 (n_blocks,), Lt uint8 (n, n_blocks)). L is C's uint8_t array, so a
     negative nearest_int wraps modulo 256 exactly as in C (and the refinement reads it back so).
+    The 8 trial scales are evaluated at once; each refinement pass after the first runs only on
+    the blocks that changed in the pass before (C breaks out for the others).
     """
     n, nb = xt.shape
     fnmax = F32(nmax)
-    mx = np.zeros(nb, dtype=F32)
-    for i in range(n):
-        mx = np.where(mx > xt[i], mx, xt[i])  # MAX(max, x[i])
+    mx = np.max(xt, axis=0, initial=F32(0.0))  # MAX(max, x[i]) from 0; a zero's sign only matters when all-zero
     zero = mx < GROUP_MAX_EPS
     mxs = np.where(zero, F32(1.0), mx)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        iscale = (fnmax / mxs).astype(F32)
-        scale = (F32(1.0) / iscale).astype(F32)
+        iscale = fnmax / mxs
+        scale = F32(1.0) / iscale
         Lw = (nearest_int(xt * iscale) & 0xFF).astype(F32)  # uint8_t L[i]
-        best = np.zeros(nb, dtype=F32)
-        for i in range(n):
-            diff = xt[i] - scale * Lw[i]
-            best = best + wt[i] * diff * diff
-        for is_ in (-4, -3, -2, -1, 1, 2, 3, 4):
-            iscale_is = ((F32(0.1) * F32(is_) + fnmax) / mxs).astype(F32)
-            scale_is = (F32(1.0) / iscale_is).astype(F32)
-            li = np.minimum(nearest_int(xt * iscale_is), nmax).astype(F32)
-            mse = np.zeros(nb, dtype=F32)
-            for i in range(n):
-                diff = xt[i] - scale_is * li[i]
-                mse = mse + wt[i] * diff * diff
-            better = mse < best
-            best = np.where(better, mse, best)
-            iscale = np.where(better, iscale_is, iscale)
+        diff = xt - scale * Lw
+        best = np.add.reduce(wt * diff * diff, axis=0)
+        isv = np.array([-4, -3, -2, -1, 1, 2, 3, 4], dtype=F32)
+        iscale_is = (F32(0.1) * isv[:, None] + fnmax) / mxs  # (8, nb)
+        scale_is = F32(1.0) / iscale_is
+        li = np.minimum(nearest_int(xt[None] * iscale_is[:, None, :]), nmax).astype(F32)  # (8, n, nb)
+        diff3 = xt[None] - scale_is[:, None, :] * li
+        mse = np.add.reduce(wt[None] * diff3 * diff3, axis=1)  # (8, nb)
+        for k in range(8):
+            better = mse[k] < best
+            best = np.where(better, mse[k], best)
+            iscale = np.where(better, iscale_is[k], iscale)
         li = np.minimum(nearest_int(xt * iscale), nmax)
-        L = (li & 0xFF).astype(np.int32)  # what C stores
+        L = li & 0xFF  # what C stores
         lf = li.astype(F32)
-        sumlx = np.zeros(nb, dtype=F32)
-        suml2 = np.zeros(nb, dtype=F32)
-        for i in range(n):
-            sumlx = sumlx + wt[i] * xt[i] * lf[i]
-            suml2 = suml2 + wt[i] * lf[i] * lf[i]
-        # an iteration that changes nothing leaves the state as it was, so running all 5
-        # iterations equals C's early break
-        for _ in range(5):
-            for i in range(n):
-                w = wt[i]
-                x = xt[i]
-                Li = L[i].astype(F32)
-                slx = sumlx - w * x * Li
-                sl2 = suml2 - w * Li * Li
-                ok = (slx > 0) & (sl2 > 0)
-                if not ok.any():
-                    continue
-                new_l = np.minimum(nearest_int(x * sl2 / np.where(ok, slx, F32(1.0))), nmax)
-                ok &= new_l != L[i]
-                nlf = new_l.astype(F32)
-                slx = slx + w * x * nlf
-                sl2 = sl2 + w * nlf * nlf
-                take = ok & (slx * slx * suml2 > sumlx * sumlx * sl2)
-                L[i] = np.where(take, new_l & 0xFF, L[i])
-                sumlx = np.where(take, slx, sumlx)
-                suml2 = np.where(take, sl2, suml2)
+        WX = wt * xt
+        sumlx = np.add.reduce(WX * lf, axis=0)
+        suml2 = np.add.reduce(wt * lf * lf, axis=0)
+        act = np.arange(nb)
+        changed = _qp_refine(xt, wt, WX, L, sumlx, suml2, nmax)
+        for _ in range(4):
+            act = act[changed]
+            if act.size == 0:
+                break
+            La = L[:, act]
+            sx = sumlx[act]
+            s2 = suml2[act]
+            changed = _qp_refine(xt[:, act], wt[:, act], WX[:, act], La, sx, s2, nmax)
+            L[:, act] = La
+            sumlx[act] = sx
+            suml2[act] = s2
         out = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1.0)), F32(0.0)).astype(F32)
     out[zero] = 0
     L = L.astype(np.uint8)

@@ -58,8 +58,11 @@ def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None
         wt = wt3.reshape(16, 16 * nb)
         sw = np.add.reduce(wt, axis=0).reshape(16, nb)
         scales, mins, lt = qkx_search_t(xt, wt, 3, -0.9, 0.05, 36, False)
-        dm, ls = make_qp_quants_t(scales.reshape(16, nb), sw, 15)
-        mm, lm = make_qp_quants_t(mins.reshape(16, nb), sw, 15)
+        # scales and mins in one make_qp_quants call (blocks are independent)
+        dmm, lsm = make_qp_quants_t(np.concatenate([scales.reshape(16, nb), mins.reshape(16, nb)], axis=1),
+                                    np.concatenate([sw, sw], axis=1), 15)
+        dm, mm = dmm[:nb], dmm[nb:]
+        ls, lm = lsm[:, :nb], lsm[:, nb:]
         d_bits = fp32_to_fp16_bits(dm)
         dmin_bits = fp32_to_fp16_bits(mm)
         sc = (ls | (lm << 4)).astype(np.uint8)

@@ -28,11 +28,13 @@ from ..types import QK_K
 
 F32 = np.float32
 K_SCALE_SIZE = 12
-CHUNK_SUPERBLOCKS = 256
+CHUNK_SUPERBLOCKS = 1024
 
 
-def superblock_chunks(rows: np.ndarray, chunk: int = CHUNK_SUPERBLOCKS) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield (start, stop, xs float32 (stop-start, 256)) over all super-blocks of rows (nrows, n)."""
+def superblock_chunks(rows: np.ndarray, chunk: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield (start, stop, xs float32 (stop-start, 256)) over all super-blocks of rows (nrows, n),
+    CHUNK_SUPERBLOCKS at a time (bounds the temporaries: about 40 bytes per value)."""
+    chunk = chunk or CHUNK_SUPERBLOCKS
     xs_all = rows.reshape(-1, QK_K)
     nb = xs_all.shape[0]
     for a in range(0, nb, chunk):
@@ -141,8 +143,11 @@ def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int
         wt = wt3.reshape(32, 8 * nb)
         sw = np.add.reduce(wt, axis=0).reshape(8, nb)
         scales, mins, lt = qkx_search_t(xt, wt, nmax, -0.9, 0.05, 36, False)
-        d_block, ls = make_qp_quants_t(scales.reshape(8, nb), sw, 63)
-        m_block, lm = make_qp_quants_t(mins.reshape(8, nb), sw, 63)
+        # scales and mins in one make_qp_quants call (blocks are independent)
+        dm_block, lsm = make_qp_quants_t(np.concatenate([scales.reshape(8, nb), mins.reshape(8, nb)], axis=1),
+                                         np.concatenate([sw, sw], axis=1), 63)
+        d_block, m_block = dm_block[:nb], dm_block[nb:]
+        ls, lm = lsm[:, :nb], lsm[:, nb:]
         if nmax == 31:  # quantize_row_q5_K_impl clamps, quantize_row_q4_K_impl does not
             ls = np.minimum(ls, 63)
             lm = np.minimum(lm, 63)
