@@ -205,9 +205,11 @@ def test_tensor_groups() -> None:
 def test_cli_subprocess(tmp_path: Path) -> None:
     pa, pb, want = _pair(tmp_path, "falcon", "Q5_K_M", "Q5_K_S")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    code = ("import sys; from qtool.commands.mix_tools_cmd import diff; "
-            "sys.argv = ['diff'] + sys.argv[1:]; diff()")
-    p = subprocess.run([sys.executable, "-c", code, str(pa), str(pb), "--json"], capture_output=True, text=True,
-                       env=env, cwd=REPO, timeout=120)
+    p = subprocess.run([sys.executable, "-m", "qtool", "mix", "diff", str(pa), str(pb), "--json"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["differing"] == want
+    p = subprocess.run([sys.executable, "-m", "qtool", "mix", "extract", str(pa)], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert tomllib.loads(p.stdout)["base"] == "Q5_K_M" and "reproduces all" in p.stderr
