@@ -161,9 +161,12 @@ def render_plan(p: Plan, as_json: bool, warnings: list[str], show_all: bool = Tr
         return
     con = Console()
     table = Table(title=f"{p.ftype.name} ({p.flavour}): default type {p.default_type}")
-    for col, just in (("#", "right"), ("tensor", "left"), ("shape", "left"), ("type", "left"),
-                      ("MiB", "right"), ("reason", "left")):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    table.add_column("#", justify="right")
+    table.add_column("tensor", overflow="fold")  # never cut a tensor name short
+    table.add_column("shape")
+    table.add_column("type", no_wrap=True)
+    table.add_column("MiB", justify="right")
+    table.add_column("reason")
     for i, r in enumerate(rows, 1):
         if not show_all and not r["quantize"]:
             continue
