@@ -451,3 +451,13 @@ def test_ik_checks() -> None:
     check_plan(p, ik(ignore_imatrix_rules=True))
     with pytest.raises(MixError, match="prune-layers"):
         plan(ts, info, "Q4_0", ik(prune_layers=[1]))
+
+
+def test_ik_attention_count_sanity_check() -> None:
+    ts, info = llama(n_layer=4)
+    extra = [*ts, TensorSpec("blk.0.extra.attn_v.weight", (256, 64), "F16")]
+    with pytest.raises(MixError, match="n_attention_wv is unexpected"):
+        plan(extra, info, "Q4_K_M", ik())
+    plan(extra, info, "Q4_K_M")  # mainline has no such check
+    info.arch = "deci"
+    plan(extra, info, "Q4_K_M", ik())

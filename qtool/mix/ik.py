@@ -551,6 +551,17 @@ def tensor_requires_imatrix(name: str, new_type: str, ftype_key: str) -> bool:
     return new_type == "Q2_K" and ftype_key == "Q2_K_S"
 
 
+# LLM_ARCH_NAMES of ik_llama.cpp (src/llama-arch.cpp): other names load as LLM_ARCH_UNKNOWN
+IK_ARCHS = frozenset((
+    "llama llama4 deci falcon grok gpt2 gptj gptneox mpt baichuan starcoder refact bert nomic-bert "
+    "jina-bert-v2 bloom stablelm qwen qwen2 qwen2moe qwen2vl qwen3 qwen3moe qwen3next qwen3vl "
+    "qwen3vlmoe qwen35moe qwen35 mellum phi2 phi3 plamo codeshell orion internlm2 minicpm gemma "
+    "gemma2 gemma3 starcoder2 mamba xverse command-r dbrx olmo openelm arctic deepseek2 deepseek4 "
+    "chatglm glm4 glm4moe bitnet bitnet-25 bitnet-b1.58 t5 t5encoder jais granite granitemoe cohere2 "
+    "cohere2_moe dots1 ernie4_5 ernie4_5-moe hunyuan-moe gpt-oss bailingmoe2 bailingmoe3 minimax-m2 "
+    "minimax-m3 smollm3 mistral3 mimo2 seed_oss step35 laguna glm-dsa mistral4 gemma4 gemma4_mtp dflash "
+    "dflash-draft gemma4-assistant openpangu muse-glimmer").split())
+
 # ftypes that ik's llama-quantize refuses up front without an imatrix
 IK_FTYPES_NEED_IMATRIX = {"IQ2_XS", "IQ2_XXS", "IQ2_S", "IQ2_XXS_R4", "Q2_K_S", "IQ2_XS_R4", "IQ1_S",
                           "IQ1_S_R4", "IQ1_M_R4", "IQ1_M"}
@@ -575,6 +586,10 @@ def plan_ik(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts: MixO
         elif t.name == "output.weight":
             qs.has_output = True
     qs.n_ffn_down = qs.n_ffn_gate = qs.n_ffn_up = info.n_layer
+    n_wv, n_l = qs.n_attention_wv, info.n_layer
+    if not (n_wv in (0, n_l, 3 * n_l) or info.arch in ("deci", "gemma4") or info.arch not in IK_ARCHS):
+        raise MixError(f"n_attention_wv is unexpected: {n_wv} attn_v/attn_qkv tensors for {n_l} layers "
+                       f"(ik_llama.cpp's sanity check)")
     plan.file_type = int(info.kv.get("general.file_type", 0)) if only_copy else ftype.id
 
     for t in ordered:
