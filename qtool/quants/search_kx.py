@@ -45,38 +45,30 @@ def _min_max_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mn, mx
 
 
-def _round_into(out: np.ndarray, nmax: int, nmax_arr: np.ndarray, fast: bool, hi: bool, lo: bool) -> None:
-    """out <- MAX(0, MIN(nmax, nearest_int(out))) in place, float32.
-
-    fast: the caller guarantees |out| < 2^22 and finite, where nearest_int is round-half-to-even
-    (np.rint); otherwise ggml's bit trick is reproduced. hi / lo: whether the clamp at nmax / at 0
-    can bite (the caller knows when it cannot, and skips it).
-    """
-    if not fast:
-        li = nearest_int(out)
-        np.clip(li, 0, nmax, out=li)
-        out[...] = li
-        return
-    np.rint(out, out=out)
-    if hi:
-        np.minimum(out, nmax_arr, out=out)
-    if lo:
-        np.maximum(out, F32(0.0), out=out)
+def _fast_ok(r: np.ndarray, top: np.float32, xmin: np.ndarray, mn: np.ndarray) -> bool:
+    """Whether every |iscale*(x - min)| of these blocks stays below 2^22 and finite for every
+    candidate (iscale <= top/r, r = max - min > 0, |x - min| <= max(r, |xmin - min|)); then
+    nearest_int is np.rint and the clamp at nmax is only needed from s >= nmax + 0.5 on."""
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        iscm = top / r
+        ok = (r > 0) & (r < F32(np.inf)) & (iscm < F32(np.inf)) & (np.abs(xmin - mn) * iscm < F32(4.0e6))
+    return bool(ok.all())
 
 
-def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, rdelta: float, nstep: int,
-                 use_mad: bool, strict_eq: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """make_qkx2_quants / make_qkx3_quants on the transposed layout.
+def qkx_search_state_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, rdelta: float, nstep: int,
+                       use_mad: bool, strict_eq: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """make_qkx2_quants / make_qkx3_quants on the transposed layout, without building L.
 
     xt: float32 (n, n_blocks) C-contiguous; wt: float32 (n, n_blocks) or None (make_qkx3's
     weights = x*x). strict_eq selects make_qkx2's degenerate test `max == min` (make_qkx3 uses
-    `max <= min`; identical for finite inputs). Returns (scale float32 (n_blocks,),
-    the_min float32 (n_blocks,) = C's *the_min = -min, Lt uint8 (n, n_blocks)).
+    `max <= min`; identical for finite inputs).
+    Returns (scale, the_min, isc, mnu, degenerate), each (n_blocks,): scale and the_min (= -min)
+    are C's results; the winning L is clamp(nearest_int(isc*(x - mnu)), 0, nmax) (`recompute_L_t`),
+    except L = 0 where degenerate.
 
     As in C, a candidate that wins replaces `min`, and later candidates use the new min both in
-    `iscale = (...)/(max - min)` and in `nearest_int(iscale*(x[i] - min))`. The winning L is not
-    copied at every step: the (iscale, min) that produced it are kept and L is recomputed at the
-    end with the same float operations.
+    `iscale = (...)/(max - min)` and in `nearest_int(iscale*(x[i] - min))`.
     """
     n, nb = xt.shape
     if wt is None:
@@ -88,7 +80,7 @@ def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, 
     sum_x = np.add.reduce(wt * xt, axis=0, initial=F32(-0.0))
     mn = np.where(mn > 0, F32(0.0), mn)
     degenerate = (mx == mn) if strict_eq else (mx <= mn)
-    mn_deg = mn
+    mn_deg = mn.copy()
     if degenerate.any():
         # keep the arithmetic of degenerate blocks harmless; their result is set at the end
         mx = np.where(degenerate, mn + F32(1.0), mx)
@@ -96,25 +88,30 @@ def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, 
 
     fnmax = F32(nmax)
     steps = [(F32(rmin) + F32(rdelta) * F32(i)) + fnmax for i in range(nstep + 1)] if nstep >= 1 else []
-    top = max(steps + [fnmax])
+    top = F32(max(steps + [fnmax]))
     # below this, rint(isc*(x - min)) <= nmax whenever x - min <= max - min (fl(fl(s/r)*r) <= s(1+2^-23))
     hi_free = fnmax + F32(0.5) - F32(1e-3) * fnmax
-    nmax_arr = np.full((n, nb), fnmax, dtype=F32)
+    nmax_row = np.full(nb, fnmax, dtype=F32)  # clamps broadcast a row: faster than a scalar
+    zero_row = np.zeros(nb, dtype=F32)
     LX = np.empty((2, n, nb), dtype=F32)  # [l, x]: one broadcast multiply gives w*l*l and w*l*x
     LX[1] = xt
+    xt = LX[1]
     lf = LX[0]
     P = np.empty((3, n, nb), dtype=F32)  # [w*l, w*l*l, w*l*x], reduced in one call
     wl = P[0]
-    tmp = np.empty((n, nb), dtype=F32)
+    tmp = P[1]  # free again once P is reduced
     xm = xt - mn  # (n, nb) float32, C's x[i] - min
 
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         rng = mx - mn
         iscale0 = fnmax / rng
         scale = F32(1.0) / iscale0
-        fast = bool((np.abs(F32(top) / rng) * rng < F32(4.0e6)).all())
+        fast = _fast_ok(rng, top, xmin, mn)
         np.multiply(xm, iscale0, out=lf)
-        _round_into(lf, nmax, nmax_arr, fast, True, False)
+        if fast:
+            np.rint(lf, out=lf)  # <= nmax: fl(fl(nmax/r)*(x - min)) <= nmax(1 + 2^-23)
+        else:
+            lf[...] = np.clip(nearest_int(lf), 0, nmax)
         # diff = scale*L + min - x
         np.multiply(lf, scale, out=tmp)
         np.add(tmp, mn, out=tmp)
@@ -125,15 +122,21 @@ def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, 
             np.square(tmp, out=tmp)
         np.multiply(tmp, wt, out=tmp)
         best = np.add.reduce(tmp, axis=0)
-        best_isc = iscale0
-        best_mnu = mn  # the min that was subtracted when the best L was made
+        best_isc = iscale0.copy()
+        best_mnu = mn.copy()  # the min that was subtracted when the best L was made
         lo = False  # x - min >= 0 while min is the block minimum (or 0)
-        rng_pos = True
 
         for s in steps:
             isc = s / rng
             np.multiply(xm, isc, out=lf)
-            _round_into(lf, nmax, nmax_arr, fast, not (rng_pos and s < hi_free), lo)
+            if fast:
+                np.rint(lf, out=lf)
+                if s >= hi_free:
+                    np.minimum(lf, nmax_row, out=lf)
+                if lo:
+                    np.maximum(lf, zero_row, out=lf)
+            else:
+                lf[...] = np.clip(nearest_int(lf), 0, nmax)
             np.multiply(wt, lf, out=wl)
             np.multiply(wl[None], LX, out=P[1:])
             sum_l, sum_l2, sum_xl = np.add.reduce(P, axis=1)
@@ -153,32 +156,50 @@ def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, 
                 np.square(tmp, out=tmp)
             np.multiply(tmp, wt, out=tmp)
             mad = np.add.reduce(tmp, axis=0)
-            better = (D > 0) & (mad < best)
-            if better.any():
-                best = np.where(better, mad, best)
-                scale = np.where(better, this_scale, scale)
-                best_isc = np.where(better, isc, best_isc)
-                best_mnu = np.where(better, mn, best_mnu)
-                mn = np.where(better, this_min, mn)
+            idx = np.flatnonzero((D > 0) & (mad < best))
+            if idx.size:
+                best[idx] = mad[idx]
+                scale[idx] = this_scale[idx]
+                best_isc[idx] = isc[idx]
+                best_mnu[idx] = mn[idx]
+                mn[idx] = this_min[idx]
                 np.subtract(xt, mn, out=xm)
-                rng = mx - mn
-                span = np.maximum(np.abs(rng), np.abs(xmin - mn))
-                fast = bool((np.abs(F32(top) / rng) * span < F32(4.0e6)).all())
-                lo = bool((mn > xmin).any())
-                rng_pos = bool((rng > 0).all())
+                rng[idx] = mx[idx] - mn[idx]
+                if fast:
+                    fast = _fast_ok(rng[idx], top, xmin[idx], mn[idx])
+                if not lo:
+                    lo = bool((mn[idx] > xmin[idx]).any())
 
-        # the winning L, recomputed from the (iscale, min) that made it
-        np.subtract(xt, best_mnu, out=tmp)
-        np.multiply(tmp, best_isc, out=tmp)
-        li = nearest_int(tmp)
-        np.clip(li, 0, nmax, out=li)
-
-    scale = np.where(degenerate, F32(0.0), scale).astype(F32)
+    scale[degenerate] = 0
     the_min = np.where(degenerate, -mn_deg, -mn).astype(F32)
-    Lt = li.astype(np.uint8)
+    return scale, the_min, best_isc, best_mnu, degenerate
+
+
+def recompute_L_t(xt: np.ndarray, isc: np.ndarray, mnu: np.ndarray, degenerate: np.ndarray, nmax: int) -> np.ndarray:
+    """The search's winning L: clamp(nearest_int(isc*(x - mnu)), 0, nmax), 0 where degenerate.
+
+    xt float32 (n, nb); isc, mnu float32 (nb,) -> uint8 (n, nb). Same float operations as when
+    the candidate was evaluated, so the same L.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = (xt - mnu) * isc
+    li = nearest_int(t)
+    np.clip(li, 0, nmax, out=li)
+    L = li.astype(np.uint8)
     if degenerate.any():
-        Lt[:, degenerate] = 0
-    return scale, the_min, Lt
+        L[:, degenerate] = 0
+    return L
+
+
+def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, rdelta: float, nstep: int,
+                 use_mad: bool, strict_eq: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """make_qkx2_quants / make_qkx3_quants on the transposed layout (see qkx_search_state_t).
+
+    Returns (scale float32 (n_blocks,), the_min float32 (n_blocks,) = C's *the_min = -min,
+    Lt uint8 (n, n_blocks)).
+    """
+    scale, the_min, isc, mnu, deg = qkx_search_state_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad, strict_eq)
+    return scale, the_min, recompute_L_t(xt, isc, mnu, deg, nmax)
 
 
 def _qp_refine(xt: np.ndarray, wt: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx: np.ndarray,

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..rounding import fp32_to_fp16_bits, nearest_int
-from ..search_kx import make_qp_quants_t, qkx_search_t
+from ..search_kx import make_qp_quants_t, qkx_search_state_t
 from ..types import QK_K
-from .q45_k import imatrix_subblocks_t, requantize_t, running_max, superblock_chunks, superblock_sum_sq, to_subblocks_t
+from .q45_k import ImatrixCache, requantize_t, running_max, superblock_chunks, superblock_sum_sq, to_subblocks_t
 
 F32 = np.float32
 TYPE_SIZE = 84
@@ -38,7 +38,7 @@ def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None
     xt3 = to_subblocks_t(xs, 16)
     xt = xt3.reshape(16, 16 * nb)
     if qw3 is None:
-        scales, mins, lt = qkx_search_t(xt, np.abs(xt), 3, -0.5, 0.1, 15, True, strict_eq=True)
+        scales, mins, *search = qkx_search_state_t(xt, np.abs(xt), 3, -0.5, 0.1, 15, True, strict_eq=True)
         scales = scales.reshape(16, nb)
         mins = mins.reshape(16, nb)
         max_scale = running_max(scales)
@@ -54,10 +54,13 @@ def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None
     else:
         sum_x2 = superblock_sum_sq(xt3)
         sigma2 = sum_x2 / F32(QK_K)
-        wt3 = qw3 * np.sqrt(sigma2 + xt3 * xt3)
+        wt3 = xt3 * xt3
+        wt3 += sigma2
+        np.sqrt(wt3, out=wt3)
+        np.multiply(qw3, wt3, out=wt3)  # C: qw[l] * sqrtf(sigma2 + x*x)
         wt = wt3.reshape(16, 16 * nb)
         sw = np.add.reduce(wt, axis=0).reshape(16, nb)
-        scales, mins, lt = qkx_search_t(xt, wt, 3, -0.9, 0.05, 36, False)
+        scales, mins, *search = qkx_search_state_t(xt, wt, 3, -0.9, 0.05, 36, False)
         # scales and mins in one make_qp_quants call (blocks are independent)
         dmm, lsm = make_qp_quants_t(np.concatenate([scales.reshape(16, nb), mins.reshape(16, nb)], axis=1),
                                     np.concatenate([sw, sw], axis=1), 15)
@@ -68,7 +71,7 @@ def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None
         sc = (ls | (lm << 4)).astype(np.uint8)
     d = d_bits.view(np.float16).astype(F32) * (sc & 0xF).astype(F32)
     dm = dmin_bits.view(np.float16).astype(F32) * (sc >> 4).astype(F32)
-    L = requantize_t(xt3, d, dm, lt.reshape(16, 16, nb), 3)
+    L = requantize_t(xt3, d, dm, 3, tuple(search))
     return d_bits, dmin_bits, sc, L
 
 
@@ -76,15 +79,17 @@ def quantize_q2_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """quantize_q2_K: rows float32 (nrows, n_per_row), imatrix float32 (n_per_row,) or None."""
     nrows, n_per_row = rows.shape
     out = np.empty((nrows * (n_per_row // QK_K), TYPE_SIZE), dtype=np.uint8)
+    qwc = None if imatrix is None else ImatrixCache(imatrix, n_per_row, 16)
     for a, b, xs in superblock_chunks(rows):
-        qw3 = None if imatrix is None else imatrix_subblocks_t(imatrix, a, b, n_per_row, 16)
+        qw3 = None if qwc is None else qwc.get(a, b)
         d_bits, dmin_bits, sc, L = quantize_q2_k_chunk(xs, qw3)
         o = out[a:b]
         o[:, 0:16] = sc.T
-        # value k = 128*h + 32*s + l (h half, s shift, l byte) -> sub-block k//16, index k%16
-        L4 = L.transpose(2, 1, 0).reshape(-1, 2, 4, 32)  # (nb, h, s, l)
-        q = L4[:, :, 0] | (L4[:, :, 1] << 2) | (L4[:, :, 2] << 4) | (L4[:, :, 3] << 6)
-        o[:, 16:80] = q.reshape(-1, 64)
+        # byte 32*h + 16*jj + i holds, at bits 2s, value 128*h + 32*s + 16*jj + i, i.e. sub-block
+        # j = 8*h + 2*s + jj, in-block index i: from L (16 i, 16 j, nb) viewed as (i, h, s, jj, nb)
+        V = L.reshape(16, 2, 4, 2, -1)
+        q = V[:, :, 0] | (V[:, :, 1] << 2) | (V[:, :, 2] << 4) | (V[:, :, 3] << 6)  # (i, h, jj, nb)
+        o[:, 16:80] = q.transpose(3, 1, 2, 0).reshape(-1, 64)
         o[:, 80:82] = d_bits.view(np.uint8).reshape(-1, 2)
         o[:, 82:84] = dmin_bits.view(np.uint8).reshape(-1, 2)
     return out.reshape(nrows, -1)

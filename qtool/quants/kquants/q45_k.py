@@ -11,9 +11,10 @@ Q5_K pair, and of `dequantize_row_q4_K` / `dequantize_row_q5_K`, byte-exact.
   mins, each weighted by the sub-block weight sums.
 - Both then re-quantize every value with the decoded (fp16) scales, as C does.
 
-Layout: a chunk of super-blocks (nb, 256) is transposed once to (32, 8, nb) (in-block index,
-sub-block, super-block), so each search step is a contiguous expression over 8*nb sub-blocks
-and every C reduction runs over axis 0 in C's order.
+Layout: a chunk of super-blocks (nb, 256) is transposed once to (n, J, nb) (in-block index,
+sub-block, super-block), so each search step is a contiguous expression over J*nb sub-blocks
+and every C reduction runs over axis 0 in C's order. This module also holds the helpers that
+q2_k shares (chunking, layout, re-quantization).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..rounding import fp32_to_fp16_bits, nearest_int
-from ..search_kx import make_qp_quants_t, qkx_search_t
+from ..search_kx import make_qp_quants_t, qkx_search_state_t, recompute_L_t
 from ..types import QK_K
 
 F32 = np.float32
@@ -33,8 +34,14 @@ CHUNK_SUPERBLOCKS = 1024
 
 def superblock_chunks(rows: np.ndarray, chunk: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield (start, stop, xs float32 (stop-start, 256)) over all super-blocks of rows (nrows, n),
-    CHUNK_SUPERBLOCKS at a time (bounds the temporaries: about 40 bytes per value)."""
+    about CHUNK_SUPERBLOCKS at a time (bounds the temporaries: about 60 bytes per value).
+
+    When a row holds fewer super-blocks than a chunk, chunks are whole rows, so that every chunk
+    sees the imatrix the same way (see ImatrixCache)."""
     chunk = chunk or CHUNK_SUPERBLOCKS
+    nbr = rows.shape[1] // QK_K
+    if nbr <= chunk:
+        chunk = (chunk // nbr) * nbr
     xs_all = rows.reshape(-1, QK_K)
     nb = xs_all.shape[0]
     for a in range(0, nb, chunk):
@@ -48,11 +55,23 @@ def to_subblocks_t(xs: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(xs.reshape(nb, QK_K // n, n).transpose(2, 1, 0))
 
 
-def imatrix_subblocks_t(imatrix: np.ndarray, a: int, b: int, n_per_row: int, n: int) -> np.ndarray:
-    """The imatrix values under super-blocks a..b-1 (row-major over all rows), as (n, 256//n, b-a)."""
-    nbr = n_per_row // QK_K
-    qw = imatrix.reshape(nbr, QK_K)[np.arange(a, b) % nbr]
-    return to_subblocks_t(qw, n)
+class ImatrixCache:
+    """The imatrix under super-blocks a..b-1 (row-major over all rows) as (n, 256//n, b-a).
+
+    Chunks that start at the same column and have the same length see the same values, so each
+    distinct (start column, length) is built once."""
+
+    def __init__(self, imatrix: np.ndarray, n_per_row: int, n: int) -> None:
+        self.qw = imatrix.reshape(n_per_row // QK_K, QK_K)
+        self.n = n
+        self.cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        nbr = self.qw.shape[0]
+        key = (a % nbr, b - a)
+        if key not in self.cache:
+            self.cache[key] = to_subblocks_t(self.qw[np.arange(a, b) % nbr], self.n)
+        return self.cache[key]
 
 
 def superblock_sum_sq(xt3: np.ndarray) -> np.ndarray:
@@ -71,16 +90,34 @@ def running_max(v: np.ndarray) -> np.ndarray:
     return m
 
 
-def requantize_t(xt3: np.ndarray, d: np.ndarray, dm: np.ndarray, lt3: np.ndarray, nmax: int) -> np.ndarray:
-    """C's second pass: L = clamp(nearest_int((x + dm)/d), 0, nmax) where d != 0, else keep L.
+def requantize_t(xt3: np.ndarray, d: np.ndarray, dm: np.ndarray, nmax: int, search: tuple) -> np.ndarray:
+    """C's second pass: L = clamp(nearest_int((x + dm)/d), 0, nmax) where d != 0; where d == 0
+    (`if (!d) continue;`) L stays what the search found.
 
-    xt3 float32 (n, J, nb); d, dm float32 (J, nb); lt3 uint8 (n, J, nb) from the search.
+    xt3 float32 (n, J, nb); d, dm float32 (J, nb); search = (isc, mnu, degenerate) from
+    qkx_search_state_t, each (J*nb,). Returns uint8 (n, J, nb).
     """
+    n, J, nb = xt3.shape
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        t = (xt3 + dm) / d
-    li = nearest_int(t)
-    np.clip(li, 0, nmax, out=li)
-    return np.where(d != 0, li.astype(np.uint8), lt3)
+        t = xt3 + dm
+        np.divide(t, d, out=t)
+        amax = np.maximum(np.abs(xt3.max(axis=0)), np.abs(xt3.min(axis=0)))
+        fast = bool((((amax + np.abs(dm)) < F32(4.0e6) * np.abs(d)) | (d == 0)).all())
+        if fast:  # |t| < 2^22 wherever d != 0; d == 0 sub-blocks are replaced below
+            np.rint(t, out=t)
+            np.minimum(t, np.full((J, nb), F32(nmax)), out=t)
+            np.maximum(t, np.zeros((J, nb), dtype=F32), out=t)
+            L = t.astype(np.uint8)
+    if not fast:
+        li = nearest_int(t)
+        np.clip(li, 0, nmax, out=li)
+        L = li.astype(np.uint8)
+    zero = np.flatnonzero(d.reshape(-1) == 0)
+    if zero.size:
+        isc, mnu, deg = search
+        L2 = L.reshape(n, J * nb)
+        L2[:, zero] = recompute_L_t(xt3.reshape(n, J * nb)[:, zero], isc[zero], mnu[zero], deg[zero], nmax)
+    return L
 
 
 def pack_scales_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
@@ -122,9 +159,10 @@ def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int
     if qw3 is None:
         sum_x2 = np.add.reduce(xt * xt, axis=0)
         av_x = np.sqrt(sum_x2 / F32(32))
-        wt = av_x + np.abs(xt)
+        wt = np.abs(xt)
+        wt += av_x  # C: av_x + fabsf(x)
         rmin, nstep = (-1.0, 20) if nmax == 15 else (-0.5, 15)
-        scales, mins, lt = qkx_search_t(xt, wt, nmax, rmin, 0.1, nstep, False, strict_eq=True)
+        scales, mins, *search = qkx_search_state_t(xt, wt, nmax, rmin, 0.1, nstep, False, strict_eq=True)
         scales = scales.reshape(8, nb)
         mins = mins.reshape(8, nb)
         max_scale = running_max(scales)
@@ -139,10 +177,13 @@ def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int
     else:
         sum_x2 = superblock_sum_sq(xt3)
         sigma2 = F32(2.0) * sum_x2 / F32(QK_K)
-        wt3 = qw3 * np.sqrt(sigma2 + xt3 * xt3)
+        wt3 = xt3 * xt3
+        wt3 += sigma2
+        np.sqrt(wt3, out=wt3)
+        np.multiply(qw3, wt3, out=wt3)  # C: qw * sqrtf(sigma2 + x*x)
         wt = wt3.reshape(32, 8 * nb)
         sw = np.add.reduce(wt, axis=0).reshape(8, nb)
-        scales, mins, lt = qkx_search_t(xt, wt, nmax, -0.9, 0.05, 36, False)
+        scales, mins, *search = qkx_search_state_t(xt, wt, nmax, -0.9, 0.05, 36, False)
         # scales and mins in one make_qp_quants call (blocks are independent)
         dm_block, lsm = make_qp_quants_t(np.concatenate([scales.reshape(8, nb), mins.reshape(8, nb)], axis=1),
                                          np.concatenate([sw, sw], axis=1), 63)
@@ -157,7 +198,7 @@ def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int
     sc, m = get_scale_min_k4(packed)
     d = d_bits.view(np.float16).astype(F32) * sc.astype(F32)
     dm = dmin_bits.view(np.float16).astype(F32) * m.astype(F32)
-    L = requantize_t(xt3, d, dm, lt.reshape(32, 8, nb), nmax)
+    L = requantize_t(xt3, d, dm, nmax, tuple(search))
     return d_bits, dmin_bits, packed, L
 
 
@@ -165,8 +206,9 @@ def _quantize(rows: np.ndarray, imatrix: np.ndarray | None, nmax: int) -> np.nda
     nrows, n_per_row = rows.shape
     type_size = 144 if nmax == 15 else 176
     out = np.empty((nrows * (n_per_row // QK_K), type_size), dtype=np.uint8)
+    qwc = None if imatrix is None else ImatrixCache(imatrix, n_per_row, 32)
     for a, b, xs in superblock_chunks(rows):
-        qw3 = None if imatrix is None else imatrix_subblocks_t(imatrix, a, b, n_per_row, 32)
+        qw3 = None if qwc is None else qwc.get(a, b)
         d_bits, dmin_bits, packed, L = quantize_k45_chunk(xs, qw3, nmax)
         o = out[a:b]
         o[:, 0:2] = d_bits.view(np.uint8).reshape(-1, 2)
