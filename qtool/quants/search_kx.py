@@ -202,29 +202,47 @@ def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, 
     return scale, the_min, recompute_L_t(xt, isc, mnu, deg, nmax)
 
 
-def _qp_refine(xt: np.ndarray, wt: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx: np.ndarray,
-               suml2: np.ndarray, nmax: int) -> np.ndarray:
-    """One pass of make_qp_quants' `itry` loop over i, in place on L (int32 (n, nb), C's uint8
-    values), sumlx, suml2 (nb,). Returns the per-block `n_changed > 0` mask."""
-    changed = np.zeros(L.shape[1], dtype=bool)
-    for i in range(xt.shape[0]):
-        w = wt[i]
-        x = xt[i]
-        Li = L[i].astype(F32)
-        slx = sumlx - WX[i] * Li
-        sl2 = suml2 - w * Li * Li
-        ok = (slx > 0) & (sl2 > 0)
-        new_l = np.minimum(nearest_int(x * sl2 / slx), nmax)
-        ok &= new_l != L[i]
+def _qp_pass(xt: np.ndarray, wt: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx: np.ndarray,
+             suml2: np.ndarray, nmax: int) -> np.ndarray:
+    """One pass of make_qp_quants' `itry` loop (i = 0..n-1), in place on L (int32 (n, nb), C's
+    uint8 values), sumlx, suml2 (nb,). Returns the per-block `n_changed > 0` mask.
+
+    Instead of stepping i one by one for every block, all remaining steps are evaluated at once
+    from the current state; each block's first accepted change is applied, and only the blocks
+    that changed are evaluated again from the next i on. A step that is not taken leaves the
+    state as it was, so this is the same sequence of states as C's loop.
+    """
+    n, nb = xt.shape
+    changed = np.zeros(nb, dtype=bool)
+    rows = np.arange(n)[:, None]
+    act = np.arange(nb)  # blocks still in this pass
+    start = np.zeros(nb, dtype=np.int64)  # first i still to do, per active block
+    x, w, wx, La, sx, s2 = xt, wt, WX, L, sumlx, suml2
+    while act.size:
+        Lf = La.astype(F32)
+        slx = sx - wx * Lf
+        sl2 = s2 - w * Lf * Lf
+        ok = (slx > 0) & (sl2 > 0) & (rows >= start)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            new_l = np.minimum(nearest_int(x * sl2 / slx), nmax)
+        ok &= new_l != La
         nlf = new_l.astype(F32)
-        slx = slx + WX[i] * nlf
-        sl2 = sl2 + w * nlf * nlf
-        take = ok & (slx * slx * suml2 > sumlx * sumlx * sl2)
-        if take.any():
-            L[i] = np.where(take, new_l & 0xFF, L[i])
-            sumlx[...] = np.where(take, slx, sumlx)
-            suml2[...] = np.where(take, sl2, suml2)
-            changed |= take
+        slx += wx * nlf
+        sl2 += w * nlf * nlf
+        ok &= slx * slx * s2 > sx * sx * sl2
+        has = ok.any(axis=0)
+        if not has.any():
+            break
+        k = np.flatnonzero(has)
+        f = np.argmax(ok[:, k], axis=0)  # first step taken, per block
+        blk = act[k]
+        L[f, blk] = new_l[f, k] & 0xFF
+        sumlx[blk] = slx[f, k]
+        suml2[blk] = sl2[f, k]
+        changed[blk] = True
+        act = blk
+        start = f + 1
+        x, w, wx, La, sx, s2 = xt[:, act], wt[:, act], WX[:, act], L[:, act], sumlx[act], suml2[act]
     return changed
 
 
@@ -250,9 +268,19 @@ def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int) -> tuple[np.ndar
         isv = np.array([-4, -3, -2, -1, 1, 2, 3, 4], dtype=F32)
         iscale_is = (F32(0.1) * isv[:, None] + fnmax) / mxs  # (8, nb)
         scale_is = F32(1.0) / iscale_is
-        li = np.minimum(nearest_int(xt[None] * iscale_is[:, None, :]), nmax).astype(F32)  # (8, n, nb)
-        diff3 = xt[None] - scale_is[:, None, :] * li
-        mse = np.add.reduce(wt[None] * diff3 * diff3, axis=1)  # (8, nb)
+        T3 = np.empty((8, n, nb), dtype=F32)
+        np.multiply(xt[None], iscale_is[:, None, :], out=T3)
+        # |iscale_is*x| <= (nmax + 0.4)*max(|x|)/max: where that is < 2^22, nearest_int is rint
+        if bool((np.maximum(mxs, -np.min(xt, axis=0)) * (fnmax + F32(1.0)) < F32(4.0e6) * mxs).all()):
+            np.rint(T3, out=T3)
+            np.minimum(T3, np.full(nb, fnmax, dtype=F32), out=T3)
+        else:
+            T3[...] = np.minimum(nearest_int(T3), nmax)
+        np.multiply(T3, scale_is[:, None, :], out=T3)
+        np.subtract(xt[None], T3, out=T3)  # diff = x - scale_is*l
+        U3 = wt[None] * T3
+        U3 *= T3  # w*diff*diff
+        mse = np.add.reduce(U3, axis=1)  # (8, nb)
         for k in range(8):
             better = mse[k] < best
             best = np.where(better, mse[k], best)
@@ -264,18 +292,20 @@ def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int) -> tuple[np.ndar
         sumlx = np.add.reduce(WX * lf, axis=0)
         suml2 = np.add.reduce(wt * lf * lf, axis=0)
         act = np.arange(nb)
-        changed = _qp_refine(xt, wt, WX, L, sumlx, suml2, nmax)
-        for _ in range(4):
+        for _ in range(5):
+            if act.size == nb:
+                changed = _qp_pass(xt, wt, WX, L, sumlx, suml2, nmax)
+            else:
+                La = L[:, act]
+                sx = sumlx[act]
+                s2 = suml2[act]
+                changed = _qp_pass(xt[:, act], wt[:, act], WX[:, act], La, sx, s2, nmax)
+                L[:, act] = La
+                sumlx[act] = sx
+                suml2[act] = s2
             act = act[changed]
             if act.size == 0:
                 break
-            La = L[:, act]
-            sx = sumlx[act]
-            s2 = suml2[act]
-            changed = _qp_refine(xt[:, act], wt[:, act], WX[:, act], La, sx, s2, nmax)
-            L[:, act] = La
-            sumlx[act] = sx
-            suml2[act] = s2
         out = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1.0)), F32(0.0)).astype(F32)
     out[zero] = 0
     L = L.astype(np.uint8)
