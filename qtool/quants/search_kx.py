@@ -27,6 +27,29 @@ _CHUNK_BLOCKS = 4096
 _MAGIC = F32(12582912.0)
 
 
+class Workspace:
+    """Scratch arrays reused from chunk to chunk within one call.
+
+    A fresh multi-megabyte temporary costs page faults about as expensive as the arithmetic done
+    on it (the allocator hands freed memory back to the system), so the big per-chunk buffers are
+    kept here and sliced to each chunk's size. Results never depend on the workspace.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type = F32) -> np.ndarray:
+        """An uninitialized C-contiguous array of this shape, the same memory on every call."""
+        size = 1
+        for d in shape:
+            size *= d
+        a = self._bufs.get(name)
+        if a is None or a.dtype != dtype or a.size < size:
+            a = np.empty(size, dtype=dtype)
+            self._bufs[name] = a
+        return a[:size].reshape(shape)
+
+
 def _first_zero_signbit(xt: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Sign bit of the first zero in each selected column of xt (n, n_blocks) -> bool (len(cols),)."""
     sub = xt[:, cols]
@@ -56,13 +79,13 @@ def _fast_ok(r: np.ndarray, top: np.float32, xmin: np.ndarray, mn: np.ndarray) -
 
 
 def qkx_search_state_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, rdelta: float, nstep: int,
-                       use_mad: bool, strict_eq: bool = False
+                       use_mad: bool, strict_eq: bool = False, ws: Workspace | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """make_qkx2_quants / make_qkx3_quants on the transposed layout, without building L.
 
     xt: float32 (n, n_blocks) C-contiguous; wt: float32 (n, n_blocks) or None (make_qkx3's
     weights = x*x). strict_eq selects make_qkx2's degenerate test `max == min` (make_qkx3 uses
-    `max <= min`; identical for finite inputs).
+    `max <= min`; identical for finite inputs). ws: scratch buffers to reuse (optional).
     Returns (scale, the_min, isc, mnu, degenerate), each (n_blocks,): scale and the_min (= -min)
     are C's results; the winning L is clamp(nearest_int(isc*(x - mnu)), 0, nmax) (`recompute_L_t`),
     except L = 0 where degenerate.
@@ -71,13 +94,22 @@ def qkx_search_state_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: f
     `iscale = (...)/(max - min)` and in `nearest_int(iscale*(x[i] - min))`.
     """
     n, nb = xt.shape
+    ws = ws or Workspace()
+    LX = ws.get("qkx_LX", (2, n, nb))  # [l, x]: one broadcast multiply gives w*l*l and w*l*x
+    P = ws.get("qkx_P", (3, n, nb))  # [w*l, w*l*l, w*l*x], reduced in one call
+    xm = ws.get("qkx_xm", (n, nb))  # C's x[i] - min
+    LX[1] = xt
+    xt = LX[1]
+    lf = LX[0]
+    wl = P[0]
+    tmp = P[1]
     if wt is None:
-        wt = xt * xt
+        wt = np.multiply(xt, xt, out=ws.get("qkx_w", (n, nb)))
     mn, mx = _min_max_t(xt)
     xmin = mn.copy()  # the true minimum, for bounds of x - min
     # C starts these two sums from the first term (no `0 +`): starting from -0.0 is the same
     sum_w = np.add.reduce(wt, axis=0, initial=F32(-0.0))
-    sum_x = np.add.reduce(wt * xt, axis=0, initial=F32(-0.0))
+    sum_x = np.add.reduce(np.multiply(wt, xt, out=tmp), axis=0, initial=F32(-0.0))
     mn = np.where(mn > 0, F32(0.0), mn)
     degenerate = (mx == mn) if strict_eq else (mx <= mn)
     mn_deg = mn.copy()
@@ -93,14 +125,7 @@ def qkx_search_state_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: f
     hi_free = fnmax + F32(0.5) - F32(1e-3) * fnmax
     nmax_row = np.full(nb, fnmax, dtype=F32)  # clamps broadcast a row: faster than a scalar
     zero_row = np.zeros(nb, dtype=F32)
-    LX = np.empty((2, n, nb), dtype=F32)  # [l, x]: one broadcast multiply gives w*l*l and w*l*x
-    LX[1] = xt
-    xt = LX[1]
-    lf = LX[0]
-    P = np.empty((3, n, nb), dtype=F32)  # [w*l, w*l*l, w*l*x], reduced in one call
-    wl = P[0]
-    tmp = P[1]  # free again once P is reduced
-    xm = xt - mn  # (n, nb) float32, C's x[i] - min
+    np.subtract(xt, mn, out=xm)
 
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         rng = mx - mn
@@ -192,13 +217,14 @@ def recompute_L_t(xt: np.ndarray, isc: np.ndarray, mnu: np.ndarray, degenerate: 
 
 
 def qkx_search_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: float, rdelta: float, nstep: int,
-                 use_mad: bool, strict_eq: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 use_mad: bool, strict_eq: bool = False, ws: Workspace | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """make_qkx2_quants / make_qkx3_quants on the transposed layout (see qkx_search_state_t).
 
     Returns (scale float32 (n_blocks,), the_min float32 (n_blocks,) = C's *the_min = -min,
     Lt uint8 (n, n_blocks)).
     """
-    scale, the_min, isc, mnu, deg = qkx_search_state_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad, strict_eq)
+    scale, the_min, isc, mnu, deg = qkx_search_state_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad, strict_eq, ws)
     return scale, the_min, recompute_L_t(xt, isc, mnu, deg, nmax)
 
 
@@ -246,7 +272,8 @@ def _qp_pass(xt: np.ndarray, wt: np.ndarray, WX: np.ndarray, L: np.ndarray, suml
     return changed
 
 
-def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int, ws: Workspace | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """make_qp_quants on the transposed layout: xt, wt float32 (n, n_blocks).
 
     Returns (scale float32 (n_blocks,), Lt uint8 (n, n_blocks)). L is C's uint8_t array, so a
@@ -268,7 +295,8 @@ def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int) -> tuple[np.ndar
         isv = np.array([-4, -3, -2, -1, 1, 2, 3, 4], dtype=F32)
         iscale_is = (F32(0.1) * isv[:, None] + fnmax) / mxs  # (8, nb)
         scale_is = F32(1.0) / iscale_is
-        T3 = np.empty((8, n, nb), dtype=F32)
+        ws = ws or Workspace()
+        T3 = ws.get("qp_T3", (8, n, nb))
         np.multiply(xt[None], iscale_is[:, None, :], out=T3)
         # |iscale_is*x| <= (nmax + 0.4)*max(|x|)/max: where that is < 2^22, nearest_int is rint
         if bool((np.maximum(mxs, -np.min(xt, axis=0)) * (fnmax + F32(1.0)) < F32(4.0e6) * mxs).all()):
@@ -278,7 +306,7 @@ def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int) -> tuple[np.ndar
             T3[...] = np.minimum(nearest_int(T3), nmax)
         np.multiply(T3, scale_is[:, None, :], out=T3)
         np.subtract(xt[None], T3, out=T3)  # diff = x - scale_is*l
-        U3 = wt[None] * T3
+        U3 = np.multiply(wt[None], T3, out=ws.get("qp_U3", (8, n, nb)))
         U3 *= T3  # w*diff*diff
         mse = np.add.reduce(U3, axis=1)  # (8, nb)
         for k in range(8):
@@ -331,11 +359,12 @@ def _qkx(x: np.ndarray, weights: np.ndarray | None, nmax: int, rmin: float, rdel
     scale = np.empty(nb, dtype=F32)
     the_min = np.empty(nb, dtype=F32)
     L = np.empty((nb, n), dtype=np.uint8)
+    ws = Workspace()
     for a in range(0, nb, _CHUNK_BLOCKS):
         b = min(nb, a + _CHUNK_BLOCKS)
         xt = np.ascontiguousarray(x[a:b].T)
         wt = None if weights is None else np.ascontiguousarray(weights[a:b].T)
-        s, m, lt = qkx_search_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad, strict_eq)
+        s, m, lt = qkx_search_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad, strict_eq, ws)
         scale[a:b] = s
         the_min[a:b] = m
         L[a:b] = lt.T

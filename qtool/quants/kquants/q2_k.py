@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..rounding import fp32_to_fp16_bits, nearest_int
-from ..search_kx import make_qp_quants_t, qkx_search_state_t
+from ..search_kx import Workspace, make_qp_quants_t, qkx_search_state_t
 from ..types import QK_K
 from .q45_k import ImatrixCache, requantize_t, running_max, superblock_chunks, superblock_sum_sq, to_subblocks_t
 
@@ -28,17 +28,19 @@ F32 = np.float32
 TYPE_SIZE = 84
 
 
-def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None
+def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None, ws: Workspace
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Q2_K of super-blocks xs float32 (nb, 256); qw3 the imatrix as (16, 16, nb) or None.
 
     Returns (d fp16 bits (nb,), dmin fp16 bits (nb,), scales uint8 (16, nb), L uint8 (16, 16, nb)).
     """
     nb = xs.shape[0]
-    xt3 = to_subblocks_t(xs, 16)
+    xt3 = to_subblocks_t(xs, 16, ws.get("k_x", (16, 16, nb)))
     xt = xt3.reshape(16, 16 * nb)
+    wt = ws.get("k_w", (16, 16 * nb))
     if qw3 is None:
-        scales, mins, *search = qkx_search_state_t(xt, np.abs(xt), 3, -0.5, 0.1, 15, True, strict_eq=True)
+        np.abs(xt, out=wt)
+        scales, mins, *search = qkx_search_state_t(xt, wt, 3, -0.5, 0.1, 15, True, True, ws)
         scales = scales.reshape(16, nb)
         mins = mins.reshape(16, nb)
         max_scale = running_max(scales)
@@ -52,18 +54,17 @@ def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None
         d_bits = fp32_to_fp16_bits(np.where(max_scale > 0, max_scale / q4scale, F32(0.0)))
         dmin_bits = fp32_to_fp16_bits(np.where(max_min > 0, max_min / q4scale, F32(0.0)))
     else:
-        sum_x2 = superblock_sum_sq(xt3)
+        sum_x2 = superblock_sum_sq(xt3, ws)
         sigma2 = sum_x2 / F32(QK_K)
-        wt3 = xt3 * xt3
+        wt3 = np.multiply(xt3, xt3, out=wt.reshape(16, 16, nb))
         wt3 += sigma2
         np.sqrt(wt3, out=wt3)
         np.multiply(qw3, wt3, out=wt3)  # C: qw[l] * sqrtf(sigma2 + x*x)
-        wt = wt3.reshape(16, 16 * nb)
         sw = np.add.reduce(wt, axis=0).reshape(16, nb)
-        scales, mins, *search = qkx_search_state_t(xt, wt, 3, -0.9, 0.05, 36, False)
+        scales, mins, *search = qkx_search_state_t(xt, wt, 3, -0.9, 0.05, 36, False, False, ws)
         # scales and mins in one make_qp_quants call (blocks are independent)
         dmm, lsm = make_qp_quants_t(np.concatenate([scales.reshape(16, nb), mins.reshape(16, nb)], axis=1),
-                                    np.concatenate([sw, sw], axis=1), 15)
+                                    np.concatenate([sw, sw], axis=1), 15, ws)
         dm, mm = dmm[:nb], dmm[nb:]
         ls, lm = lsm[:, :nb], lsm[:, nb:]
         d_bits = fp32_to_fp16_bits(dm)
@@ -71,7 +72,7 @@ def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None
         sc = (ls | (lm << 4)).astype(np.uint8)
     d = d_bits.view(np.float16).astype(F32) * (sc & 0xF).astype(F32)
     dm = dmin_bits.view(np.float16).astype(F32) * (sc >> 4).astype(F32)
-    L = requantize_t(xt3, d, dm, 3, tuple(search))
+    L = requantize_t(xt3, d, dm, 3, tuple(search), ws)
     return d_bits, dmin_bits, sc, L
 
 
@@ -80,9 +81,10 @@ def quantize_q2_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     nrows, n_per_row = rows.shape
     out = np.empty((nrows * (n_per_row // QK_K), TYPE_SIZE), dtype=np.uint8)
     qwc = None if imatrix is None else ImatrixCache(imatrix, n_per_row, 16)
+    ws = Workspace()
     for a, b, xs in superblock_chunks(rows):
         qw3 = None if qwc is None else qwc.get(a, b)
-        d_bits, dmin_bits, sc, L = quantize_q2_k_chunk(xs, qw3)
+        d_bits, dmin_bits, sc, L = quantize_q2_k_chunk(xs, qw3, ws)
         o = out[a:b]
         o[:, 0:16] = sc.T
         # byte 32*h + 16*jj + i holds, at bits 2s, value 128*h + 32*s + 16*jj + i, i.e. sub-block

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..rounding import fp32_to_fp16_bits, nearest_int
-from ..search_kx import make_qp_quants_t, qkx_search_state_t, recompute_L_t
+from ..search_kx import Workspace, make_qp_quants_t, qkx_search_state_t, recompute_L_t
 from ..types import QK_K
 
 F32 = np.float32
@@ -49,10 +49,14 @@ def superblock_chunks(rows: np.ndarray, chunk: int | None = None) -> Iterator[tu
         yield a, b, xs_all[a:b]
 
 
-def to_subblocks_t(xs: np.ndarray, n: int) -> np.ndarray:
+def to_subblocks_t(xs: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
     """(nb, 256) super-blocks -> contiguous (n, 256//n, nb): [in-block index, sub-block, super-block]."""
     nb = xs.shape[0]
-    return np.ascontiguousarray(xs.reshape(nb, QK_K // n, n).transpose(2, 1, 0))
+    src = xs.reshape(nb, QK_K // n, n).transpose(2, 1, 0)
+    if out is None:
+        return np.ascontiguousarray(src)
+    np.copyto(out, src)
+    return out
 
 
 class ImatrixCache:
@@ -74,12 +78,12 @@ class ImatrixCache:
         return self.cache[key]
 
 
-def superblock_sum_sq(xt3: np.ndarray) -> np.ndarray:
+def superblock_sum_sq(xt3: np.ndarray, ws: Workspace) -> np.ndarray:
     """C's `for (l = 0; l < QK_K; ++l) sum += x[l]*x[l]` per super-block, from (n, J, nb) -> (nb,)."""
     n, J, nb = xt3.shape
-    sq = xt3 * xt3
-    seq = np.ascontiguousarray(sq.transpose(1, 0, 2)).reshape(J * n, nb)  # index j*n + i, C's order
-    return np.add.reduce(seq, axis=0)
+    seq = ws.get("k_sq", (J, n, nb))  # index j*n + i, C's order
+    np.multiply(xt3.transpose(1, 0, 2), xt3.transpose(1, 0, 2), out=seq)
+    return np.add.reduce(seq.reshape(J * n, nb), axis=0)
 
 
 def running_max(v: np.ndarray) -> np.ndarray:
@@ -90,7 +94,8 @@ def running_max(v: np.ndarray) -> np.ndarray:
     return m
 
 
-def requantize_t(xt3: np.ndarray, d: np.ndarray, dm: np.ndarray, nmax: int, search: tuple) -> np.ndarray:
+def requantize_t(xt3: np.ndarray, d: np.ndarray, dm: np.ndarray, nmax: int, search: tuple,
+                 ws: Workspace) -> np.ndarray:
     """C's second pass: L = clamp(nearest_int((x + dm)/d), 0, nmax) where d != 0; where d == 0
     (`if (!d) continue;`) L stays what the search found.
 
@@ -99,7 +104,7 @@ def requantize_t(xt3: np.ndarray, d: np.ndarray, dm: np.ndarray, nmax: int, sear
     """
     n, J, nb = xt3.shape
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        t = xt3 + dm
+        t = np.add(xt3, dm, out=ws.get("k_t", xt3.shape))
         np.divide(t, d, out=t)
         amax = np.maximum(np.abs(xt3.max(axis=0)), np.abs(xt3.min(axis=0)))
         fast = bool((((amax + np.abs(dm)) < F32(4.0e6) * np.abs(d)) | (d == 0)).all())
@@ -146,23 +151,24 @@ def get_scale_min_k4(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, m
 
 
-def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int
+def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int, ws: Workspace
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Q4_K (nmax 15) / Q5_K (nmax 31) quantization of super-blocks xs float32 (nb, 256).
 
-    qw3: the imatrix under them as (32, 8, nb), or None for the _ref path.
+    qw3: the imatrix under them as (32, 8, nb), or None for the _ref path; ws: scratch buffers.
     Returns (d fp16 bits (nb,), dmin fp16 bits (nb,), scales uint8 (nb, 12), L uint8 (32, 8, nb)).
     """
     nb = xs.shape[0]
-    xt3 = to_subblocks_t(xs, 32)
+    xt3 = to_subblocks_t(xs, 32, ws.get("k_x", (32, 8, nb)))
     xt = xt3.reshape(32, 8 * nb)
+    wt = ws.get("k_w", (32, 8 * nb))
     if qw3 is None:
-        sum_x2 = np.add.reduce(xt * xt, axis=0)
+        sum_x2 = np.add.reduce(np.multiply(xt, xt, out=wt), axis=0)
         av_x = np.sqrt(sum_x2 / F32(32))
-        wt = np.abs(xt)
+        np.abs(xt, out=wt)
         wt += av_x  # C: av_x + fabsf(x)
         rmin, nstep = (-1.0, 20) if nmax == 15 else (-0.5, 15)
-        scales, mins, *search = qkx_search_state_t(xt, wt, nmax, rmin, 0.1, nstep, False, strict_eq=True)
+        scales, mins, *search = qkx_search_state_t(xt, wt, nmax, rmin, 0.1, nstep, False, True, ws)
         scales = scales.reshape(8, nb)
         mins = mins.reshape(8, nb)
         max_scale = running_max(scales)
@@ -175,18 +181,17 @@ def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int
         d_bits = fp32_to_fp16_bits(max_scale / F32(63.0))
         dmin_bits = fp32_to_fp16_bits(max_min / F32(63.0))
     else:
-        sum_x2 = superblock_sum_sq(xt3)
+        sum_x2 = superblock_sum_sq(xt3, ws)
         sigma2 = F32(2.0) * sum_x2 / F32(QK_K)
-        wt3 = xt3 * xt3
+        wt3 = np.multiply(xt3, xt3, out=wt.reshape(32, 8, nb))
         wt3 += sigma2
         np.sqrt(wt3, out=wt3)
         np.multiply(qw3, wt3, out=wt3)  # C: qw * sqrtf(sigma2 + x*x)
-        wt = wt3.reshape(32, 8 * nb)
         sw = np.add.reduce(wt, axis=0).reshape(8, nb)
-        scales, mins, *search = qkx_search_state_t(xt, wt, nmax, -0.9, 0.05, 36, False)
+        scales, mins, *search = qkx_search_state_t(xt, wt, nmax, -0.9, 0.05, 36, False, False, ws)
         # scales and mins in one make_qp_quants call (blocks are independent)
         dm_block, lsm = make_qp_quants_t(np.concatenate([scales.reshape(8, nb), mins.reshape(8, nb)], axis=1),
-                                         np.concatenate([sw, sw], axis=1), 63)
+                                         np.concatenate([sw, sw], axis=1), 63, ws)
         d_block, m_block = dm_block[:nb], dm_block[nb:]
         ls, lm = lsm[:, :nb], lsm[:, nb:]
         if nmax == 31:  # quantize_row_q5_K_impl clamps, quantize_row_q4_K_impl does not
@@ -198,7 +203,7 @@ def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int
     sc, m = get_scale_min_k4(packed)
     d = d_bits.view(np.float16).astype(F32) * sc.astype(F32)
     dm = dmin_bits.view(np.float16).astype(F32) * m.astype(F32)
-    L = requantize_t(xt3, d, dm, nmax, tuple(search))
+    L = requantize_t(xt3, d, dm, nmax, tuple(search), ws)
     return d_bits, dmin_bits, packed, L
 
 
@@ -207,9 +212,10 @@ def _quantize(rows: np.ndarray, imatrix: np.ndarray | None, nmax: int) -> np.nda
     type_size = 144 if nmax == 15 else 176
     out = np.empty((nrows * (n_per_row // QK_K), type_size), dtype=np.uint8)
     qwc = None if imatrix is None else ImatrixCache(imatrix, n_per_row, 32)
+    ws = Workspace()
     for a, b, xs in superblock_chunks(rows):
         qw3 = None if qwc is None else qwc.get(a, b)
-        d_bits, dmin_bits, packed, L = quantize_k45_chunk(xs, qw3, nmax)
+        d_bits, dmin_bits, packed, L = quantize_k45_chunk(xs, qw3, nmax, ws)
         o = out[a:b]
         o[:, 0:2] = d_bits.view(np.uint8).reshape(-1, 2)
         o[:, 2:4] = dmin_bits.view(np.uint8).reshape(-1, 2)
