@@ -91,8 +91,15 @@ def test_against_local_ggml(qtype):
     x = (rng.standard_t(4, (100, n)) * 10.0 ** rng.uniform(-3, 3, (100, 1))).astype(np.float32)
     x[5, 256:512] = 0
     x[6, :300] = -np.abs(x[6, :300])
+    # extreme ranges: the exact (bit-level nearest_int) paths of the search and re-quantization
+    x[7] = (rng.standard_normal(n) * 1e-38).astype(np.float32)
+    x[8] = (np.where(rng.random(n) < 0.5, 1e-40, -1e-40) * rng.random(n)).astype(np.float32)
+    x[9] = (rng.standard_normal(n) * 1e25).astype(np.float32)
+    x[10, rng.integers(0, n, 4)] *= 1e6
+    x[11, ::2] = -0.0
     imatrix = rng.chisquare(1, n).astype(np.float32)
     imatrix[::17] = 0
-    for imat in (None, imatrix):
+    wide = (10.0 ** rng.uniform(-20, 20, n)).astype(np.float32)
+    for imat in (None, imatrix, wide):
         want = _ggml_quantize(lib, qtype, x, imat)
         assert mismatched_rows(engine.quantize(x, qtype, imat), want) == []

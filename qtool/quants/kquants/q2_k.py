@@ -84,7 +84,8 @@ def quantize_q2_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     ws = Workspace()
     for a, b, xs in superblock_chunks(rows):
         qw3 = None if qwc is None else qwc.get(a, b)
-        d_bits, dmin_bits, sc, L = quantize_q2_k_chunk(xs, qw3, ws)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # IEEE results, as in C
+            d_bits, dmin_bits, sc, L = quantize_q2_k_chunk(xs, qw3, ws)
         o = out[a:b]
         o[:, 0:16] = sc.T
         # byte 32*h + 16*jj + i holds, at bits 2s, value 128*h + 32*s + 16*jj + i, i.e. sub-block

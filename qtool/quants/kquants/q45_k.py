@@ -215,7 +215,8 @@ def _quantize(rows: np.ndarray, imatrix: np.ndarray | None, nmax: int) -> np.nda
     ws = Workspace()
     for a, b, xs in superblock_chunks(rows):
         qw3 = None if qwc is None else qwc.get(a, b)
-        d_bits, dmin_bits, packed, L = quantize_k45_chunk(xs, qw3, nmax, ws)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # IEEE results, as in C
+            d_bits, dmin_bits, packed, L = quantize_k45_chunk(xs, qw3, nmax, ws)
         o = out[a:b]
         o[:, 0:2] = d_bits.view(np.uint8).reshape(-1, 2)
         o[:, 2:4] = dmin_bits.view(np.uint8).reshape(-1, 2)
