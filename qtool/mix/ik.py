@@ -99,6 +99,7 @@ class _State:
     n_fallback: int = 0
     has_imatrix: bool = False
     has_output: bool = False
+    output_name: str | None = "output.weight"
 
 
 def use_more_bits(i_layer: int, n_layers: int) -> bool:
@@ -175,7 +176,7 @@ def llama_tensor_get_type(qs: _State, new_type: str, t: TensorSpec) -> tuple[str
     def has(s: str) -> bool:
         return s in name
 
-    if name == "output.weight" or (not qs.has_output and name == "token_embd.weight"):
+    if (qs.output_name is not None and name == qs.output_name) or (not qs.has_output and name == "token_embd.weight"):
         what = "output" if name == "output.weight" else "token_embd (tied: no output.weight)"
         if p.output_tensor_type is not None:
             new_type, why = p.output_tensor_type, f"{what}: --output-tensor-type"
@@ -512,7 +513,8 @@ def _ends_with_weight(name: str) -> bool:
     return (pos if pos >= 0 else (1 << 64) - 1) == (len(name) - 6) % (1 << 64)
 
 
-def tensor_allows_quantization(t: TensorSpec, opts: MixOptions, only_copy: bool) -> tuple[bool, str]:
+def tensor_allows_quantization(t: TensorSpec, opts: MixOptions, only_copy: bool,
+                               arch: str = "llama") -> tuple[bool, str]:
     """ik's `quantize` flag before the type is chosen, and why not."""
     name = t.name
     if t.type in ("I32", "I64", "I16", "I8"):
@@ -529,9 +531,9 @@ def tensor_allows_quantization(t: TensorSpec, opts: MixOptions, only_copy: bool)
         return False, "COPY: tensors are copied unchanged"
     if "ffn_gate_inp.weight" in name and (opts.ffn_gate_inp_type is None or opts.ffn_gate_inp_type == t.type):
         return False, "expert gating (router) tensor"
-    if name == "position_embd.weight":
+    if name == "position_embd.weight" and arch in IK_POS_EMBD_ARCHS:
         return False, "positional embeddings"
-    if name == "token_types.weight":
+    if name == "token_types.weight" and arch in IK_TOKEN_TYPES_ARCHS:
         return False, "token types (BERT)"
     for sub in ("ssm_conv1d", "ssm_x.weight", "ssm_dt.weight"):
         if sub in name:
@@ -562,6 +564,21 @@ IK_ARCHS = frozenset((
     "minimax-m3 smollm3 mistral3 mimo2 seed_oss step35 laguna glm-dsa mistral4 gemma4 gemma4_mtp dflash "
     "dflash-draft gemma4-assistant openpangu muse-glimmer").split())
 
+# ik's LLM_TN(arch)(tensor) is "__missing__" for tensors an arch's name map lacks, so these
+# name tests only match in the archs listed (src/llama-model.cpp LLM_TENSOR_NAMES)
+IK_POS_EMBD_ARCHS = frozenset(("gpt2", "mpt", "starcoder", "bert"))
+IK_TOKEN_TYPES_ARCHS = frozenset(("bert", "nomic-bert", "jina-bert-v2"))
+IK_NO_OUTPUT_ARCHS = frozenset(("gptj", "bert", "nomic-bert", "jina-bert-v2", "gemma", "gemma2", "gemma4_mtp",
+                                "gemma4-assistant", "command-r", "openelm", "bitnet", "cohere2"))
+
+
+def ik_output_name(arch: str) -> str | None:
+    """tn(LLM_TENSOR_OUTPUT, "weight") in ik_llama.cpp, None where it is "__missing__"."""
+    if arch not in IK_ARCHS or arch in IK_NO_OUTPUT_ARCHS:
+        return None
+    return "output.weight"
+
+
 # ftypes that ik's llama-quantize refuses up front without an imatrix
 IK_FTYPES_NEED_IMATRIX = {"IQ2_XS", "IQ2_XXS", "IQ2_S", "IQ2_XXS_R4", "Q2_K_S", "IQ2_XS_R4", "IQ1_S",
                           "IQ1_S_R4", "IQ1_M_R4", "IQ1_M"}
@@ -573,7 +590,8 @@ def plan_ik(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts: MixO
     if opts.prune_layers:
         raise MixError("--prune-layers is a mainline llama-quantize option; ik_llama.cpp has none")
     qs = _State(info=info, opts=opts, ftype=ftype.key, ftype_name=ftype.name,
-                custom=[(r.compile(), r) for r in rules], has_imatrix=opts.uses_imatrix)
+                custom=[(r.compile(), r) for r in rules], has_imatrix=opts.uses_imatrix,
+                output_name=ik_output_name(info.arch))
     default_type = ftype.default_type
     only_copy = ftype.is_copy
     plan = Plan(ftype=ftype, flavour=IK, default_type=default_type)
@@ -583,7 +601,7 @@ def plan_ik(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts: MixO
     for t in ordered:
         if "attn_v.weight" in t.name or "attn_qkv.weight" in t.name:
             qs.n_attention_wv += 1
-        elif t.name == "output.weight":
+        elif qs.output_name is not None and t.name == qs.output_name:
             qs.has_output = True
     qs.n_ffn_down = qs.n_ffn_gate = qs.n_ffn_up = info.n_layer
     n_wv, n_l = qs.n_attention_wv, info.n_layer
@@ -594,7 +612,7 @@ def plan_ik(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts: MixO
 
     for t in ordered:
         name = t.name
-        allows, why_not = tensor_allows_quantization(t, opts, only_copy)
+        allows, why_not = tensor_allows_quantization(t, opts, only_copy, info.arch)
         new_type, reason, note = t.type, "", None
         quantize = allows
         if allows:
