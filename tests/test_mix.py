@@ -461,3 +461,22 @@ def test_ik_attention_count_sanity_check() -> None:
     plan(extra, info, "Q4_K_M")  # mainline has no such check
     info.arch = "deci"
     plan(extra, info, "Q4_K_M", ik())
+
+
+def test_filter_imatrix_names_and_mainline_custom_q() -> None:
+    from qtool.mix import filter_imatrix_names
+
+    names = ["blk.0.attn_q.weight", "blk.0.ffn_down.weight", "output.weight"]
+    assert filter_imatrix_names(names, exclude=["ffn"]) == ["blk.0.attn_q.weight", "output.weight"]
+    assert filter_imatrix_names(names, include=["attn", "output"]) == ["blk.0.attn_q.weight", "output.weight"]
+    assert filter_imatrix_names(names, include=["nothing"]) == []
+    with pytest.raises(MixError, match="cannot be used together"):
+        filter_imatrix_names(names, include=["a"], exclude=["b"])
+    # mainline flavour: --custom-q rules act like --tensor-type rules placed after them
+    ts, info = llama()
+    opts = MixOptions(tensor_types=[parse_tensor_type("attn_v=q8_0")],
+                      custom_q=parse_custom_q("attn_v=q4_0,Attn_Q=q5_1,attn_q=q6_k"))
+    p = plan(ts, info, "Q4_K_M", opts)
+    assert p.by_name("blk.0.attn_v.weight").type == "Q8_0"
+    assert p.by_name("blk.0.attn_q.weight").type == "Q6_K"  # custom-q patterns keep their case
+    assert p.by_name("blk.0.attn_q.weight").reason == "--custom-q attn_q=q6_k"

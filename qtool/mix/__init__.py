@@ -13,6 +13,7 @@ from .options import (
     MixError,
     MixOptions,
     TypeRule,
+    filter_imatrix_names,
     parse_custom_q,
     parse_ggml_type,
     parse_prune_layers,
@@ -24,7 +25,7 @@ from .recipe import Recipe, load_recipe, parse_recipe
 
 __all__ = [
     "FLAVOURS", "IK", "MAINLINE", "Decision", "FType", "FTypeError", "MixError", "MixOptions",
-    "ModelInfo", "Plan", "Recipe", "TensorSpec", "TypeRule", "check_plan", "ftype_names",
+    "ModelInfo", "Plan", "Recipe", "TensorSpec", "TypeRule", "check_plan", "filter_imatrix_names", "ftype_names",
     "ftype_table", "load_recipe", "parse_custom_q", "parse_ftype", "parse_ggml_type",
     "parse_prune_layers", "parse_recipe", "parse_tensor_type", "parse_tensor_type_file", "plan",
     "specs_from_gguf",

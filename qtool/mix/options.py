@@ -133,6 +133,23 @@ def parse_prune_layers(arg: str) -> list[int]:
     return sorted(set(ids))
 
 
+def filter_imatrix_names(names: list[str], include: list[str] | None = None,
+                        exclude: list[str] | None = None) -> list[str]:
+    """--include-weights / --exclude-weights (substring matches) as quantize.cpp's prepare_imatrix.
+
+    Mainline refuses both together (usage error). The mix sees an imatrix only if entries are
+    left (`has_imatrix`), so filtering everything out changes the Q4_0 / IQ4_XS / ... mixes.
+    """
+    if include and exclude:
+        raise MixError("--include-weights and --exclude-weights cannot be used together")
+    kept = list(names)
+    for sub in exclude or []:
+        kept = [n for n in kept if sub not in n]
+    if include:
+        kept = [n for n in kept if any(sub in n for sub in include)]
+    return kept
+
+
 @dataclass
 class MixOptions:
     """Everything besides the tensors, the model and the ftype that decides the tensor types.
