@@ -187,13 +187,14 @@ def qkx_search_state_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: f
                 scale[idx] = this_scale[idx]
                 best_isc[idx] = isc[idx]
                 best_mnu[idx] = mn[idx]
-                mn[idx] = this_min[idx]
+                mi = this_min[idx]
+                mn[idx] = mi
                 np.subtract(xt, mn, out=xm)
-                rng[idx] = mx[idx] - mn[idx]
+                np.subtract(mx, mn, out=rng)
                 if fast:
-                    fast = _fast_ok(rng[idx], top, xmin[idx], mn[idx])
+                    fast = _fast_ok(rng[idx], top, xmin[idx], mi)
                 if not lo:
-                    lo = bool((mn[idx] > xmin[idx]).any())
+                    lo = bool((mi > xmin[idx]).any())
 
     scale[degenerate] = 0
     the_min = np.where(degenerate, -mn_deg, -mn).astype(F32)
