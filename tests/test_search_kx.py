@@ -219,9 +219,34 @@ def test_qp_matches_scalar(n, nmax):
 def test_qkx_chunking_and_natural_layout():
     """Chunked calls (more blocks than one chunk) equal one block at a time."""
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((search_kx._CHUNK_BLOCKS + 37, 32)).astype(F)
+    chunk = search_kx._CHUNK_VALUES // 32
+    x = rng.standard_normal((chunk + 37, 32)).astype(F)
     w = np.abs(x) + F(0.1)
     s, m, L = search_kx.make_qkx3_quants(x, w, 15, -0.9, 0.05, 36, False)
-    idx = [0, 1, search_kx._CHUNK_BLOCKS - 1, search_kx._CHUNK_BLOCKS, x.shape[0] - 1]
+    idx = [0, 1, chunk - 1, chunk, x.shape[0] - 1]
     s1, m1, L1 = search_kx.make_qkx3_quants(x[idx], w[idx], 15, -0.9, 0.05, 36, False)
     assert np.array_equal(s[idx], s1) and np.array_equal(m[idx], m1) and np.array_equal(L[idx], L1)
+
+
+@pytest.mark.parametrize("qkx2", [True, False])
+def test_qkx_extreme_ranges(qkx2):
+    """Denormal, tiny and huge blocks take the exact nearest_int path; still bit-identical."""
+    rng = np.random.default_rng(99)
+    n = 32
+    rows = []
+    for sc in (1e-40, 1e-39, 1e-38, 1e-30, 1e20, 1e30, 3e37):
+        rows.append(rng.standard_normal(n) * sc)
+        rows.append(np.abs(rng.standard_normal(n)) * sc)
+    spike = rng.standard_normal(n) * 1e-3
+    spike[5] = 1e5
+    rows.append(spike)
+    with np.errstate(all="ignore"):
+        x = np.array(rows, dtype=F)
+        w = (np.abs(x) + F(1e-30)).astype(F)
+        fn = search_kx.make_qkx2_quants if qkx2 else search_kx.make_qkx3_quants
+        scale, the_min, L = fn(x, w, 15, -0.9, 0.05, 36, False)
+        for b in range(x.shape[0]):
+            rs, rm, rl = ref_qkx(x[b], w[b], 15, -0.9, 0.05, 36, False, qkx2)
+            assert np.array([scale[b]]).view(np.uint32)[0] == np.array([rs], F).view(np.uint32)[0], b
+            assert np.array([the_min[b]]).view(np.uint32)[0] == np.array([rm], F).view(np.uint32)[0], b
+            assert L[b].tolist() == rl, b

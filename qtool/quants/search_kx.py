@@ -10,9 +10,12 @@ Two calling conventions:
   float32 (n_blocks, n), L uint8 (n_blocks, n). They chunk and transpose internally.
 - `qkx_search_t(xt, wt, ...)` / `make_qp_quants_t(xt, wt, nmax)` work on the transposed layout
   (n, n_blocks), C-contiguous, which keeps every step a contiguous numpy expression; the k-quant
-  kernels call these directly.
+  kernels call these (and `qkx_search_state_t`, which leaves L to be rebuilt only where needed)
+  directly, with a `Workspace` of scratch buffers shared by their chunks.
 
-Inputs are assumed finite (no NaN); infinities and denormal ranges take an exact slow path.
+Speed: about 2.5-3 ns per value and candidate scale on one core (numpy streams every step through
+memory; ~260k values per chunk is the sweet spot). Inputs are assumed free of NaN; huge, tiny and
+denormal ranges take an exact (bit-level nearest_int) path.
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ from .rounding import nearest_int
 
 F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)
-_CHUNK_BLOCKS = 4096
-_MAGIC = F32(12582912.0)
+_CHUNK_VALUES = 1 << 18  # values per chunk of the natural-layout API
 
 
 class Workspace:
@@ -361,8 +363,9 @@ def _qkx(x: np.ndarray, weights: np.ndarray | None, nmax: int, rmin: float, rdel
     the_min = np.empty(nb, dtype=F32)
     L = np.empty((nb, n), dtype=np.uint8)
     ws = Workspace()
-    for a in range(0, nb, _CHUNK_BLOCKS):
-        b = min(nb, a + _CHUNK_BLOCKS)
+    chunk = max(1, _CHUNK_VALUES // n)
+    for a in range(0, nb, chunk):
+        b = min(nb, a + chunk)
         xt = np.ascontiguousarray(x[a:b].T)
         wt = None if weights is None else np.ascontiguousarray(weights[a:b].T)
         s, m, lt = qkx_search_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad, strict_eq, ws)
