@@ -103,3 +103,19 @@ def test_against_local_ggml(qtype):
     for imat in (None, imatrix, wide):
         want = _ggml_quantize(lib, qtype, x, imat)
         assert mismatched_rows(engine.quantize(x, qtype, imat), want) == []
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_empty_and_single_superblock(qtype):
+    rb = get_type(qtype).row_bytes(512)
+    q = engine.quantize(np.zeros((0, 512), np.float32), qtype)
+    assert q.shape == (0, rb)
+    assert engine.dequantize(q, qtype, 512).shape == (0, 512)
+    x, imatrix, _ = inputs()
+    e = expected(qtype)
+    # one row, one super-block at a time: the first super-block of each golden row
+    rows = x[:, :256]
+    got = engine.quantize(rows, qtype, imatrix[:256])
+    want = engine.quantize(x, qtype, imatrix)[:, : get_type(qtype).type_size]
+    assert np.array_equal(got, want)
+    assert np.array_equal(want, e["q_im"][:, : get_type(qtype).type_size])

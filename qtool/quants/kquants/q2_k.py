@@ -95,7 +95,7 @@ def quantize_q2_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         o[:, 16:80] = q.transpose(3, 1, 2, 0).reshape(-1, 64)
         o[:, 80:82] = d_bits.view(np.uint8).reshape(-1, 2)
         o[:, 82:84] = dmin_bits.view(np.uint8).reshape(-1, 2)
-    return out.reshape(nrows, -1)
+    return out.reshape(nrows, (n_per_row // QK_K) * out.shape[1])
 
 
 def dequantize_q2_k(data: np.ndarray, n_per_row: int) -> np.ndarray:

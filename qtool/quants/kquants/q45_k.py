@@ -234,7 +234,7 @@ def _quantize(rows: np.ndarray, imatrix: np.ndarray | None, nmax: int) -> np.nda
                 qh |= hi[:, j, :] << j
             o[:, 16:48] = qh.T
             o[:, 48:176] = q.transpose(2, 1, 0).reshape(-1, 128)
-    return out.reshape(nrows, -1)
+    return out.reshape(nrows, (n_per_row // QK_K) * out.shape[1])
 
 
 def quantize_q4_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
