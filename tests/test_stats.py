@@ -183,21 +183,25 @@ def test_quantized_source_is_dequantized_reference(tmp_path: Path) -> None:
 
 def test_flat_layout_like_quantize_stats(tmp_path: Path) -> None:
     """Row length not a multiple of the block: quantize-stats quantizes the flat array."""
-    if not can_quantize("Q4_0"):
-        pytest.skip("Q4_0 not implemented yet")
+    names = quantizable("Q4_0", "Q4_K", "Q5_K", "Q2_K")
+    if not names:
+        pytest.skip("no block type implemented yet")
+    qt = get_type(names[0])
+    bs = qt.block_size
+    n = bs + bs // 2  # 1.5 blocks per row
     rng = np.random.default_rng(7)
-    x = (rng.standard_normal((64, 48)) * 0.05).astype(np.float32)  # 48 values per row, Q4_0 blocks of 32
-    p = write_gguf(tmp_path / "f.gguf", {"blk.0.attn_q.weight": ((48, 64), "F32", x)})
-    rep = run_stats(str(p), _types("Q4_0"))
+    x = (rng.standard_normal((64, n)) * 0.05).astype(np.float32)
+    p = write_gguf(tmp_path / "f.gguf", {"blk.0.attn_q.weight": ((n, 64), "F32", x)})
+    rep = run_stats(str(p), [qt])
     tr = rep.types[0].tensors[0]
     assert tr.layout == "flat"
-    flat = x.reshape(-1, 32)
-    q = dequantize(quantize(flat, "Q4_0"), "Q4_0", 32).reshape(64, 48)
+    q = dequantize(quantize(x.reshape(-1, bs), qt), qt, bs).reshape(64, n)
     d = (x - q).astype(np.float64)
     assert tr.stats.sum_err2 == pytest.approx(float((d * d).sum()), rel=1e-12)
     assert tr.stats.max_error == np.abs(d).max()
+    assert tr.bits == 64 * n // bs * qt.type_size * 8
     # with an imatrix the real rows are needed: skipped with a reason
-    rep = run_stats(str(p), _types("Q4_0"), weights_fn=lambda t: np.ones(t.n_per_row, np.float32))
+    rep = run_stats(str(p), [qt], weights_fn=lambda t: np.ones(t.n_per_row, np.float32))
     assert rep.types[0].tensors == [] and "not a multiple" in rep.types[0].skipped[0][1]
 
 
@@ -310,7 +314,21 @@ def test_cli_json_csv_ik(model: Path) -> None:
     assert rows[9]["tensor"] == "*total*" and float(rows[9]["rmse"]) == pytest.approx(doc["types"][0]["rmse"])
     assert "svd_r2_rmse" in rows[0]
     r = CliRunner().invoke(cli, ["stats", str(model), "-t", "bf16", "--ik", "--per-tensor"])
-    assert r.exit_code == 0 and r.output.splitlines()[0].startswith("bf16::token_embd.weight")
+    lines = r.output.splitlines()
+    assert r.exit_code == 0 and lines[0].startswith("bf16::token_embd.weight") and lines[1] == lines[0]
+    # quantize-stats' total counts the tied token_embd twice (no output.weight in this model)
+    rep = run_stats(str(model), _types("BF16"))
+    tot = ErrorStats()
+    tot.merge(rep.types[0].total)
+    tot.merge(rep.types[0].tensors[0].stats)
+    assert lines[-1] == tot.ik_line("bf16") and len(lines) == 9 + 1 + 1
+
+
+def test_ggml_type_names() -> None:
+    from qtool.commands.stats_cmd import ggml_type_name
+
+    assert [ggml_type_name(get_type(n)) for n in ("Q4_K", "Q8_K64", "IQ4_XS", "IQ4_K", "Q4_0", "BF16")] == [
+        "q4_K", "q8_K64", "iq4_xs", "iq4_k", "q4_0", "bf16"]
 
 
 def test_cli_tables_and_errors(model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 
 import click
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from ..quants import can_quantize, get_type, quantizable_types
 from ..quants.types import FLAVOURS, MAINLINE, QType
+from ..stats.metrics import ErrorStats
 from ..stats.report import StatsError, StatsReport, TypeResult, run_stats
 
 
@@ -112,7 +114,8 @@ def _progress(enabled: bool):
 @click.option("--rmse", is_flag=True, help="The RMSE report (the default and, for now, only report).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (see docs/stats.md).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout: one row per type and tensor.")
-@click.option("--ik", "as_ik", is_flag=True, help="Print lines in quantize-stats' own format.")
+@click.option("--ik", "as_ik", is_flag=True,
+              help="quantize-stats' own output lines and totals (a tied token_embd counted twice, as it does).")
 @click.option("--plot", "plot", default=None, metavar="FILE.png|-",
               help="Relative error vs bpw chart: a PNG (needs matplotlib) or '-' for a text chart.")
 @click.option("--svd-rank", "svd_rank", default=None, metavar="R1,R2,...",
@@ -229,17 +232,31 @@ def _csv_val(v):
     return v
 
 
+def ggml_type_name(qt: QType) -> str:
+    """The name ggml prints for a type (q4_K, iq4_xs, q8_K64)."""
+    return re.sub(r"^(q\d)_k(\d*)$", r"\1_K\2", qt.name.lower())
+
+
 def report_ik(report: StatsReport, per_tensor: bool, histogram: bool) -> str:
     """quantize-stats' output lines: per tensor `type::name` lines with --per-tensor, one line per
-    type, and its histogram table with --histogram."""
+    type, and its histogram table with --histogram. Like quantize-stats, a model without
+    output.weight has token_embd.weight counted twice (llama.cpp's tensor map holds it again as
+    the output); tensors come in file order."""
     out = []
     for tr in report.types:
-        if per_tensor:
-            out += [t.stats.ik_line(f"{tr.name}::{t.name}") for t in tr.tensors]
-        out.append(tr.total.ik_line(tr.name))
+        name = ggml_type_name(tr.qtype)
+        total = ErrorStats()
+        total.merge(tr.total)
+        for t in tr.tensors:
+            twice = report.tied_embeddings and t.name == "token_embd.weight"
+            if twice:
+                total.merge(t.stats)
+            if per_tensor:
+                out += [t.stats.ik_line(f"{name}::{t.name}")] * (2 if twice else 1)
+        out.append(total.ik_line(name))
         if histogram:
             out.append("Error distribution:")
-            for lo, hi, c in tr.total.histogram_rows():
+            for lo, hi, c in total.histogram_rows():
                 out.append(f"[{lo:3.4f}, {hi:3.4f}): {c:11d}")
     return "\n".join(out) + "\n"
 

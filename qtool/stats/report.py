@@ -290,6 +290,7 @@ class StatsReport:
     types: list[TypeResult]
     svd_ranks: list[int]
     ik_chunks: bool
+    tied_embeddings: bool = False  # no output.weight: llama.cpp uses token_embd.weight twice
 
     def to_json(self, per_layer: bool = False, histogram: bool = False) -> dict:
         """The documented JSON document (docs/stats.md)."""
@@ -430,7 +431,9 @@ def _run(model: GGUFModel, types: list[QType], weights_fn: WeightsFn | None, ima
                 for a, b in zip(tot, tr.svd or [], strict=False):
                     a.merge(b)
             r.svd = tot
-    return StatsReport(model.path, reference, flavour, imatrix_path, source_types, ordered, svd_ranks, ik_chunks)
+    tied = not any(t.name == "output.weight" for t in model.tensors)
+    return StatsReport(model.path, reference, flavour, imatrix_path, source_types, ordered, svd_ranks, ik_chunks,
+                       tied)
 
 
 def _run_tensor(model: GGUFModel, plan: TensorPlan, type_map: dict[str, QType], results: dict[str, TypeResult],
