@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from qtool.cli import cli
-from qtool.quants import can_quantize, dequantize, get_type, quantize
+from qtool.quants import dequantize, get_type, quantize
 from qtool.stats import ErrorStats, run_stats
 from qtool.stats import report as report_mod
 from qtool.stats.metrics import HISTOGRAM_BUCKETS, normalized_weights
