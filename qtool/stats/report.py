@@ -379,12 +379,14 @@ def _run(model: GGUFModel, types: list[QType], weights_fn: WeightsFn | None, ima
     results = {qt.name: TypeResult(qt) for qt in types}
     plans: list[TensorPlan] = []
     source_types: dict[str, int] = {}
+    n_selected = 0
     for i, t in enumerate(model.tensors):
         if not tensor_selected(t.name, inc, exc) or not tensor_shape_ok(t):
             continue
         st = t.qtype
         if st.name not in FLOAT_TYPES and not st.quantized:
             continue  # integer tensors
+        n_selected += 1
         if not can_dequantize(st):
             for r in results.values():
                 r.skipped.append((t.name, f"qtool cannot dequantize its type {st.name}"))
@@ -405,8 +407,8 @@ def _run(model: GGUFModel, types: list[QType], weights_fn: WeightsFn | None, ima
             layouts[qt.name] = lay
         if layouts:
             plans.append(TensorPlan(i, t, layouts, w, plan_slab_rows(t, layouts)))
-    if not plans:
-        raise StatsError("no tensor selected (check --include/--exclude and --type)")
+    if not n_selected:
+        raise StatsError("no tensor selected (check --include/--exclude)")
     reference = "original" if all(p.info.qtype.name in FLOAT_TYPES for p in plans) else "dequantized"
     if on_start:
         on_start(sum(p.info.n_elements for p in plans))
