@@ -420,8 +420,7 @@ def _run(model: GGUFModel, types: list[QType], weights_fn: WeightsFn | None, ima
         pool = ProcessPoolExecutor(max_workers=threads, mp_context=ctx, initializer=_worker_init,
                                    initargs=(model.path, flavour))
     try:
-        for plan in plans:
-            _run_tensor(model, plan, type_map, results, flavour, svd_ranks, svd, pool, threads, on_progress)
+        _run_all(model, plans, type_map, results, flavour, svd_ranks, pool, threads, on_progress)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -438,54 +437,85 @@ def _run(model: GGUFModel, types: list[QType], weights_fn: WeightsFn | None, ima
                        tied)
 
 
-def _run_tensor(model: GGUFModel, plan: TensorPlan, type_map: dict[str, QType], results: dict[str, TypeResult],
-                flavour: str, svd_ranks: list[int], svd: bool, pool: ProcessPoolExecutor | None, threads: int,
-                on_progress: Callable[[str, int], None] | None) -> None:
-    t = plan.info
-    types = {n: type_map[n] for n in plan.layouts}
-    acc = {n: ErrorStats() for n in plan.layouts}
-    per_matrix = rows_per_matrix(t)
-    grams: dict[str, dict[int, GramAccumulator]] = {n: {} for n in plan.layouts}
-    svd_acc = {n: [LowRankResidual(R) for R in svd_ranks] for n in plan.layouts}
-    nw = normalized_weights(plan.weights) if plan.weights is not None else None
+class _TensorAcc:
+    """Running results of one tensor while its slabs come back (in slab order)."""
 
-    def absorb(res: SlabResult) -> None:
+    def __init__(self, plan: TensorPlan, type_map: dict[str, QType], svd_ranks: list[int]) -> None:
+        self.plan = plan
+        self.types = {n: type_map[n] for n in plan.layouts}
+        self.acc = {n: ErrorStats() for n in plan.layouts}
+        self.per_matrix = rows_per_matrix(plan.info)
+        self.svd_ranks = svd_ranks
+        self.grams: dict[str, dict[int, GramAccumulator]] = {n: {} for n in plan.layouts}
+        self.svd_acc = {n: [LowRankResidual(R) for R in svd_ranks] for n in plan.layouts}
+        self.nw = normalized_weights(plan.weights) if plan.weights is not None else None
+        self.pending = sum(1 for _ in plan.slabs())
+
+    def absorb(self, res: SlabResult) -> None:
         for name, st in res.stats.items():
-            acc[name].merge(st)
-            if not svd:
+            self.acc[name].merge(st)
+            if not self.svd_ranks:
                 continue
+            grams = self.grams[name]
             for mi, g in res.grams[name].items():
-                if mi in grams[name]:
-                    grams[name][mi].merge(g)
+                if mi in grams:
+                    grams[mi].merge(g)
                 else:
-                    grams[name][mi] = g
-                if grams[name][mi].m == per_matrix:  # matrix complete: study it, drop the Gram
-                    full = grams[name].pop(mi)
-                    w = None if nw is None else nw[mi if nw.shape[0] > 1 else 0]
-                    for a, b in zip(svd_acc[name], lowrank_residuals(full.gram, per_matrix, svd_ranks, w),
-                                    strict=True):
+                    grams[mi] = g
+                if grams[mi].m == self.per_matrix:  # matrix complete: study it, drop the Gram
+                    full = grams.pop(mi)
+                    w = None if self.nw is None else self.nw[mi if self.nw.shape[0] > 1 else 0]
+                    for a, b in zip(self.svd_acc[name],
+                                    lowrank_residuals(full.gram, self.per_matrix, self.svd_ranks, w), strict=True):
                         a.merge(b)
+        self.pending -= 1
+
+    def finish(self, results: dict[str, TypeResult]) -> None:
+        assert not any(self.grams.values()), "a matrix of the low-rank study was left incomplete"
+        t = self.plan.info
+        for name, lay in self.plan.layouts.items():
+            qt = self.types[name]
+            bits = layout_bits(t, qt, lay)
+            tr = TensorResult(t.name, t.shape, t.qtype.name, lay.kind, bits, self.acc[name],
+                              self.plan.weights is not None, self.svd_acc[name] if self.svd_ranks else None)
+            r = results[name]
+            r.tensors.append(tr)
+            r.total.merge(self.acc[name])
+            r.bits += bits
+
+
+def _run_all(model: GGUFModel, plans: list[TensorPlan], type_map: dict[str, QType], results: dict[str, TypeResult],
+             flavour: str, svd_ranks: list[int], pool: ProcessPoolExecutor | None, threads: int,
+             on_progress: Callable[[str, int], None] | None) -> None:
+    """Every slab of every tensor, in order; with a pool, up to 2 x threads slabs in flight across
+    tensor boundaries (small tensors are one slab each). Tensors are finished in file order."""
+    svd = bool(svd_ranks)
+    accs: deque[_TensorAcc] = deque()
+
+    def absorb(acc: _TensorAcc, res: SlabResult) -> None:
+        acc.absorb(res)
         if on_progress:
-            on_progress(t.name, res.n)
+            on_progress(acc.plan.info.name, res.n)
+        while accs and accs[0].pending == 0:
+            accs.popleft().finish(results)
 
     if pool is None:
+        for plan in plans:
+            acc = _TensorAcc(plan, type_map, svd_ranks)
+            accs.append(acc)
+            types = acc.types
+            for start, stop in plan.slabs():
+                absorb(acc, process_slab(model, plan, start, stop, types, flavour, svd))
+        return
+    inflight: deque[tuple[_TensorAcc, Future[SlabResult]]] = deque()
+    for plan in plans:
+        acc = _TensorAcc(plan, type_map, svd_ranks)
+        accs.append(acc)
         for start, stop in plan.slabs():
-            absorb(process_slab(model, plan, start, stop, types, flavour, svd))
-    else:
-        pending: deque[Future[SlabResult]] = deque()
-        for start, stop in plan.slabs():
-            pending.append(pool.submit(_worker, plan, start, stop, types, flavour, svd))
-            while len(pending) > 2 * threads:
-                absorb(pending.popleft().result())
-        while pending:
-            absorb(pending.popleft().result())
-    assert not any(grams.values()), "a matrix of the low-rank study was left incomplete"
-    for name, lay in plan.layouts.items():
-        qt = types[name]
-        bits = layout_bits(t, qt, lay)
-        tr = TensorResult(t.name, t.shape, t.qtype.name, lay.kind, bits, acc[name], plan.weights is not None,
-                          svd_acc[name] if svd else None)
-        r = results[name]
-        r.tensors.append(tr)
-        r.total.merge(acc[name])
-        r.bits += bits
+            inflight.append((acc, pool.submit(_worker, plan, start, stop, acc.types, flavour, svd)))
+            while len(inflight) > 2 * threads:
+                a, f = inflight.popleft()
+                absorb(a, f.result())
+    while inflight:
+        a, f = inflight.popleft()
+        absorb(a, f.result())
