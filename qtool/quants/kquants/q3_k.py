@@ -17,7 +17,7 @@ Packing: the high bit of value j goes to bit j/32 of hmask[j%32]; the low two bi
 128h + 32k + l go to bits 2k of qs[32h + l]; scale j's low nibble to scales[j%8] (high nibble
 for j >= 8) and its top two bits to bits 2*(j/4) of scales[8 + j%4].
 
-Layout: as Q6_K, a chunk of super-blocks (m, 256) is transposed to (16, 16, m).
+Layout: as Q6_K, a chunk of super-blocks (m, 256) is transposed to (16, 16*m) for the searches.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import numpy as np
 
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
 from ..types import QK_K
-from .q6_k import CHUNK_SUPERBLOCKS, first_absmax, from_t3, imatrix_t3, requantize_t3, to_t3
+from .q6_k import ImatrixLayout, chunk_size, first_absmax, requantize, to_sub_t
 
 F32 = np.float32
+U32 = np.uint32
 
 BLOCK_Q3_K = np.dtype([("hmask", "u1", (QK_K // 8,)), ("qs", "u1", (QK_K // 4,)), ("scales", "u1", (12,)),
                        ("d", "<u2")])
@@ -54,28 +55,45 @@ def unpack_scales_q3(sb: np.ndarray) -> np.ndarray:
 
 
 def pack_q3_k(lb: np.ndarray, blk: np.ndarray) -> None:
-    """Write hmask / qs of blocks blk from L uint8 (m, 256) (values 0..7), as quantize_row_q3_K_ref."""
+    """Write hmask / qs of blocks blk from L uint8 (m, 256) (values 0..7), as quantize_row_q3_K_ref.
+
+    Four bytes at a time on uint32 words (numpy's uint8 shifts are not vectorized; no bits cross
+    a byte), with the combined index (bit of hmask, pair of bits of qs) moved outermost so every
+    step is one contiguous expression.
+    """
     m = lb.shape[0]
-    hb = (lb >> 2).reshape(m, 8, 32)  # high bit of value 32k + i -> bit k of hmask[i]
-    hm = hb[:, 0].copy()
+    wk = np.empty((8, m, 8), dtype=U32)  # [k = value // 32, block, (value % 32) / 4]
+    wk[...] = np.ascontiguousarray(lb).view(U32).reshape(m, 8, 8).transpose(1, 0, 2)
+    hb = wk >> U32(2)
+    hb &= U32(0x01010101)
+    hm = hb[0]
     for k in range(1, 8):
-        hm |= hb[:, k] << k
-    lo = (lb & 3).reshape(m, 2, 4, 32)
-    qs = lo[:, :, 0] | (lo[:, :, 1] << 2) | (lo[:, :, 2] << 4) | (lo[:, :, 3] << 6)
-    blk["hmask"] = hm
-    blk["qs"] = qs.reshape(m, 64)
+        hb[k] <<= U32(k)
+        hm |= hb[k]
+    wk &= U32(0x03030303)
+    lo = wk.reshape(2, 4, m, 8)  # value 128h + 32k + 4i + byte: [h, k, block, i]
+    qs = np.empty((m, 2, 8), dtype=U32)
+    for h in range(2):
+        t = lo[h, 1] << U32(2)
+        t |= lo[h, 0]
+        lo[h, 2] <<= U32(4)
+        t |= lo[h, 2]
+        lo[h, 3] <<= U32(6)
+        t |= lo[h, 3]
+        qs[:, h] = t
+    blk["hmask"] = hm.view(np.uint8).reshape(m, 32)
+    blk["qs"] = qs.view(np.uint8).reshape(m, 64)
 
 
-def _finish(xt3: np.ndarray, lt3: np.ndarray, ls: np.ndarray, d16: np.ndarray, blk: np.ndarray) -> None:
+def _finish(xs: np.ndarray, lt: np.ndarray, ls: np.ndarray, d16: np.ndarray, blk: np.ndarray) -> None:
     """Shared tail of ref and impl: re-quantize with the decoded scales and pack.
 
-    xt3 float32 (16, 16, m); lt3 uint8 (16, 16, m) search levels (0..7); ls uint8 (16, m) quantized
+    xs float32 (m, 256); lt uint8 (16, 16*m) search levels (0..7); ls uint8 (m, 16) quantized
     scales + 32; d16 uint16 (m,) fp16 bits of d.
     """
-    d = fp16_bits_to_fp32(d16) * (ls.astype(F32) - F32(32))  # (16, m): float * int8
-    lt3 = requantize_t3(xt3, d, lt3, -4, 3)
-    pack_q3_k(from_t3(lt3), blk)
-    blk["scales"] = pack_scales_q3(np.ascontiguousarray(ls.T))
+    d = fp16_bits_to_fp32(d16)[:, None] * (ls.astype(F32) - F32(32))  # (m, 16): float * int8
+    pack_q3_k(requantize(xs, d, lt, -4, 3), blk)
+    blk["scales"] = pack_scales_q3(ls)
     blk["d"] = d16
 
 
@@ -84,38 +102,38 @@ def quantize_q3_k_ref_chunk(xs: np.ndarray, blk: np.ndarray) -> None:
     from ..search import make_q3_quants_t  # TEMP until search.py lands
 
     m = xs.shape[0]
-    xt3 = to_t3(xs)
-    scale, lt = make_q3_quants_t(xt3.reshape(16, 16 * m), 4)
-    scales = scale.reshape(16, m)
+    scale, lt = make_q3_quants_t(to_sub_t(xs), 4)
+    scales = scale.reshape(m, 16)
     _, max_scale = first_absmax(scales)
     nz = max_scale != 0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = (F32(-32.0) / np.where(nz, max_scale, F32(1))).astype(F32)
-        li = nearest_int(iscale * scales)
+        li = nearest_int(iscale[:, None] * scales)
         d16 = np.where(nz, fp32_to_fp16_bits(F32(1.0) / iscale), np.uint16(0)).astype(np.uint16)
-    ls = np.where(nz, np.clip(li, -32, 31) + 32, 0).astype(np.uint8)
-    _finish(xt3, lt.reshape(16, 16, m), ls, d16, blk)
+    ls = np.where(nz[:, None], np.clip(li, -32, 31) + 32, 0).astype(np.uint8)
+    _finish(xs, lt, ls, d16, blk)
 
 
-def quantize_q3_k_impl_chunk(xs: np.ndarray, qw3: np.ndarray, blk: np.ndarray) -> None:
-    """quantize_row_q3_K_impl on super-blocks xs float32 (m, 256), imatrix qw3 (16, 16, m), into blk."""
+def quantize_q3_k_impl_chunk(xs: np.ndarray, qwt: np.ndarray, blk: np.ndarray) -> None:
+    """quantize_row_q3_K_impl on super-blocks xs float32 (m, 256), imatrix qwt (16, 16*m), into blk."""
     from ..search import make_qx_quants_t  # TEMP until search.py lands
 
     m = xs.shape[0]
-    xt3 = to_t3(xs)
-    x2 = xt3 * xt3
-    # sumx2 in C's order (index 16*j + i): (i, j, m) -> (j, i, m), sequential down axis 0
-    seq = np.ascontiguousarray(x2.transpose(1, 0, 2)).reshape(QK_K, m)
-    sumx2 = np.add.reduce(seq, axis=0, initial=F32(0))
-    sigma2 = (F32(2) * sumx2) / F32(QK_K)
-    x2 += sigma2
-    np.sqrt(x2, out=x2)
-    weight = qw3 * x2  # (16, 16, m)
-    sw = np.add.reduce(weight, axis=0, initial=F32(0))  # (16, m)
-    scale, lt = make_qx_quants_t(xt3.reshape(16, 16 * m), weight.reshape(16, 16 * m), 4, 1)
-    d_block, ls = make_qx_quants_t(scale.reshape(16, m), sw, 32, 1)
-    d16 = fp32_to_fp16_bits(d_block)
-    _finish(xt3, lt.reshape(16, 16, m), ls.astype(np.uint8), d16, blk)
+    # sumx2 in C's order over the 256 values: (256, m), sequential down axis 0
+    x2seq = np.ascontiguousarray(xs.T)
+    x2seq *= x2seq
+    sumx2 = np.add.reduce(x2seq, axis=0, initial=F32(0))
+    sigma2 = (F32(2) * sumx2) / F32(QK_K)  # (m,)
+    xt = to_sub_t(xs)  # (16, 16*m)
+    w = xt * xt
+    w += np.repeat(sigma2, 16)[None, :]
+    np.sqrt(w, out=w)
+    w *= qwt  # weight = qw * sqrtf(sigma2 + x*x)
+    sw = np.add.reduce(w, axis=0, initial=F32(0))  # (16*m,)
+    scale, lt = make_qx_quants_t(xt, w, 4, 1)
+    d_block, ls = make_qx_quants_t(np.ascontiguousarray(scale.reshape(m, 16).T),
+                                   np.ascontiguousarray(sw.reshape(m, 16).T), 32, 1)
+    _finish(xs, lt, np.ascontiguousarray(ls.T), fp32_to_fp16_bits(d_block), blk)
 
 
 def quantize_q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -124,12 +142,14 @@ def quantize_q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     xs_all = rows.reshape(-1, QK_K)
     nb = xs_all.shape[0]
     out = np.empty(nb, dtype=BLOCK_Q3_K)
-    for a in range(0, nb, CHUNK_SUPERBLOCKS):
-        b = min(nb, a + CHUNK_SUPERBLOCKS)
-        if imatrix is None:
+    chunk = chunk_size(nb, n // QK_K)
+    iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk)
+    for a in range(0, nb, chunk):
+        b = min(nb, a + chunk)
+        if iml is None:
             quantize_q3_k_ref_chunk(xs_all[a:b], out[a:b])
         else:
-            quantize_q3_k_impl_chunk(xs_all[a:b], imatrix_t3(imatrix, a, b, n), out[a:b])
+            quantize_q3_k_impl_chunk(xs_all[a:b], iml.get(a, b), out[a:b])
     return out.view(np.uint8).reshape(nrows, -1)
 
 

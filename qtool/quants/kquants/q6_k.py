@@ -10,8 +10,9 @@ Ports of ggml-quants.c `quantize_row_q6_K_ref`, `quantize_row_q6_K_impl` (with i
 - every value is re-quantized with the decoded scale fp16(d)*scale where that is non-zero:
   L = clamp(nearest_int(x/(d*sc)), -32, 31) + 32; else the search's L stays.
 
-Layout: a chunk of super-blocks (m, 256) is transposed once to (16, 16, m) = [in-sub-block
-index, sub-block, super-block], i.e. the (16, 16*m) transposed layout the search works on.
+Layout: a chunk of super-blocks (m, 256) is transposed once to (16, 16*m) = [index in sub-block,
+sub-block], the layout the search works on (each C reduction runs down axis 0, in C's order);
+the final re-quantization and the packing work on the natural (m, 256) layout.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
 from ..types import QK_K
 
 F32 = np.float32
+U32 = np.uint32
 GROUP_MAX_EPS = F32(1e-15)
 CHUNK_SUPERBLOCKS = 256
 
@@ -30,31 +32,49 @@ BLOCK_Q6_K = np.dtype([("ql", "u1", (QK_K // 2,)), ("qh", "u1", (QK_K // 4,)), (
 assert BLOCK_Q6_K.itemsize == 210
 
 
-def to_t3(xs: np.ndarray) -> np.ndarray:
-    """(m, 256) super-blocks -> contiguous (16, 16, m) = [index in sub-block, sub-block, super-block]."""
-    m = xs.shape[0]
-    return np.ascontiguousarray(xs.reshape(m, 16, 16).transpose(2, 1, 0))
+def to_sub_t(xs: np.ndarray) -> np.ndarray:
+    """(m, 256) super-blocks -> contiguous (16, 16*m): [index in sub-block, sub-block 16*b + j]."""
+    return np.ascontiguousarray(xs.reshape(-1, 16).T)
 
 
-def from_t3(t3: np.ndarray) -> np.ndarray:
-    """Inverse of to_t3: (16, 16, m) -> (m, 256) in C's in-block order."""
-    return np.ascontiguousarray(t3.transpose(2, 1, 0)).reshape(t3.shape[2], QK_K)
+class ImatrixLayout:
+    """The imatrix under each chunk of super-blocks, in to_sub_t's layout, built once per call.
+
+    Super-block k of the flattened rows uses imatrix[256*(k % nbr) : 256*(k % nbr + 1)]
+    (quant_weights + QK_K*i in C, i counting blocks within the row). Chunks that start on a row
+    boundary and have the common length share one array.
+    """
+
+    def __init__(self, imatrix: np.ndarray, n_per_row: int, chunk: int) -> None:
+        self.nbr = n_per_row // QK_K
+        self.blocks = imatrix.reshape(self.nbr, QK_K)
+        self.chunk = chunk
+        self._common: np.ndarray | None = None
+
+    def get(self, a: int, b: int) -> np.ndarray:
+        """float32 (16, 16*(b-a)) for super-blocks a..b-1."""
+        if b - a == self.chunk and a % self.nbr == 0 and self.chunk % self.nbr == 0:
+            if self._common is None:
+                self._common = to_sub_t(np.tile(self.blocks, (self.chunk // self.nbr, 1)))
+            return self._common
+        return to_sub_t(self.blocks[np.arange(a, b) % self.nbr])
 
 
-def imatrix_t3(imatrix: np.ndarray, a: int, b: int, n_per_row: int) -> np.ndarray:
-    """The imatrix values under super-blocks a..b-1 (row-major over all rows), as (16, 16, b-a)."""
-    nbr = n_per_row // QK_K
-    return to_t3(imatrix.reshape(nbr, QK_K)[np.arange(a, b) % nbr])
+def chunk_size(nb: int, nbr: int, target: int = CHUNK_SUPERBLOCKS) -> int:
+    """Super-blocks per chunk: target rounded down to whole rows when rows are shorter than it."""
+    if nbr <= target:
+        return max(nbr, target - target % nbr)
+    return target
 
 
 def first_absmax(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """C's `if (fabsf(v[j]) > amax) { amax = fabsf(v[j]); vmax = v[j]; }` with amax = vmax = 0 at start,
-    down axis 0 of (J, m) -> (amax, vmax) float32 (m,). np.argmax returns the first maximum."""
+    along axis 1 of (m, J) -> (amax, vmax) float32 (m,). np.argmax returns the first maximum."""
     av = np.abs(v)
-    idx = np.argmax(av, axis=0)
-    r = np.arange(v.shape[1])
-    amax = av[idx, r]
-    vmax = v[idx, r]
+    idx = np.argmax(av, axis=1)
+    r = np.arange(v.shape[0])
+    amax = av[r, idx]
+    vmax = v[r, idx]
     none = ~(amax > 0)  # all zero (or NaN): C never updates
     if none.any():
         amax = np.where(none, F32(0), amax)
@@ -62,53 +82,76 @@ def first_absmax(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return amax, vmax
 
 
-def requantize_t3(xt3: np.ndarray, d: np.ndarray, lt3: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """C's final pass: where d != 0, L = clamp(nearest_int(x/d), lo, hi) - lo; else keep L.
+def requantize(xs: np.ndarray, d: np.ndarray, lt: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """C's final pass: where d != 0, L = clamp(nearest_int(x/d), lo, hi) - lo; else keep the search's L.
 
-    xt3 float32 (16, 16, m); d float32 (16, m) per sub-block; lt3 (16, 16, m) from the search
-    (already offset by -lo). Returns uint8 (16, 16, m).
+    xs float32 (m, 256); d float32 (m, 16) per sub-block; lt uint8 (16, 16*m) search levels in
+    to_sub_t's layout (already offset by -lo). Returns uint8 (m, 256) in C's in-block order.
+    Fast path: when every |x/d| < 2^22, nearest_int is np.rint (round half to even) and clamping
+    commutes with it, so all of it stays in float32.
     """
+    m = xs.shape[0]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        li = nearest_int(xt3 / d)
+        t = xs.reshape(m, 16, 16) / d[:, :, None]
+    if t.max() < F32(4.0e6) and t.min() > F32(-4.0e6):  # also false for NaN / inf (d == 0)
+        np.rint(t, out=t)
+        np.clip(t, F32(lo), F32(hi), out=t)
+        t -= F32(lo)
+        return t.astype(np.uint8).reshape(m, QK_K)
+    li = nearest_int(t)  # exact ggml bits for huge / non-finite quotients
     np.clip(li, lo, hi, out=li)
     li -= lo
-    return np.where(d != 0, li, lt3).astype(np.uint8)
+    keep = np.ascontiguousarray(lt.T).reshape(m, 16, 16)
+    return np.where((d != 0)[:, :, None], li, keep).astype(np.uint8).reshape(m, QK_K)
 
 
 def pack_q6_k(lb: np.ndarray, blk: np.ndarray) -> None:
-    """Write ql / qh of blocks blk from L uint8 (m, 256) (values 0..63), as quantize_row_q6_K_ref."""
+    """Write ql / qh of blocks blk from L uint8 (m, 256) (values 0..63), as quantize_row_q6_K_ref.
+
+    ql[64h + l] = L[128h + l] & 15 | (L[128h + l + 64] & 15) << 4, ql[64h + 32 + l] likewise with
+    +32 / +96; qh[32h + l] = the top two bits of L[128h + l + 32k] at bits 2k. Done four bytes at a
+    time on uint32 words (numpy's uint8 shifts are not vectorized; no bits cross a byte), with the
+    quarter index k moved outermost so every step is one contiguous expression.
+    """
     m = lb.shape[0]
-    lh = lb.reshape(m, 2, 4, 32)  # [half of 128, quarter k, l]
-    lo = lh & 0xF
-    ql = np.empty((m, 2, 2, 32), dtype=np.uint8)
-    ql[:, :, 0] = lo[:, :, 0] | (lo[:, :, 2] << 4)
-    ql[:, :, 1] = lo[:, :, 1] | (lo[:, :, 3] << 4)
-    hi = lh >> 4
-    qh = hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)
-    blk["ql"] = ql.reshape(m, 128)
-    blk["qh"] = qh.reshape(m, 64)
+    wk = np.empty((4, m, 2, 8), dtype=U32)  # [k, block, h, l/4]
+    wk[...] = np.ascontiguousarray(lb).view(U32).reshape(m, 2, 4, 8).transpose(2, 0, 1, 3)
+    lo = wk & U32(0x0F0F0F0F)
+    wk >>= U32(4)
+    wk &= U32(0x03030303)
+    ql = np.empty((m, 2, 2, 8), dtype=U32)  # [block, h, c, l/4]
+    lo[2] <<= U32(4)
+    lo[2] |= lo[0]
+    ql[:, :, 0] = lo[2]
+    lo[3] <<= U32(4)
+    lo[3] |= lo[1]
+    ql[:, :, 1] = lo[3]
+    qh = wk[1] << U32(2)
+    qh |= wk[0]
+    wk[2] <<= U32(4)
+    qh |= wk[2]
+    wk[3] <<= U32(6)
+    qh |= wk[3]
+    blk["ql"] = ql.view(np.uint8).reshape(m, 128)
+    blk["qh"] = qh.view(np.uint8).reshape(m, 64)
 
 
-def quantize_q6_k_chunk(xs: np.ndarray, qw3: np.ndarray | None, blk: np.ndarray) -> None:
-    """Quantize super-blocks xs float32 (m, 256) into blk (m,) BLOCK_Q6_K; qw3 = imatrix (16, 16, m) or None."""
+def quantize_q6_k_chunk(xs: np.ndarray, qwt: np.ndarray | None, blk: np.ndarray) -> None:
+    """Quantize super-blocks xs float32 (m, 256) into blk (m,) BLOCK_Q6_K; qwt = imatrix (16, 16*m) or None."""
     from ..search import make_qx_quants_t  # TEMP until search.py lands
 
     m = xs.shape[0]
-    xt3 = to_t3(xs)
-    wt = None if qw3 is None else qw3.reshape(16, 16 * m)
-    scale, lt = make_qx_quants_t(xt3.reshape(16, 16 * m), wt, 32, 1)
-    scales = scale.reshape(16, m)
+    scale, lt = make_qx_quants_t(to_sub_t(xs), qwt, 32, 1)
+    scales = scale.reshape(m, 16)
     amax, max_scale = first_absmax(scales)
     zero = amax < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iscale = (F32(-128.0) / np.where(zero, F32(1), max_scale)).astype(F32)
         d16 = fp32_to_fp16_bits(F32(1.0) / iscale)
-        sc = np.minimum(nearest_int(iscale * scales), 127)
-    d = fp16_bits_to_fp32(d16) * sc.astype(F32)  # (16, m) float * int8
-    lt3 = requantize_t3(xt3, d, lt.reshape(16, 16, m), -32, 31)
-    lb = from_t3(lt3)
-    pack_q6_k(lb, blk)
-    blk["scales"] = sc.T.astype(np.int8)
+        sc = np.minimum(nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
+    d = fp16_bits_to_fp32(d16)[:, None] * sc.astype(F32)  # (m, 16) float * int8
+    pack_q6_k(requantize(xs, d, lt, -32, 31), blk)
+    blk["scales"] = sc
     blk["d"] = d16
     if zero.any():
         blk[zero] = np.zeros(1, dtype=BLOCK_Q6_K)
@@ -120,10 +163,11 @@ def quantize_q6_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     xs_all = rows.reshape(-1, QK_K)
     nb = xs_all.shape[0]
     out = np.empty(nb, dtype=BLOCK_Q6_K)
-    for a in range(0, nb, CHUNK_SUPERBLOCKS):
-        b = min(nb, a + CHUNK_SUPERBLOCKS)
-        qw3 = None if imatrix is None else imatrix_t3(imatrix, a, b, n)
-        quantize_q6_k_chunk(xs_all[a:b], qw3, out[a:b])
+    chunk = chunk_size(nb, n // QK_K)
+    iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk)
+    for a in range(0, nb, chunk):
+        b = min(nb, a + chunk)
+        quantize_q6_k_chunk(xs_all[a:b], None if iml is None else iml.get(a, b), out[a:b])
     return out.view(np.uint8).reshape(nrows, -1)
 
 
