@@ -65,17 +65,15 @@ def _types(names: tuple[str, ...], flavour: str, have_imatrix: bool) -> list[QTy
     return out
 
 
-def _imatrix_weights(path: str, flavour: str):  # -> WeightsFn
+def _imatrix_weights(path: str):  # -> WeightsFn
     """Per-tensor imatrix rows (float32[n_mats, n_per_row]) from an imatrix file (.dat or .gguf)."""
+    from ..gguf_io import GGUFError
+    from ..stats.imatrix_weights import ImatrixError, load_weights
+
     try:
-        from ..imatrix import load_imatrix
-    except ImportError:
-        raise click.ClickException("--imatrix: qtool.imatrix is not available in this build") from None
-    try:
-        data = load_imatrix(path)
-    except (OSError, ValueError) as e:
+        return load_weights(path)
+    except (OSError, GGUFError, ImatrixError) as e:
         raise click.ClickException(f"--imatrix {path}: {e}") from None
-    return lambda t: data.weights_for(t.name, t)
 
 
 def _progress(enabled: bool):
@@ -145,7 +143,7 @@ def stats(model: str, type_names: tuple[str, ...], imatrix: str | None, include:
         raise click.ClickException("no type to test")
     if plot and plot != "-" and os.path.abspath(plot) == os.path.abspath(model):
         raise click.BadParameter("the plot file would overwrite the model", param_hint="--plot")
-    weights_fn = _imatrix_weights(imatrix, flavour) if imatrix else None
+    weights_fn = _imatrix_weights(imatrix) if imatrix else None
     on_start, on_progress, stop = _progress(sys.stderr.isatty())
     try:
         report = run_stats(model, types, weights_fn=weights_fn, imatrix_path=imatrix, include=list(include),
