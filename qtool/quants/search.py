@@ -1,0 +1,314 @@
+"""ggml's symmetric scale searches, vectorized over blocks: `make_qx_quants`, `make_q3_quants`.
+
+Ports of ggml-quants.c `make_qx_quants` and `make_q3_quants`, bit for bit: float32 wherever C
+uses float, C's sequential summation order (every reduction runs down the in-block index,
+vectorized across blocks), C's expression order (`w*x[i]*l` is `(w*x)*l`), no fused multiply-add,
+ggml's `nearest_int`. Inputs are assumed finite (no NaN / inf).
+
+Public API (other modules import these; the names and signatures are stable):
+
+- ``make_qx_quants(n, nmax, x, rmse_type, qw=None) -> (scale, L)``
+  natural layout: x float32 (n_blocks, n), qw float32 (n_blocks, n) or None;
+  scale float32 (n_blocks,) = C's return value, L uint8 (n_blocks, n) = C's L[] (l + nmax in
+  0..2*nmax-1, or all 0 for a block with max |x| < 1e-15).
+- ``make_qx_quants_t(xt, qwt, nmax, rmse_type, ws=None) -> (scale, Lt)``
+  the same on the transposed layout: xt, qwt float32 (n, n_blocks) C-contiguous, Lt uint8
+  (n, n_blocks). The kernels call this one directly (no transposes of their own).
+- ``make_q3_quants(n, nmax, x, do_rmse) -> (scale, L)`` and
+  ``make_q3_quants_t(xt, nmax, do_rmse=True) -> (scale, Lt)``: the same conventions.
+
+Steps of make_qx_quants_t on xt (n, nb):
+1. max / amax: the first element of largest |x| (C's strict `>` from 0): argmax down axis 0
+   -> (nb,). Blocks with amax < GROUP_MAX_EPS return scale 0, L = 0.
+2. weights w (n, nb): qw, or x*x / 1 / |x| / sqrt|x| for rmse_type 1 / 2 / 3 / 4+ (no qw);
+   wx = w*x (n, nb), stacked with w as WW (2, n, nb) so one multiply gives [w*x*l, w*l].
+3. For each of the 19 candidate iscales (-nmax/max, then -(nmax + 0.1*is)/max for
+   is = -9..9, is != 0), each a row (nb,): l = clamp(rint(iscale*x), -nmax, nmax-1) (n, nb)
+   (|iscale*x| <= nmax + 1, so nearest_int is rint), P = WW*l, P[1] *= l, then
+   [sumlx, suml2] = sequential sums of P down axis 1 from +0 -> (2, nb).
+4. C's selection, in candidate order on (nb,) rows: the first candidate gives scale =
+   sumlx/suml2 (0 if suml2 == 0), best = scale*sumlx; a later one replaces them when
+   suml2 > 0 and sumlx*sumlx > best*suml2. The winning iscale is kept, and L is rebuilt once
+   from it at the end (the same float operations give the same L).
+rmse_type 0 and negative rmse_type (return early) stop after the first candidate, as in C.
+
+Speed: the candidate loop runs over chunks of ~8k blocks (a few hundred kB per array, the
+arrays and scratch buffers stay in cache); scratch buffers are reused from a Workspace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .rounding import nearest_int
+from .search_kx import Workspace
+
+F32 = np.float32
+GROUP_MAX_EPS = F32(1e-15)
+_CHUNK_VALUES = 1 << 18  # values per chunk of the natural-layout API
+
+__all__ = ["GROUP_MAX_EPS", "Workspace", "first_absmax_t", "make_q3_quants", "make_q3_quants_t",
+           "make_qx_quants", "make_qx_quants_t"]
+
+
+def first_absmax_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C's `if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }` from amax = max = 0,
+    down axis 0 of xt (n, nb) -> (amax, max) float32 (nb,). np.argmax returns the first maximum."""
+    ax = np.abs(xt)
+    idx = np.argmax(ax, axis=0)
+    cols = np.arange(xt.shape[1])
+    amax = ax[idx, cols]
+    mx = xt[idx, cols]
+    none = ~(amax > 0)  # all zero: C never updates, max stays +0
+    if none.any():
+        mx = np.where(none, F32(0), mx)
+    return amax, mx
+
+
+def _weights_t(xt: np.ndarray, rmse_type: int, out: np.ndarray) -> np.ndarray:
+    """C's `qw ? qw[i] : rmse_type == 1 ? x*x : rmse_type == 2 ? 1 : rmse_type == 3 ? |x| : sqrt|x|`
+    without qw, into out (n, nb)."""
+    if rmse_type == 1:
+        return np.multiply(xt, xt, out=out)
+    if rmse_type == 2:
+        out[...] = F32(1)
+        return out
+    np.abs(xt, out=out)
+    if rmse_type == 3:
+        return out
+    return np.sqrt(out, out=out)
+
+
+def _levels(xt: np.ndarray, iscale: np.ndarray, nmax: int, out: np.ndarray) -> np.ndarray:
+    """l = MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x))) as float32 (n, nb), into out."""
+    np.multiply(xt, iscale, out=out)
+    np.rint(out, out=out)
+    nb = xt.shape[1]
+    np.minimum(out, np.full(nb, F32(nmax - 1), dtype=F32), out=out)
+    np.maximum(out, np.full(nb, F32(-nmax), dtype=F32), out=out)
+    return out
+
+
+def _final_L(xt: np.ndarray, iscale: np.ndarray, nmax: int, zero: np.ndarray) -> np.ndarray:
+    """L = nmax + clamp(nearest_int(iscale*x)) as uint8 (n, nb); 0 where the block is all zero."""
+    t = _levels(xt, iscale, nmax, np.empty(xt.shape, dtype=F32))
+    t += F32(nmax)
+    L = t.astype(np.uint8)
+    if zero.any():
+        L[:, zero] = 0
+    return L
+
+
+def make_qx_quants_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_type: int,
+                     ws: Workspace | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """ggml `make_qx_quants(n, nmax, x, L, rmse_type, qw)` on the transposed layout.
+
+    xt: float32 (n, n_blocks) C-contiguous; qwt: float32 (n, n_blocks) or None.
+    Returns (scale float32 (n_blocks,), Lt uint8 (n, n_blocks)). See the module docstring.
+    """
+    xt = np.ascontiguousarray(xt, dtype=F32)
+    n, nb = xt.shape
+    ws = ws or Workspace()
+    amax, mx = first_absmax_t(xt)
+    zero = amax < GROUP_MAX_EPS
+    mxs = np.where(zero, F32(1), mx) if zero.any() else mx
+    fnmax = F32(nmax)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        iscale0 = F32(-nmax) / mxs
+        if rmse_type == 0:
+            scale = (F32(1) / iscale0).astype(F32)
+            scale[zero] = 0
+            return scale, _final_L(xt, iscale0, nmax, zero)
+        return_early = rmse_type < 0
+        rmse_type = abs(rmse_type)
+
+        WW = ws.get("qx_WW", (2, n, nb))  # [w*x, w]
+        if qwt is None:
+            _weights_t(xt, rmse_type, WW[1])
+        else:
+            WW[1] = qwt
+        np.multiply(WW[1], xt, out=WW[0])
+        T = ws.get("qx_T", (n, nb))
+        P = ws.get("qx_P", (2, n, nb))
+        hi_row = np.full(nb, F32(nmax - 1), dtype=F32)
+        lo_row = np.full(nb, F32(-nmax), dtype=F32)
+
+        def sums(isc: np.ndarray, s: np.float32) -> tuple[np.ndarray, np.ndarray]:
+            """(sumlx, suml2) of the candidate iscale isc (nb,) = -s/max."""
+            np.multiply(xt, isc, out=T)
+            np.rint(T, out=T)
+            # |isc*x| <= s*(1 + 2^-22): the clamps only bite where s can round past them
+            if s >= fnmax - F32(0.6):
+                np.minimum(T, hi_row, out=T)
+            if s >= fnmax + F32(0.4):
+                np.maximum(T, lo_row, out=T)
+            np.multiply(WW, T, out=P)
+            np.multiply(P[1], T, out=P[1])
+            r = np.add.reduce(P, axis=1, initial=F32(0))
+            return r[0], r[1]
+
+        sumlx, suml2 = sums(iscale0, fnmax)
+        nzl = suml2 != 0
+        scale = np.where(nzl, sumlx / np.where(nzl, suml2, F32(1)), F32(0)).astype(F32)
+        if return_early:
+            inv = F32(1) / iscale0
+            out = np.where(suml2 > 0, F32(0.5) * (scale + inv), inv).astype(F32)
+            out[zero] = 0
+            return out, _final_L(xt, iscale0, nmax, zero)
+        best = scale * sumlx
+        best_isc = iscale0.copy()
+        for i in range(-9, 10):
+            if i == 0:
+                continue
+            s = fnmax + F32(0.1) * F32(i)
+            isc = -s / mxs
+            slx, sl2 = sums(isc, s)
+            upd = (sl2 > 0) & (slx * slx > best * sl2)
+            if upd.any():
+                k = np.flatnonzero(upd)
+                sc = slx[k] / sl2[k]
+                scale[k] = sc
+                best[k] = sc * slx[k]
+                best_isc[k] = isc[k]
+    scale[zero] = 0
+    return scale, _final_L(xt, best_isc, nmax, zero)
+
+
+def _q3_pass(xt: np.ndarray, W: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx: np.ndarray,
+             suml2: np.ndarray, nmax: int) -> np.ndarray:
+    """One pass of make_q3_quants' `itry` loop (i = 0..n-1), in place on L (float32 (n, nb) of
+    C's int8 l), sumlx, suml2 (nb,). Returns the per-block `n_changed > 0` mask.
+
+    All remaining steps are evaluated at once from the current state; each block's first
+    accepted change is applied, and only blocks that changed are evaluated again from the next
+    i on. A step that is not taken leaves the state as it was, so this is C's sequence of states.
+    """
+    n, nb = xt.shape
+    changed = np.zeros(nb, dtype=bool)
+    rows = np.arange(n)[:, None]
+    act = np.arange(nb)
+    start = np.zeros(nb, dtype=np.int64)
+    x, w, wx, La, sx, s2 = xt, W, WX, L, sumlx, suml2
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        while act.size:
+            slx = sx - wx * La  # w*x[i]*L[i] = (w*x)*L
+            sl2 = s2 - w * La * La
+            ok = (slx > 0) & (rows >= start)
+            new_l = np.clip(nearest_int(x * sl2 / slx), -nmax, nmax - 1).astype(F32)
+            ok &= new_l != La
+            slx += wx * new_l
+            sl2 += w * new_l * new_l
+            ok &= (sl2 > 0) & (slx * slx * s2 > sx * sx * sl2)
+            has = ok.any(axis=0)
+            if not has.any():
+                break
+            k = np.flatnonzero(has)
+            f = np.argmax(ok[:, k], axis=0)  # first step taken, per block
+            blk = act[k]
+            L[f, blk] = new_l[f, k]
+            sumlx[blk] = slx[f, k]
+            suml2[blk] = sl2[f, k]
+            changed[blk] = True
+            act = blk
+            start = f + 1
+            x, w, wx, La, sx, s2 = xt[:, act], W[:, act], WX[:, act], L[:, act], sumlx[act], suml2[act]
+    return changed
+
+
+def make_q3_quants_t(xt: np.ndarray, nmax: int, do_rmse: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """ggml `make_q3_quants(n, nmax, x, L, do_rmse)` on the transposed layout.
+
+    xt: float32 (n, n_blocks). Returns (scale float32 (n_blocks,), Lt uint8 (n, n_blocks)).
+    do_rmse: initial L from -nmax/max, weights x*x, then up to 5 passes of coordinate descent
+    (one level at a time, kept when it raises sumlx^2/suml2); scale = sumlx/suml2.
+    """
+    xt = np.ascontiguousarray(xt, dtype=F32)
+    n, nb = xt.shape
+    amax, mx = first_absmax_t(xt)
+    zero = amax < GROUP_MAX_EPS
+    mxs = np.where(zero, F32(1), mx) if zero.any() else mx
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        iscale = F32(-nmax) / mxs
+        if not do_rmse:
+            scale = (F32(1) / iscale).astype(F32)
+            scale[zero] = 0
+            return scale, _final_L(xt, iscale, nmax, zero)
+        L = _levels(xt, iscale, nmax, np.empty((n, nb), dtype=F32))
+        W = xt * xt
+        WX = W * xt
+        sumlx = np.add.reduce(WX * L, axis=0, initial=F32(0))
+        suml2 = np.add.reduce(W * L * L, axis=0, initial=F32(0))
+        act = np.arange(nb)
+        for _ in range(5):
+            if act.size == nb:
+                changed = _q3_pass(xt, W, WX, L, sumlx, suml2, nmax)
+            else:
+                La = L[:, act]
+                sx = sumlx[act]
+                s2 = suml2[act]
+                changed = _q3_pass(xt[:, act], W[:, act], WX[:, act], La, sx, s2, nmax)
+                L[:, act] = La
+                sumlx[act] = sx
+                suml2[act] = s2
+            act = act[changed]
+            if act.size == 0:
+                break
+        scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0)).astype(F32)
+    scale[zero] = 0
+    L += F32(nmax)
+    Lt = L.astype(np.uint8)
+    if zero.any():
+        Lt[:, zero] = 0
+    return scale, Lt
+
+
+def _blocks(x: np.ndarray, w: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    x = np.asarray(x, dtype=F32)
+    if x.ndim == 1:
+        x = x.reshape(-1, n)
+    if x.ndim != 2 or x.shape[1] != n:
+        raise ValueError(f"x must be (n_blocks, {n}), got shape {x.shape}")
+    if w is not None:
+        w = np.asarray(w, dtype=F32).reshape(x.shape)
+    return x, w
+
+
+def make_qx_quants(n: int, nmax: int, x: np.ndarray, rmse_type: int, qw: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """ggml `make_qx_quants(n, nmax, x, L, rmse_type, qw)` on many blocks at once.
+
+    x: float32 (n_blocks, n); qw: float32 (n_blocks, n) or None.
+    Returns (scale float32 (n_blocks,), L uint8 (n_blocks, n)). Chunks and transposes internally.
+    """
+    x, qw = _blocks(x, qw, n)
+    nb = x.shape[0]
+    scale = np.empty(nb, dtype=F32)
+    L = np.empty((nb, n), dtype=np.uint8)
+    ws = Workspace()
+    chunk = max(1, _CHUNK_VALUES // n)
+    for a in range(0, nb, chunk):
+        b = min(nb, a + chunk)
+        xt = np.ascontiguousarray(x[a:b].T)
+        wt = None if qw is None else np.ascontiguousarray(qw[a:b].T)
+        s, lt = make_qx_quants_t(xt, wt, nmax, rmse_type, ws)
+        scale[a:b] = s
+        L[a:b] = lt.T
+    return scale, L
+
+
+def make_q3_quants(n: int, nmax: int, x: np.ndarray, do_rmse: bool) -> tuple[np.ndarray, np.ndarray]:
+    """ggml `make_q3_quants(n, nmax, x, L, do_rmse)` on many blocks: x float32 (n_blocks, n).
+
+    Returns (scale float32 (n_blocks,), L uint8 (n_blocks, n)).
+    """
+    x, _ = _blocks(x, None, n)
+    nb = x.shape[0]
+    scale = np.empty(nb, dtype=F32)
+    L = np.empty((nb, n), dtype=np.uint8)
+    chunk = max(1, _CHUNK_VALUES // n)
+    for a in range(0, nb, chunk):
+        b = min(nb, a + chunk)
+        s, lt = make_q3_quants_t(np.ascontiguousarray(x[a:b].T), nmax, do_rmse)
+        scale[a:b] = s
+        L[a:b] = lt.T
+    return scale, L

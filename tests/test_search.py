@@ -1,0 +1,197 @@
+"""qtool.quants.search against a literal scalar transliteration of ggml-quants.c (float32 scalars,
+C order) and against the golden Q4_0 / Q5_0 imatrix vectors (which run make_qx_quants)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qtool.quants import search
+from tests.vectors import expected, inputs
+
+F = np.float32
+EPS = F(1e-15)
+
+
+def _ni(v: F) -> int:
+    """ggml nearest_int on one float32."""
+    val = np.array([F(v) + F(12582912.0)], dtype=F).view(np.int32)[0]
+    return int((int(val) & 0x007FFFFF) - 0x00400000)
+
+
+def _clamp(v: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, v))
+
+
+def ref_qx(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | None) -> tuple[F, list[int]]:
+    """make_qx_quants, one block, scalar float32."""
+    n = len(x)
+    x = [F(v) for v in x]
+    mx = F(0)
+    amax = F(0)
+    for v in x:
+        if abs(v) > amax:
+            amax = abs(v)
+            mx = v
+    if amax < EPS:
+        return F(0), [0] * n
+    iscale = F(-nmax) / mx
+    if rmse_type == 0:
+        return F(1) / iscale, [nmax + _clamp(_ni(iscale * v), -nmax, nmax - 1) for v in x]
+    early = rmse_type < 0
+    rt = abs(rmse_type)
+
+    def wt(i: int) -> F:
+        if qw is not None:
+            return F(qw[i])
+        return {1: x[i] * x[i], 2: F(1), 3: abs(x[i])}.get(rt, np.sqrt(abs(x[i])))
+
+    sumlx = F(0)
+    suml2 = F(0)
+    L = []
+    for i in range(n):
+        lv = _clamp(_ni(iscale * x[i]), -nmax, nmax - 1)
+        L.append(lv + nmax)
+        w = wt(i)
+        sumlx += w * x[i] * F(lv)
+        suml2 += w * F(lv) * F(lv)
+    scale = sumlx / suml2 if suml2 != 0 else F(0)
+    if early:
+        return (F(0.5) * (scale + F(1) / iscale) if suml2 > 0 else F(1) / iscale), L
+    best = scale * sumlx
+    for i_s in range(-9, 10):
+        if i_s == 0:
+            continue
+        iscale = -(F(nmax) + F(0.1) * F(i_s)) / mx
+        sumlx = F(0)
+        suml2 = F(0)
+        for i in range(n):
+            lv = _clamp(_ni(iscale * x[i]), -nmax, nmax - 1)
+            w = wt(i)
+            sumlx += w * x[i] * F(lv)
+            suml2 += w * F(lv) * F(lv)
+        if suml2 > 0 and sumlx * sumlx > best * suml2:
+            L = [nmax + _clamp(_ni(iscale * v), -nmax, nmax - 1) for v in x]
+            scale = sumlx / suml2
+            best = scale * sumlx
+    return F(scale), L
+
+
+def ref_q3(x: np.ndarray, nmax: int, do_rmse: bool) -> tuple[F, list[int]]:
+    """make_q3_quants, one block, scalar float32."""
+    n = len(x)
+    x = [F(v) for v in x]
+    mx = F(0)
+    amax = F(0)
+    for v in x:
+        if abs(v) > amax:
+            amax = abs(v)
+            mx = v
+    if amax < EPS:
+        return F(0), [0] * n
+    iscale = F(-nmax) / mx
+    if not do_rmse:
+        return F(1) / iscale, [nmax + _clamp(_ni(iscale * v), -nmax, nmax - 1) for v in x]
+    L = [0] * n
+    sumlx = F(0)
+    suml2 = F(0)
+    for i in range(n):
+        lv = _clamp(_ni(iscale * x[i]), -nmax, nmax - 1)
+        L[i] = lv
+        w = x[i] * x[i]
+        sumlx += w * x[i] * F(lv)
+        suml2 += w * F(lv) * F(lv)
+    for _ in range(5):
+        changed = 0
+        for i in range(n):
+            w = x[i] * x[i]
+            slx = sumlx - w * x[i] * F(L[i])
+            if slx > 0:
+                sl2 = suml2 - w * F(L[i]) * F(L[i])
+                new_l = _clamp(_ni(x[i] * sl2 / slx), -nmax, nmax - 1)
+                if new_l != L[i]:
+                    slx += w * x[i] * F(new_l)
+                    sl2 += w * F(new_l) * F(new_l)
+                    if sl2 > 0 and slx * slx * suml2 > sumlx * sumlx * sl2:
+                        L[i] = new_l
+                        sumlx = slx
+                        suml2 = sl2
+                        changed += 1
+        if not changed:
+            break
+    return (sumlx / suml2 if suml2 > F(0) else F(0)), [v + nmax for v in L]
+
+
+def _blocks(n: int, nb: int, seed: int) -> np.ndarray:
+    """Random blocks plus edge cases: zeros, tiny, constant, one spike, ties, huge."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((nb, n)).astype(F) * F(10.0) ** rng.uniform(-3, 3, (nb, 1)).astype(F)
+    x[0] = 0
+    x[1] = F(1e-16)
+    x[2] = F(-0.75)
+    x[3] = 0
+    x[3, 5] = F(-3.0)
+    x[4] = rng.integers(-8, 8, n).astype(F) * F(0.25)  # exact ties of iscale*x
+    x[5] = rng.standard_normal(n).astype(F) * F(3e4)
+    x[6, ::2] = 0
+    x[7] = np.abs(x[7])
+    return x
+
+
+@pytest.mark.parametrize("nmax,n,rmse_type,weighted", [
+    (8, 32, 1, True), (16, 32, 1, True), (32, 16, 1, False), (32, 16, 1, True), (4, 16, 1, True),
+    (8, 32, 0, False), (8, 32, 2, False), (8, 32, 3, False), (8, 32, 4, False), (8, 32, -1, True),
+    (32, 16, -2, False),
+])
+def test_make_qx_quants_vs_scalar(nmax: int, n: int, rmse_type: int, weighted: bool) -> None:
+    x = _blocks(n, 60, seed=nmax * 100 + n + rmse_type)
+    rng = np.random.default_rng(7)
+    qw = rng.chisquare(2, x.shape).astype(F) if weighted else None
+    if weighted:
+        qw[10] = 0
+        qw[11, :n // 2] = 0
+    scale, L = search.make_qx_quants(n, nmax, x, rmse_type, qw)
+    assert scale.dtype == F and scale.shape == (x.shape[0],)
+    assert L.dtype == np.uint8 and L.shape == x.shape
+    for b in range(x.shape[0]):
+        rs, rl = ref_qx(x[b], nmax, rmse_type, None if qw is None else qw[b])
+        assert scale[b].view(np.uint32) == F(rs).view(np.uint32), (b, scale[b], rs)
+        assert L[b].tolist() == rl, b
+
+
+@pytest.mark.parametrize("nmax,do_rmse", [(4, True), (4, False), (8, True)])
+def test_make_q3_quants_vs_scalar(nmax: int, do_rmse: bool) -> None:
+    x = _blocks(16, 80, seed=nmax + do_rmse)
+    scale, L = search.make_q3_quants(16, nmax, x, do_rmse)
+    for b in range(x.shape[0]):
+        with np.errstate(over="ignore"):  # huge blocks overflow slx*slx*suml2 to inf, as in C
+            rs, rl = ref_q3(x[b], nmax, do_rmse)
+        assert scale[b].view(np.uint32) == F(rs).view(np.uint32), (b, scale[b], rs)
+        assert L[b].tolist() == rl, b
+
+
+def test_transposed_api_matches_natural() -> None:
+    x = _blocks(32, 50, seed=3)
+    qw = np.random.default_rng(1).uniform(0, 2, x.shape).astype(F)
+    s1, L1 = search.make_qx_quants(32, 8, x, 1, qw)
+    s2, Lt = search.make_qx_quants_t(np.ascontiguousarray(x.T), np.ascontiguousarray(qw.T), 8, 1)
+    assert np.array_equal(s1.view(np.uint32), s2.view(np.uint32))
+    assert np.array_equal(L1, Lt.T)
+
+
+@pytest.mark.parametrize("qtype,nmax,bs", [("Q4_0", 8, 18), ("Q5_0", 16, 22)])
+def test_make_qx_quants_golden(qtype: str, nmax: int, bs: int) -> None:
+    """The weighted search of quantize_row_q4_0_impl / q5_0_impl reproduces every golden row's
+    scale (and the 4-bit levels) for all 55 rows."""
+    x, im, _ = inputs()
+    nr, n = x.shape
+    sigma2 = np.add.accumulate(x * x, axis=1)[:, -1] / F(n)  # sequential sum, as C
+    w = im[None, :] * np.sqrt(sigma2[:, None] + x * x)
+    s, L = search.make_qx_quants(32, nmax, x.reshape(-1, 32), 1, w.reshape(-1, 32))
+    q = expected(qtype)["q_im"].reshape(nr, -1, bs)
+    d_want = q[:, :, :2].copy().view(np.uint16)[..., 0]
+    d_got = s.astype(np.float16).view(np.uint16).reshape(nr, -1)
+    assert np.nonzero((d_got != d_want).any(axis=1))[0].tolist() == []
+    L = L.reshape(nr, -1, 32)
+    lo = (L[..., :16] & 15) | ((L[..., 16:] & 15) << 4)
+    assert np.array_equal(lo, q[..., bs - 16:])
