@@ -1,0 +1,251 @@
+"""Non-linear 4-bit types IQ4_NL and IQ4_XS, byte-exact ports of mainline ggml-quants.c.
+
+C functions ported: `best_index_int8`, `quantize_row_iq4_nl_impl` (ntry = 7), `quantize_iq4_nl`,
+`quantize_iq4_xs`, `dequantize_row_iq4_nl`, `dequantize_row_iq4_xs`; table `kvalues_iq4nl`
+(ggml-common.h). Inputs are assumed finite (no NaN / inf).
+
+quantize_row_iq4_nl_impl, per super-block of S values (S = 32 for IQ4_NL, 256 for IQ4_XS),
+in blocks of 32:
+- weights: with an imatrix qw, w[j] = qw[j]*sqrtf(sigma2 + x[j]^2), sigma2 = (sequential float
+  sum of x^2 over the super-block) * (2/S); without one, w[j] = x[j]^2.
+- per block: max = first x of largest |x|; blocks with amax < 1e-15 get scale 0. Otherwise the
+  first candidate is id = 1/(max/127) and then id = (itry - 127)/max for itry = -7..7; for each,
+  q[j] = kvalues[best_index(id*x[j])], sumqx = sum w*q*x, sumq2 = sum w*q*q (sequential); the
+  first gives d = sumqx/sumq2 (0 if sumq2 == 0), best = d*sumqx; a later one replaces them when
+  sumq2 > 0 and sumqx^2 > best*sumq2.
+- IQ4_NL (one block): d is stored as fp16 and the levels are best_index((1/d)*x) (0 if d == 0).
+- IQ4_XS: max_scale = first scale of largest |d| (+0 if none > 0); D = -max_scale/32 (stored as
+  fp16, used unrounded); l = clamp(nearest_int((1/D)*d_ib), -32, 31) (6-bit, stored l + 32);
+  levels best_index((1/(D*l))*x) (0 if D*l == 0).
+
+best_index_int8(16, kvalues, x) returns the level whose value is nearest to x, the upper one on
+an exact tie: C compares x - v[mu-1] < v[mu] - x in float32. Near a midpoint both differences are
+exact (the midpoints, half-integers, are at least 4.5 from 0 and at most 11.5 from their ends),
+so the result is the number of midpoints m with x >= m. All midpoints are multiples of 1/2, so
+x >= m  <=>  floor(2x) >= 2m: the level is a table lookup on k = floor(2x). In the candidate
+loop |id*x| <= 134*(1+eps), so k needs no clamp there (blocks below 1e-15 run with max = 1).
+
+Layout of the work: chunks of blocks transposed to (32, n_blocks) (index in block, block), so
+every C reduction over the block is np.add.reduce down axis 0 (which adds rows in order); the
+candidate loop multiplies w*q into one stacked (2, 32, nb) product [w*q*x, w*q*q].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .rounding import fp16_bits_to_fp32, nearest_int
+from .search import first_absmax_t
+
+F32 = np.float32
+GROUP_MAX_EPS = F32(1e-15)
+QK4_NL = 32
+QK_K = 256
+NTRY = 7
+
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                         dtype=np.int8)
+_KV_F32 = KVALUES_IQ4NL.astype(F32)
+
+BLOCK_IQ4_NL = np.dtype([("d", "<u2"), ("qs", "u1", (16,))])
+BLOCK_IQ4_XS = np.dtype([("d", "<u2"), ("scales_h", "<u2"), ("scales_l", "u1", (4,)), ("qs", "u1", (128,))])
+assert BLOCK_IQ4_NL.itemsize == 18 and BLOCK_IQ4_XS.itemsize == 136
+
+# Level tables on k = floor(2x), k in [-_KOFF, _KOFF): entry k at position k mod (2*_KOFF), so
+# np.take's negative indices (Python semantics in mode 'raise') address the k < 0 half.
+_KOFF = 288
+_K = np.arange(2 * _KOFF) - (np.arange(2 * _KOFF) >= _KOFF) * (2 * _KOFF)  # position -> k
+_MID2 = KVALUES_IQ4NL[:-1].astype(np.int32) + KVALUES_IQ4NL[1:].astype(np.int32)  # 2*midpoints
+_IDX_LUT = np.searchsorted(_MID2, _K, side="right").astype(np.uint8)  # level index
+_VAL_LUT = _KV_F32[_IDX_LUT]  # level value as float32
+
+_CHUNK_BLOCKS = 1024  # blocks of 32 per chunk: the candidate loop's arrays stay in L2
+
+
+def best_index_t(a: np.ndarray) -> np.ndarray:
+    """best_index_int8(16, kvalues_iq4nl, a) for every element of float32 a (any shape) -> uint8."""
+    t = np.multiply(a, F32(2))
+    np.clip(t, F32(-2 * 128), F32(2 * 114), out=t)
+    k = np.floor(t, out=np.empty(t.shape, np.int32), casting="unsafe")
+    return np.take(_IDX_LUT, k)
+
+
+def _weights_t(xt: np.ndarray, qwt: np.ndarray | None, sigma2: np.ndarray | None) -> np.ndarray:
+    """Weights (32, nb): x*x, or qw*sqrtf(sigma2 + x*x) with sigma2 (nb,) per block's super-block."""
+    w = np.multiply(xt, xt)
+    if qwt is None:
+        return w
+    w += sigma2
+    np.sqrt(w, out=w)
+    return np.multiply(qwt, w, out=w)
+
+
+def _seq_sum_t(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    """C's `s = 0; s += a[j]` down `axis` (np.add.reduce adds in order; + 0 turns -0 into C's +0)."""
+    s = np.add.reduce(a, axis=axis)
+    s += F32(0)
+    return s
+
+
+def _sums_t(xq: np.ndarray, wt: np.ndarray, k: np.ndarray, wq: np.ndarray,
+            p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """q = kvalues[level(k)] into xq[1]; (sumqx, sumq2) = sequential sums of (w*q)*x, (w*q)*q."""
+    np.take(_VAL_LUT, k, out=xq[1])
+    np.multiply(wt, xq[1], out=wq)
+    np.multiply(wq, xq, out=p)
+    s = _seq_sum_t(p, axis=1)
+    return s[0], s[1]
+
+
+def scale_search_t(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """The per-block scale of quantize_row_iq4_nl_impl (ntry = 7) on xt, wt float32 (32, nb) -> (nb,)."""
+    nb = xt.shape[1]
+    amax, mx = first_absmax_t(xt)
+    ok = amax >= GROUP_MAX_EPS
+    mx = np.where(ok, mx, F32(1))
+    xq = np.empty((2,) + xt.shape, F32)
+    xq[0] = xt
+    p = np.empty_like(xq)
+    t = np.empty_like(xt)
+    wq = np.empty_like(xt)
+    k = np.empty(xt.shape, np.int32)
+
+    def sums(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        np.multiply(xt, iscale + iscale, out=t)  # (2*id)*x == 2*(id*x) exactly
+        np.floor(t, out=k, casting="unsafe")
+        return _sums_t(xq, wt, k, wq, p)
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d = -mx / F32(-127)
+        sumqx, sumq2 = sums(F32(1) / d)
+        pos = sumq2 > 0
+        d = np.where(pos, sumqx / sumq2, F32(0))
+        best = d * sumqx
+        for itry in range(-NTRY, NTRY + 1):
+            sumqx, sumq2 = sums(F32(itry + int(KVALUES_IQ4NL[0])) / mx)
+            upd = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+            if upd.any():
+                dn = sumqx / sumq2
+                d = np.where(upd, dn, d)
+                best = np.where(upd, dn * sumqx, best)
+    d = np.where(ok, d, F32(0))
+    assert d.shape == (nb,)
+    return d
+
+
+def _pack_t(lt: np.ndarray) -> np.ndarray:
+    """Levels uint8 (32, nb) -> qs (nb, 16): L[j] | L[j+16] << 4."""
+    lb = np.ascontiguousarray(lt.T)
+    q = lb[:, 16:] << np.uint8(4)
+    q |= lb[:, :16]
+    return q
+
+
+def _recip(d: np.ndarray) -> np.ndarray:
+    """C's `d ? 1/d : 0` in float32."""
+    with np.errstate(divide="ignore"):
+        return np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
+
+
+def _blocks_t(xb: np.ndarray) -> np.ndarray:
+    """(nb, 32) -> (32, nb) C-contiguous."""
+    return np.ascontiguousarray(xb.T)
+
+
+# --- IQ4_NL -------------------------------------------------------------------------------------
+
+def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """quantize_iq4_nl: rows float32 (nrows, n) -> uint8 (nrows, n/32*18)."""
+    nrows, n = rows.shape
+    nbr = n // QK4_NL
+    xb = rows.reshape(-1, QK4_NL)
+    total = xb.shape[0]
+    out = np.empty(total, BLOCK_IQ4_NL)
+    qwt_row = None if imatrix is None else _blocks_t(imatrix.reshape(nbr, QK4_NL))
+    for b0 in range(0, total, _CHUNK_BLOCKS):
+        b1 = min(total, b0 + _CHUNK_BLOCKS)
+        xt = _blocks_t(xb[b0:b1])
+        if qwt_row is None:
+            wt = _weights_t(xt, None, None)
+        else:
+            qwt = np.take(qwt_row, np.arange(b0, b1) % nbr, axis=1)
+            sigma2 = _seq_sum_t(xt * xt) * F32(2.0 / QK4_NL)
+            wt = _weights_t(xt, qwt, sigma2)
+        d = scale_search_t(xt, wt)
+        lt = best_index_t(xt * _recip(d))
+        out["d"][b0:b1] = d.astype(np.float16).view(np.uint16)
+        out["qs"][b0:b1] = _pack_t(lt)
+    return out.view(np.uint8).reshape(nrows, nbr * BLOCK_IQ4_NL.itemsize)
+
+
+def dequantize_iq4_nl(data: np.ndarray, n: int) -> np.ndarray:
+    """dequantize_row_iq4_nl: uint8 (nrows, n/32*18) -> float32 (nrows, n)."""
+    nrows = data.shape[0]
+    blk = np.ascontiguousarray(data).reshape(-1).view(BLOCK_IQ4_NL)
+    d = fp16_bits_to_fp32(blk["d"])[:, None]
+    qs = blk["qs"]
+    y = np.empty((blk.shape[0], QK4_NL), F32)
+    np.multiply(d, _KV_F32[qs & 15], out=y[:, :16])
+    np.multiply(d, _KV_F32[qs >> 4], out=y[:, 16:])
+    return y.reshape(nrows, n)
+
+
+# --- IQ4_XS -------------------------------------------------------------------------------------
+
+def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """quantize_iq4_xs: rows float32 (nrows, n) -> uint8 (nrows, n/256*136)."""
+    nrows, n = rows.shape
+    nsr = n // QK_K
+    xs = rows.reshape(-1, QK_K)
+    total = xs.shape[0]
+    out = np.empty(total, BLOCK_IQ4_XS)
+    qwt_row = None if imatrix is None else _blocks_t(imatrix.reshape(nsr * 8, 32))
+    step = max(1, _CHUNK_BLOCKS // 8)
+    for s0 in range(0, total, step):
+        s1 = min(total, s0 + step)
+        ns = s1 - s0
+        xt = _blocks_t(xs[s0:s1].reshape(ns * 8, 32))  # (32, ns*8): block 8*s + ib
+        if qwt_row is None:
+            wt = _weights_t(xt, None, None)
+        else:
+            sub = (np.arange(s0, s1) % nsr)[:, None] * 8 + np.arange(8)
+            qwt = np.take(qwt_row, sub.reshape(-1), axis=1)
+            x2 = _blocks_t(xs[s0:s1])  # (256, ns)
+            sigma2 = _seq_sum_t(x2 * x2) * F32(2.0 / QK_K)
+            wt = _weights_t(xt, qwt, np.repeat(sigma2, 8))
+        scales = scale_search_t(xt, wt).reshape(ns, 8)
+        abs_d = np.abs(scales)
+        ib = np.argmax(abs_d, axis=1)
+        ar = np.arange(ns)
+        max_scale = np.where(abs_d[ar, ib] > 0, scales[ar, ib], F32(0))
+        dsup = -max_scale / F32(32)
+        ls = np.clip(nearest_int(_recip(dsup)[:, None] * scales), -32, 31)
+        dl = dsup[:, None] * ls.astype(F32)
+        lt = best_index_t(xt * _recip(dl).reshape(-1))
+        out["d"][s0:s1] = dsup.astype(np.float16).view(np.uint16)
+        lu = (ls + 32).astype(np.uint16)
+        out["scales_h"][s0:s1] = np.bitwise_or.reduce((lu >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=1)
+        lo = (lu & 15).astype(np.uint8)
+        out["scales_l"][s0:s1] = lo[:, 0::2] | (lo[:, 1::2] << np.uint8(4))
+        out["qs"][s0:s1] = _pack_t(lt).reshape(ns, 128)
+    return out.view(np.uint8).reshape(nrows, nsr * BLOCK_IQ4_XS.itemsize)
+
+
+def dequantize_iq4_xs(data: np.ndarray, n: int) -> np.ndarray:
+    """dequantize_row_iq4_xs: uint8 (nrows, n/256*136) -> float32 (nrows, n)."""
+    nrows = data.shape[0]
+    blk = np.ascontiguousarray(data).reshape(-1).view(BLOCK_IQ4_XS)
+    d = fp16_bits_to_fp32(blk["d"])
+    ib = np.arange(8)
+    ls = ((blk["scales_l"][:, ib // 2] >> (4 * (ib % 2))).astype(np.int32) & 15) | (
+        ((blk["scales_h"][:, None].astype(np.int32) >> (2 * ib)) & 3) << 4)
+    dl = (d[:, None] * (ls - 32).astype(F32))[:, :, None]  # (nsb, 8, 1)
+    qs = blk["qs"].reshape(-1, 8, 16)
+    y = np.empty((blk.shape[0], 8, 32), F32)
+    np.multiply(dl, _KV_F32[qs & 15], out=y[:, :, :16])
+    np.multiply(dl, _KV_F32[qs >> 4], out=y[:, :, 16:])
+    return y.reshape(nrows, n)
+
+
+QUANTIZE = {"IQ4_NL": quantize_iq4_nl, "IQ4_XS": quantize_iq4_xs}
+DEQUANTIZE = {"IQ4_NL": dequantize_iq4_nl, "IQ4_XS": dequantize_iq4_xs}
