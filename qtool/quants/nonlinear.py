@@ -35,7 +35,6 @@ from __future__ import annotations
 import numpy as np
 
 from .rounding import fp16_bits_to_fp32, nearest_int
-from .search import first_absmax_t
 
 F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)
@@ -51,10 +50,9 @@ BLOCK_IQ4_NL = np.dtype([("d", "<u2"), ("qs", "u1", (16,))])
 BLOCK_IQ4_XS = np.dtype([("d", "<u2"), ("scales_h", "<u2"), ("scales_l", "u1", (4,)), ("qs", "u1", (128,))])
 assert BLOCK_IQ4_NL.itemsize == 18 and BLOCK_IQ4_XS.itemsize == 136
 
-# Level tables on k = floor(2x), k in [-_KOFF, _KOFF): entry k at position k mod (2*_KOFF), so
-# np.take's negative indices (Python semantics in mode 'raise') address the k < 0 half.
-_KOFF = 288
-_K = np.arange(2 * _KOFF) - (np.arange(2 * _KOFF) >= _KOFF) * (2 * _KOFF)  # position -> k
+# Level tables on k = floor(2x) as int16, indexed by its uint16 bit pattern (k < 0 at 65536 + k):
+# no offset to add, and np.take's fast non-negative path. Only entries near both ends are touched.
+_K = np.arange(1 << 16, dtype=np.uint16).view(np.int16).astype(np.int32)
 _MID2 = KVALUES_IQ4NL[:-1].astype(np.int32) + KVALUES_IQ4NL[1:].astype(np.int32)  # 2*midpoints
 _IDX_LUT = np.searchsorted(_MID2, _K, side="right").astype(np.uint8)  # level index
 _VAL_LUT = _KV_F32[_IDX_LUT]  # level value as float32
@@ -66,8 +64,8 @@ def best_index_t(a: np.ndarray) -> np.ndarray:
     """best_index_int8(16, kvalues_iq4nl, a) for every element of float32 a (any shape) -> uint8."""
     t = np.multiply(a, F32(2))
     np.clip(t, F32(-2 * 128), F32(2 * 114), out=t)
-    k = np.floor(t, out=np.empty(t.shape, np.int32), casting="unsafe")
-    return np.take(_IDX_LUT, k)
+    k = np.floor(t, out=np.empty(t.shape, np.int16), casting="unsafe")
+    return np.take(_IDX_LUT, k.view(np.uint16))
 
 
 def _weights_t(xt: np.ndarray, qwt: np.ndarray | None, sigma2: np.ndarray | None) -> np.ndarray:
@@ -87,39 +85,47 @@ def _seq_sum_t(a: np.ndarray, axis: int = 0) -> np.ndarray:
     return s
 
 
-def _sums_t(xq: np.ndarray, wt: np.ndarray, k: np.ndarray, wq: np.ndarray,
-            p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """q = kvalues[level(k)] into xq[1]; (sumqx, sumq2) = sequential sums of (w*q)*x, (w*q)*q."""
-    np.take(_VAL_LUT, k, out=xq[1])
-    np.multiply(wt, xq[1], out=wq)
-    np.multiply(wq, xq, out=p)
-    s = _seq_sum_t(p, axis=1)
-    return s[0], s[1]
+def _absmax_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C's `if (fabsf(x) > amax) { amax = fabsf(x); max = x; }` from 0 down axis 0 of xt (32, nb)
+    -> (amax, max) (nb,). From the column max and min; argmax only where +amax and -amax both occur."""
+    hi = np.max(xt, axis=0)
+    lo = np.min(xt, axis=0)
+    nlo = np.negative(lo)
+    amax = np.maximum(hi, nlo)
+    mx = np.where(hi == amax, hi, lo)
+    both = (hi == amax) & (nlo == amax) & (amax > 0)
+    if both.any():
+        cols = np.nonzero(both)[0]
+        sub = xt[:, cols]
+        mx[cols] = sub[np.argmax(np.abs(sub), axis=0), np.arange(cols.size)]
+    return amax, mx
 
 
 def scale_search_t(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
     """The per-block scale of quantize_row_iq4_nl_impl (ntry = 7) on xt, wt float32 (32, nb) -> (nb,)."""
-    nb = xt.shape[1]
-    amax, mx = first_absmax_t(xt)
+    amax, mx = _absmax_t(xt)
     ok = amax >= GROUP_MAX_EPS
     mx = np.where(ok, mx, F32(1))
-    xq = np.empty((2,) + xt.shape, F32)
-    xq[0] = xt
-    p = np.empty_like(xq)
-    t = np.empty_like(xt)
-    wq = np.empty_like(xt)
-    k = np.empty(xt.shape, np.int32)
+    wq = np.empty_like(xt)  # (2*id)*x, then w*q
+    k = np.empty(xt.shape, np.int16)  # floor(2*id*x)
+    ku = k.view(np.uint16)
+    p = np.empty((2,) + xt.shape, F32)  # [q -> (w*q)*q, (w*q)*x]
 
     def sums(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        np.multiply(xt, iscale + iscale, out=t)  # (2*id)*x == 2*(id*x) exactly
-        np.floor(t, out=k, casting="unsafe")
-        return _sums_t(xq, wt, k, wq, p)
+        """(sumqx, sumq2) (nb,) for levels best_index(iscale*x), C's order and rounding."""
+        np.multiply(xt, iscale + iscale, out=wq)  # (2*id)*x == 2*(id*x) exactly
+        np.floor(wq, out=k, casting="unsafe")
+        np.take(_VAL_LUT, ku, out=p[0], mode="wrap")  # q
+        np.multiply(wt, p[0], out=wq)
+        np.multiply(wq, p[0], out=p[0])
+        np.multiply(wq, xt, out=p[1])
+        s = _seq_sum_t(p, axis=1)
+        return s[1], s[0]
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d = -mx / F32(-127)
         sumqx, sumq2 = sums(F32(1) / d)
-        pos = sumq2 > 0
-        d = np.where(pos, sumqx / sumq2, F32(0))
+        d = np.where(sumq2 > 0, sumqx / sumq2, F32(0))
         best = d * sumqx
         for itry in range(-NTRY, NTRY + 1):
             sumqx, sumq2 = sums(F32(itry + int(KVALUES_IQ4NL[0])) / mx)
@@ -128,9 +134,7 @@ def scale_search_t(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
                 dn = sumqx / sumq2
                 d = np.where(upd, dn, d)
                 best = np.where(upd, dn * sumqx, best)
-    d = np.where(ok, d, F32(0))
-    assert d.shape == (nb,)
-    return d
+    return np.where(ok, d, F32(0))
 
 
 def _pack_t(lt: np.ndarray) -> np.ndarray:
@@ -145,6 +149,12 @@ def _recip(d: np.ndarray) -> np.ndarray:
     """C's `d ? 1/d : 0` in float32."""
     with np.errstate(divide="ignore"):
         return np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
+
+
+def _fp16_bits(d: np.ndarray) -> np.ndarray:
+    """GGML_FP32_TO_FP16 bits (round to nearest even; overflow to inf as in C)."""
+    with np.errstate(over="ignore"):
+        return d.astype(np.float16).view(np.uint16)
 
 
 def _blocks_t(xb: np.ndarray) -> np.ndarray:
@@ -173,7 +183,7 @@ def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
             wt = _weights_t(xt, qwt, sigma2)
         d = scale_search_t(xt, wt)
         lt = best_index_t(xt * _recip(d))
-        out["d"][b0:b1] = d.astype(np.float16).view(np.uint16)
+        out["d"][b0:b1] = _fp16_bits(d)
         out["qs"][b0:b1] = _pack_t(lt)
     return out.view(np.uint8).reshape(nrows, nbr * BLOCK_IQ4_NL.itemsize)
 
@@ -222,7 +232,7 @@ def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         ls = np.clip(nearest_int(_recip(dsup)[:, None] * scales), -32, 31)
         dl = dsup[:, None] * ls.astype(F32)
         lt = best_index_t(xt * _recip(dl).reshape(-1))
-        out["d"][s0:s1] = dsup.astype(np.float16).view(np.uint16)
+        out["d"][s0:s1] = _fp16_bits(dsup)
         lu = (ls + 32).astype(np.uint16)
         out["scales_h"][s0:s1] = np.bitwise_or.reduce((lu >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=1)
         lo = (lu & 15).astype(np.uint8)
