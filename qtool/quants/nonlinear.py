@@ -2,7 +2,8 @@
 
 C functions ported: `best_index_int8`, `quantize_row_iq4_nl_impl` (ntry = 7), `quantize_iq4_nl`,
 `quantize_iq4_xs`, `dequantize_row_iq4_nl`, `dequantize_row_iq4_xs`; table `kvalues_iq4nl`
-(ggml-common.h). Inputs are assumed finite (no NaN / inf).
+(ggml-common.h). Byte-exact for finite inputs, overflow to inf included (fp16 scales overflow
+as in C); NaN / inf inputs are not reproduced.
 
 quantize_row_iq4_nl_impl, per super-block of S values (S = 32 for IQ4_NL, 256 for IQ4_XS),
 in blocks of 32:
@@ -19,11 +20,14 @@ in blocks of 32:
   levels best_index((1/(D*l))*x) (0 if D*l == 0).
 
 best_index_int8(16, kvalues, x) returns the level whose value is nearest to x, the upper one on
-an exact tie: C compares x - v[mu-1] < v[mu] - x in float32. Near a midpoint both differences are
-exact (the midpoints, half-integers, are at least 4.5 from 0 and at most 11.5 from their ends),
-so the result is the number of midpoints m with x >= m. All midpoints are multiples of 1/2, so
-x >= m  <=>  floor(2x) >= 2m: the level is a table lookup on k = floor(2x). In the candidate
-loop |id*x| <= 134*(1+eps), so k needs no clamp there (blocks below 1e-15 run with max = 1).
+an exact tie: C compares x - v[mu-1] < v[mu] - x in float32. Rounding is monotone, so only x next
+to a midpoint m = (v[mu-1] + v[mu])/2 could be misjudged, and there both differences are exact
+(they are multiples of ulp(x) below 2*|x|: |m| >= 4.5 and each half-width is <= 12 and < 2^(e+1)
+for |m| in [2^e, 2^(e+1))). So the level is the number of midpoints m <= x. The midpoints are
+multiples of 1/2, so m <= x  <=>  2m <= floor(2x): the level is a table lookup on k = floor(2x)
+(as int16; tests check this against a port of the C binary search, every float next to each
+midpoint included). In the candidate loop |id*x| <= 134*(1+eps), so k needs no clamp there
+(blocks below 1e-15 run with max = 1 and get scale 0 afterwards); the final level passes clamp.
 
 Layout of the work: chunks of blocks transposed to (32, n_blocks) (index in block, block), so
 every C reduction over the block is np.add.reduce down axis 0 (which adds rows in order); the
@@ -31,6 +35,9 @@ candidate loop multiplies w*q into one stacked (2, 32, nb) product [w*q*x, w*q*q
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import numpy as np
 
@@ -57,13 +64,14 @@ _MID2 = KVALUES_IQ4NL[:-1].astype(np.int32) + KVALUES_IQ4NL[1:].astype(np.int32)
 _IDX_LUT = np.searchsorted(_MID2, _K, side="right").astype(np.uint8)  # level index
 _VAL_LUT = _KV_F32[_IDX_LUT]  # level value as float32
 
-_CHUNK_BLOCKS = 1024  # blocks of 32 per chunk: the candidate loop's arrays stay in L2
+_CHUNK_BLOCKS = 2048  # blocks of 32 per chunk (measured best of 512..4096: the loop works in L2)
 
 
 def best_index_t(a: np.ndarray) -> np.ndarray:
     """best_index_int8(16, kvalues_iq4nl, a) for every element of float32 a (any shape) -> uint8."""
     t = np.multiply(a, F32(2))
-    np.clip(t, F32(-2 * 128), F32(2 * 114), out=t)
+    np.fmin(t, F32(2 * 114), out=t)  # NaN -> the top level, as C's binary search gives
+    np.fmax(t, F32(-2 * 128), out=t)
     k = np.floor(t, out=np.empty(t.shape, np.int16), casting="unsafe")
     return np.take(_IDX_LUT, k.view(np.uint16))
 
@@ -157,6 +165,15 @@ def _fp16_bits(d: np.ndarray) -> np.ndarray:
         return d.astype(np.float16).view(np.uint16)
 
 
+def _ieee(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Run fn with numpy's float warnings off: overflow / inf / NaN follow IEEE, as in C."""
+    @functools.wraps(fn)
+    def wrapper(*args: object) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return fn(*args)
+    return wrapper
+
+
 def _blocks_t(xb: np.ndarray) -> np.ndarray:
     """(nb, 32) -> (32, nb) C-contiguous."""
     return np.ascontiguousarray(xb.T)
@@ -164,6 +181,7 @@ def _blocks_t(xb: np.ndarray) -> np.ndarray:
 
 # --- IQ4_NL -------------------------------------------------------------------------------------
 
+@_ieee
 def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """quantize_iq4_nl: rows float32 (nrows, n) -> uint8 (nrows, n/32*18)."""
     nrows, n = rows.shape
@@ -188,6 +206,7 @@ def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return out.view(np.uint8).reshape(nrows, nbr * BLOCK_IQ4_NL.itemsize)
 
 
+@_ieee
 def dequantize_iq4_nl(data: np.ndarray, n: int) -> np.ndarray:
     """dequantize_row_iq4_nl: uint8 (nrows, n/32*18) -> float32 (nrows, n)."""
     nrows = data.shape[0]
@@ -202,6 +221,7 @@ def dequantize_iq4_nl(data: np.ndarray, n: int) -> np.ndarray:
 
 # --- IQ4_XS -------------------------------------------------------------------------------------
 
+@_ieee
 def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """quantize_iq4_xs: rows float32 (nrows, n) -> uint8 (nrows, n/256*136)."""
     nrows, n = rows.shape
@@ -241,6 +261,7 @@ def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return out.view(np.uint8).reshape(nrows, nsr * BLOCK_IQ4_XS.itemsize)
 
 
+@_ieee
 def dequantize_iq4_xs(data: np.ndarray, n: int) -> np.ndarray:
     """dequantize_row_iq4_xs: uint8 (nrows, n/256*136) -> float32 (nrows, n)."""
     nrows = data.shape[0]
