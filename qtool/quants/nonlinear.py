@@ -25,13 +25,14 @@ to a midpoint m = (v[mu-1] + v[mu])/2 could be misjudged, and there both differe
 (they are multiples of ulp(x) below 2*|x|: |m| >= 4.5 and each half-width is <= 12 and < 2^(e+1)
 for |m| in [2^e, 2^(e+1))). So the level is the number of midpoints m <= x. The midpoints are
 multiples of 1/2, so m <= x  <=>  2m <= floor(2x): the level is a table lookup on k = floor(2x)
-(as int16; tests check this against a port of the C binary search, every float next to each
-midpoint included). In the candidate loop |id*x| <= 134*(1+eps), so k needs no clamp there
+(as int16; tests check this against a port of the C binary search on the 4096 floats either
+side of each midpoint and of each table value). In the candidate loop |id*x| <= 134*(1+eps), so k needs no clamp there
 (blocks below 1e-15 run with max = 1 and get scale 0 afterwards); the final level passes clamp.
 
 Layout of the work: chunks of blocks transposed to (32, n_blocks) (index in block, block), so
 every C reduction over the block is np.add.reduce down axis 0 (which adds rows in order); the
-candidate loop multiplies w*q into one stacked (2, 32, nb) product [w*q*x, w*q*q].
+candidate loop writes [(w*q)*q, (w*q)*x] into one (2, 32, nb) array and sums both in one reduce.
+Chunks of 2048 blocks keep the loop's ~1.4 MB of arrays near L2.
 """
 
 from __future__ import annotations
