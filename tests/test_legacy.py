@@ -92,6 +92,18 @@ def test_chunking_does_not_change_bytes(monkeypatch, qtype: str) -> None:
         assert np.array_equal(whole, single)
 
 
+@pytest.mark.parametrize("qtype", TYPES)
+def test_single_short_row(qtype: str) -> None:
+    """One row of one block (the sums then run over a single column) and a 2-row input agree."""
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal((2, 32)) * 3).astype(F)
+    im = rng.chisquare(2, 32).astype(F)
+    for w in (None, im):
+        both = engine.quantize(x, qtype, w)
+        for i in range(2):
+            assert np.array_equal(engine.quantize(x[i:i + 1], qtype, w)[0], both[i])
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.sampled_from(TYPES), st.integers(1, 4), st.integers(0, 2**32 - 1), st.floats(-6, 10),
        st.booleans())

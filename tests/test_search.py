@@ -195,3 +195,17 @@ def test_make_qx_quants_golden(qtype: str, nmax: int, bs: int) -> None:
     L = L.reshape(nr, -1, 32)
     lo = (L[..., :16] & 15) | ((L[..., 16:] & 15) << 4)
     assert np.array_equal(lo, q[..., bs - 16:])
+
+
+def test_single_block_is_summed_in_order() -> None:
+    """A lone block (one column in the transposed layout) must still be summed sequentially."""
+    x = _blocks(32, 12, seed=11)
+    qw = np.random.default_rng(2).chisquare(2, x.shape).astype(F)
+    for b in range(x.shape[0]):
+        s, L = search.make_qx_quants(32, 8, x[b:b + 1], 1, qw[b:b + 1])
+        rs, rl = ref_qx(x[b], 8, 1, qw[b])
+        assert s[0].view(np.uint32) == F(rs).view(np.uint32) and L[0].tolist() == rl, b
+        s3, L3 = search.make_q3_quants(32, 4, x[b:b + 1], True)
+        with np.errstate(over="ignore"):
+            rs3, rl3 = ref_q3(x[b], 4, True)
+        assert s3[0].view(np.uint32) == F(rs3).view(np.uint32) and L3[0].tolist() == rl3, b

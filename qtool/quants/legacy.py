@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from .rounding import fp16_bits_to_fp32
-from .search import make_qx_quants_t
-from .search_kx import Workspace, qkx_search_t
+from .search import qx_levels_t, qx_search_state_t
+from .search_kx import Workspace, qkx_search_state_t, recompute_L_t
 
 F32 = np.float32
 U32 = np.uint32
@@ -192,59 +192,98 @@ def _quantize_ref(name: str, rows: np.ndarray) -> np.ndarray:
 
 # --- imatrix paths ------------------------------------------------------------------------
 
-def _row_sigma2(xr: np.ndarray) -> np.ndarray:
-    """sum_x2 = sequential float32 sum of x*x over each row, / n_per_row: xr (r, n) -> (r,)."""
-    x2 = xr * xr
-    np.add.accumulate(x2, axis=1, out=x2)  # sequential, unlike np.sum's pairwise sum
-    return x2[:, -1] / F32(xr.shape[1])
+_TILE_ROWS = 8  # rows per tile of the row transpose (8 floats = 32-byte runs: fastest here)
 
 
-class _ImChunk:
-    """One chunk of whole rows for the imatrix paths.
+def _rows_t(xr: np.ndarray, out: np.ndarray) -> None:
+    """Transpose rows xr float32 (r, n) into out (n // 32, 32, r) = [block, index, row], in tiles
+    of a few rows (a plain strided transpose is several times slower)."""
+    r, n = xr.shape
+    nbr = n // QK
+    for a in range(0, r, _TILE_ROWS):
+        b = min(r, a + _TILE_ROWS)
+        out[:, :, a:b] = xr[a:b].reshape(b - a, nbr, QK).transpose(1, 2, 0)
 
-    xt float32 (32, r*nbr): block k = row k // nbr, block k % nbr of it; wt float32 (32, r*nbr)
-    = qw[j]*sqrtf(sigma2 + x*x) in C's order of operations.
-    """
 
-    def __init__(self, xr: np.ndarray, qwt: np.ndarray, ws: Workspace) -> None:
-        r, n = xr.shape
-        nbr = n // QK
-        sigma2 = _row_sigma2(xr)
-        xt = ws.get("leg_xt", (QK, r * nbr))
-        xt[...] = xr.reshape(r * nbr, QK).T
-        wt = ws.get("leg_wt", (QK, r * nbr))
-        np.multiply(xt, xt, out=wt)
-        w3 = wt.reshape(QK, r, nbr)
-        w3 += sigma2[None, :, None]
-        np.sqrt(wt, out=wt)
-        w3 *= qwt[:, None, :]
-        self.xt, self.wt = xt, wt
+def _seq_sum0(a: np.ndarray) -> np.ndarray:
+    """C's `s = 0; for (...) s += a[j]` down axis 0 of a float32 (n, r) -> (r,). numpy adds the
+    rows in order when r > 1; a single column it would sum pairwise, so that one is accumulated."""
+    if a.shape[1] > 1:
+        return np.add.reduce(a, axis=0, initial=F32(0))
+    return np.add.accumulate(a, axis=0)[-1] + F32(0)  # + 0: C's sum starts from +0, never -0
+
+
+def _pack_t(Lu: np.ndarray, five_bit: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Levels uint32 (32, nb) (< 16, or < 32 when five_bit) -> (qs as uint32 words (4, nb),
+    qh uint32 (nb,) or None), little-endian: byte t of word k is qs[4k + t]."""
+    lo = Lu[:16] & U32(15) if five_bit else Lu[:16].copy()
+    hi = Lu[16:] & U32(15) if five_bit else Lu[16:]
+    hi <<= U32(4)
+    lo |= hi  # (16, nb): qs[j] = L[j] | L[j+16] << 4
+    lo3 = lo.reshape(4, 4, -1)
+    lo3 <<= np.array([0, 8, 16, 24], dtype=U32)[None, :, None]
+    qs = np.bitwise_or.reduce(lo3, axis=1)
+    qh = None
+    if five_bit:
+        h = Lu >> U32(4)
+        h <<= np.arange(32, dtype=U32)[:, None]
+        qh = np.bitwise_or.reduce(h, axis=0)
+    return qs, qh
 
 
 def _quantize_im(name: str, rows: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
-    """quantize_row_<name>_impl for every row, in chunks of whole rows."""
+    """quantize_row_<name>_impl for every row, in chunks of whole rows.
+
+    Per chunk of r rows: X1 (n/32, 32, r) = the rows transposed (so sum_x2 is one sequential
+    reduction down axis 0 of (n, r), SIMD across rows); xt, wt (32, n/32, r) = the search layout
+    (index in block first; block order (block in row, row)); the levels are built and packed on
+    that layout and the packed words transposed back into the blocks.
+    """
     nrows, n = rows.shape
     nbr = n // QK
+    five = name in ("Q5_0", "Q5_1")
     out = np.empty((nrows, nbr), dtype=BLOCKS[name])
-    qwt = np.ascontiguousarray(imatrix.reshape(nbr, QK).T)  # (32, nbr)
+    qw3 = np.ascontiguousarray(imatrix.reshape(nbr, QK).T)[:, :, None]  # (32, nbr, 1)
     ws = Workspace()
     step = max(1, _IM_CHUNK_BLOCKS // nbr)
     for a in range(0, nrows, step):
         b = min(nrows, a + step)
-        c = _ImChunk(rows[a:b], qwt, ws)
-        blk = out[a:b].reshape(-1)
+        r = b - a
+        nb = nbr * r
+        X1 = ws.get("leg_X1", (nbr, QK, r))
+        _rows_t(rows[a:b], X1)
+        x2 = ws.get("leg_x2", (nbr, QK, r))
+        np.multiply(X1, X1, out=x2)
+        sigma2 = _seq_sum0(x2.reshape(n, r)) / F32(n)  # C's sum_x2/n_per_row
+        xt = ws.get("leg_xt", (QK, nbr, r))
+        xt[...] = X1.transpose(1, 0, 2)
+        wt = ws.get("leg_wt", (QK, nbr, r))
+        wt[...] = x2.transpose(1, 0, 2)
+        wt += sigma2  # sigma2 + x*x
+        np.sqrt(wt, out=wt)
+        wt *= qw3  # qw[j] * sqrtf(...)
+        xt = xt.reshape(QK, nb)
+        wt = wt.reshape(QK, nb)
+        if nb == 1:  # one block: numpy would sum its single column pairwise; search two copies
+            xt = np.repeat(xt, 2, axis=1)
+            wt = np.repeat(wt, 2, axis=1)
         if name in ("Q4_0", "Q5_0"):
-            d, Lt = make_qx_quants_t(c.xt, c.wt, 8 if name == "Q4_0" else 16, 1, ws)
-            blk["d"] = _fp16_bits(d)
+            nmax = 8 if name == "Q4_0" else 16
+            d, isc, zero = qx_search_state_t(xt, wt, nmax, 1, ws)
+            Lu = qx_levels_t(xt, isc, nmax, zero, out=ws.get("leg_L", xt.shape)).astype(U32)
         else:
-            d, the_min, Lt = qkx_search_t(c.xt, c.wt, 15 if name == "Q4_1" else 31, -0.9, 0.05, 36, False,
-                                          ws=ws)
-            blk["d"] = _fp16_bits(d)
-            blk["m"] = _fp16_bits(-the_min)
-        L = np.ascontiguousarray(Lt.T)
-        if name in ("Q5_0", "Q5_1"):
-            blk["qh"] = _pack_high_bits(L)
-        blk["qs"] = _pack_nibbles(L)
+            nmax = 15 if name == "Q4_1" else 31
+            d, the_min, isc, mnu, deg = qkx_search_state_t(xt, wt, nmax, -0.9, 0.05, 36, False, ws=ws)
+            Lu = recompute_L_t(xt, isc, mnu, deg, nmax).astype(U32)
+        qs, qh = _pack_t(Lu[:, :nb], five)
+        d = d[:nb]
+        blk = out[a:b]  # (r, nbr); search block k = i*r + row
+        blk["d"] = _fp16_bits(d).reshape(nbr, r).T
+        if name in ("Q4_1", "Q5_1"):
+            blk["m"] = _fp16_bits(-the_min[:nb]).reshape(nbr, r).T
+        if qh is not None:
+            blk["qh"] = np.ascontiguousarray(qh.reshape(nbr, r).T).view(np.uint8).reshape(r, nbr, 4)
+        blk["qs"] = np.ascontiguousarray(qs.reshape(4, nbr, r).transpose(2, 1, 0)).view(np.uint8).reshape(r, nbr, 16)
     return out.view(np.uint8).reshape(nrows, -1)
 
 

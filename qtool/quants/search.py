@@ -32,6 +32,10 @@ Steps of make_qx_quants_t on xt (n, nb):
    from it at the end (the same float operations give the same L).
 rmse_type 0 and negative rmse_type (return early) stop after the first candidate, as in C.
 
+Every sequential sum is np.add.reduce down axis 0 (or 1) of a C-contiguous array with more than
+one column: numpy then adds row after row in order. (A single column is summed pairwise; such
+inputs are run as two identical columns.)
+
 Speed: the candidate loop runs over chunks of ~8k blocks (a few hundred kB per array, the
 arrays and scratch buffers stay in cache); scratch buffers are reused from a Workspace.
 """
@@ -48,20 +52,32 @@ GROUP_MAX_EPS = F32(1e-15)
 _CHUNK_VALUES = 1 << 18  # values per chunk of the natural-layout API
 
 __all__ = ["GROUP_MAX_EPS", "Workspace", "first_absmax_t", "make_q3_quants", "make_q3_quants_t",
-           "make_qx_quants", "make_qx_quants_t"]
+           "make_qx_quants", "make_qx_quants_t", "qx_levels_t", "qx_search_state_t"]
 
 
 def first_absmax_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """C's `if (fabsf(x[i]) > amax) { amax = fabsf(x[i]); max = x[i]; }` from amax = max = 0,
-    down axis 0 of xt (n, nb) -> (amax, max) float32 (nb,). np.argmax returns the first maximum."""
-    ax = np.abs(xt)
-    idx = np.argmax(ax, axis=0)
-    cols = np.arange(xt.shape[1])
-    amax = ax[idx, cols]
-    mx = xt[idx, cols]
+    down axis 0 of xt (n, nb) -> (amax, max) float32 (nb,).
+
+    max is +amax or -amax; only where both occur does the first one in index order decide
+    (looked up for those blocks alone). Two plain reductions instead of argmax, which numpy
+    runs along axis 0 through a transposed copy.
+    """
+    hi = xt.max(axis=0)
+    lo = xt.min(axis=0)
+    nlo = -lo
+    amax = np.maximum(hi, nlo)
+    mx = np.where(hi >= nlo, hi, lo)
+    both = (hi == nlo) & (hi > 0)
+    if both.any():
+        cols = np.flatnonzero(both)
+        sub = xt[:, cols]
+        first = np.argmax(np.abs(sub) == amax[cols], axis=0)
+        mx[cols] = sub[first, np.arange(cols.size)]
     none = ~(amax > 0)  # all zero: C never updates, max stays +0
     if none.any():
-        mx = np.where(none, F32(0), mx)
+        mx[none] = 0
+        amax[none] = 0
     return amax, mx
 
 
@@ -89,25 +105,37 @@ def _levels(xt: np.ndarray, iscale: np.ndarray, nmax: int, out: np.ndarray) -> n
     return out
 
 
-def _final_L(xt: np.ndarray, iscale: np.ndarray, nmax: int, zero: np.ndarray) -> np.ndarray:
-    """L = nmax + clamp(nearest_int(iscale*x)) as uint8 (n, nb); 0 where the block is all zero."""
-    t = _levels(xt, iscale, nmax, np.empty(xt.shape, dtype=F32))
+def qx_levels_t(xt: np.ndarray, iscale: np.ndarray, nmax: int, zero: np.ndarray,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """C's L = nmax + clamp(nearest_int(iscale*x), -nmax, nmax-1) as float32 (n, nb); 0 in the
+    columns of all-zero blocks (zero: bool (nb,)). Same float operations as the search, so the
+    same levels as the winning candidate."""
+    t = _levels(xt, iscale, nmax, np.empty(xt.shape, dtype=F32) if out is None else out)
     t += F32(nmax)
-    L = t.astype(np.uint8)
     if zero.any():
-        L[:, zero] = 0
-    return L
+        t[:, zero] = 0
+    return t
 
 
-def make_qx_quants_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_type: int,
-                     ws: Workspace | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """ggml `make_qx_quants(n, nmax, x, L, rmse_type, qw)` on the transposed layout.
+def _final_L(xt: np.ndarray, iscale: np.ndarray, nmax: int, zero: np.ndarray) -> np.ndarray:
+    """qx_levels_t as uint8 (n, nb)."""
+    return qx_levels_t(xt, iscale, nmax, zero).astype(np.uint8)
+
+
+def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_type: int,
+                      ws: Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """make_qx_quants on the transposed layout, without building L.
 
     xt: float32 (n, n_blocks) C-contiguous; qwt: float32 (n, n_blocks) or None.
-    Returns (scale float32 (n_blocks,), Lt uint8 (n, n_blocks)). See the module docstring.
+    Returns (scale, iscale, zero), each (n_blocks,): scale = C's return value; the winning L is
+    qx_levels_t(xt, iscale, nmax, zero) (zero: the all-zero blocks, whose L is 0).
     """
     xt = np.ascontiguousarray(xt, dtype=F32)
     n, nb = xt.shape
+    if nb == 1:  # numpy sums a (n, 1) column pairwise, not in order: run two copies instead
+        s, i, z = qx_search_state_t(np.repeat(xt, 2, axis=1), None if qwt is None else np.repeat(qwt, 2, axis=1),
+                                    nmax, rmse_type, ws)
+        return s[:1], i[:1], z[:1]
     ws = ws or Workspace()
     amax, mx = first_absmax_t(xt)
     zero = amax < GROUP_MAX_EPS
@@ -118,60 +146,75 @@ def make_qx_quants_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_typ
         if rmse_type == 0:
             scale = (F32(1) / iscale0).astype(F32)
             scale[zero] = 0
-            return scale, _final_L(xt, iscale0, nmax, zero)
+            return scale, iscale0, zero
         return_early = rmse_type < 0
         rmse_type = abs(rmse_type)
 
-        WW = ws.get("qx_WW", (2, n, nb))  # [w*x, w]
+        W = ws.get("qx_W", (n, nb)) if qwt is None else np.ascontiguousarray(qwt, dtype=F32)
         if qwt is None:
-            _weights_t(xt, rmse_type, WW[1])
-        else:
-            WW[1] = qwt
-        np.multiply(WW[1], xt, out=WW[0])
+            _weights_t(xt, rmse_type, W)
+        WX = np.multiply(W, xt, out=ws.get("qx_WX", (n, nb)))  # C's w*x[i], the first product of w*x*l
         T = ws.get("qx_T", (n, nb))
         P = ws.get("qx_P", (2, n, nb))
-        hi_row = np.full(nb, F32(nmax - 1), dtype=F32)
+        hi_row = np.full(nb, F32(nmax - 1), dtype=F32)  # clamps against a row: faster than a scalar
         lo_row = np.full(nb, F32(-nmax), dtype=F32)
-
-        def sums(isc: np.ndarray, s: np.float32) -> tuple[np.ndarray, np.ndarray]:
-            """(sumlx, suml2) of the candidate iscale isc (nb,) = -s/max."""
-            np.multiply(xt, isc, out=T)
-            np.rint(T, out=T)
+        svals = [fnmax] if return_early else [fnmax] + [fnmax + F32(0.1) * F32(i) for i in range(-9, 10) if i]
+        K = len(svals)
+        ISC = np.empty((K, nb), dtype=F32)  # candidate iscales: -nmax/max, then -(nmax + 0.1*is)/max
+        ISC[0] = iscale0
+        if K > 1:
+            np.divide(-np.array(svals[1:], dtype=F32)[:, None], mxs[None, :], out=ISC[1:])
+        R = np.empty((K, 2, nb), dtype=F32)  # [candidate, (sumlx, suml2), block]
+        for k, s in enumerate(svals):
+            np.multiply(xt, ISC[k], out=T)
+            np.rint(T, out=T)  # |iscale*x| <= nmax + 1: nearest_int is rint
             # |isc*x| <= s*(1 + 2^-22): the clamps only bite where s can round past them
             if s >= fnmax - F32(0.6):
                 np.minimum(T, hi_row, out=T)
             if s >= fnmax + F32(0.4):
                 np.maximum(T, lo_row, out=T)
-            np.multiply(WW, T, out=P)
-            np.multiply(P[1], T, out=P[1])
-            r = np.add.reduce(P, axis=1, initial=F32(0))
-            return r[0], r[1]
-
-        sumlx, suml2 = sums(iscale0, fnmax)
-        nzl = suml2 != 0
-        scale = np.where(nzl, sumlx / np.where(nzl, suml2, F32(1)), F32(0)).astype(F32)
+            np.multiply(WX, T, out=P[0])  # (w*x)*l
+            np.multiply(W, T, out=P[1])
+            np.multiply(P[1], T, out=P[1])  # (w*l)*l
+            np.add.reduce(P, axis=1, initial=F32(0), out=R[k])  # sequential sums from +0, C's order
+        SLX = R[:, 0]
+        SL2 = R[:, 1]
+        nzl = SL2 != 0
+        SC = np.divide(SLX, np.where(nzl, SL2, F32(1)))  # scale = sumlx/suml2 of each candidate
+        scale = np.where(nzl[0], SC[0], F32(0)).astype(F32)  # the first: suml2 ? sumlx/suml2 : 0
         if return_early:
             inv = F32(1) / iscale0
-            out = np.where(suml2 > 0, F32(0.5) * (scale + inv), inv).astype(F32)
+            out = np.where(SL2[0] > 0, F32(0.5) * (scale + inv), inv).astype(F32)
             out[zero] = 0
-            return out, _final_L(xt, iscale0, nmax, zero)
-        best = scale * sumlx
-        best_isc = iscale0.copy()
-        for i in range(-9, 10):
-            if i == 0:
-                continue
-            s = fnmax + F32(0.1) * F32(i)
-            isc = -s / mxs
-            slx, sl2 = sums(isc, s)
-            upd = (sl2 > 0) & (slx * slx > best * sl2)
-            if upd.any():
-                k = np.flatnonzero(upd)
-                sc = slx[k] / sl2[k]
-                scale[k] = sc
-                best[k] = sc * slx[k]
-                best_isc[k] = isc[k]
+            return out, iscale0, zero
+        best = scale * SLX[0]
+        NB = SC * SLX  # best after an update: scale*sumlx
+        A = SLX * SLX
+        A[~(SL2 > 0)] = -np.inf  # `suml2 > 0 &&` folded in: -inf > anything is false
+        kbest = np.zeros(nb, dtype=np.int8)
+        for k in range(1, K):
+            c = np.greater(A[k], np.multiply(best, SL2[k]))  # sumlx*sumlx > best*suml2
+            np.copyto(best, NB[k], where=c)
+            np.copyto(kbest, np.int8(k), where=c)
+        won = np.flatnonzero(kbest)
+        if won.size:
+            kb = kbest[won]
+            scale[won] = SC[kb, won]
+        best_isc = ISC[kbest, np.arange(nb)]
     scale[zero] = 0
-    return scale, _final_L(xt, best_isc, nmax, zero)
+    return scale, best_isc, zero
+
+
+def make_qx_quants_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_type: int,
+                     ws: Workspace | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """ggml `make_qx_quants(n, nmax, x, L, rmse_type, qw)` on the transposed layout.
+
+    xt: float32 (n, n_blocks) C-contiguous; qwt: float32 (n, n_blocks) or None.
+    Returns (scale float32 (n_blocks,), Lt uint8 (n, n_blocks)). See the module docstring.
+    """
+    xt = np.ascontiguousarray(xt, dtype=F32)
+    scale, iscale, zero = qx_search_state_t(xt, qwt, nmax, rmse_type, ws)
+    return scale, _final_L(xt, iscale, nmax, zero)
 
 
 def _q3_pass(xt: np.ndarray, W: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx: np.ndarray,
@@ -224,6 +267,9 @@ def make_q3_quants_t(xt: np.ndarray, nmax: int, do_rmse: bool = True) -> tuple[n
     """
     xt = np.ascontiguousarray(xt, dtype=F32)
     n, nb = xt.shape
+    if nb == 1:  # numpy sums a (n, 1) column pairwise, not in order: run two copies instead
+        s, lt = make_q3_quants_t(np.repeat(xt, 2, axis=1), nmax, do_rmse)
+        return s[:1], np.ascontiguousarray(lt[:, :1])
     amax, mx = first_absmax_t(xt)
     zero = amax < GROUP_MAX_EPS
     mxs = np.where(zero, F32(1), mx) if zero.any() else mx
