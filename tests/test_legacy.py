@@ -56,6 +56,16 @@ def test_golden_dequantize(qtype: str, variant: str) -> None:
     assert ok.all(), f"{qtype} {variant}: rows {np.flatnonzero(~ok).tolist()} differ"
 
 
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_0"])
+def test_golden_bytes_without_einsum(monkeypatch, vec, qtype: str) -> None:
+    """The multiply + reduce fallback of the search (numpy builds whose einsum fuses or reorders)."""
+    from qtool.quants import search
+
+    monkeypatch.setattr(search, "_EINSUM_SEQUENTIAL", False)
+    x, im, _ = vec
+    assert not mismatched_rows(engine.quantize(x, qtype, im), expected(qtype)["q_im"])
+
+
 def test_block_layouts() -> None:
     for name, dt in legacy.BLOCKS.items():
         assert dt.itemsize == BLOCK_BYTES[name]

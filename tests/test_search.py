@@ -209,3 +209,47 @@ def test_single_block_is_summed_in_order() -> None:
         with np.errstate(over="ignore"):
             rs3, rl3 = ref_q3(x[b], 4, True)
         assert s3[0].view(np.uint32) == F(rs3).view(np.uint32) and L3[0].tolist() == rl3, b
+
+
+def test_dot_sums_paths_agree(monkeypatch) -> None:
+    """dot_sums by einsum (where the runtime check allows it) and by multiply + reduce agree bit
+    for bit, and both are C's sequential float32 sums."""
+    rng = np.random.default_rng(4)
+    wx = (rng.standard_normal((32, 333)) * 100).astype(F)
+    w = rng.uniform(0, 2, (32, 333)).astype(F)
+    lv = rng.integers(-16, 16, (32, 333)).astype(F)
+    a = np.empty((2, 333), dtype=F)
+    b = np.empty((2, 333), dtype=F)
+    search.dot_sums(wx, w, lv, a)
+    search.dot_sums(wx, w, lv, b, np.empty((2, 32, 333), dtype=F))
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    for col in (0, 100, 332):
+        s0, s1 = F(0), F(0)
+        for j in range(32):
+            s0 += wx[j, col] * lv[j, col]
+            s1 += (w[j, col] * lv[j, col]) * lv[j, col]
+        assert a[0, col] == s0 and a[1, col] == s1
+
+
+def test_einsum_check_is_sensitive() -> None:
+    """The data einsum_is_sequential checks on tells C's order from pairwise summation and from
+    fused multiply-add, so a numpy that does either is caught (and the ufunc path is used)."""
+    rng = np.random.default_rng(20240611)
+    nb = 2
+    a = (rng.standard_normal((32, nb)) * np.exp(rng.uniform(-8, 8, (32, nb)))).astype(F)
+    rng.uniform(0, 3, (32, nb))
+    lv = rng.integers(-33, 33, (32, nb)).astype(F)
+    seq = np.add.reduce(a * lv, axis=0, initial=F(0))
+    pairwise = np.add.reduce(np.ascontiguousarray((a * lv).T), axis=1)
+    fma = np.zeros(nb, dtype=np.float64)
+    for j in range(32):  # acc = fl(a*l + acc), one rounding per step
+        fma = (a[j].astype(np.float64) * lv[j] + fma).astype(F).astype(np.float64)
+    assert not np.array_equal(seq, pairwise)
+    assert not np.array_equal(seq, fma.astype(F))
+    assert isinstance(search.einsum_is_sequential(), bool)
+
+
+def test_search_without_einsum(monkeypatch) -> None:
+    """The fallback path (no einsum) reproduces the golden Q4_0 imatrix scales too."""
+    monkeypatch.setattr(search, "_EINSUM_SEQUENTIAL", False)
+    test_make_qx_quants_golden("Q4_0", 8, 18)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .rounding import fp16_bits_to_fp32
-from .search import qx_levels_t, qx_search_state_t
+from .search import qx_search_state_t
 from .search_kx import Workspace, qkx_search_state_t, recompute_L_t
 
 F32 = np.float32
@@ -231,13 +231,30 @@ def _pack_t(Lu: np.ndarray, five_bit: bool) -> tuple[np.ndarray, np.ndarray | No
     return qs, qh
 
 
+def _qx_levels_u32(xt: np.ndarray, isc: np.ndarray, nmax: int, zero: np.ndarray, t: np.ndarray,
+                   out: np.ndarray) -> np.ndarray:
+    """make_qx_quants' L = nmax + clamp(nearest_int(isc*x), -nmax, nmax-1) as uint32 (32, nb) into
+    out, 0 in all-zero blocks: search.qx_levels_t with the + nmax and the cast in one pass.
+    t: float32 scratch (32, nb)."""
+    np.multiply(xt, isc, out=t)
+    np.rint(t, out=t)
+    nb = xt.shape[1]
+    np.minimum(t, np.full(nb, F32(nmax - 1), dtype=F32), out=t)
+    np.maximum(t, np.full(nb, F32(-nmax), dtype=F32), out=t)
+    np.add(t, F32(nmax), out=out, casting="unsafe")  # small non-negative integers: exact
+    if zero.any():
+        out[:, zero] = 0
+    return out
+
+
 def _quantize_im(name: str, rows: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
     """quantize_row_<name>_impl for every row, in chunks of whole rows.
 
-    Per chunk of r rows: X1 (n/32, 32, r) = the rows transposed (so sum_x2 is one sequential
-    reduction down axis 0 of (n, r), SIMD across rows); xt, wt (32, n/32, r) = the search layout
-    (index in block first; block order (block in row, row)); the levels are built and packed on
-    that layout and the packed words transposed back into the blocks.
+    Per chunk of r rows: X1 (n/32, 32, r) = the rows transposed, then squared in place, so
+    sum_x2 is one sequential reduction down axis 0 of (n, r), SIMD across rows; xt, wt
+    (32, n/32, r) = the search layout (index in block first; block order (block in row, row));
+    the levels are built and packed on that layout and the packed words transposed back into the
+    blocks. Few, reused buffers: the working set decides the speed.
     """
     nrows, n = rows.shape
     nbr = n // QK
@@ -252,13 +269,12 @@ def _quantize_im(name: str, rows: np.ndarray, imatrix: np.ndarray) -> np.ndarray
         nb = nbr * r
         X1 = ws.get("leg_X1", (nbr, QK, r))
         _rows_t(rows[a:b], X1)
-        x2 = ws.get("leg_x2", (nbr, QK, r))
-        np.multiply(X1, X1, out=x2)
-        sigma2 = _seq_sum0(x2.reshape(n, r)) / F32(n)  # C's sum_x2/n_per_row
         xt = ws.get("leg_xt", (QK, nbr, r))
         xt[...] = X1.transpose(1, 0, 2)
+        X1 *= X1
+        sigma2 = _seq_sum0(X1.reshape(n, r)) / F32(n)  # C's sum_x2/n_per_row
         wt = ws.get("leg_wt", (QK, nbr, r))
-        wt[...] = x2.transpose(1, 0, 2)
+        np.multiply(xt, xt, out=wt)
         wt += sigma2  # sigma2 + x*x
         np.sqrt(wt, out=wt)
         wt *= qw3  # qw[j] * sqrtf(...)
@@ -267,14 +283,18 @@ def _quantize_im(name: str, rows: np.ndarray, imatrix: np.ndarray) -> np.ndarray
         if nb == 1:  # one block: numpy would sum its single column pairwise; search two copies
             xt = np.repeat(xt, 2, axis=1)
             wt = np.repeat(wt, 2, axis=1)
+        if nb > 1:
+            Lu = X1.reshape(-1).view(U32).reshape(xt.shape)  # X1 is free again
+        else:
+            Lu = np.empty(xt.shape, dtype=U32)
         if name in ("Q4_0", "Q5_0"):
             nmax = 8 if name == "Q4_0" else 16
             d, isc, zero = qx_search_state_t(xt, wt, nmax, 1, ws)
-            Lu = qx_levels_t(xt, isc, nmax, zero, out=ws.get("leg_L", xt.shape)).astype(U32)
+            _qx_levels_u32(xt, isc, nmax, zero, wt, Lu)  # wt is free again (a copy when nb == 1)
         else:
             nmax = 15 if name == "Q4_1" else 31
             d, the_min, isc, mnu, deg = qkx_search_state_t(xt, wt, nmax, -0.9, 0.05, 36, False, ws=ws)
-            Lu = recompute_L_t(xt, isc, mnu, deg, nmax).astype(U32)
+            Lu[...] = recompute_L_t(xt, isc, mnu, deg, nmax)
         qs, qh = _pack_t(Lu[:, :nb], five)
         d = d[:nb]
         blk = out[a:b]  # (r, nbr); search block k = i*r + row

@@ -21,15 +21,18 @@ Steps of make_qx_quants_t on xt (n, nb):
 1. max / amax: the first element of largest |x| (C's strict `>` from 0): argmax down axis 0
    -> (nb,). Blocks with amax < GROUP_MAX_EPS return scale 0, L = 0.
 2. weights w (n, nb): qw, or x*x / 1 / |x| / sqrt|x| for rmse_type 1 / 2 / 3 / 4+ (no qw);
-   wx = w*x (n, nb), stacked with w as WW (2, n, nb) so one multiply gives [w*x*l, w*l].
+   wx = w*x (n, nb). The 19 candidate iscales are one (19, nb) array.
 3. For each of the 19 candidate iscales (-nmax/max, then -(nmax + 0.1*is)/max for
    is = -9..9, is != 0), each a row (nb,): l = clamp(rint(iscale*x), -nmax, nmax-1) (n, nb)
-   (|iscale*x| <= nmax + 1, so nearest_int is rint), P = WW*l, P[1] *= l, then
-   [sumlx, suml2] = sequential sums of P down axis 1 from +0 -> (2, nb).
-4. C's selection, in candidate order on (nb,) rows: the first candidate gives scale =
-   sumlx/suml2 (0 if suml2 == 0), best = scale*sumlx; a later one replaces them when
-   suml2 > 0 and sumlx*sumlx > best*suml2. The winning iscale is kept, and L is rebuilt once
-   from it at the end (the same float operations give the same L).
+   (|iscale*x| <= nmax + 1, so nearest_int is rint), then [sumlx, suml2] (2, nb) = the
+   sequential sums of wx*l and (w*l)*l down axis 0 from +0 (dot_sums: np.einsum where it is
+   checked to sum in C's order without fused multiply-add, else multiply + np.add.reduce).
+4. C's selection, in candidate order on (nb,) rows, from the (19, 2, nb) sums: the first
+   candidate gives scale = sumlx/suml2 (0 if suml2 == 0), best = scale*sumlx; a later one
+   replaces them when suml2 > 0 and sumlx*sumlx > best*suml2 (the candidates' sumlx*sumlx,
+   sumlx/suml2 and scale*sumlx are computed for all at once; the scan touches only the blocks
+   that update). The winning candidate's iscale is kept, and L is rebuilt once from it
+   (qx_levels_t: the same float operations give the same L).
 rmse_type 0 and negative rmse_type (return early) stop after the first candidate, as in C.
 
 Every sequential sum is np.add.reduce down axis 0 (or 1) of a C-contiguous array with more than
@@ -51,8 +54,8 @@ F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)
 _CHUNK_VALUES = 1 << 18  # values per chunk of the natural-layout API
 
-__all__ = ["GROUP_MAX_EPS", "Workspace", "first_absmax_t", "make_q3_quants", "make_q3_quants_t",
-           "make_qx_quants", "make_qx_quants_t", "qx_levels_t", "qx_search_state_t"]
+__all__ = ["GROUP_MAX_EPS", "Workspace", "dot_sums", "einsum_is_sequential", "first_absmax_t", "make_q3_quants",
+           "make_q3_quants_t", "make_qx_quants", "make_qx_quants_t", "qx_levels_t", "qx_search_state_t"]
 
 
 def first_absmax_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +82,55 @@ def first_absmax_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mx[none] = 0
         amax[none] = 0
     return amax, mx
+
+
+_EINSUM_SEQUENTIAL: bool | None = None
+
+
+def einsum_is_sequential() -> bool:
+    """Whether np.einsum("jb,jb->b", a, l) and ("jb,jb,jb->b", w, l, l) compute C's loops exactly:
+    float32 products (a*l, then (w*l)*l) added to +0 one j after another, no fused multiply-add.
+
+    numpy's einsum does so when its kernels are built without FMA (x86-64 baselines below v3)
+    and it is about twice as fast as multiply + reduce; this is checked once per process on data
+    where any other order, pairing or fusion shows, and dot_sums falls back to plain ufuncs
+    otherwise.
+    """
+    global _EINSUM_SEQUENTIAL
+    if _EINSUM_SEQUENTIAL is None:
+        rng = np.random.default_rng(20240611)
+        ok = True
+        for nb in (2, 3, 17, 4099):
+            a = (rng.standard_normal((32, nb)) * np.exp(rng.uniform(-8, 8, (32, nb)))).astype(F32)
+            w = rng.uniform(0, 3, (32, nb)).astype(F32)
+            lv = rng.integers(-33, 33, (32, nb)).astype(F32)
+            want0 = np.add.reduce(a * lv, axis=0, initial=F32(0))
+            want1 = np.add.reduce((w * lv) * lv, axis=0, initial=F32(0))
+            got0 = np.einsum("jb,jb->b", a, lv)
+            got1 = np.einsum("jb,jb,jb->b", w, lv, lv)
+            ok &= got0.dtype == F32 and got1.dtype == F32
+            ok &= bool(np.array_equal(got0.view(np.uint32), want0.view(np.uint32)))
+            ok &= bool(np.array_equal(got1.view(np.uint32), want1.view(np.uint32)))
+        _EINSUM_SEQUENTIAL = ok
+    return _EINSUM_SEQUENTIAL
+
+
+def dot_sums(WX: np.ndarray, W: np.ndarray, T: np.ndarray, out: np.ndarray, P: np.ndarray | None = None) -> None:
+    """out[0] = sum_j WX[j]*T[j], out[1] = sum_j (W[j]*T[j])*T[j], float32, summed from +0 in j order
+    (C's `sumlx += w*x[i]*l; suml2 += w*l*l` with WX = w*x), for (n, nb) arrays with nb > 1.
+
+    P: float32 scratch (2, n, nb), needed only when einsum_is_sequential() is false.
+    """
+    if P is None and einsum_is_sequential():
+        np.einsum("jb,jb->b", WX, T, out=out[0])
+        np.einsum("jb,jb,jb->b", W, T, T, out=out[1])
+        return
+    if P is None:
+        P = np.empty((2,) + T.shape, dtype=F32)
+    np.multiply(WX, T, out=P[0])  # (w*x)*l
+    np.multiply(W, T, out=P[1])
+    np.multiply(P[1], T, out=P[1])  # (w*l)*l
+    np.add.reduce(P, axis=1, initial=F32(0), out=out)  # sequential sums from +0, C's order
 
 
 def _weights_t(xt: np.ndarray, rmse_type: int, out: np.ndarray) -> np.ndarray:
@@ -155,7 +207,7 @@ def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_ty
             _weights_t(xt, rmse_type, W)
         WX = np.multiply(W, xt, out=ws.get("qx_WX", (n, nb)))  # C's w*x[i], the first product of w*x*l
         T = ws.get("qx_T", (n, nb))
-        P = ws.get("qx_P", (2, n, nb))
+        P = None if einsum_is_sequential() else ws.get("qx_P", (2, n, nb))
         hi_row = np.full(nb, F32(nmax - 1), dtype=F32)  # clamps against a row: faster than a scalar
         lo_row = np.full(nb, F32(-nmax), dtype=F32)
         svals = [fnmax] if return_early else [fnmax] + [fnmax + F32(0.1) * F32(i) for i in range(-9, 10) if i]
@@ -173,10 +225,7 @@ def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_ty
                 np.minimum(T, hi_row, out=T)
             if s >= fnmax + F32(0.4):
                 np.maximum(T, lo_row, out=T)
-            np.multiply(WX, T, out=P[0])  # (w*x)*l
-            np.multiply(W, T, out=P[1])
-            np.multiply(P[1], T, out=P[1])  # (w*l)*l
-            np.add.reduce(P, axis=1, initial=F32(0), out=R[k])  # sequential sums from +0, C's order
+            dot_sums(WX, W, T, R[k], P)
         SLX = R[:, 0]
         SL2 = R[:, 1]
         nzl = SL2 != 0
@@ -192,10 +241,15 @@ def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_ty
         A = SLX * SLX
         A[~(SL2 > 0)] = -np.inf  # `suml2 > 0 &&` folded in: -inf > anything is false
         kbest = np.zeros(nb, dtype=np.int8)
+        tmp = np.empty(nb, dtype=F32)
+        c = np.empty(nb, dtype=bool)
         for k in range(1, K):
-            c = np.greater(A[k], np.multiply(best, SL2[k]))  # sumlx*sumlx > best*suml2
-            np.copyto(best, NB[k], where=c)
-            np.copyto(kbest, np.int8(k), where=c)
+            np.multiply(best, SL2[k], out=tmp)
+            np.greater(A[k], tmp, out=c)  # sumlx*sumlx > best*suml2
+            idx = np.flatnonzero(c)
+            if idx.size:
+                best[idx] = NB[k, idx]
+                kbest[idx] = k
         won = np.flatnonzero(kbest)
         if won.size:
             kb = kbest[won]
