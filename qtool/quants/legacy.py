@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .rounding import fp16_bits_to_fp32
-from .search import qx_search_state_t
+from .search import first_absmax_t, qx_search_state_t
 from .search_kx import Workspace, qkx_search_state_t, recompute_L_t
 
 F32 = np.float32
@@ -79,101 +79,120 @@ def _pack_high_bits(L: np.ndarray) -> np.ndarray:
 
 
 # --- reference paths (no imatrix) -----------------------------------------------------------
+#
+# Every function here takes a chunk of blocks transposed to xt float32 (32, m) = [index in block,
+# block] (so per-block reductions are plain reductions down axis 0 and per-block scalars are rows)
+# and writes blk (m,) of the type's block dtype.
 
-def _absmax_signed(xb: np.ndarray) -> np.ndarray:
-    """C's `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` from 0 -> max float32 (m,)."""
-    idx = np.argmax(np.abs(xb), axis=1)
-    mx = np.take_along_axis(xb, idx[:, None], axis=1)[:, 0]
-    return np.where(mx == 0, F32(0), mx)  # all zero: C keeps max = +0
+_TILE_BLOCKS = 256  # blocks per tile of the block transpose (fastest here)
 
 
-def _min_max(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """C's `min = FLT_MAX; max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;` per block.
+def _blocks_t(xb: np.ndarray, out: np.ndarray) -> None:
+    """xb float32 (m, 32) -> out (32, m), in tiles (a plain strided transpose is ~3x slower)."""
+    m = xb.shape[0]
+    for a in range(0, m, _TILE_BLOCKS):
+        b = min(m, a + _TILE_BLOCKS)
+        out[:, a:b] = xb[a:b].T
 
-    The first zero in index order is the min C keeps when the minimum is zero (strict < never
-    replaces -0 by +0 or the reverse), so its sign is looked up; the sign of a zero max never
-    reaches the bytes (max - min is the same).
+
+def _inverse(d: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """C's `id = d ? 1.0f/d : 0.0f` -> (id float32 (m,), the blocks where 1/d overflowed or None).
+
+    In those blocks (|d| below ~3e-39) C's x*id is +-inf or NaN, and its float -> int8/uint8
+    conversion (cvttss2si, low byte) stores 0 for every value.
     """
-    mn = xb.min(axis=1)
-    mx = xb.max(axis=1)
+    nz = d != 0
+    with np.errstate(divide="ignore", over="ignore"):
+        idv = np.where(nz, F32(1) / np.where(nz, d, F32(1)), F32(0)).astype(F32)
+    bad = ~np.isfinite(idv)
+    return idv, (bad if bad.any() else None)
+
+
+def _write_qs(blk: np.ndarray, qs: np.ndarray, qh: np.ndarray | None) -> None:
+    """Store packed words: qs uint32 (4, m) -> blk["qs"] (m, 16), qh uint32 (m,) -> blk["qh"]."""
+    m = qs.shape[1]
+    blk["qs"] = np.ascontiguousarray(qs.T).view(np.uint8).reshape(m, 16)
+    if qh is not None:
+        blk["qh"] = qh.view(np.uint8).reshape(m, 4)
+
+
+def _qx_0_ref_t(xt: np.ndarray, blk: np.ndarray, nmax: int, ws: Workspace) -> None:
+    """quantize_row_q4_0_ref (nmax 8) / q5_0_ref (nmax 16): d = max/-nmax (max = the value of
+    largest |x|, first wins), L = MIN(2*nmax-1, (int8_t)(x*id + nmax + 0.5))."""
+    m = xt.shape[1]
+    _, mx = first_absmax_t(xt)
+    d = mx / F32(-nmax)
+    idv, bad = _inverse(d)
+    v = np.multiply(xt, idv, out=ws.get("ref_v", xt.shape))
+    Lu = ws.get("ref_L", xt.shape, U32)
+    np.add(v, F32(nmax + 0.5), out=Lu, casting="unsafe")  # >= 0.5: truncation = (int8_t)
+    np.minimum(Lu, np.full(m, 2 * nmax - 1, dtype=U32), out=Lu)
+    if bad is not None:
+        Lu[:, bad] = 0
+    blk["d"] = _fp16_bits(d)
+    _write_qs(blk, *_pack_t(Lu, nmax == 16))
+
+
+def _first_zero_signbit(xt: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Sign bit of the first zero (in index order) of each selected column of xt (32, m)."""
+    sub = xt[:, cols]
+    first = np.argmax(sub == 0, axis=0)
+    return np.signbit(sub[first, np.arange(cols.size)])
+
+
+def _qx_1_ref_t(xt: np.ndarray, blk: np.ndarray, nmax: int, ws: Workspace) -> None:
+    """quantize_row_q4_1_ref (nmax 15) / q5_1_ref (nmax 31): min/max from FLT_MAX / -FLT_MAX with
+    strict compares, d = (max - min)/nmax, L = (int8_t|uint8_t)((x - min)*id + 0.5) (MIN 15 for
+    Q4_1; Q5_1 has none). When the minimum is zero, its sign is that of the first zero (strict <
+    never replaces one zero by another); C's max - min is never -0 (all zero: both are x[0])."""
+    m = xt.shape[1]
+    mn = xt.min(axis=0)
+    mx = xt.max(axis=0)
     z = np.flatnonzero(mn == 0)
     if z.size:
-        sub = xb[z]
-        first = np.argmax(sub == 0, axis=1)
-        mn[z] = np.where(np.signbit(sub[np.arange(z.size), first]), F32(-0.0), F32(0.0))
-    return mn, mx
-
-
-def _q4_0_ref(xb: np.ndarray, blk: np.ndarray) -> None:
-    """quantize_row_q4_0_ref on blocks xb float32 (m, 32) into blk (m,) BLOCK_Q4_0."""
-    mx = _absmax_signed(xb)
-    d = mx / F32(-8)
-    nz = d != 0
-    with np.errstate(divide="ignore"):
-        idv = np.where(nz, F32(1) / np.where(nz, d, F32(1)), F32(0)).astype(F32)
-    v = xb * idv[:, None]
-    v += F32(8.5)
-    L = v.astype(np.uint8)  # (int8_t) truncation; 0 <= v < 17
-    np.minimum(L, np.uint8(15), out=L)
-    blk["d"] = _fp16_bits(d)
-    blk["qs"] = _pack_nibbles(L)
-
-
-def _q5_0_ref(xb: np.ndarray, blk: np.ndarray) -> None:
-    """quantize_row_q5_0_ref on blocks xb float32 (m, 32) into blk (m,) BLOCK_Q5_0."""
-    mx = _absmax_signed(xb)
-    d = mx / F32(-16)
-    nz = d != 0
-    with np.errstate(divide="ignore"):
-        idv = np.where(nz, F32(1) / np.where(nz, d, F32(1)), F32(0)).astype(F32)
-    v = xb * idv[:, None]
-    v += F32(16.5)
-    L = v.astype(np.uint8)
-    np.minimum(L, np.uint8(31), out=L)
-    blk["d"] = _fp16_bits(d)
-    blk["qh"] = _pack_high_bits(L)
-    blk["qs"] = _pack_nibbles(L)
-
-
-def _qx_1_ref(xb: np.ndarray, blk: np.ndarray, nmax: int) -> None:
-    """quantize_row_q4_1_ref (nmax 15) / q5_1_ref (nmax 31) on blocks xb (m, 32) into blk."""
-    mn, mx = _min_max(xb)
-    d = np.abs((mx - mn) / F32(nmax))  # C's max - min is never -0 (all zero: both are x[0])
-    nz = d != 0
-    with np.errstate(divide="ignore"):
-        idv = np.where(nz, F32(1) / np.where(nz, d, F32(1)), F32(0)).astype(F32)
-    v = xb - mn[:, None]
-    v *= idv[:, None]
-    v += F32(0.5)
-    L = v.astype(np.uint8)  # (int8_t) / (uint8_t) truncation; 0 <= v < 32.5
+        mn[z] = np.where(_first_zero_signbit(xt, z), F32(-0.0), F32(0.0))
+    d = np.abs((mx - mn) / F32(nmax))
+    idv, bad = _inverse(d)
+    v = np.subtract(xt, mn, out=ws.get("ref_v", xt.shape))
+    v *= idv
+    Lu = ws.get("ref_L", xt.shape, U32)
+    np.add(v, F32(0.5), out=Lu, casting="unsafe")  # >= 0.5: truncation
     if nmax == 15:
-        np.minimum(L, np.uint8(15), out=L)  # Q5_1 has no MIN(31, ...)
+        np.minimum(Lu, np.full(m, 15, dtype=U32), out=Lu)
+    if bad is not None:
+        Lu[:, bad] = 0
     blk["d"] = _fp16_bits(d)
     blk["m"] = _fp16_bits(mn)
-    if nmax == 31:
-        blk["qh"] = _pack_high_bits(L)
-    blk["qs"] = _pack_nibbles(L)
+    _write_qs(blk, *_pack_t(Lu, nmax == 31))
 
 
-def _q8_0_ref(xb: np.ndarray, blk: np.ndarray) -> None:
-    """quantize_row_q8_0_ref on blocks xb float32 (m, 32) into blk (m,) BLOCK_Q8_0."""
-    amax = np.maximum(xb.max(axis=1), -xb.min(axis=1))  # MAX(amax, fabsf(v)) from 0
+def _q8_0_ref_t(xt: np.ndarray, blk: np.ndarray, ws: Workspace) -> None:
+    """quantize_row_q8_0_ref: d = max|x|/127, qs = roundf(x*id) as int8."""
+    m = xt.shape[1]
+    amax = np.abs(np.maximum(xt.max(axis=0), -xt.min(axis=0)))  # MAX(amax, fabsf(v)) from +0
     d = amax / F32(127)
-    nz = d != 0
-    with np.errstate(divide="ignore"):
-        idv = np.where(nz, F32(1) / np.where(nz, d, F32(1)), F32(0)).astype(F32)
-    v = xb * idv[:, None]
-    v += np.copysign(_ROUNDF_C, v)  # roundf: half away from zero, exactly
-    blk["d"] = _fp16_bits(np.abs(d))
-    blk["qs"] = v.astype(np.int8)  # trunc
+    idv, bad = _inverse(d)
+    v = np.multiply(xt, idv, out=ws.get("ref_v", xt.shape))
+    c = np.copysign(_ROUNDF_C, v, out=ws.get("ref_c", xt.shape))
+    Li = ws.get("ref_L", xt.shape, np.int32)
+    np.add(v, c, out=Li, casting="unsafe")  # roundf: trunc(v + copysign(0.49999997, v)), exactly
+    if bad is not None:
+        Li[:, bad] = 0
+    Lw = Li.view(U32)
+    Lw &= U32(0xFF)
+    L4 = Lw.reshape(8, 4, m)  # byte 4k + t of the block -> byte t of word k
+    L4 <<= np.array([0, 8, 16, 24], dtype=U32)[None, :, None]
+    qs = np.bitwise_or.reduce(L4, axis=1)  # (8, m)
+    blk["d"] = _fp16_bits(d)
+    blk["qs"] = np.ascontiguousarray(qs.T).view(np.int8).reshape(m, 32)
 
 
 _REF = {
-    "Q4_0": _q4_0_ref,
-    "Q4_1": lambda xb, blk: _qx_1_ref(xb, blk, 15),
-    "Q5_0": _q5_0_ref,
-    "Q5_1": lambda xb, blk: _qx_1_ref(xb, blk, 31),
-    "Q8_0": _q8_0_ref,
+    "Q4_0": lambda xt, blk, ws: _qx_0_ref_t(xt, blk, 8, ws),
+    "Q4_1": lambda xt, blk, ws: _qx_1_ref_t(xt, blk, 15, ws),
+    "Q5_0": lambda xt, blk, ws: _qx_0_ref_t(xt, blk, 16, ws),
+    "Q5_1": lambda xt, blk, ws: _qx_1_ref_t(xt, blk, 31, ws),
+    "Q8_0": _q8_0_ref_t,
 }
 
 
@@ -184,9 +203,13 @@ def _quantize_ref(name: str, rows: np.ndarray) -> np.ndarray:
     nb = xb_all.shape[0]
     out = np.empty(nb, dtype=BLOCKS[name])
     fn = _REF[name]
+    ws = Workspace()
     for a in range(0, nb, _REF_CHUNK_BLOCKS):
         b = min(nb, a + _REF_CHUNK_BLOCKS)
-        fn(xb_all[a:b], out[a:b])
+        xt = ws.get("ref_xt", (QK, b - a))
+        _blocks_t(xb_all[a:b], xt)
+        with np.errstate(invalid="ignore", over="ignore"):
+            fn(xt, out[a:b], ws)
     return out.view(np.uint8).reshape(nrows, -1)
 
 
