@@ -75,17 +75,18 @@ def test_block_layouts() -> None:
 
 
 def test_q5_packing_by_hand() -> None:
-    """One Q5_0 block with known levels: nibble order and the qh bit of every value."""
-    lv = np.arange(32, dtype=np.uint8)[::-1].copy()  # levels 31..0
-    blk = np.zeros(1, dtype=legacy.BLOCK_Q5_0)
-    blk["qh"] = legacy._pack_high_bits(lv[None])
-    blk["qs"] = legacy._pack_nibbles(lv[None])
-    qh = int(blk["qh"][0].view("<u4")[0])
-    assert [(qh >> k) & 1 for k in range(32)] == [int(v >> 4) for v in lv]
-    assert blk["qs"][0].tolist() == [int(lv[j] & 15 | (lv[j + 16] & 15) << 4) for j in range(16)]
+    """Blocks with known levels: nibble order and the qh bit of every value, then dequantized."""
+    lv = np.stack([np.arange(32)[::-1], (np.arange(32) * 7) % 32]).astype(np.uint32)  # (2 blocks, 32)
+    qs, qh = legacy._pack_t(np.ascontiguousarray(lv.T), True)
+    blk = np.zeros(2, dtype=legacy.BLOCK_Q5_0)
+    legacy._write_qs(blk, qs, qh)
+    for b in range(2):
+        h = int(blk["qh"][b].view("<u4")[0])
+        assert [(h >> k) & 1 for k in range(32)] == [int(v >> 4) for v in lv[b]]
+        assert blk["qs"][b].tolist() == [int(lv[b, j] & 15 | (lv[b, j + 16] & 15) << 4) for j in range(16)]
     blk["d"] = np.float16(1).view(np.uint16)
-    y = engine.dequantize(blk.view(np.uint8)[None], "Q5_0", 32)
-    assert y[0].tolist() == (lv.astype(int) - 16).tolist()
+    y = engine.dequantize(blk.view(np.uint8).reshape(1, -1), "Q5_0", 64)
+    assert y.reshape(2, 32).tolist() == (lv.astype(int) - 16).tolist()
 
 
 @pytest.mark.parametrize("qtype", TYPES)
