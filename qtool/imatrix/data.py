@@ -1,0 +1,168 @@
+"""The importance-matrix data model shared by both codecs, merge, statistics and quantize.
+
+An importance matrix holds, per weight tensor name, the sums of squared input activations of
+each column (`sums`, float32, shape (n_mat, n_per_row); n_mat = number of experts of a stacked
+3-D MoE tensor, else 1) and the number of input rows (tokens) each matrix saw (`counts`, int64,
+shape (n_mat,)), plus the datasets it was collected on, the chunk count and the chunk size.
+
+Two forms exist, exactly as in llama.cpp (common/imatrix-loader.cpp `common_imatrix`):
+
+- GGUF / collected form (`legacy=False`): `sums` are raw sums, `counts` raw token counts. This is
+  what a GGUF imatrix stores and what llama-imatrix's IMatrixCollector accumulates.
+- Legacy form (`legacy=True`): read from a `.dat` file. `sums` are the stored values, i.e. the
+  per-column mean times `ncall` (the number of chunks), `counts` is `[ncall]`, `chunk_size` is
+  unknown (0). `merge.combine` turns it into the collected form the way llama-imatrix does
+  (values * chunk_size, counts ncall * chunk_size).
+
+Names are `str`; bytes that are not UTF-8 are kept with the "surrogateescape" error handler so
+that any file round-trips byte for byte (`name_bytes`). Sorting uses the bytes, like std::sort on
+std::string.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+
+from ..gguf_io import GGUFError
+
+log = logging.getLogger("qtool.imatrix")
+
+Warn = Callable[[str], None]
+
+
+class ImatrixError(GGUFError, ValueError):
+    """A bad or unreadable importance matrix (message names the file and offset or tensor).
+
+    A subclass of `qtool.gguf_io.GGUFError` (and ValueError) so code catching qtool's file
+    format errors catches it too.
+    """
+
+
+def name_bytes(name: str) -> bytes:
+    """The bytes of a name or dataset string as stored in the files."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def name_str(raw: bytes) -> str:
+    """A stored name as str (non-UTF-8 bytes kept as surrogate escapes)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def sorted_names(names: Iterable[str]) -> list[str]:
+    """Names in std::sort order (bytewise)."""
+    return sorted(names, key=name_bytes)
+
+
+def default_warn(msg: str) -> None:
+    log.warning(msg)
+
+
+@dataclass
+class ImatrixEntry:
+    """One tensor: sums float32[n_mat, n_per_row] and counts int64[n_mat]."""
+
+    sums: np.ndarray
+    counts: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.counts = np.asarray(self.counts, dtype=np.int64).reshape(-1)
+        s = np.asarray(self.sums, dtype=np.float32)
+        n_mat = max(1, self.counts.size)
+        if s.size % n_mat:
+            raise ImatrixError(f"{s.size} sums do not split into {n_mat} matrices")
+        self.sums = s.reshape(n_mat, s.size // n_mat)
+
+    @property
+    def n_mat(self) -> int:
+        return int(self.counts.size)
+
+    @property
+    def n_per_row(self) -> int:
+        return int(self.sums.shape[1])
+
+    @property
+    def nval(self) -> int:
+        return int(self.sums.size)
+
+
+@dataclass
+class ImatrixData:
+    """An importance matrix (see the module docstring for the two forms).
+
+    entries: name -> ImatrixEntry, in file order (writers of the collected form sort them).
+    datasets: dataset names (GGUF `imatrix.datasets`; a .dat file holds at most one).
+    chunk_count: GGUF `imatrix.chunk_count`, the legacy trailer's chunk number, or for a
+        collected (merged / converted) result llama-imatrix's m_last_chunk = max count // chunk size.
+    chunk_size: tokens per chunk (GGUF `imatrix.chunk_size`; 0 for legacy).
+    legacy: sums are legacy means * ncall and counts are [ncall] (as read from a .dat file).
+    has_metadata: GGUF: datasets, chunk_count and chunk_size keys all present (llama-quantize
+        requires it); legacy: the trailer (chunk number + dataset) is present.
+    source: the path it was read from, if any.
+    """
+
+    entries: dict[str, ImatrixEntry] = field(default_factory=dict)
+    datasets: list[str] = field(default_factory=list)
+    chunk_count: int = 0
+    chunk_size: int = 0
+    legacy: bool = False
+    has_metadata: bool = True
+    source: str | None = None
+
+    @property
+    def format(self) -> str:
+        return "dat" if self.legacy else "gguf"
+
+    def names(self) -> list[str]:
+        return sorted_names(self.entries)
+
+    def weights_for(self, name: str) -> np.ndarray | None:
+        """llama-quantize's per-column weights of an entry, float32[n_mat, n_per_row], or None."""
+        from .weights import entry_weights
+
+        e = self.entries.get(name)
+        return None if e is None else entry_weights(self, name)
+
+    def summary(self) -> dict[str, object]:
+        """Counts of entries / matrices for logs and JSON."""
+        return {
+            "format": self.format, "entries": len(self.entries),
+            "matrices": int(sum(e.n_mat for e in self.entries.values())),
+            "datasets": list(self.datasets), "chunk_count": self.chunk_count, "chunk_size": self.chunk_size,
+        }
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """True if two paths name the same file (existing or not)."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def atomic_write(path: str | os.PathLike[str], dump: Callable[[BinaryIO], None]) -> None:
+    """Write a file through `dump(f)` to a temporary name in the target folder, then rename it.
+
+    Nothing is left behind when `dump` raises.
+    """
+    path = os.path.abspath(os.fspath(path))
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            dump(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
