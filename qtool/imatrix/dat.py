@@ -26,7 +26,6 @@ and experts with zero count (partial MoE data) stored as 1 * ncall (weight 1 aft
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import struct
 from typing import BinaryIO
@@ -133,17 +132,11 @@ def decode_dat(buf: bytes | memoryview, source: str = "<bytes>") -> ImatrixData:
 
 
 def read_dat(path: str | os.PathLike[str]) -> ImatrixData:
-    """Read a legacy .dat imatrix file (memory-mapped)."""
+    """Read a legacy .dat imatrix file (read whole: imatrix files are small, and a memory map
+    could not be closed while an error's traceback still holds a view of it)."""
     src = os.fspath(path)
     with open(src, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return decode_dat(b"", src)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            mv = memoryview(m)
-            try:
-                return decode_dat(mv, src)
-            finally:
-                mv.release()
+        return decode_dat(f.read(), src)
 
 
 def _pack_str(b: bytes) -> bytes:

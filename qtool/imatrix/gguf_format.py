@@ -23,7 +23,6 @@ split into the counts' matrices. Counts are rounded with lround, as llama.cpp do
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import struct
 from typing import Any, BinaryIO
@@ -279,17 +278,11 @@ def decode_gguf(buf: bytes | memoryview, source: str = "<bytes>") -> ImatrixData
 
 
 def read_gguf(path: str | os.PathLike[str]) -> ImatrixData:
-    """Read a GGUF imatrix file (memory-mapped)."""
+    """Read a GGUF imatrix file (read whole: the decoded arrays are copies, and a memory map could
+    not be closed while an error's traceback still holds a view of it)."""
     src = os.fspath(path)
     with open(src, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return decode_gguf(b"", src)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            mv = memoryview(m)
-            try:
-                return decode_gguf(mv, src)
-            finally:
-                mv.release()
+        return decode_gguf(f.read(), src)
 
 
 def _str(s: str | bytes) -> bytes:
