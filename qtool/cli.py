@@ -13,6 +13,7 @@ _COMMANDS = {
     "types": "types_cmd:types",
     "stats": "stats_cmd:stats",
     "mix": "mix_cmd:mix",
+    "imatrix": "imatrix_cmd:imatrix",
 }
 
 

@@ -1,0 +1,248 @@
+"""`qtool imatrix`: convert, merge and inspect importance matrices (llama-imatrix files, .dat or .gguf)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from ..imatrix import (
+    FORMATS,
+    ImatrixData,
+    ImatrixError,
+    combine,
+    compute_statistics,
+    default_chunk_size,
+    format_for_path,
+    layer_statistics,
+    read_imatrix,
+    same_file,
+    write_dat,
+    write_gguf,
+)
+from ..imatrix.data import name_bytes
+from ..imatrix.stats import TensorStats, format_llama, to_json
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"warning: {msg}", err=True)
+
+
+def _info(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _fail(e: Exception) -> click.ClickException:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    if root is not None and isinstance(root.obj, dict) and root.obj.get("debug"):
+        raise e
+    return click.ClickException(str(e))
+
+
+def _read(path: str) -> ImatrixData:
+    try:
+        return read_imatrix(path)
+    except ImatrixError as e:
+        raise _fail(e) from None
+
+
+def _out_format(out: str, to: str | None) -> str:
+    fmt = to or format_for_path(out)
+    if fmt is None:
+        raise click.BadParameter(f"cannot tell the format of {out!r} from its extension; name it .dat or .gguf, "
+                                 "or give --to dat|gguf", param_hint="OUT")
+    return fmt
+
+
+def _refuse_same(out: str, inputs: list[str]) -> None:
+    for p in inputs:
+        if same_file(out, p):
+            raise click.BadParameter(f"the output {out!r} is the input {p!r}; write to another file",
+                                     param_hint="OUT")
+
+
+def legacy_losses(c: ImatrixData) -> list[str]:
+    """What writing the collected data `c` to the legacy .dat format loses (human-readable lines)."""
+    cs = c.chunk_size
+    out = ["the legacy format stores per-column means x chunk count, rounded to float32: sums read back "
+           "differ from these in the last bits"]
+    per_expert = [n for n, e in c.entries.items() if e.n_mat > 1 and np.unique(e.counts).size > 1]
+    if per_expert:
+        out.append(f"per-expert token counts of {len(per_expert)} entries (e.g. {per_expert[0]}) are replaced by one "
+                   "chunk count per entry: merging the .dat file later weights their experts alike")
+    zero = sum(int(np.count_nonzero(e.counts == 0)) for e in c.entries.values() if np.any(e.counts))
+    if zero:
+        out.append(f"{zero} experts without tokens are stored with weight 1 (indistinguishable from data)")
+    partial = [n for n, e in c.entries.items() if np.any(e.counts % cs)]
+    if partial:
+        out.append(f"token counts of {len(partial)} entries are not whole chunks of {cs} tokens: the .dat file "
+                   "keeps ceil(count / chunk size) chunks")
+    if len(c.datasets) > 1:
+        out.append(f"only the last of {len(c.datasets)} dataset names is kept ({c.datasets[-1]!r})")
+    if cs != 512:
+        out.append(f"the chunk size ({cs}) is not stored; readers of the .dat file assume their own (512 by default)")
+    return out
+
+
+def _write(inputs: list[ImatrixData], paths: list[str], out: str, to: str | None, chunk_size: int | None) -> None:
+    fmt = _out_format(out, to)
+    _refuse_same(out, paths)
+    if chunk_size is None:
+        chunk_size, notes = default_chunk_size(inputs)
+        for n in notes:
+            _warn(n)
+    try:
+        c = combine(inputs, chunk_size)
+        if fmt == "dat" and any(not d.legacy for d in inputs):
+            lines = legacy_losses(c)
+            _warn(f"GGUF -> .dat loses information: {lines[0]}")
+            for line in lines[1:]:
+                _warn(line)
+        (write_dat if fmt == "dat" else write_gguf)(c, out, _warn)
+    except ImatrixError as e:
+        raise _fail(e) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
+    _info(f"wrote {out} ({fmt}: {len(c.entries)} entries, {c.chunk_count} chunks of {c.chunk_size} tokens, "
+          f"datasets {c.datasets})")
+
+
+_CHUNK = click.option("--chunk-size", "-c", type=click.IntRange(1, 2**31 - 1), default=None,
+                      help="Tokens per chunk (llama-imatrix's -c) used to scale .dat input and compute chunk "
+                           "counts. Default: the first GGUF input's imatrix.chunk_size, else 512.")
+_TO = click.option("--to", type=click.Choice(FORMATS), default=None,
+                   help="Output format (default: from the extension, .dat or .gguf).")
+
+
+@click.group()
+def imatrix() -> None:
+    """Importance matrices: convert between .dat and .gguf, merge, show statistics (llama-imatrix)."""
+
+
+@imatrix.command()
+@click.argument("in_file", metavar="IN", type=click.Path(dir_okay=False))
+@click.argument("out", metavar="OUT", type=click.Path(dir_okay=False))
+@_TO
+@_CHUNK
+def convert(in_file: str, out: str, to: str | None, chunk_size: int | None) -> None:
+    """Convert IN to OUT: the bytes `llama-imatrix --in-file IN -o OUT` writes.
+
+    GGUF -> .dat warns about what the legacy format loses (per-expert counts, exact token counts,
+    all but the last dataset name).
+    """
+    _write([_read(in_file)], [in_file], out, to, chunk_size)
+
+
+@imatrix.command()
+@click.argument("inputs", metavar="A B ...", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Output file.")
+@_TO
+@_CHUNK
+def merge(inputs: tuple[str, ...], out: str, to: str | None, chunk_size: int | None) -> None:
+    """Merge imatrix files (either format, mixed): `llama-imatrix --in-file A --in-file B ... -o OUT`.
+
+    Sums and token counts add up per matrix (per expert for MoE tensors); .dat inputs count as
+    their chunks x chunk size tokens. Different shapes or expert counts are errors naming the tensor.
+    """
+    _write([_read(p) for p in inputs], list(inputs), out, to, chunk_size)
+
+
+_SORT_KEYS = {
+    "sum": lambda s: s.total, "min": lambda s: s.min, "max": lambda s: s.max, "mean": lambda s: s.mean,
+    "std": lambda s: s.stddev, "active": lambda s: s.active, "n": lambda s: s.elements,
+    "entropy": lambda s: s.entropy, "enorm": lambda s: s.entropy_norm, "zd": lambda s: s.zd,
+    "cossim": lambda s: s.cossim,
+}
+SORTS = ("default", "name", "layer", *_SORT_KEYS)
+
+
+def sort_stats(stats: list[TensorStats], key: str, reverse: bool) -> list[TensorStats]:
+    """default: llama-imatrix's order; name/layer ascending; figures descending (NaN last)."""
+    if key == "default":
+        out = list(stats)
+    elif key == "name":
+        out = sorted(stats, key=lambda s: name_bytes(s.name))
+    elif key == "layer":
+        out = sorted(stats, key=lambda s: (s.block < 0, s.block, name_bytes(s.tensor), name_bytes(s.name)))
+    else:
+        f = _SORT_KEYS[key]
+        out = sorted(stats, key=lambda s: (np.isnan(f(s)), -f(s) if not np.isnan(f(s)) else 0.0))
+    return out[::-1] if reverse else out
+
+
+def _table(stats: list[TensorStats], title: str) -> Table:
+    from ..imatrix.stats import cfmt
+
+    t = Table(title=title)
+    for col in ("Layer", "Tensor", "Σ(Act²)", "Min", "Max", "μ", "σ", "% Active", "N", "Entropy", "E (norm)",
+                "ZD", "CosSim"):
+        t.add_column(col, justify="left" if col == "Tensor" else "right")
+    for s in stats:
+        t.add_row(s.layer, s.tensor, cfmt(s.total, 0, 2), cfmt(s.min, 0, 4), cfmt(s.max, 0, 4), cfmt(s.mean, 0, 2),
+                  cfmt(s.stddev, 0, 2), cfmt(float(np.float32(s.active) * np.float32(100)), 0, 2) + "%",
+                  str(s.elements), cfmt(s.entropy, 0, 4), cfmt(s.entropy_norm, 0, 2) + "%",
+                  cfmt(float(np.float32(100) * np.float32(s.zd)), 0, 2) + "%", cfmt(s.cossim, 0, 4))
+    return t
+
+
+def _layer_table(stats: list[TensorStats]) -> Table:
+    from ..imatrix.stats import cfmt
+
+    t = Table(title="Weighted averages per layer (weights: N)")
+    for col in ("Layer", "μΣ(Act²)", "μZD", "μCosSim"):
+        t.add_column(col, justify="right")
+    for ls in layer_statistics(stats):
+        t.add_row(str(ls.layer), cfmt(ls.sum_act2, 0, 2), cfmt(float(np.float32(100) * np.float32(ls.zd)), 0, 4) + "%",
+                  cfmt(ls.cossim, 0, 4))
+    return t
+
+
+@imatrix.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--sort", "sort_key", type=click.Choice(SORTS), default="default", show_default=True,
+              help="Row order: llama-imatrix's (tensor kind, then Σ(Act²) descending), name, layer, or a figure "
+                   "(descending).")
+@click.option("--reverse", is_flag=True, help="Reverse the order.")
+@click.option("--per-layer", is_flag=True, help="Only the per-layer summary.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (fractions, not percent).")
+@click.option("--plain", is_flag=True, help="llama-imatrix --show-statistics text (tab-separated, same formats).")
+@_CHUNK
+def show(file: str, sort_key: str, reverse: bool, per_layer: bool, as_json: bool, plain: bool,
+         chunk_size: int | None) -> None:
+    """Per-tensor statistics of FILE, as `llama-imatrix --in-file FILE --show-statistics`.
+
+    Σ(Act²) (sum of per-column mean squared activations), min, max, μ, σ, % active (> 1e-5),
+    N, entropy (bits, and % of log2 N), ZD (share more than 1σ above μ), cosine similarity with the
+    same tensor of the previous layer, and a per-layer summary weighted by N.
+    """
+    data = _read(file)
+    try:
+        stats = compute_statistics(data, chunk_size or 512, _warn)
+    except ImatrixError as e:
+        raise _fail(e) from None
+    if not stats:
+        raise click.ClickException(f"cannot compute statistics for {file}: no tensor has data")
+    stats = sort_stats(stats, sort_key, reverse)
+    if as_json:
+        doc = to_json(file, [] if per_layer else stats, layer_statistics(stats))
+        doc["summary"] = data.summary()
+        click.echo(json.dumps(doc, indent=1, ensure_ascii=False))
+        return
+    if plain:
+        sys.stdout.write(format_llama(file, stats, tensors=not per_layer, layers=True))
+        sys.stdout.flush()
+        return
+    width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else 200
+    con = Console(width=max(width, 120))
+    if not per_layer:
+        con.print(_table(stats, f"{file}: {len(stats)} tensors"))
+    con.print(_layer_table(stats))
+
+
+__all__ = ["imatrix", "legacy_losses", "sort_stats"]
