@@ -10,6 +10,7 @@ from . import __version__
 
 # command name -> "module:attribute" in qtool.commands
 _COMMANDS = {
+    "quantize": "quantize_cmd:quantize",
     "types": "types_cmd:types",
     "stats": "stats_cmd:stats",
     "mix": "mix_cmd:mix",

@@ -1,0 +1,369 @@
+"""Python API of `qtool quantize` and `qtool mix show`: plan a model's types, quantize a file.
+
+    import qtool
+    p = qtool.plan("model-f16.gguf", "Q4_K_M")                  # per-tensor types and reasons
+    r = qtool.quantize_file("model-f16.gguf", "model-Q4_K_M.gguf", "Q4_K_M",
+                            imatrix="imatrix.gguf", tensor_type=["ffn_down=q6_k"])
+    print(r.size_out, r.bpw_out, r.seconds)
+
+Everything llama-quantize decides before writing (the ftype, each tensor's type, the imatrix
+weights, the output's key/value pairs) is computed here from pure library functions; the CLI
+only parses arguments and prints. Errors a user can cause raise QuantizeError (a clear message,
+no file written); the output is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .gguf_io import KV, GGUFError, GGUFModel, kv_f32, kv_str, kv_u32, make_kv
+from .gguf_io.reader import T_BOOL
+from .imatrix import ImatrixError, QuantizeImatrix, prepare_imatrix, read_imatrix
+from .mix import (
+    MixError,
+    MixOptions,
+    Plan,
+    check_plan,
+    load_recipe,
+    parse_custom_q,
+    parse_ggml_type,
+    parse_prune_layers,
+    parse_tensor_type,
+    parse_tensor_type_file,
+    specs_from_gguf,
+)
+from .mix import plan as mix_plan
+from .mix.ftypes import FTypeError, parse_ftype
+from .mix.model import ModelInfo
+from .quants import can_quantize, get_type
+from .runner import QuantizeError, RunResult, TensorJob, output_kvs, run_jobs
+
+__all__ = ["KVOverride", "QuantizeError", "QuantizeResult", "build_options", "default_output", "parse_override_kv",
+           "plan", "plan_model", "quantize_file"]
+
+
+# --- --override-kv --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KVOverride:
+    """One --override-kv KEY=TYPE:VALUE (TYPE int, float, bool or str), as llama.cpp parses it."""
+
+    key: str
+    tag: str  # "int" | "float" | "bool" | "str"
+    value: int | float | bool | str
+
+    def to_kv(self) -> KV:
+        """The pair llama-quantize writes (gguf_set_val_*): int as u32 of |v|, float as f32."""
+        if self.tag == "int":
+            return kv_u32(self.key, abs(int(self.value)) & 0xFFFFFFFF)
+        if self.tag == "float":
+            return kv_f32(self.key, float(self.value))
+        if self.tag == "bool":
+            return make_kv(self.key, T_BOOL, bool(self.value))
+        return kv_str(self.key, str(self.value))
+
+
+def _c_atol(s: str) -> int:
+    """std::atol / atof prefix parsing: leading blanks, sign, digits; 0 when none."""
+    import re
+
+    m = re.match(r"\s*([+-]?\d+)", s)
+    return int(m.group(1)) if m else 0
+
+
+def _c_atof(s: str) -> float:
+    import re
+
+    m = re.match(r"\s*([+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf(?:inity)?|nan))", s,
+                 re.IGNORECASE)
+    return float(m.group(1)) if m else 0.0
+
+
+def parse_override_kv(arg: str) -> KVOverride:
+    """common/common.cpp string_parse_kv_override: KEY=int:N, KEY=float:F, KEY=bool:true|false, KEY=str:S."""
+    key, sep, rest = arg.partition("=")
+    if not sep or len(key.encode()) >= 128:
+        raise QuantizeError(f"--override-kv: malformed KV override {arg!r} (expected KEY=TYPE:VALUE, TYPE one of "
+                            "int, float, bool, str)")
+    if rest.startswith("int:"):
+        return KVOverride(key, "int", _c_atol(rest[4:]))
+    if rest.startswith("float:"):
+        return KVOverride(key, "float", _c_atof(rest[6:]))
+    if rest.startswith("bool:"):
+        if rest[5:] not in ("true", "false"):
+            raise QuantizeError(f"--override-kv: invalid boolean value in {arg!r} (true or false)")
+        return KVOverride(key, "bool", rest[5:] == "true")
+    if rest.startswith("str:"):
+        if len(rest[4:].encode()) > 127:
+            raise QuantizeError(f"--override-kv: malformed KV override {arg!r}, value cannot exceed 127 chars")
+        return KVOverride(key, "str", rest[4:])
+    raise QuantizeError(f"--override-kv: invalid type in {arg!r} (expected KEY=TYPE:VALUE, TYPE one of "
+                        "int, float, bool, str)")
+
+
+def _as_overrides(items: Iterable[str | KVOverride]) -> list[KVOverride]:
+    return [o if isinstance(o, KVOverride) else parse_override_kv(o) for o in items]
+
+
+# --- options ---------------------------------------------------------------------------------------
+
+def build_options(options: MixOptions | None = None, *, flavour: str | None = None, pure: bool | None = None,
+                  output_tensor_type: str | None = None, token_embedding_type: str | None = None,
+                  leave_output_tensor: bool | None = None, tensor_type: Sequence[str] = (),
+                  tensor_type_file: Sequence[str] = (), custom_q: Sequence[str] = (), recipe: str | None = None,
+                  prune_layers: str | Sequence[int] | None = None, keep_split: bool | None = None,
+                  allow_requantize: bool | None = None) -> MixOptions:
+    """MixOptions from llama-quantize's option names (strings as typed on the command line).
+
+    Starts from `options` (or defaults); MixError names the offending option.
+    """
+    o = options if options is not None else MixOptions()
+    if flavour is not None:
+        o.flavour = flavour
+    fl = o.flavour
+    for attr, val in (("pure", pure), ("leave_output_tensor", leave_output_tensor), ("keep_split", keep_split),
+                      ("allow_requantize", allow_requantize)):
+        if val is not None:
+            setattr(o, attr, bool(val))
+
+    def wrap(hint: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (MixError, ValueError) as e:
+            msg = str(e)
+            raise MixError(msg if msg.startswith(hint) else f"{hint}: {msg}") from None
+
+    if output_tensor_type:
+        o.output_tensor_type = wrap("--output-tensor-type", lambda: parse_ggml_type(output_tensor_type, fl))
+    if token_embedding_type:
+        o.token_embedding_type = wrap("--token-embedding-type", lambda: parse_ggml_type(token_embedding_type, fl))
+    o.tensor_types.extend(wrap("--tensor-type", lambda: [parse_tensor_type(a, fl) for a in tensor_type]))
+    o.tensor_types.extend(wrap("--tensor-type-file",
+                               lambda: [r for p in tensor_type_file for r in parse_tensor_type_file(p, fl)]))
+    o.custom_q.extend(wrap("--custom-q", lambda: [r for a in custom_q for r in parse_custom_q(a, fl)]))
+    if prune_layers is not None and prune_layers != "":
+        if isinstance(prune_layers, str):
+            o.prune_layers = wrap("--prune-layers", lambda: parse_prune_layers(prune_layers))
+        else:
+            o.prune_layers = sorted(set(int(x) for x in prune_layers))
+    if recipe:
+        o.recipe = wrap("--recipe", lambda: load_recipe(recipe))
+    return o
+
+
+def default_output(input_path: str, ftype_name: str, keep_split: bool = False) -> str:
+    """llama-quantize's output name when only INPUT and TYPE are given: `<input dir>/ggml-model-<FTYPE>.gguf`."""
+    pos = max(input_path.rfind("/"), input_path.rfind("\\"))
+    fpath = input_path[:pos + 1] if pos >= 0 else ""
+    return fpath + "ggml-model-" + ftype_name + ("" if keep_split else ".gguf")
+
+
+# --- plan ------------------------------------------------------------------------------------------
+
+def _open(path: str | os.PathLike[str], flavour: str) -> GGUFModel:
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise QuantizeError(f"{p}: no such file")
+    if os.path.isdir(p):
+        raise QuantizeError(f"{p}: is a directory, not a GGUF file")
+    try:
+        return GGUFModel(p, flavour=flavour)
+    except GGUFError as e:
+        raise QuantizeError(str(e)) from None
+
+
+def _model_info(model: GGUFModel, overrides: Sequence[KVOverride]) -> tuple[list[Any], ModelInfo]:
+    """Tensor specs and hyperparameters as llama.cpp's loader sees them (through --override-kv)."""
+    tensors, _ = specs_from_gguf(model)
+    kv: dict[str, Any] = {}
+    for e in model.kvs:
+        kv.setdefault(e.key, e.value)
+    for o in overrides:
+        kv[o.key] = o.value
+    return tensors, ModelInfo.from_kv(kv)
+
+
+def plan_model(model: GGUFModel, ftype: str | int | None, opts: MixOptions,
+               overrides: Sequence[KVOverride] = ()) -> Plan:
+    """The type plan of an opened model (MixError / FTypeError for bad options)."""
+    tensors, info = _model_info(model, overrides)
+    return mix_plan(tensors, info, ftype, opts)
+
+
+def plan(model: str | os.PathLike[str], ftype: str | int | None = None, *, imatrix: str | None = None,
+         options: MixOptions | None = None, override_kv: Sequence[str | KVOverride] = (),
+         **option_kwargs: Any) -> Plan:
+    """What `qtool mix show` / `quantize --dry-run` print: the Plan for MODEL and FTYPE.
+
+    option_kwargs are llama-quantize's options (see build_options): tensor_type=["ffn_down=q6_k"],
+    pure=True, recipe="mix.toml", flavour="ik", ... With `imatrix`, mixes that change when an
+    imatrix is used are planned as with one. Raises QuantizeError for any user error.
+    """
+    try:
+        opts = build_options(options, **option_kwargs)
+        overrides = _as_overrides(override_kv)
+        opts.dry_run = True
+        if imatrix is not None:
+            qi = _load_imatrix(imatrix, (), ())
+            opts.has_imatrix = qi.has_imatrix
+        with _open(model, opts.flavour) as m:
+            return plan_model(m, ftype, opts, overrides)
+    except (MixError, FTypeError, ImatrixError) as e:
+        raise QuantizeError(str(e)) from None
+
+
+# --- quantize --------------------------------------------------------------------------------------
+
+@dataclass
+class QuantizeResult:
+    """What a quantization run did: the plan, the sizes and the time (RunResult), the warnings."""
+
+    input: str
+    output: str
+    ftype: str
+    plan: Plan
+    nthreads: int
+    run: RunResult | None = None  # None for a dry run
+    warnings: list[str] = field(default_factory=list)
+    imatrix: str | None = None
+    imatrix_entries: int = 0
+    dry_run: bool = False
+
+    @property
+    def size_in(self) -> int:
+        return self.run.size_in if self.run else 0
+
+    @property
+    def size_out(self) -> int:
+        return self.run.size_out if self.run else 0
+
+    @property
+    def bpw_out(self) -> float:
+        return self.run.bpw_out if self.run else 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.run.seconds if self.run else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The document `qtool quantize --json` prints."""
+        r = self.run
+        return {
+            "input": self.input, "output": None if self.dry_run else self.output, "ftype": self.ftype,
+            "file_type": self.plan.file_type, "flavour": self.plan.flavour, "nthreads": self.nthreads,
+            "imatrix": self.imatrix, "imatrix_entries": self.imatrix_entries, "dry_run": self.dry_run,
+            "n_tensors": len(self.plan), "n_fallback": self.plan.n_fallback,
+            "size_in": r.size_in if r else None, "size_out": r.size_out if r else None,
+            "bpw_in": r.bpw_in if r else None, "bpw_out": r.bpw_out if r else None,
+            "seconds": r.seconds if r else None, "warnings": self.warnings,
+            "tensors": r.tensors if r else [],
+        }
+
+
+def _load_imatrix(path: str, include: Sequence[str], exclude: Sequence[str]) -> QuantizeImatrix:
+    if not os.path.exists(path):
+        raise ImatrixError(f"{path}: no such imatrix file")
+    return prepare_imatrix(read_imatrix(path), path, include, exclude)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _mapped_layers(p: Plan) -> dict[int, str] | None:
+    """--prune-layers' original layer -> new layer string (what remap_imatrix needs)."""
+    mapped: dict[int, str] = {}
+    import re
+
+    for d in p:
+        a = re.match(r"blk\.(\d+)\.", d.source_name)
+        b = re.match(r"blk\.(\d+)\.", d.name)
+        if a and b:
+            mapped[int(a.group(1))] = b.group(1)
+    return mapped or None
+
+
+def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
+                  ftype: str | int | None = None, *, nthreads: int | None = None, imatrix: str | None = None,
+                  include_weights: Sequence[str] = (), exclude_weights: Sequence[str] = (),
+                  override_kv: Sequence[str | KVOverride] = (), options: MixOptions | None = None,
+                  dry_run: bool = False, on_plan: Callable[[Plan, list[str]], None] | None = None,
+                  on_progress: Callable[[str, int], None] | None = None,
+                  warn: Callable[[str], None] | None = None, **option_kwargs: Any) -> QuantizeResult:
+    """Quantize INPUT to OUTPUT as `llama-quantize [options] INPUT OUTPUT FTYPE NTHREADS` does.
+
+    output None: llama-quantize's default name. nthreads None or <= 0: all cores. option_kwargs:
+    see build_options. on_plan(plan, warnings) is called before anything is written (e.g. to size
+    a progress bar); on_progress(tensor name, values done) while writing. Raises QuantizeError for
+    user errors; nothing is written then, and a crash or KeyboardInterrupt leaves no output file.
+    """
+    src = os.fspath(input)
+    try:
+        opts = build_options(options, **option_kwargs)
+        overrides = _as_overrides(override_kv)
+        if ftype is None and (opts.recipe is None or opts.recipe.base is None):
+            raise QuantizeError("no TYPE given (and no --recipe with a base type)")
+        ft = parse_ftype(ftype if ftype is not None else opts.recipe.base, opts.flavour)  # type: ignore[union-attr]
+        out = os.fspath(output) if output is not None else default_output(src, ft.name, opts.keep_split)
+        if not dry_run and os.path.exists(out) and os.path.exists(src) and _same_file(src, out):
+            raise QuantizeError(f"input and output files are the same: '{src}'")
+        qi: QuantizeImatrix | None = None
+        if imatrix is not None:
+            qi = _load_imatrix(imatrix, include_weights, exclude_weights)
+            opts.has_imatrix = qi.has_imatrix
+            opts.imatrix_names = frozenset(qi.weights)
+        elif include_weights or exclude_weights:
+            raise QuantizeError("--include-weights / --exclude-weights need --imatrix")
+        opts.dry_run = dry_run
+        with _open(src, opts.flavour) as model:
+            if opts.keep_split and len(model.parts) > 1:
+                raise QuantizeError("--keep-split with a split input is not supported yet: leave it out to write "
+                                    "one file")
+            p = plan_model(model, ft, opts, overrides)
+            warnings = check_plan(p, opts)
+            n = nthreads if nthreads and nthreads > 0 else (os.cpu_count() or 1)
+            res = QuantizeResult(src, out, ft.name, p, n, warnings=warnings, imatrix=imatrix,
+                                 imatrix_entries=len(qi.weights) if qi else 0, dry_run=dry_run)
+            missing = sorted({d.type for d in p if d.quantize and not can_quantize(d.type, p.flavour)})
+            if missing and not dry_run:
+                raise QuantizeError(f"qtool's engine cannot produce type(s) {', '.join(t.lower() for t in missing)} "
+                                    f"yet (needed by {ft.name} for this model); `qtool mix show` prints the plan, "
+                                    "`qtool types` lists what the engine has")
+            if on_plan is not None:
+                on_plan(p, warnings)
+            if dry_run:
+                return res
+            jobs = _jobs(model, p, qi, warn)
+            kv_over = [o.to_kv() for o in overrides]
+            if qi is not None:
+                kv_over += [kv_str(k, v) if t == "str" else kv_u32(k, int(v)) for k, t, v in qi.kv()]  # type: ignore[arg-type]
+            block = (f"{model.arch}.block_count", p.block_count) if p.block_count is not None else None
+            kvs = output_kvs(model.kvs, p.file_type, kv_over, block)
+            res.run = run_jobs(model, out, jobs, kvs, n, p.flavour, on_progress)
+            return res
+    except (MixError, FTypeError, ImatrixError, GGUFError) as e:
+        raise QuantizeError(str(e)) from None
+
+
+def _jobs(model: GGUFModel, p: Plan, qi: QuantizeImatrix | None,
+          warn: Callable[[str], None] | None) -> list[TensorJob]:
+    """One TensorJob per planned tensor, with its imatrix rows (float32[n_expert, n_per_row])."""
+    by_name = {t.name: t for t in model.tensors}
+    mapped = _mapped_layers(p) if p.pruned else None
+    jobs = []
+    for d in p:
+        info = by_name[d.source_name]
+        w: np.ndarray | None = None
+        if qi is not None and d.quantize:
+            n_exp = info.shape[2] if len(info.shape) > 2 else 1
+            w = qi.lookup(d.name, info.n_per_row, n_exp, mapped, warn)
+        jobs.append(TensorJob(info, d.name, get_type(d.type), d.reason, w))
+    return jobs

@@ -1,0 +1,181 @@
+"""`qtool quantize [OPTIONS] INPUT [OUTPUT] TYPE [NTHREADS]`: llama-quantize's command line over qtool.api."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..api import QuantizeError, QuantizeResult, quantize_file
+from ..mix import Plan
+from ..mix.ftypes import FTypeError, parse_ftype
+from .mix_cmd import mix_options, options_from_cli, render_plan
+
+
+def split_positionals(args: tuple[str, ...], flavour: str, has_recipe: bool
+                      ) -> tuple[str, str | None, str | None, int | None]:
+    """INPUT [OUTPUT] TYPE [NTHREADS] as llama-quantize reads them: the second word is TYPE when it
+    parses as an ftype (name or id), otherwise OUTPUT. With --recipe, TYPE may be left out."""
+    if not args:
+        raise click.UsageError("missing INPUT")
+    if len(args) > 4:
+        raise click.UsageError(f"too many arguments: {' '.join(args[4:])}")
+    inp, rest = args[0], list(args[1:])
+    out: str | None = None
+    ftype: str | None = None
+
+    def is_ftype(s: str) -> bool:
+        try:
+            parse_ftype(s, flavour)
+            return True
+        except FTypeError:
+            return False
+
+    if rest and is_ftype(rest[0]):
+        ftype = rest.pop(0)
+    elif rest:
+        out = rest.pop(0)
+        if rest and is_ftype(rest[0]):
+            ftype = rest.pop(0)
+        elif rest:
+            parse_ftype_or_fail(rest[0], flavour)
+        elif not has_recipe:
+            raise click.UsageError("missing TYPE (run `qtool mix ftypes` for the list)")
+    elif not has_recipe:
+        raise click.UsageError("missing TYPE (run `qtool mix ftypes` for the list)")
+    nthreads = None
+    if rest:
+        try:
+            nthreads = int(rest.pop(0))
+        except ValueError:
+            raise click.BadParameter("not an integer", param_hint="NTHREADS") from None
+    if rest:
+        raise click.UsageError(f"unexpected argument {rest[0]!r}")
+    return inp, out, ftype, nthreads
+
+
+def parse_ftype_or_fail(s: str, flavour: str) -> None:
+    try:
+        parse_ftype(s, flavour)
+    except FTypeError as e:
+        raise click.BadParameter(str(e), param_hint="TYPE") from None
+
+
+def _summary(r: QuantizeResult, con: Console) -> None:
+    run = r.run
+    assert run is not None
+    t = Table(title=f"{os.path.basename(r.input)} → {os.path.basename(r.output)} ({r.ftype})", show_header=False)
+    t.add_column(justify="right")
+    t.add_column()
+    t.add_row("tensors", f"{len(r.plan)} ({sum(d.quantize for d in r.plan)} converted, "
+                         f"{r.plan.n_fallback} fallback)")
+    t.add_row("size in", f"{run.size_in / 1048576:.2f} MiB ({run.bpw_in:.2f} bpw)")
+    t.add_row("size out", f"{run.size_out / 1048576:.2f} MiB ({run.bpw_out:.2f} bpw)")
+    t.add_row("time", f"{run.seconds:.2f} s with {r.nthreads} process(es)")
+    if r.imatrix:
+        t.add_row("imatrix", f"{r.imatrix} ({r.imatrix_entries} entries)")
+    con.print(t)
+
+
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx else None
+    return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.argument("args", metavar="INPUT [OUTPUT] TYPE [NTHREADS]", nargs=-1)
+@mix_options
+@click.option("--imatrix", metavar="FILE", default=None,
+              help="Importance matrix (.gguf or legacy .dat, as written by llama-imatrix / qtool imatrix).")
+@click.option("--include-weights", metavar="NAME", multiple=True,
+              help="Use imatrix weights only for tensors whose name contains NAME (repeatable).")
+@click.option("--exclude-weights", metavar="NAME", multiple=True,
+              help="Don't use imatrix weights for tensors whose name contains NAME (repeatable).")
+@click.option("--override-kv", metavar="KEY=TYPE:VALUE", multiple=True,
+              help="Override model metadata (TYPE int, float, bool, str); repeatable.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (type, size, reason per tensor) and write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (summary, or the plan).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary table.")
+def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[str, ...],
+             exclude_weights: tuple[str, ...], override_kv: tuple[str, ...], dry_run: bool, as_json: bool,
+             quiet: bool, **kw: Any) -> None:
+    """Quantize a GGUF model like llama-quantize: INPUT [OUTPUT] TYPE [NTHREADS].
+
+    TYPE is an ftype as llama-quantize takes it (Q4_K_M, q8_0, 15, ...; `qtool mix ftypes` lists
+    them). Without OUTPUT the file is `ggml-model-TYPE.gguf` beside INPUT. NTHREADS: worker
+    processes (default: all cores); the output is the same for every count.
+    """
+    opts = options_from_cli(**kw)
+    inp, out, ftype, nthreads = split_positionals(args, opts.flavour, opts.recipe is not None)
+    err = Console(stderr=True)
+    show_progress = not quiet and not dry_run and sys.stderr.isatty()
+    progress: Progress | None = None
+    task: Any = None
+
+    def on_plan(p: Plan, warnings: list[str]) -> None:
+        nonlocal progress, task
+        if dry_run:
+            render_plan(p, as_json, warnings)
+            return
+        for w in warnings:
+            err.print(f"[yellow]warning:[/] {w}")
+        if show_progress:
+            total = sum(_numel(d.shape) for d in p)
+            progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
+            progress.start()
+            task = progress.add_task("quantizing", total=total)
+
+    def on_progress(name: str, n: int) -> None:
+        if progress is not None:
+            progress.update(task, advance=n, description=name)
+
+    def warn(msg: str) -> None:
+        err.print(f"[yellow]warning:[/] {msg}")
+
+    old_term = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill cleans up the temporary file too
+    try:
+        r = quantize_file(inp, out, ftype, nthreads=nthreads, imatrix=imatrix, include_weights=include_weights,
+                          exclude_weights=exclude_weights, override_kv=override_kv, options=opts, dry_run=dry_run,
+                          on_plan=on_plan, on_progress=on_progress, warn=warn)
+    except QuantizeError as e:
+        if _debug():
+            raise
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        if _debug():
+            raise
+        raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}" if e.filename else str(e)) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: no output written")
+        sys.exit(130)
+    finally:
+        if progress is not None:
+            progress.stop()
+        signal.signal(signal.SIGTERM, old_term)
+    if dry_run:
+        return
+    if as_json:
+        click.echo(json.dumps(r.to_json(), indent=1))
+    elif not quiet:
+        _summary(r, err)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
