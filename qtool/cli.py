@@ -1,4 +1,4 @@
-"""The `qtool` click group: registers the command groups, nothing else."""
+"""The `qtool` click group: registers the commands, imported only when used (fast start-up)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,37 @@ import click
 
 from . import __version__
 
-# command name -> "module:attribute" in qtool.commands
+# command name -> ("module in qtool.commands:attribute", short help for `qtool --help`)
 _COMMANDS = {
-    "quantize": "quantize_cmd:quantize",
-    "types": "types_cmd:types",
-    "stats": "stats_cmd:stats",
-    "mix": "mix_cmd:mix",
-    "imatrix": "imatrix_cmd:imatrix",
+    "quantize": ("quantize_cmd:quantize", "Quantize a GGUF model like llama-quantize."),
+    "mix": ("mix_cmd:mix", "Per-tensor type choice of llama-quantize: plans, ftypes, recipes."),
+    "imatrix": ("imatrix_cmd:imatrix", "Importance matrices: convert, merge, show statistics."),
+    "stats": ("stats_cmd:stats", "Quantization error of a model's tensors per type (quantize-stats)."),
+    "types": ("types_cmd:types", "List GGML types: id, block size, bytes per block, bits per weight."),
 }
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported when looked up, not when `qtool` starts."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        mod, attr = target[0].split(":")
+        cmd = getattr(importlib.import_module(f"qtool.commands.{mod}"), attr)
+        assert isinstance(cmd, click.Command)
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_) for name, (_, help_) in _COMMANDS.items()])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qtool")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.pass_context
@@ -26,11 +46,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Quantize GGUF models and build importance matrices (llama.cpp / ik_llama.cpp compatible)."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-for _name, _target in _COMMANDS.items():
-    _mod, _attr = _target.split(":")
-    cli.add_command(getattr(importlib.import_module(f"qtool.commands.{_mod}"), _attr), _name)
 
 
 def main() -> None:
