@@ -114,7 +114,9 @@ def _work(tensor_index: int, start: int, stop: int, out_type: QType, imatrix: np
     assert _W_MODEL is not None
     t = _W_MODEL.tensors[tensor_index]
     x = rows_to_float(_W_MODEL, t, start, stop)
-    return convert_rows(x, out_type, imatrix, flavour).tobytes()
+    out = convert_rows(x, out_type, imatrix, flavour).tobytes()
+    _W_MODEL.release(t, start, stop)
+    return out
 
 
 def _slabs(job: TensorJob) -> Iterator[tuple[int, int, np.ndarray | None]]:
@@ -152,6 +154,7 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
                 t = job.info
                 if not job.converts:
                     w.write_tensor_chunk(model.tensor_data(t))
+                    model.release(t)
                     if on_progress:
                         on_progress(job.out_name, t.n_elements)
                 else:
@@ -159,6 +162,7 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
                         for start, stop, imx in _slabs(job):
                             x = rows_to_float(model, t, start, stop)
                             w.write_tensor_chunk(convert_rows(x, job.out_type, imx, flavour))
+                            model.release(t, start, stop)
                             if on_progress:
                                 on_progress(job.out_name, (stop - start) * t.n_per_row)
                     else:

@@ -7,6 +7,7 @@ bytes: the writer copies them unchanged, as llama-quantize's gguf_set_kv does.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import struct
@@ -258,6 +259,28 @@ class GGUFModel:
         rb = t.qtype.row_bytes(t.n_per_row)
         mm = self.parts[t.part].mm
         return mm[t.offset + start * rb:t.offset + stop * rb].reshape(stop - start, rb)
+
+    def release(self, t: TensorInfo, start: int = 0, stop: int | None = None) -> None:
+        """Drop the mapped pages of rows [start, stop) of `t` from this process's memory.
+
+        Reading a memory map keeps every touched page resident (it counts in RSS until the kernel
+        needs it back); releasing what was processed keeps a run's footprint at about a slab
+        instead of the whole model. Only whole pages inside the range are released; the data
+        is read again from the file if touched later.
+        """
+        mmo = getattr(self.parts[t.part].mm, "_mmap", None)
+        if mmo is None or not hasattr(mmo, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        rb = t.qtype.row_bytes(t.n_per_row)
+        lo = t.offset + start * rb
+        hi = t.offset + (t.n_rows if stop is None else stop) * rb
+        lo = -(-lo // mmap.PAGESIZE) * mmap.PAGESIZE
+        hi = hi // mmap.PAGESIZE * mmap.PAGESIZE
+        if hi > lo:
+            try:
+                mmo.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
 
     def close(self) -> None:
         for p in self.parts:
