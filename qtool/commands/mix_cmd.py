@@ -23,12 +23,6 @@ from ..mix import (
     Plan,
     check_plan,
     ftype_table,
-    load_recipe,
-    parse_custom_q,
-    parse_ggml_type,
-    parse_prune_layers,
-    parse_tensor_type,
-    parse_tensor_type_file,
     plan,
     specs_from_gguf,
 )
@@ -67,46 +61,25 @@ def options_from_cli(flavour: str, pure: bool, output_tensor_type: str | None,
                      tensor_type: tuple[str, ...], tensor_type_file: tuple[str, ...],
                      custom_q: tuple[str, ...], recipe: str | None, prune_layers: str | None,
                      keep_split: bool, allow_requantize: bool, **_: Any) -> MixOptions:
-    """MixOptions from mix_options' parameters; click.BadParameter names the offending option.
+    """MixOptions from mix_options' parameters (qtool.api.build_options); click.BadParameter
+    names the offending option.
 
     --tensor-type and --tensor-type-file rules keep their relative order only per option (click
     collects each option separately): --tensor-type rules first, then the files'.
     """
-    o = MixOptions(flavour=flavour, pure=pure, leave_output_tensor=leave_output_tensor,
-                   keep_split=keep_split, allow_requantize=allow_requantize)
+    from ..api import build_options
+
     try:
-        if output_tensor_type:
-            o.output_tensor_type = parse_ggml_type(output_tensor_type, flavour)
+        return build_options(flavour=flavour, pure=pure, output_tensor_type=output_tensor_type,
+                             token_embedding_type=token_embedding_type, leave_output_tensor=leave_output_tensor,
+                             tensor_type=tensor_type, tensor_type_file=tensor_type_file, custom_q=custom_q,
+                             recipe=recipe, prune_layers=prune_layers, keep_split=keep_split,
+                             allow_requantize=allow_requantize)
     except MixError as e:
-        raise click.BadParameter(str(e), param_hint="--output-tensor-type") from None
-    try:
-        if token_embedding_type:
-            o.token_embedding_type = parse_ggml_type(token_embedding_type, flavour)
-    except MixError as e:
-        raise click.BadParameter(str(e), param_hint="--token-embedding-type") from None
-    for hint, fn in (("--tensor-type", lambda: [parse_tensor_type(a, flavour) for a in tensor_type]),
-                     ("--tensor-type-file", lambda: [r for p in tensor_type_file
-                                                     for r in parse_tensor_type_file(p, flavour)]),
-                     ("--custom-q", lambda: [r for a in custom_q for r in parse_custom_q(a, flavour)])):
-        try:
-            rules = fn()
-        except MixError as e:
-            raise click.BadParameter(str(e), param_hint=hint) from None
-        if hint == "--custom-q":
-            o.custom_q.extend(rules)
-        else:
-            o.tensor_types.extend(rules)
-    try:
-        if prune_layers:
-            o.prune_layers = parse_prune_layers(prune_layers)
-    except MixError as e:
-        raise click.BadParameter(str(e), param_hint="--prune-layers") from None
-    if recipe:
-        try:
-            o.recipe = load_recipe(recipe)
-        except MixError as e:
-            raise click.BadParameter(str(e), param_hint="--recipe") from None
-    return o
+        hint, _, msg = str(e).partition(": ")
+        if hint.startswith("--"):
+            raise click.BadParameter(msg, param_hint=hint) from None
+        raise click.BadParameter(str(e)) from None
 
 
 def tensor_bytes(shape: tuple[int, ...], type_name: str) -> int | None:
