@@ -72,8 +72,9 @@ def decode_dat(buf: bytes | memoryview, source: str = "<bytes>") -> ImatrixData:
         raise ImatrixError(f"{source}: not an imatrix file: legacy entry count {n_entries} at offset 0 "
                            "(and no GGUF magic)")
     if n_entries > (size - 4) // _MIN_ENTRY:
-        raise ImatrixError(f"{source}: not an imatrix file: legacy entry count {n_entries} at offset 0 cannot fit "
-                           f"in {size} bytes (and no GGUF magic)")
+        raise ImatrixError(f"{source}: truncated or not an imatrix file: legacy entry count {n_entries} at "
+                           f"offset 0 needs at least {4 + n_entries * _MIN_ENTRY} bytes, the file has {size} "
+                           "(and no GGUF magic)")
     entries: dict[str, ImatrixEntry] = {}
     for i in range(n_entries):
         at = pos
@@ -152,7 +153,7 @@ def _check_name(name: str) -> bytes:
 
 def dump_dat(data: ImatrixData, f: BinaryIO, warn: Warn | None = None) -> None:
     """Write `data` in the legacy format to a binary file object (see the module docstring)."""
-    warn = warn or default_warn
+    warn = default_warn if warn is None else warn
     if data.legacy:
         _dump_verbatim(data, f)
     else:

@@ -300,7 +300,7 @@ def _n_dims(ne: tuple[int, ...]) -> int:
 
 def dump_gguf(data: ImatrixData, f: BinaryIO, warn: Warn | None = None) -> None:
     """Write the collected form of `data` as llama-imatrix's save_imatrix does."""
-    warn = warn or default_warn
+    warn = default_warn if warn is None else warn
     if data.legacy:
         raise ImatrixError("a legacy (.dat) imatrix must be combined first (qtool.imatrix.combine) to get "
                            "raw sums and counts for a GGUF file")

@@ -174,7 +174,7 @@ def _cossim(stats: list[TensorStats], values: dict[str, np.ndarray], warn: Warn)
 def compute_statistics(data: ImatrixData, chunk_size: int = DEFAULT_CHUNK_SIZE,
                        warn: Warn | None = None) -> list[TensorStats]:
     """Statistics of every tensor, in llama-imatrix's order (tensor kind, then Σ(Act²) descending)."""
-    warn = warn or default_warn
+    warn = default_warn if warn is None else warn
     collected = combine([data], chunk_size)  # as llama-imatrix loads the file (0.0f + x: -0.0 becomes 0.0)
     stats: list[TensorStats] = []
     values: dict[str, np.ndarray] = {}

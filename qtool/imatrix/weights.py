@@ -94,7 +94,7 @@ def tensor_weights(data: ImatrixData, name: str, n_experts: int = 1, n_per_row: 
     if n_per_row is not None and w.size != n_per_row * n_experts:
         msg = f"imatrix size {w.size} is different from tensor size {n_per_row * n_experts} for {name}"
         if name in _TOKEN_EMBD:
-            (warn or default_warn)(msg)
+            (default_warn if warn is None else warn)(msg)
             return None
         raise ImatrixError(msg)
     if w.size % n_experts:
@@ -168,7 +168,7 @@ class QuantizeImatrix:
         if w.size != n_per_row * n_experts:
             msg = f"imatrix size {w.size} is different from tensor size {n_per_row * n_experts} for {name}"
             if name in _TOKEN_EMBD:
-                (warn or default_warn)(msg)
+                (default_warn if warn is None else warn)(msg)
                 return None
             raise ImatrixError(msg)
         return w.reshape(n_experts, n_per_row)
