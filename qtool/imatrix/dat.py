@@ -79,9 +79,11 @@ def decode_dat(buf: bytes | memoryview, source: str = "<bytes>") -> ImatrixData:
     for i in range(n_entries):
         at = pos
         ln = i32(f"the name length of entry {i + 1}")
-        if ln < 1 or ln > size - pos:
-            raise ImatrixError(f"{source}: entry {i + 1}: bad name length {ln} at offset {at} "
-                               f"({size - pos} bytes left)")
+        if ln < 1:
+            raise ImatrixError(f"{source}: entry {i + 1}: bad name length {ln} at offset {at}")
+        if ln > size - pos:
+            raise ImatrixError(f"{source}: truncated or corrupt: entry {i + 1}: name length {ln} at offset {at} "
+                               f"exceeds the {size - pos} bytes left")
         raw = bytes(mv[pos:pos + ln])
         if b"\0" in raw:
             raise ImatrixError(f"{source}: entry {i + 1}: name at offset {pos} contains a NUL byte")
@@ -95,10 +97,11 @@ def decode_dat(buf: bytes | memoryview, source: str = "<bytes>") -> ImatrixData:
             raise ImatrixError(f"{source}: {name!r}: negative ncall {ncall} at offset {at}")
         at = pos
         nval = i32(f"the value count of {name!r}")
-        if nval < 1 or 4 * nval > size - pos:
-            what = "truncated: " if nval >= 1 else ""
-            raise ImatrixError(f"{source}: {what}{name!r}: value count {nval} at offset {at} "
-                               f"({size - pos} bytes left)")
+        if nval < 1:
+            raise ImatrixError(f"{source}: {name!r}: bad value count {nval} at offset {at}")
+        if 4 * nval > size - pos:
+            raise ImatrixError(f"{source}: truncated or corrupt: {name!r}: value count {nval} at offset {at} "
+                               f"needs {4 * nval} bytes, {size - pos} left")
         vals = np.frombuffer(mv, dtype="<f4", count=nval, offset=pos)
         bad = ~np.isfinite(vals)
         if bad.any():
@@ -119,8 +122,11 @@ def decode_dat(buf: bytes | memoryview, source: str = "<bytes>") -> ImatrixData:
         if pos < size:
             at = pos
             ln = i32("the dataset name length")
-            if ln < 0 or ln > size - pos:
-                raise ImatrixError(f"{source}: bad dataset name length {ln} at offset {at} ({size - pos} bytes left)")
+            if ln < 0:
+                raise ImatrixError(f"{source}: bad dataset name length {ln} at offset {at}")
+            if ln > size - pos:
+                raise ImatrixError(f"{source}: truncated or corrupt: dataset name length {ln} at offset {at} "
+                                   f"exceeds the {size - pos} bytes left")
             raw = bytes(mv[pos:pos + ln])
             if b"\0" in raw:
                 raise ImatrixError(f"{source}: dataset name at offset {pos} contains a NUL byte")

@@ -136,10 +136,14 @@ def decode_gguf(buf: bytes | memoryview, source: str = "<bytes>") -> ImatrixData
         raise c.fail(f"unsupported GGUF version {version}", 4)
     n_tensors = c.scalar("<q", "the tensor count")
     n_kv = c.scalar("<q", "the key/value count")
-    if n_tensors < 0 or n_tensors > c.left() // 29:  # name length, 1-byte name, n_dims, ne0, type, offset
+    if n_tensors < 0:
         raise c.fail(f"bad tensor count {n_tensors}", 8)
-    if n_kv < 0 or n_kv > c.left() // 13:  # key length, 1-byte key, type, 1-byte value
+    if n_tensors > c.left() // 29:  # name length, 1-byte name, n_dims, ne0, type, offset
+        raise c.fail(f"truncated or corrupt: {n_tensors} tensors cannot fit in the {c.left()} bytes left", 8)
+    if n_kv < 0:
         raise c.fail(f"bad key/value count {n_kv}", 16)
+    if n_kv > c.left() // 13:  # key length, 1-byte key, type, 1-byte value
+        raise c.fail(f"truncated or corrupt: {n_kv} key/value pairs cannot fit in the {c.left()} bytes left", 16)
 
     kv: dict[str, tuple[int, Any, int | None]] = {}
     for i in range(n_kv):
