@@ -56,7 +56,11 @@ _LOG = re.compile(r"^\d+\.\d+\.\d+\.\d+ ([IWED]) ", re.M)
 
 def llama_log(name: str) -> tuple[str, list[str]]:
     """(the info text without log prefixes, the error / warning lines) of a --show-statistics log."""
-    parts = _LOG.split(ref(name).read_text(encoding="utf-8"))
+    return parse_llama_log(ref(name).read_text(encoding="utf-8"))
+
+
+def parse_llama_log(text: str) -> tuple[str, list[str]]:
+    parts = _LOG.split(text)
     recs = list(zip(parts[1::2], parts[2::2], strict=True))
     return "".join(t for lv, t in recs if lv == "I"), [t.rstrip("\n") for lv, t in recs if lv != "I"]
 

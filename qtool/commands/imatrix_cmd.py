@@ -109,7 +109,8 @@ def _write(inputs: list[ImatrixData], paths: list[str], out: str, to: str | None
         raise _fail(e) from None
     except OSError as e:
         raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
-    _info(f"wrote {out} ({fmt}: {len(c.entries)} entries, {c.chunk_count} chunks of {c.chunk_size} tokens, "
+    n = len(c.entries) if fmt == "gguf" else sum(1 for e in c.entries.values() if e.counts.any())
+    _info(f"wrote {out} ({fmt}: {n} entries, {c.chunk_count} chunks of {c.chunk_size} tokens, "
           f"datasets {c.datasets})")
 
 
@@ -176,6 +177,22 @@ def sort_stats(stats: list[TensorStats], key: str, reverse: bool) -> list[Tensor
     return out[::-1] if reverse else out
 
 
+def _shown(s: str) -> str:
+    """A name for the terminal: bytes that are not UTF-8 (kept as surrogate escapes) shown as \\xNN."""
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _write_stdout(b: bytes) -> None:
+    """Bytes to stdout as they are (names stay as stored whatever the terminal's encoding)."""
+    sys.stdout.flush()
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:  # a text-only stream
+        sys.stdout.write(b.decode("utf-8", "replace"))
+    else:
+        out.write(b)
+        out.flush()
+
+
 def _table(stats: list[TensorStats], title: str) -> Table:
     from ..imatrix.stats import cfmt
 
@@ -184,7 +201,8 @@ def _table(stats: list[TensorStats], title: str) -> Table:
                 "ZD", "CosSim"):
         t.add_column(col, justify="left" if col == "Tensor" else "right")
     for s in stats:
-        t.add_row(s.layer, s.tensor, cfmt(s.total, 0, 2), cfmt(s.min, 0, 4), cfmt(s.max, 0, 4), cfmt(s.mean, 0, 2),
+        t.add_row(_shown(s.layer), _shown(s.tensor), cfmt(s.total, 0, 2), cfmt(s.min, 0, 4), cfmt(s.max, 0, 4),
+                  cfmt(s.mean, 0, 2),
                   cfmt(s.stddev, 0, 2), cfmt(float(np.float32(s.active) * np.float32(100)), 0, 2) + "%",
                   str(s.elements), cfmt(s.entropy, 0, 4), cfmt(s.entropy_norm, 0, 2) + "%",
                   cfmt(float(np.float32(100) * np.float32(s.zd)), 0, 2) + "%", cfmt(s.cossim, 0, 4))
@@ -232,16 +250,16 @@ def show(file: str, sort_key: str, reverse: bool, per_layer: bool, as_json: bool
     if as_json:
         doc = to_json(file, [] if per_layer else stats, layer_statistics(stats))
         doc["summary"] = data.summary()
-        click.echo(json.dumps(doc, indent=1, ensure_ascii=False))
+        # names that are not UTF-8 are kept as surrogate escapes: written as JSON \udcXX escapes
+        _write_stdout((json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))
         return
-    if plain:
-        sys.stdout.write(format_llama(file, stats, tensors=not per_layer, layers=True))
-        sys.stdout.flush()
+    if plain:  # the bytes llama-imatrix prints, names as stored
+        _write_stdout(format_llama(file, stats, tensors=not per_layer, layers=True).encode("utf-8", "surrogateescape"))
         return
     width = shutil.get_terminal_size((200, 24)).columns if sys.stdout.isatty() else 200
     con = Console(width=max(width, 120))
     if not per_layer:
-        con.print(_table(stats, f"{file}: {len(stats)} tensors"))
+        con.print(_table(stats, f"{_shown(file)}: {len(stats)} tensors"))
     con.print(_layer_table(stats))
 
 

@@ -157,6 +157,16 @@ def _check_name(name: str) -> bytes:
     return b
 
 
+def _trailer(data: ImatrixData) -> bytes:
+    """The chunk number and the last dataset name (the format holds one), checked to be readable."""
+    if not 0 <= int(data.chunk_count) <= INT32_MAX:
+        raise ImatrixError(f"chunk count {data.chunk_count} does not fit in a .dat file (int32)")
+    ds = name_bytes(data.datasets[-1]) if data.datasets else b""
+    if b"\0" in ds or len(ds) > INT32_MAX:
+        raise ImatrixError(f"cannot store dataset name {data.datasets[-1]!r} in a .dat file")
+    return _I32.pack(int(data.chunk_count)) + _pack_str(ds)
+
+
 def dump_dat(data: ImatrixData, f: BinaryIO, warn: Warn | None = None) -> None:
     """Write `data` in the legacy format to a binary file object (see the module docstring)."""
     warn = default_warn if warn is None else warn
@@ -177,8 +187,7 @@ def _dump_verbatim(data: ImatrixData, f: BinaryIO) -> None:
         f.write(struct.pack("<ii", int(e.counts[0]), e.nval))
         f.write(e.sums.astype("<f4").tobytes())
     if data.has_metadata:
-        f.write(_I32.pack(int(data.chunk_count)))
-        f.write(_pack_str(name_bytes(data.datasets[-1]) if data.datasets else b""))
+        f.write(_trailer(data))
 
 
 def legacy_values(e: ImatrixEntry, ncall: int) -> np.ndarray:
@@ -225,8 +234,7 @@ def _dump_collected(data: ImatrixData, f: BinaryIO, warn: Warn) -> None:
         f.write(_pack_str(_check_name(name)))
         f.write(struct.pack("<ii", ncall, e.nval))
         f.write(legacy_values(e, ncall).astype("<f4").tobytes())
-    f.write(_I32.pack(int(data.chunk_count)))
-    f.write(_pack_str(name_bytes(data.datasets[-1]) if data.datasets else b""))
+    f.write(_trailer(data))
 
 
 def encode_dat(data: ImatrixData, warn: Warn | None = None) -> bytes:

@@ -134,7 +134,7 @@ def _tensor_stats(name: str, values: np.ndarray, counts: np.ndarray, warn: Warn)
         if total > 0:
             p = act / total
             p = p[p > 0]
-            entropy = -_seq_sum(p * _log2f(p))
+            entropy = F(0) - _seq_sum(p * _log2f(p))  # C: 0.0f - t0 - t1 ... (+0.0 when all are 0)
         z = 0
         if dev > F(0):
             z = int(np.count_nonzero((act - mean) / dev > F(1)))
