@@ -41,7 +41,7 @@ def test_convert_reports_what_it_wrote(tmp_path: Path) -> None:
     assert code == 0 and out == ""
     assert f"wrote {tmp_path / 's.dat'} (dat: 210 entries, 40 chunks of 512 tokens, datasets ['pydoc.txt'])" in err
     code, _, err = run("convert", str(ref("moe-a.gguf")), str(tmp_path / "a.dat"))
-    assert code == 0 and "(dat: 8 entries" in err  # 9 entries, one without any count is not stored
+    assert code == 0 and "(dat: 8 entries, 4 chunks of 512 tokens, datasets ['b.txt'])" in err  # 9 entries, 2 names
 
 
 def test_convert_to_option_overrides_extension(tmp_path: Path) -> None:

@@ -298,3 +298,30 @@ def test_quantize_kv_match_llama_quantize_output() -> None:
                 if kv.key.startswith("quantize.imatrix.")]
     qi = prepare_imatrix(read_imatrix(REF_MODEL_IMATRIX), str(REF_MODEL_IMATRIX))
     assert qi.kv() == want and len(want) == 4
+
+
+def test_stats_imatrix_weights_use_the_package(tmp_path: Path) -> None:
+    """`qtool stats --imatrix` reads through qtool.imatrix: same weights, same errors."""
+    from qtool.gguf_io import TensorInfo
+    from qtool.stats import imatrix_weights as iw
+
+    assert iw.ImatrixError is ImatrixError
+    a = read_imatrix(ref("moe-a.gguf"))
+    table = iw.read_gguf_imatrix(ref("moe-a.gguf"))
+    assert table.keys() == a.entries.keys()
+    assert all(np.array_equal(table[n], entry_weights(a, n)) for n in table)
+    odd = iw.read_dat_imatrix(ref("odd.dat"))
+    assert odd["blk.0.attn_q.weight"].shape == (64,)
+    with pytest.raises(ImatrixError, match="legacy"):
+        iw.read_gguf_imatrix(ref("odd.dat"))
+    with pytest.raises(ImatrixError, match="GGUF"):
+        iw.read_dat_imatrix(ref("moe-a.gguf"))
+    fn = iw.load_weights(ref("moe-a.gguf"))
+    w = fn(TensorInfo("blk.0.ffn_down_exps.weight", (64, 32, 4), 0, 0, 0))
+    assert w.shape == (4, 64) and np.array_equal(w, entry_weights(a, "blk.0.ffn_down_exps.weight"))
+    assert fn(TensorInfo("token_embd.weight", (64, 10), 0, 0, 0)) is None
+    with pytest.raises(ImatrixError, match=r"blk\.2\.attn_k\.weight has 16 values, the tensor's rows have 64"):
+        fn(TensorInfo("blk.2.attn_k.weight", (64, 10), 0, 0, 0))
+    (tmp_path / "odd.dat").write_bytes(ref_bytes("odd.dat")[:700])
+    with pytest.raises(ImatrixError, match=r"odd\.dat: truncated or corrupt: .* at offset"):
+        iw.load_weights(tmp_path / "odd.dat")

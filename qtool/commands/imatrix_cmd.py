@@ -109,9 +109,12 @@ def _write(inputs: list[ImatrixData], paths: list[str], out: str, to: str | None
         raise _fail(e) from None
     except OSError as e:
         raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
-    n = len(c.entries) if fmt == "gguf" else sum(1 for e in c.entries.values() if e.counts.any())
+    if fmt == "gguf":
+        n, datasets = len(c.entries), c.datasets
+    else:  # what the .dat file holds: entries with data, the last dataset name
+        n, datasets = sum(1 for e in c.entries.values() if e.counts.any()), [d for d in c.datasets[-1:] if d]
     _info(f"wrote {out} ({fmt}: {n} entries, {c.chunk_count} chunks of {c.chunk_size} tokens, "
-          f"datasets {c.datasets})")
+          f"datasets {datasets})")
 
 
 _CHUNK = click.option("--chunk-size", "-c", type=click.IntRange(1, 2**31 - 1), default=None,
