@@ -25,7 +25,6 @@ import pytest
 from click.testing import CliRunner
 
 from qtool.cli import cli
-from qtool.commands.imatrix_cmd import legacy_losses
 from qtool.imatrix import (
     ImatrixData,
     ImatrixEntry,
@@ -35,9 +34,11 @@ from qtool.imatrix import (
     encode_dat,
     encode_gguf,
     entry_weights,
+    legacy_losses,
     read_imatrix,
+    write_imatrix,
 )
-from tests.test_imatrix_common import quiet, ref, ref_bytes
+from tests.test_imatrix_common import Warnings, quiet, ref, ref_bytes
 
 
 def ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -190,6 +191,22 @@ def test_legacy_losses_lists_what_is_lost() -> None:
     assert len(smol) == 1 and "float32" in smol[0]  # nothing structural is lost
     assert any("chunk size (256) is not stored" in x for x in legacy_losses(combine([read_imatrix(ref("moe-a.gguf"))],
                                                                                     256)))
+
+
+def test_write_imatrix_warns_about_per_expert_counts(tmp_path: Path) -> None:
+    """The library's write_imatrix says it too, even where llama-imatrix has nothing to say (no zero count)."""
+    d = ImatrixData({"blk.0.ffn_up_exps.weight": ImatrixEntry(np.ones((2, 8)), [1024, 512])}, ["x"], 2, 512)
+    w = Warnings()
+    assert write_imatrix(d, tmp_path / "x.dat", warn=w) == "dat"
+    assert len(w) == 2 and w[0].startswith("GGUF -> .dat loses information: ")
+    assert "per-expert token counts of 1 entries (e.g. blk.0.ffn_up_exps.weight)" in w[1]
+    out = read_imatrix(tmp_path / "x.dat").entries["blk.0.ffn_up_exps.weight"]
+    assert out.counts.tolist() == [2] and np.array_equal(entry_weights(read_imatrix(tmp_path / "x.dat"),
+                                                                       "blk.0.ffn_up_exps.weight").reshape(2, 8),
+                                                         np.float32([[1 / 1024] * 8, [1 / 512] * 8]))
+    w = Warnings()
+    write_imatrix(read_imatrix(ref("odd.dat")), tmp_path / "y.dat", warn=w)  # legacy stays legacy: nothing lost
+    assert w == [] and (tmp_path / "y.dat").read_bytes() == ref_bytes("odd.dat")
 
 
 def test_cli_gguf_to_dat_warns_about_per_expert_counts(tmp_path: Path) -> None:

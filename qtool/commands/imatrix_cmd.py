@@ -20,6 +20,8 @@ from ..imatrix import (
     default_chunk_size,
     format_for_path,
     layer_statistics,
+    legacy_loss_warnings,
+    legacy_losses,
     read_imatrix,
     same_file,
     write_dat,
@@ -67,29 +69,6 @@ def _refuse_same(out: str, inputs: list[str]) -> None:
                                      param_hint="OUT")
 
 
-def legacy_losses(c: ImatrixData) -> list[str]:
-    """What writing the collected data `c` to the legacy .dat format loses (human-readable lines)."""
-    cs = c.chunk_size
-    out = ["the legacy format stores per-column means x chunk count, rounded to float32: sums read back "
-           "differ from these in the last bits"]
-    per_expert = [n for n, e in c.entries.items() if e.n_mat > 1 and np.unique(e.counts).size > 1]
-    if per_expert:
-        out.append(f"per-expert token counts of {len(per_expert)} entries (e.g. {per_expert[0]}) are replaced by one "
-                   "chunk count per entry: merging the .dat file later weights their experts alike")
-    zero = sum(int(np.count_nonzero(e.counts == 0)) for e in c.entries.values() if np.any(e.counts))
-    if zero:
-        out.append(f"{zero} experts without tokens are stored with weight 1 (indistinguishable from data)")
-    partial = [n for n, e in c.entries.items() if np.any(e.counts % cs)]
-    if partial:
-        out.append(f"token counts of {len(partial)} entries are not whole chunks of {cs} tokens: the .dat file "
-                   "keeps ceil(count / chunk size) chunks")
-    if len(c.datasets) > 1:
-        out.append(f"only the last of {len(c.datasets)} dataset names is kept ({c.datasets[-1]!r})")
-    if cs != 512:
-        out.append(f"the chunk size ({cs}) is not stored; readers of the .dat file assume their own (512 by default)")
-    return out
-
-
 def _write(inputs: list[ImatrixData], paths: list[str], out: str, to: str | None, chunk_size: int | None) -> None:
     fmt = _out_format(out, to)
     _refuse_same(out, paths)
@@ -100,9 +79,7 @@ def _write(inputs: list[ImatrixData], paths: list[str], out: str, to: str | None
     try:
         c = combine(inputs, chunk_size)
         if fmt == "dat" and any(not d.legacy for d in inputs):
-            lines = legacy_losses(c)
-            _warn(f"GGUF -> .dat loses information: {lines[0]}")
-            for line in lines[1:]:
+            for line in legacy_loss_warnings(c):
                 _warn(line)
         (write_dat if fmt == "dat" else write_gguf)(c, out, _warn)
     except ImatrixError as e:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 
-from .dat import decode_dat, encode_dat, read_dat, write_dat
-from .data import ImatrixData, ImatrixEntry, ImatrixError, Warn, atomic_write, same_file
+from .dat import decode_dat, encode_dat, legacy_loss_warnings, legacy_losses, read_dat, write_dat
+from .data import ImatrixData, ImatrixEntry, ImatrixError, Warn, atomic_write, default_warn, same_file
 from .gguf_format import GGUF_MAGIC, decode_gguf, encode_gguf, read_gguf, write_gguf
 from .merge import DEFAULT_CHUNK_SIZE, combine, default_chunk_size
 from .stats import TensorStats, compute_statistics, layer_statistics
@@ -60,13 +60,17 @@ def write_imatrix(data: ImatrixData, path: str | os.PathLike[str], fmt: str | No
     """Write `data` as `fmt` (default: from the extension); returns the format written.
 
     GGUF needs the collected form: a legacy-form ImatrixData is combined first with the default
-    chunk size (512), as llama-imatrix would.
+    chunk size (512), as llama-imatrix would. Collected data written as .dat first get warnings
+    saying what the legacy format loses (legacy_losses: per-expert counts, ...), never silently.
     """
     fmt = fmt or format_for_path(path)
     if fmt not in FORMATS:
         raise ImatrixError(f"{os.fspath(path)}: cannot tell the output format from the extension; "
                            "use .dat or .gguf (or give the format)")
     if fmt == "dat":
+        if not data.legacy:
+            for line in legacy_loss_warnings(data):
+                (default_warn if warn is None else warn)(line)
         write_dat(data, path, warn)
     else:
         write_gguf(combine([data], DEFAULT_CHUNK_SIZE) if data.legacy else data, path, warn)
@@ -77,6 +81,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE", "FORMATS", "ImatrixData", "ImatrixEntry", "ImatrixError", "QuantizeImatrix", "TensorStats",
     "atomic_write", "combine", "compute_statistics", "decode_dat", "decode_gguf", "decode_imatrix",
     "default_chunk_size", "encode_dat", "encode_gguf", "entry_weights", "format_for_path", "layer_statistics",
+    "legacy_loss_warnings", "legacy_losses",
     "load_imatrix", "prepare_imatrix", "quantize_kv", "read_dat", "read_gguf", "read_imatrix", "remap_imatrix",
     "same_file", "tensor_weights", "write_dat", "write_gguf", "write_imatrix",
 ]

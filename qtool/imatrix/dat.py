@@ -18,7 +18,8 @@ free of NUL bytes, and nothing may follow the dataset name. A trailer of just th
 Writing a legacy-form ImatrixData re-encodes it as read (entries in their order; the trailer is
 always the full chunk number + dataset form, dataset length 0 when there is none), so read then
 write gives the same bytes for any file llama-imatrix or ik_llama.cpp wrote. Writing a collected
-(GGUF-form) ImatrixData is llama-imatrix's `save_imatrix_legacy`: names sorted, entries without
+(GGUF-form) ImatrixData is llama-imatrix's `save_imatrix_legacy` (`legacy_losses` says what that
+loses for given data; `write_imatrix` warns with it): names sorted, entries without
 any count skipped, ncall = ceil(max count / chunk size), values (sum / count) * ncall in float32,
 and experts with zero count (partial MoE data) stored as 1 * ncall (weight 1 after division).
 """
@@ -247,3 +248,38 @@ def encode_dat(data: ImatrixData, warn: Warn | None = None) -> bytes:
 def write_dat(data: ImatrixData, path: str | os.PathLike[str], warn: Warn | None = None) -> None:
     """Write a legacy .dat file (temporary file in the target folder, renamed when complete)."""
     atomic_write(path, lambda f: dump_dat(data, f, warn))
+
+
+def legacy_losses(c: ImatrixData) -> list[str]:
+    """What writing the collected data `c` to the legacy .dat format loses (human-readable lines).
+
+    The first line is always there (float32 rounding); the others name what this imatrix loses:
+    per-expert counts, experts without tokens, counts that are not whole chunks, dataset names,
+    the chunk size.
+    """
+    cs = c.chunk_size
+    out = ["the legacy format stores per-column means x chunk count, rounded to float32: sums read back "
+           "differ from these in the last bits"]
+    per_expert = [n for n, e in c.entries.items() if e.n_mat > 1 and np.unique(e.counts).size > 1]
+    if per_expert:
+        out.append(f"per-expert token counts of {len(per_expert)} entries (e.g. {per_expert[0]}) are replaced by one "
+                   "chunk count per entry: merging the .dat file later weights their experts alike")
+    zero = sum(int(np.count_nonzero(e.counts == 0)) for e in c.entries.values() if np.any(e.counts))
+    if zero:
+        out.append(f"{zero} experts without tokens are stored with weight 1 (indistinguishable from data)")
+    partial = [n for n, e in c.entries.items() if cs > 0 and np.any(e.counts % cs)]
+    if partial:
+        out.append(f"token counts of {len(partial)} entries are not whole chunks of {cs} tokens: the .dat file "
+                   "keeps ceil(count / chunk size) chunks")
+    if len(c.datasets) > 1:
+        out.append(f"only the last of {len(c.datasets)} dataset names is kept ({c.datasets[-1]!r})")
+    if cs != 512:
+        out.append(f"the chunk size ({cs}) is not stored; readers of the .dat file assume their own "
+                   "(512 by default)")
+    return out
+
+
+def legacy_loss_warnings(c: ImatrixData) -> list[str]:
+    """legacy_losses as warnings, the first introduced by "GGUF -> .dat loses information"."""
+    lines = legacy_losses(c)
+    return [f"GGUF -> .dat loses information: {lines[0]}", *lines[1:]]
