@@ -17,14 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qtool.quants import engine
-from qtool.quants.kquants import q3_k, q6_k
+from qtool.quants.kquants import q3_k
 from tests.vectors import VECTORS, expected, inputs, mismatched_rows
 
 GGML_LIB = Path(os.environ.get("QTOOL_GGML_LIB", "/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/"
                                                  "libggml-base.so"))
 ROW_BYTES = {"Q3_K": 110, "Q6_K": 210, "Q8_K": 292}
-# TEMP: until qtool/quants/search.py (helper A) lands, Q3_K / Q6_K cannot quantize
-needs_search = pytest.mark.skipif(not q6_k._HAVE_SEARCH, reason="qtool.quants.search not there yet")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +30,6 @@ def vec() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return inputs()
 
 
-@needs_search
 @pytest.mark.parametrize("qtype", ["Q3_K", "Q6_K"])
 @pytest.mark.parametrize("variant", ["noim", "im"])
 def test_golden_bytes(vec, qtype: str, variant: str) -> None:
@@ -61,7 +58,6 @@ def test_q8_k_golden(vec) -> None:
     np.testing.assert_array_equal(engine.dequantize(z["q_noim"], "Q8_K", 1024), z["deq_noim"])
 
 
-@needs_search
 @pytest.mark.parametrize("qtype", ["Q3_K", "Q6_K"])
 def test_chunking_and_imatrix_tiling(vec, qtype: str) -> None:
     """More super-blocks than one chunk, rows of 512: row-major imatrix indexing must wrap per row."""
@@ -94,8 +90,6 @@ def test_roundtrip_error(qtype: str, rel: float, use_im: bool) -> None:
     """dequantize(quantize(x)) of gaussian rows: RMS error relative to RMS(x) within the type's bound."""
     if qtype == "Q8_K" and use_im:
         pytest.skip("Q8_K ignores the imatrix")
-    if qtype != "Q8_K" and not q6_k._HAVE_SEARCH:
-        pytest.skip("qtool.quants.search not there yet")
     rng = np.random.default_rng(7)
     x = rng.standard_normal((8, 2048)).astype(np.float32)
     im = rng.chisquare(2, 2048).astype(np.float32) if use_im else None
@@ -106,7 +100,6 @@ def test_roundtrip_error(qtype: str, rel: float, use_im: bool) -> None:
     assert err < rel, err
 
 
-@needs_search
 def test_zero_and_tiny_blocks() -> None:
     """All-zero and sub-GROUP_MAX_EPS super-blocks: Q6_K writes an all-zero block, Q3_K d = 0."""
     x = np.zeros((2, 512), dtype=np.float32)
@@ -149,8 +142,6 @@ def _ggml_quantize(lib, qtype: str, x: np.ndarray, im: np.ndarray | None) -> np.
 @pytest.mark.parametrize("qtype", ["Q3_K", "Q6_K", "Q8_K"])
 def test_against_ggml_random(qtype: str) -> None:
     lib = _ggml()
-    if qtype != "Q8_K" and not q6_k._HAVE_SEARCH:
-        pytest.skip("qtool.quants.search not there yet")
     rng = np.random.default_rng(2024)
     n = 1536
     scale = np.exp(rng.uniform(-12, 10, (48, 1)))

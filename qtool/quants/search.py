@@ -191,6 +191,7 @@ def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_ty
     xt: float32 (n, n_blocks) C-contiguous; qwt: float32 (n, n_blocks) or None.
     Returns (scale, iscale, zero), each (n_blocks,): scale = C's return value; the winning L is
     qx_levels_t(xt, iscale, nmax, zero) (zero: the all-zero blocks, whose L is 0).
+    Big scratch arrays (three of xt's size) come from ws; neither input is written to.
     """
     xt = np.ascontiguousarray(xt, dtype=F32)
     n, nb = xt.shape
@@ -212,14 +213,14 @@ def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_ty
         return_early = rmse_type < 0
         rmse_type = abs(rmse_type)
 
-        W = ws.get("qx_W", (n, nb)) if qwt is None else np.ascontiguousarray(qwt, dtype=F32)
         if qwt is None:
-            _weights_t(xt, rmse_type, W)
+            W = _weights_t(xt, rmse_type, ws.get("qx_W", (n, nb)))
+        else:
+            W = np.ascontiguousarray(qwt, dtype=F32)
         WX = np.multiply(W, xt, out=ws.get("qx_WX", (n, nb)))  # C's w*x[i], the first product of w*x*l
         T = ws.get("qx_T", (n, nb))
         P = None if einsum_is_sequential() else ws.get("qx_P", (2, n, nb))
-        hi_row = np.full(nb, F32(nmax - 1), dtype=F32)  # clamps against a row: faster than a scalar
-        lo_row = np.full(nb, F32(-nmax), dtype=F32)
+        hi_row = np.full(nb, F32(nmax - 1), dtype=F32)  # one-sided clamps against a row: faster than a scalar
         svals = [fnmax] if return_early else [fnmax] + [fnmax + F32(0.1) * F32(i) for i in range(-9, 10) if i]
         K = len(svals)
         ISC = np.empty((K, nb), dtype=F32)  # candidate iscales: -nmax/max, then -(nmax + 0.1*is)/max
@@ -231,10 +232,10 @@ def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_ty
             np.multiply(xt, ISC[k], out=T)
             np.rint(T, out=T)  # |iscale*x| <= nmax + 1: nearest_int is rint
             # |isc*x| <= s*(1 + 2^-22): the clamps only bite where s can round past them
-            if s >= fnmax - F32(0.6):
-                np.minimum(T, hi_row, out=T)
             if s >= fnmax + F32(0.4):
-                np.maximum(T, lo_row, out=T)
+                np.clip(T, F32(-nmax), F32(nmax - 1), out=T)
+            elif s >= fnmax - F32(0.6):
+                np.minimum(T, hi_row, out=T)
             dot_sums(WX, W, T, R[k], P)
         SLX = R[:, 0]
         SL2 = R[:, 1]

@@ -35,19 +35,33 @@ class Workspace:
     A fresh multi-megabyte temporary costs page faults about as expensive as the arithmetic done
     on it (the allocator hands freed memory back to the system), so the big per-chunk buffers are
     kept here and sliced to each chunk's size. Results never depend on the workspace.
+
+    Each buffer starts 64-byte aligned at its own offset within a 4 KiB page (5 cache lines
+    apart per name). Without that, two operands of one ufunc that sit a few bytes apart modulo
+    4096 (malloc puts every large array at page + 16) make the CPU's loads wait on unrelated
+    stores ("4K aliasing"): a broadcast multiply ran 5x slower that way.
     """
+
+    _STAGGER = 320  # bytes between the page offsets of successive names
 
     def __init__(self) -> None:
         self._bufs: dict[str, np.ndarray] = {}
+        self._slot: dict[str, int] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: type = F32) -> np.ndarray:
         """An uninitialized C-contiguous array of this shape, the same memory on every call."""
         size = 1
         for d in shape:
             size *= d
+        dt = np.dtype(dtype)
         a = self._bufs.get(name)
-        if a is None or a.dtype != dtype or a.size < size:
-            a = np.empty(size, dtype=dtype)
+        if a is None or a.dtype != dt or a.size < size:
+            slot = self._slot.setdefault(name, len(self._slot))
+            off = (slot * self._STAGGER) % 4096
+            nbytes = max(size, 1) * dt.itemsize
+            raw = np.empty(nbytes + 4096 + off, dtype=np.uint8)
+            start = (-raw.ctypes.data) % 4096 + off
+            a = raw[start:start + nbytes].view(dt)
             self._bufs[name] = a
         return a[:size].reshape(shape)
 

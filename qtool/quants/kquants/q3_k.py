@@ -22,9 +22,13 @@ Layout: as Q6_K, a chunk of super-blocks (m, 256) is transposed to (16, 16*m) fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
+from ..search import make_q3_quants_t, make_qx_quants_t, qx_levels_t, qx_search_state_t
+from ..search_kx import Workspace
 from ..types import QK_K
 from .q6_k import ImatrixLayout, chunk_size, first_absmax, requantize, to_sub_t
 
@@ -85,24 +89,23 @@ def pack_q3_k(lb: np.ndarray, blk: np.ndarray) -> None:
     blk["qs"] = qs.view(np.uint8).reshape(m, 64)
 
 
-def _finish(xs: np.ndarray, lt: np.ndarray, ls: np.ndarray, d16: np.ndarray, blk: np.ndarray) -> None:
+def _finish(xs: np.ndarray, levels: Callable[[], np.ndarray], ls: np.ndarray, d16: np.ndarray, blk: np.ndarray,
+            ws: Workspace) -> None:
     """Shared tail of ref and impl: re-quantize with the decoded scales and pack.
 
-    xs float32 (m, 256); lt uint8 (16, 16*m) search levels (0..7); ls uint8 (m, 16) quantized
-    scales + 32; d16 uint16 (m,) fp16 bits of d.
+    xs float32 (m, 256); levels() -> the search's levels uint8 (16, 16*m) (0..7), needed only
+    where a decoded scale is 0; ls uint8 (m, 16) quantized scales + 32; d16 uint16 (m,) fp16 bits of d.
     """
     d = fp16_bits_to_fp32(d16)[:, None] * (ls.astype(F32) - F32(32))  # (m, 16): float * int8
-    pack_q3_k(requantize(xs, d, lt, -4, 3), blk)
+    pack_q3_k(requantize(xs, d, levels, -4, 3, ws), blk)
     blk["scales"] = pack_scales_q3(ls)
     blk["d"] = d16
 
 
-def quantize_q3_k_ref_chunk(xs: np.ndarray, blk: np.ndarray) -> None:
+def quantize_q3_k_ref_chunk(xs: np.ndarray, blk: np.ndarray, ws: Workspace) -> None:
     """quantize_row_q3_K_ref on super-blocks xs float32 (m, 256) into blk (m,) BLOCK_Q3_K."""
-    from ..search import make_q3_quants_t  # TEMP until search.py lands
-
     m = xs.shape[0]
-    scale, lt = make_q3_quants_t(to_sub_t(xs), 4)
+    scale, lt = make_q3_quants_t(to_sub_t(xs, ws.get("q3_xt", (16, 16 * m))), 4)
     scales = scale.reshape(m, 16)
     _, max_scale = first_absmax(scales)
     nz = max_scale != 0
@@ -111,29 +114,32 @@ def quantize_q3_k_ref_chunk(xs: np.ndarray, blk: np.ndarray) -> None:
         li = nearest_int(iscale[:, None] * scales)
         d16 = np.where(nz, fp32_to_fp16_bits(F32(1.0) / iscale), np.uint16(0)).astype(np.uint16)
     ls = np.where(nz[:, None], np.clip(li, -32, 31) + 32, 0).astype(np.uint8)
-    _finish(xs, lt, ls, d16, blk)
+    _finish(xs, lambda: lt, ls, d16, blk, ws)
 
 
-def quantize_q3_k_impl_chunk(xs: np.ndarray, qwt: np.ndarray, blk: np.ndarray) -> None:
+def quantize_q3_k_impl_chunk(xs: np.ndarray, qwt: np.ndarray, blk: np.ndarray, ws: Workspace) -> None:
     """quantize_row_q3_K_impl on super-blocks xs float32 (m, 256), imatrix qwt (16, 16*m), into blk."""
-    from ..search import make_qx_quants_t  # TEMP until search.py lands
-
     m = xs.shape[0]
     # sumx2 in C's order over the 256 values: (256, m), sequential down axis 0
-    x2seq = np.ascontiguousarray(xs.T)
+    x2seq = ws.get("q3_x2", (QK_K, m))
+    np.copyto(x2seq, xs.T)
     x2seq *= x2seq
     sumx2 = np.add.reduce(x2seq, axis=0, initial=F32(0))
     sigma2 = (F32(2) * sumx2) / F32(QK_K)  # (m,)
-    xt = to_sub_t(xs)  # (16, 16*m)
-    w = xt * xt
+    xt = to_sub_t(xs, ws.get("q3_xt", (16, 16 * m)))  # (16, 16*m)
+    w = np.multiply(xt, xt, out=ws.get("q3_w", (16, 16 * m)))
     w += np.repeat(sigma2, 16)[None, :]
     np.sqrt(w, out=w)
     w *= qwt  # weight = qw * sqrtf(sigma2 + x*x)
     sw = np.add.reduce(w, axis=0, initial=F32(0))  # (16*m,)
-    scale, lt = make_qx_quants_t(xt, w, 4, 1)
+    scale, isc, zsub = qx_search_state_t(xt, w, 4, 1, ws)
     d_block, ls = make_qx_quants_t(np.ascontiguousarray(scale.reshape(m, 16).T),
                                    np.ascontiguousarray(sw.reshape(m, 16).T), 32, 1)
-    _finish(xs, lt, np.ascontiguousarray(ls.T), fp32_to_fp16_bits(d_block), blk)
+
+    def levels() -> np.ndarray:
+        return qx_levels_t(xt, isc, 4, zsub).astype(np.uint8)
+
+    _finish(xs, levels, np.ascontiguousarray(ls.T), fp32_to_fp16_bits(d_block), blk, ws)
 
 
 def quantize_q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -144,12 +150,13 @@ def quantize_q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     out = np.empty(nb, dtype=BLOCK_Q3_K)
     chunk = chunk_size(nb, n // QK_K)
     iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk)
+    ws = Workspace()
     for a in range(0, nb, chunk):
         b = min(nb, a + chunk)
         if iml is None:
-            quantize_q3_k_ref_chunk(xs_all[a:b], out[a:b])
+            quantize_q3_k_ref_chunk(xs_all[a:b], out[a:b], ws)
         else:
-            quantize_q3_k_impl_chunk(xs_all[a:b], iml.get(a, b), out[a:b])
+            quantize_q3_k_impl_chunk(xs_all[a:b], iml.get(a, b), out[a:b], ws)
     return out.view(np.uint8).reshape(nrows, -1)
 
 
@@ -167,7 +174,5 @@ def dequantize_q3_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
     return y.reshape(data.shape[0], n_per_row)
 
 
-# TEMP: registered once qtool/quants/search.py (make_qx_quants / make_q3_quants) exists
-_HAVE_SEARCH = __import__("importlib.util").util.find_spec("qtool.quants.search") is not None
-QUANTIZE: dict = {"Q3_K": quantize_q3_k} if _HAVE_SEARCH else {}
+QUANTIZE: dict = {"Q3_K": quantize_q3_k}
 DEQUANTIZE: dict = {"Q3_K": dequantize_q3_k}

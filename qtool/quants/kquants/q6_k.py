@@ -17,9 +17,13 @@ the final re-quantization and the packing work on the natural (m, 256) layout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
+from ..search import qx_levels_t, qx_search_state_t
+from ..search_kx import Workspace
 from ..types import QK_K
 
 F32 = np.float32
@@ -32,9 +36,12 @@ BLOCK_Q6_K = np.dtype([("ql", "u1", (QK_K // 2,)), ("qh", "u1", (QK_K // 4,)), (
 assert BLOCK_Q6_K.itemsize == 210
 
 
-def to_sub_t(xs: np.ndarray) -> np.ndarray:
+def to_sub_t(xs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(m, 256) super-blocks -> contiguous (16, 16*m): [index in sub-block, sub-block 16*b + j]."""
-    return np.ascontiguousarray(xs.reshape(-1, 16).T)
+    if out is None:
+        return np.ascontiguousarray(xs.reshape(-1, 16).T)
+    np.copyto(out, xs.reshape(-1, 16).T)
+    return out
 
 
 class ImatrixLayout:
@@ -50,14 +57,16 @@ class ImatrixLayout:
         self.blocks = imatrix.reshape(self.nbr, QK_K)
         self.chunk = chunk
         self._common: np.ndarray | None = None
+        self._ws = Workspace()  # aligned buffers (see Workspace)
 
     def get(self, a: int, b: int) -> np.ndarray:
-        """float32 (16, 16*(b-a)) for super-blocks a..b-1."""
+        """float32 (16, 16*(b-a)) for super-blocks a..b-1 (valid until the next call)."""
         if b - a == self.chunk and a % self.nbr == 0 and self.chunk % self.nbr == 0:
             if self._common is None:
-                self._common = to_sub_t(np.tile(self.blocks, (self.chunk // self.nbr, 1)))
+                self._common = to_sub_t(np.tile(self.blocks, (self.chunk // self.nbr, 1)),
+                                        self._ws.get("common", (16, 16 * self.chunk)))
             return self._common
-        return to_sub_t(self.blocks[np.arange(a, b) % self.nbr])
+        return to_sub_t(self.blocks[np.arange(a, b) % self.nbr], self._ws.get("chunk", (16, 16 * (b - a))))
 
 
 def chunk_size(nb: int, nbr: int, target: int = CHUNK_SUPERBLOCKS) -> int:
@@ -82,27 +91,33 @@ def first_absmax(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return amax, vmax
 
 
-def requantize(xs: np.ndarray, d: np.ndarray, lt: np.ndarray, lo: int, hi: int) -> np.ndarray:
+def requantize(xs: np.ndarray, d: np.ndarray, levels: Callable[[], np.ndarray], lo: int, hi: int,
+               ws: Workspace) -> np.ndarray:
     """C's final pass: where d != 0, L = clamp(nearest_int(x/d), lo, hi) - lo; else keep the search's L.
 
-    xs float32 (m, 256); d float32 (m, 16) per sub-block; lt uint8 (16, 16*m) search levels in
-    to_sub_t's layout (already offset by -lo). Returns uint8 (m, 256) in C's in-block order.
-    Fast path: when every |x/d| < 2^22, nearest_int is np.rint (round half to even) and clamping
-    commutes with it, so all of it stays in float32.
+    xs float32 (m, 256); d float32 (m, 16) per sub-block; levels() -> the search's levels uint8
+    (16, 16*m) in to_sub_t's layout (already offset by -lo), called only when some d is 0 or some
+    quotient is huge. Returns uint8 (m, 256) in C's in-block order (a Workspace buffer).
+    Fast path: when every |x/d| < 2^22, nearest_int is np.rint (round half to even), and clamping
+    to integer bounds commutes with it, so clamp, shift and rint run in float32, the last one
+    straight into the uint8 result.
     """
     m = xs.shape[0]
+    t = ws.get("rq_t", (m, QK_K))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        t = xs.reshape(m, 16, 16) / d[:, :, None]
+        np.divide(xs.reshape(-1, 16), d.reshape(-1, 1), out=t.reshape(-1, 16))
+    out = ws.get("rq_L", (m, QK_K), np.uint8)
     if t.max() < F32(4.0e6) and t.min() > F32(-4.0e6):  # also false for NaN / inf (d == 0)
-        np.rint(t, out=t)
         np.clip(t, F32(lo), F32(hi), out=t)
-        t -= F32(lo)
-        return t.astype(np.uint8).reshape(m, QK_K)
+        t -= F32(lo)  # exact: small integers and values in [0, hi - lo]
+        np.rint(t, out=out, casting="unsafe")
+        return out
     li = nearest_int(t)  # exact ggml bits for huge / non-finite quotients
     np.clip(li, lo, hi, out=li)
     li -= lo
-    keep = np.ascontiguousarray(lt.T).reshape(m, 16, 16)
-    return np.where((d != 0)[:, :, None], li, keep).astype(np.uint8).reshape(m, QK_K)
+    keep = np.ascontiguousarray(levels().T).reshape(m, 16, 16)
+    out[...] = np.where((d != 0)[:, :, None], li.reshape(m, 16, 16), keep).reshape(m, QK_K)
+    return out
 
 
 def pack_q6_k(lb: np.ndarray, blk: np.ndarray) -> None:
@@ -136,12 +151,11 @@ def pack_q6_k(lb: np.ndarray, blk: np.ndarray) -> None:
     blk["qh"] = qh.view(np.uint8).reshape(m, 64)
 
 
-def quantize_q6_k_chunk(xs: np.ndarray, qwt: np.ndarray | None, blk: np.ndarray) -> None:
+def quantize_q6_k_chunk(xs: np.ndarray, qwt: np.ndarray | None, blk: np.ndarray, ws: Workspace) -> None:
     """Quantize super-blocks xs float32 (m, 256) into blk (m,) BLOCK_Q6_K; qwt = imatrix (16, 16*m) or None."""
-    from ..search import make_qx_quants_t  # TEMP until search.py lands
-
     m = xs.shape[0]
-    scale, lt = make_qx_quants_t(to_sub_t(xs), qwt, 32, 1)
+    xt = to_sub_t(xs, ws.get("q6_xt", (16, 16 * m)))
+    scale, isc, zsub = qx_search_state_t(xt, qwt, 32, 1, ws)
     scales = scale.reshape(m, 16)
     amax, max_scale = first_absmax(scales)
     zero = amax < GROUP_MAX_EPS
@@ -150,7 +164,11 @@ def quantize_q6_k_chunk(xs: np.ndarray, qwt: np.ndarray | None, blk: np.ndarray)
         d16 = fp32_to_fp16_bits(F32(1.0) / iscale)
         sc = np.minimum(nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
     d = fp16_bits_to_fp32(d16)[:, None] * sc.astype(F32)  # (m, 16) float * int8
-    pack_q6_k(requantize(xs, d, lt, -32, 31), blk)
+
+    def levels() -> np.ndarray:
+        return qx_levels_t(xt, isc, 32, zsub).astype(np.uint8)
+
+    pack_q6_k(requantize(xs, d, levels, -32, 31, ws), blk)
     blk["scales"] = sc
     blk["d"] = d16
     if zero.any():
@@ -165,9 +183,10 @@ def quantize_q6_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     out = np.empty(nb, dtype=BLOCK_Q6_K)
     chunk = chunk_size(nb, n // QK_K)
     iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk)
+    ws = Workspace()
     for a in range(0, nb, chunk):
         b = min(nb, a + chunk)
-        quantize_q6_k_chunk(xs_all[a:b], None if iml is None else iml.get(a, b), out[a:b])
+        quantize_q6_k_chunk(xs_all[a:b], None if iml is None else iml.get(a, b), out[a:b], ws)
     return out.view(np.uint8).reshape(nrows, -1)
 
 
@@ -187,7 +206,5 @@ def dequantize_q6_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
     return y.reshape(data.shape[0], n_per_row)
 
 
-# TEMP: registered once qtool/quants/search.py (make_qx_quants / make_q3_quants) exists
-_HAVE_SEARCH = __import__("importlib.util").util.find_spec("qtool.quants.search") is not None
-QUANTIZE: dict = {"Q6_K": quantize_q6_k} if _HAVE_SEARCH else {}
+QUANTIZE: dict = {"Q6_K": quantize_q6_k}
 DEQUANTIZE: dict = {"Q6_K": dequantize_q6_k}
