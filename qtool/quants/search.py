@@ -55,6 +55,8 @@ buffers are reused from a Workspace.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .rounding import nearest_int
@@ -184,6 +186,64 @@ def _final_L(xt: np.ndarray, iscale: np.ndarray, nmax: int, zero: np.ndarray) ->
     return qx_levels_t(xt, iscale, nmax, zero).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=32)
+def _clip_groups(svals: tuple[float, ...], nmax: int) -> list[tuple[list[int], float | None, float | None]]:
+    """Candidates grouped so that one clipped copy of x replaces the clamps of all in a group.
+
+    Candidate k computes l = clamp(rint(v), -nmax, nmax-1), v = fl(isc_k*x), isc_k = -s_k/max,
+    |v| <= s_k(1 + 2^-22). The clamp can bite only where s_k >= nmax - 0.5 (upper end, x of the
+    sign opposite to max) or s_k >= nmax + 0.5 (lower end, x of max's sign). fl(isc*x) and rint
+    are monotone in x, so clipping x at a bound b with rint(fl(isc_k*b)) = nmax-1 (resp. -nmax)
+    gives every clipped value exactly the clamped level and leaves no other value past the
+    clamp. One b = c*|max| works for all candidates of a group when (nmax-1.5)/s_min < c <
+    (nmax-0.5)/s_max (resp. (nmax-0.5)/s_min < c < (nmax+0.5)/s_max); the groups are built
+    greedily in order of s with a relative margin, and the rint condition itself is verified on
+    the actual floats at run time (qx_search_state_t falls back to explicit clamps if it fails).
+
+    Returns [(candidate indices, c_hi or None, c_lo or None)]; c None: that side needs no clip.
+    """
+    eps = 1e-4
+    order = sorted(range(len(svals)), key=lambda k: svals[k])
+    groups: list[tuple[list[int], float | None, float | None]] = []
+    cur: list[int] = []
+
+    def interval(ks: list[int], lo_t: float, hi_t: float) -> tuple[float, float]:
+        smin = min(svals[k] for k in ks)
+        smax = max(svals[k] for k in ks)
+        return lo_t / smin * (1 + eps), hi_t / smax * (1 - eps)
+
+    def side(ks: list[int]) -> tuple[bool, bool]:
+        s = max(svals[k] for k in ks)
+        return s * (1 + eps) >= nmax - 0.5, s * (1 + eps) >= nmax + 0.5
+
+    def feasible(ks: list[int]) -> bool:
+        need_hi, need_lo = side(ks)
+        ok = True
+        if need_hi:
+            a, b = interval(ks, nmax - 1.5, nmax - 0.5)
+            ok &= a < b
+        if need_lo:
+            a, b = interval(ks, nmax - 0.5, nmax + 0.5)
+            ok &= a < b
+        return ok
+
+    def close(ks: list[int]) -> None:
+        need_hi, need_lo = side(ks)
+        c_hi = 0.5 * sum(interval(ks, nmax - 1.5, nmax - 0.5)) if need_hi else None
+        c_lo = 0.5 * sum(interval(ks, nmax - 0.5, nmax + 0.5)) if need_lo else None
+        groups.append((ks, c_hi, c_lo))
+
+    for k in order:
+        trial = cur + [k]
+        if cur and (side(trial) != side(cur) or not feasible(trial)):
+            close(cur)
+            trial = [k]
+        cur = trial
+    if cur:
+        close(cur)
+    return groups
+
+
 def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_type: int,
                       ws: Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """make_qx_quants on the transposed layout, without building L.
@@ -220,52 +280,71 @@ def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_ty
         WX = np.multiply(W, xt, out=ws.get("qx_WX", (n, nb)))  # C's w*x[i], the first product of w*x*l
         T = ws.get("qx_T", (n, nb))
         P = None if einsum_is_sequential() else ws.get("qx_P", (2, n, nb))
-        hi_row = np.full(nb, F32(nmax - 1), dtype=F32)  # one-sided clamps against a row: faster than a scalar
         svals = [fnmax] if return_early else [fnmax] + [fnmax + F32(0.1) * F32(i) for i in range(-9, 10) if i]
         K = len(svals)
-        ISC = np.empty((K, nb), dtype=F32)  # candidate iscales: -nmax/max, then -(nmax + 0.1*is)/max
+        # (K, nb) arrays from ws too: fresh ones cost page faults comparable to the search itself
+        ISC = ws.get("qx_ISC", (K, nb))  # candidate iscales: -nmax/max, then -(nmax + 0.1*is)/max
         ISC[0] = iscale0
         if K > 1:
             np.divide(-np.array(svals[1:], dtype=F32)[:, None], mxs[None, :], out=ISC[1:])
-        R = np.empty((K, 2, nb), dtype=F32)  # [candidate, (sumlx, suml2), block]
-        for k, s in enumerate(svals):
-            np.multiply(xt, ISC[k], out=T)
-            np.rint(T, out=T)  # |iscale*x| <= nmax + 1: nearest_int is rint
-            # |isc*x| <= s*(1 + 2^-22): the clamps only bite where s can round past them
-            if s >= fnmax + F32(0.4):
-                np.clip(T, F32(-nmax), F32(nmax - 1), out=T)
-            elif s >= fnmax - F32(0.6):
-                np.minimum(T, hi_row, out=T)
-            dot_sums(WX, W, T, R[k], P)
-        SLX = R[:, 0]
-        SL2 = R[:, 1]
-        nzl = SL2 != 0
-        SC = np.divide(SLX, np.where(nzl, SL2, F32(1)))  # scale = sumlx/suml2 of each candidate
-        scale = np.where(nzl[0], SC[0], F32(0)).astype(F32)  # the first: suml2 ? sumlx/suml2 : 0
+        R = ws.get("qx_R", (2, K, nb))  # [(sumlx, suml2), candidate, block]
+        SLX = R[0]
+        SL2 = R[1]
+        pos = mxs > 0
+        amx = np.abs(mxs)
+        for g, (ks, c_hi, c_lo) in enumerate(_clip_groups(tuple(float(v) for v in svals), nmax)):
+            X = xt
+            clamp = False
+            if c_hi is not None:  # one clipped copy of x instead of a clamp per candidate (see _clip_groups)
+                bh = F32(c_hi) * amx
+                xh = np.where(pos, -bh, bh)  # the bound on the side opposite to max
+                ok = bool((np.rint(ISC[ks] * xh) == F32(nmax - 1)).all())
+                if c_lo is not None:
+                    bl = F32(c_lo) * amx
+                    xl = np.where(pos, bl, -bl)
+                    ok &= bool((np.rint(ISC[ks] * xl) == F32(-nmax)).all())
+                else:
+                    bl = np.full(nb, F32(np.inf))
+                if ok:
+                    X = ws.get(f"qx_X{g}", (n, nb))
+                    np.maximum(xt, np.where(pos, -bh, -bl), out=X)
+                    np.minimum(X, np.where(pos, bl, bh), out=X)
+                else:
+                    clamp = True
+            for k in ks:
+                np.multiply(X, ISC[k], out=T)
+                np.rint(T, out=T)  # |iscale*x| <= nmax + 1: nearest_int is rint
+                if clamp:
+                    np.clip(T, F32(-nmax), F32(nmax - 1), out=T)
+                dot_sums(WX, W, T, R[:, k], P)
+        SC = ws.get("qx_SC", (K, nb))  # scale = sumlx/suml2 of each candidate (suml2 == 0: ignored)
+        np.divide(SLX, SL2, out=SC)
+        scale = np.where(SL2[0] != 0, SC[0], F32(0)).astype(F32)  # the first: suml2 ? sumlx/suml2 : 0
         if return_early:
             inv = F32(1) / iscale0
             out = np.where(SL2[0] > 0, F32(0.5) * (scale + inv), inv).astype(F32)
             out[zero] = 0
             return out, iscale0, zero
         best = scale * SLX[0]
-        NB = SC * SLX  # best after an update: scale*sumlx
-        A = SLX * SLX
+        NB = ws.get("qx_NB", (K, nb))  # best after an update: scale*sumlx
+        np.multiply(SC, SLX, out=NB)
+        A = ws.get("qx_A", (K, nb))
+        np.multiply(SLX, SLX, out=A)
         A[~(SL2 > 0)] = -np.inf  # `suml2 > 0 &&` folded in: -inf > anything is false
-        kbest = np.zeros(nb, dtype=np.int8)
         tmp = np.empty(nb, dtype=F32)
-        c = np.empty(nb, dtype=bool)
+        C = ws.get("qx_C", (K, nb), np.uint8)  # C[k]: candidate k replaced the best
+        C[0] = 0
+        c = C.view(bool)
         for k in range(1, K):
             np.multiply(best, SL2[k], out=tmp)
-            np.greater(A[k], tmp, out=c)  # sumlx*sumlx > best*suml2
-            idx = np.flatnonzero(c)
-            if idx.size:
-                best[idx] = NB[k, idx]
-                kbest[idx] = k
-        won = np.flatnonzero(kbest)
-        if won.size:
-            kb = kbest[won]
-            scale[won] = SC[kb, won]
-        best_isc = ISC[kbest, np.arange(nb)]
+            np.greater(A[k], tmp, out=c[k])  # sumlx*sumlx > best*suml2
+            np.putmask(best, c[k], NB[k])
+        C *= np.arange(K, dtype=np.uint8)[:, None]
+        kbest = C.max(axis=0).astype(np.intp)  # the last candidate that replaced it (0: none)
+        cols = np.arange(nb)
+        won = kbest != 0
+        scale = np.where(won, SC[kbest, cols], scale)
+        best_isc = ISC[kbest, cols]
     scale[zero] = 0
     return scale, best_isc, zero
 

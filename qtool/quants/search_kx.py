@@ -20,6 +20,8 @@ denormal ranges take an exact (bit-level nearest_int) path.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .rounding import nearest_int
@@ -64,6 +66,22 @@ class Workspace:
             a = raw[start:start + nbytes].view(dt)
             self._bufs[name] = a
         return a[:size].reshape(shape)
+
+
+_TLS = threading.local()
+
+
+def thread_workspace() -> Workspace:
+    """This thread's Workspace, kept from call to call.
+
+    Kernels that run on many tensors one after another take their scratch buffers from here, so
+    only the first call pays the page faults of fresh memory (a few MB, bounded by the chunk
+    sizes). One per thread: a Workspace must not be shared by concurrent calls.
+    """
+    ws = getattr(_TLS, "ws", None)
+    if ws is None:
+        ws = _TLS.ws = Workspace()
+    return ws
 
 
 def _first_zero_signbit(xt: np.ndarray, cols: np.ndarray) -> np.ndarray:

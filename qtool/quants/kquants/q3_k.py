@@ -28,7 +28,7 @@ import numpy as np
 
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
 from ..search import make_q3_quants_t, make_qx_quants_t, qx_levels_t, qx_search_state_t
-from ..search_kx import Workspace
+from ..search_kx import Workspace, thread_workspace
 from ..types import QK_K
 from .q6_k import ImatrixLayout, chunk_size, first_absmax, requantize, to_sub_t
 
@@ -149,8 +149,8 @@ def quantize_q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     nb = xs_all.shape[0]
     out = np.empty(nb, dtype=BLOCK_Q3_K)
     chunk = chunk_size(nb, n // QK_K)
-    iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk)
-    ws = Workspace()
+    ws = thread_workspace()
+    iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk, ws)
     for a in range(0, nb, chunk):
         b = min(nb, a + chunk)
         if iml is None:

@@ -23,13 +23,13 @@ import numpy as np
 
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
 from ..search import qx_levels_t, qx_search_state_t
-from ..search_kx import Workspace
+from ..search_kx import Workspace, thread_workspace
 from ..types import QK_K
 
 F32 = np.float32
 U32 = np.uint32
 GROUP_MAX_EPS = F32(1e-15)
-CHUNK_SUPERBLOCKS = 256
+CHUNK_SUPERBLOCKS = 512
 
 BLOCK_Q6_K = np.dtype([("ql", "u1", (QK_K // 2,)), ("qh", "u1", (QK_K // 4,)), ("scales", "i1", (QK_K // 16,)),
                        ("d", "<u2")])
@@ -52,21 +52,21 @@ class ImatrixLayout:
     boundary and have the common length share one array.
     """
 
-    def __init__(self, imatrix: np.ndarray, n_per_row: int, chunk: int) -> None:
+    def __init__(self, imatrix: np.ndarray, n_per_row: int, chunk: int, ws: Workspace) -> None:
         self.nbr = n_per_row // QK_K
         self.blocks = imatrix.reshape(self.nbr, QK_K)
         self.chunk = chunk
         self._common: np.ndarray | None = None
-        self._ws = Workspace()  # aligned buffers (see Workspace)
+        self._ws = ws  # buffers "iml_*"
 
     def get(self, a: int, b: int) -> np.ndarray:
         """float32 (16, 16*(b-a)) for super-blocks a..b-1 (valid until the next call)."""
         if b - a == self.chunk and a % self.nbr == 0 and self.chunk % self.nbr == 0:
             if self._common is None:
                 self._common = to_sub_t(np.tile(self.blocks, (self.chunk // self.nbr, 1)),
-                                        self._ws.get("common", (16, 16 * self.chunk)))
+                                        self._ws.get("iml_common", (16, 16 * self.chunk)))
             return self._common
-        return to_sub_t(self.blocks[np.arange(a, b) % self.nbr], self._ws.get("chunk", (16, 16 * (b - a))))
+        return to_sub_t(self.blocks[np.arange(a, b) % self.nbr], self._ws.get("iml_chunk", (16, 16 * (b - a))))
 
 
 def chunk_size(nb: int, nbr: int, target: int = CHUNK_SUPERBLOCKS) -> int:
@@ -99,8 +99,8 @@ def requantize(xs: np.ndarray, d: np.ndarray, levels: Callable[[], np.ndarray], 
     (16, 16*m) in to_sub_t's layout (already offset by -lo), called only when some d is 0 or some
     quotient is huge. Returns uint8 (m, 256) in C's in-block order (a Workspace buffer).
     Fast path: when every |x/d| < 2^22, nearest_int is np.rint (round half to even), and clamping
-    to integer bounds commutes with it, so clamp, shift and rint run in float32, the last one
-    straight into the uint8 result.
+    to integer bounds commutes with it, so clamp and rint run in float32 and the shift by -lo
+    writes the uint8 result.
     """
     m = xs.shape[0]
     t = ws.get("rq_t", (m, QK_K))
@@ -109,8 +109,8 @@ def requantize(xs: np.ndarray, d: np.ndarray, levels: Callable[[], np.ndarray], 
     out = ws.get("rq_L", (m, QK_K), np.uint8)
     if t.max() < F32(4.0e6) and t.min() > F32(-4.0e6):  # also false for NaN / inf (d == 0)
         np.clip(t, F32(lo), F32(hi), out=t)
-        t -= F32(lo)  # exact: small integers and values in [0, hi - lo]
-        np.rint(t, out=out, casting="unsafe")
+        np.rint(t, out=t)  # before the shift: t - lo would round away fractions near .5
+        np.subtract(t, F32(lo), out=out, casting="unsafe")  # exact: small integers
         return out
     li = nearest_int(t)  # exact ggml bits for huge / non-finite quotients
     np.clip(li, lo, hi, out=li)
@@ -182,8 +182,8 @@ def quantize_q6_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     nb = xs_all.shape[0]
     out = np.empty(nb, dtype=BLOCK_Q6_K)
     chunk = chunk_size(nb, n // QK_K)
-    iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk)
-    ws = Workspace()
+    ws = thread_workspace()
+    iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk, ws)
     for a in range(0, nb, chunk):
         b = min(nb, a + chunk)
         quantize_q6_k_chunk(xs_all[a:b], None if iml is None else iml.get(a, b), out[a:b], ws)
