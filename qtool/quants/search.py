@@ -361,12 +361,82 @@ def make_qx_quants_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_typ
     return scale, _final_L(xt, iscale, nmax, zero)
 
 
-def _q3_pass(xt: np.ndarray, W: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx: np.ndarray,
-             suml2: np.ndarray, nmax: int) -> np.ndarray:
-    """One pass of make_q3_quants' `itry` loop (i = 0..n-1), in place on L (float32 (n, nb) of
-    C's int8 l), sumlx, suml2 (nb,). Returns the per-block `n_changed > 0` mask.
+_Q3_SEQ_MIN = 1024  # blocks from which a pass steps through i (else _q3_pass_rounds)
 
-    All remaining steps are evaluated at once from the current state; each block's first
+
+class _Q3Scratch:
+    """Scratch of one _q3_pass from a Workspace (names "q3p_*"): (n, nb) products, (nb,) vectors."""
+
+    def __init__(self, ws: Workspace, n: int, nb: int) -> None:
+        g = ws.get
+        self.wxl = g("q3p_wxl", (n, nb))
+        self.wl2 = g("q3p_wl2", (n, nb))
+        self.slx, self.sl2, self.v, self.nl, self.t1, self.t2 = (g(f"q3p_f{j}", (nb,)) for j in range(6))
+        self.ok = g("q3p_ok", (nb,), bool)
+        self.c = g("q3p_c", (nb,), bool)
+
+
+def _q3_pass(xt: np.ndarray, W: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx: np.ndarray,
+             suml2: np.ndarray, nmax: int, sc: _Q3Scratch) -> np.ndarray:
+    """One pass of make_q3_quants' `itry` loop, in place on L (float32 (n, nb) of C's int8 l),
+    sumlx, suml2 (nb,). Returns the per-block `n_changed > 0` mask (a new bool (nb,)).
+
+    C's loop over i, one step per in-block index, each step vectorized across blocks on the rows
+    of the transposed layout, so every block goes through exactly C's sequence of states. Row i
+    of L changes only at step i, so the terms w*x[i]*L[i] and w*L[i]*L[i] of all rows are taken
+    at once up front. Accepted steps (a few percent per step) are applied by index.
+    """
+    n, nb = xt.shape
+    slx, sl2, v, nl, t1, t2, ok, c = sc.slx, sc.sl2, sc.v, sc.nl, sc.t1, sc.t2, sc.ok, sc.c
+    WXL = np.multiply(WX, L, out=sc.wxl)  # w*x[i]*L[i] = (w*x)*L
+    WL2 = np.multiply(W, L, out=sc.wl2)
+    WL2 *= L  # w*L[i]*L[i] = (w*L)*L
+    vi = v.view(np.int32)
+    changed = np.zeros(nb, dtype=bool)
+    f0 = F32(0)
+    magic = F32(12582912.0)
+    for i in range(n):
+        x, w, wx, li = xt[i], W[i], WX[i], L[i]
+        np.subtract(sumlx, WXL[i], out=slx)
+        np.subtract(suml2, WL2[i], out=sl2)
+        np.greater(slx, f0, out=ok)  # if (slx > 0)
+        np.multiply(x, sl2, out=v)
+        v /= slx  # x[i]*sl2/slx; garbage where slx <= 0 (masked by ok)
+        # nearest_int bit for bit (also huge / non-finite quotients), then MAX(-nmax, MIN(nmax-1, l))
+        v += magic
+        vi &= 0x007FFFFF
+        vi -= 0x00400000
+        np.clip(vi, -nmax, nmax - 1, out=vi)
+        np.copyto(nl, vi, casting="unsafe")
+        np.not_equal(nl, li, out=c)
+        ok &= c
+        np.multiply(wx, nl, out=t1)
+        slx += t1  # slx += w*x[i]*new_l
+        np.multiply(w, nl, out=t1)
+        t1 *= nl
+        sl2 += t1  # sl2 += w*new_l*new_l
+        np.greater(sl2, f0, out=c)
+        ok &= c
+        np.multiply(slx, slx, out=t1)
+        t1 *= suml2  # slx*slx*suml2
+        np.multiply(sumlx, sumlx, out=t2)
+        t2 *= sl2  # sumlx*sumlx*sl2
+        np.greater(t1, t2, out=c)
+        ok &= c
+        idx = np.flatnonzero(ok)
+        if idx.size:
+            li[idx] = nl[idx]
+            sumlx[idx] = slx[idx]
+            suml2[idx] = sl2[idx]
+            changed[idx] = True
+    return changed
+
+
+def _q3_pass_rounds(xt: np.ndarray, W: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx: np.ndarray,
+             suml2: np.ndarray, nmax: int) -> np.ndarray:
+    """_q3_pass for few blocks, where numpy's per-call cost dominates: fewer, bigger steps.
+
+    All remaining steps i are evaluated at once from the current state; each block's first
     accepted change is applied, and only blocks that changed are evaluated again from the next
     i on. A step that is not taken leaves the state as it was, so this is C's sequence of states.
     """
@@ -419,18 +489,21 @@ def _q3_pass(xt: np.ndarray, W: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx
     return changed
 
 
-def make_q3_quants_t(xt: np.ndarray, nmax: int, do_rmse: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def make_q3_quants_t(xt: np.ndarray, nmax: int, do_rmse: bool = True, ws: Workspace | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """ggml `make_q3_quants(n, nmax, x, L, do_rmse)` on the transposed layout.
 
     xt: float32 (n, n_blocks). Returns (scale float32 (n_blocks,), Lt uint8 (n, n_blocks)).
     do_rmse: initial L from -nmax/max, weights x*x, then up to 5 passes of coordinate descent
-    (one level at a time, kept when it raises sumlx^2/suml2); scale = sumlx/suml2.
+    (one level at a time, kept when it raises sumlx^2/suml2); scale = sumlx/suml2. A pass after
+    the first runs only on the blocks that changed in the one before (C stops the others).
     """
     xt = np.ascontiguousarray(xt, dtype=F32)
     n, nb = xt.shape
     if nb == 1:  # numpy sums a (n, 1) column pairwise, not in order: run two copies instead
-        s, lt = make_q3_quants_t(np.repeat(xt, 2, axis=1), nmax, do_rmse)
+        s, lt = make_q3_quants_t(np.repeat(xt, 2, axis=1), nmax, do_rmse, ws)
         return s[:1], np.ascontiguousarray(lt[:, :1])
+    ws = ws or Workspace()
     amax, mx = first_absmax_t(xt)
     zero = amax < GROUP_MAX_EPS
     mxs = np.where(zero, F32(1), mx) if zero.any() else mx
@@ -440,26 +513,30 @@ def make_q3_quants_t(xt: np.ndarray, nmax: int, do_rmse: bool = True) -> tuple[n
             scale = (F32(1) / iscale).astype(F32)
             scale[zero] = 0
             return scale, _final_L(xt, iscale, nmax, zero)
-        L = _levels(xt, iscale, nmax, np.empty((n, nb), dtype=F32))
-        W = xt * xt
-        WX = W * xt
-        sumlx = np.add.reduce(WX * L, axis=0, initial=F32(0))
-        suml2 = np.add.reduce(W * L * L, axis=0, initial=F32(0))
-        act = np.arange(nb)
-        for _ in range(5):
-            if act.size == nb:
-                changed = _q3_pass(xt, W, WX, L, sumlx, suml2, nmax)
-            else:
-                La = L[:, act]
-                sx = sumlx[act]
-                s2 = suml2[act]
-                changed = _q3_pass(xt[:, act], W[:, act], WX[:, act], La, sx, s2, nmax)
-                L[:, act] = La
-                sumlx[act] = sx
-                suml2[act] = s2
-            act = act[changed]
+        L = _levels(xt, iscale, nmax, ws.get("q3_L", (n, nb)))
+        W = np.multiply(xt, xt, out=ws.get("q3_W", (n, nb)))
+        WX = np.multiply(W, xt, out=ws.get("q3_WX", (n, nb)))
+        sums = np.empty((2, nb), dtype=F32)
+        dot_sums(WX, W, L, sums, None if einsum_is_sequential() else ws.get("q3_P", (2, n, nb)))
+        sumlx, suml2 = sums
+        changed = _q3_pass(xt, W, WX, L, sumlx, suml2, nmax, _Q3Scratch(ws, n, nb))
+        act = np.flatnonzero(changed)
+        for _ in range(4):
             if act.size == 0:
                 break
+            # the blocks still going, gathered into contiguous (n, nact) arrays
+            na = act.size
+            xa, wa, wxa, la = (np.take(a, act, axis=1, out=ws.get(f"q3_g{j}", (n, na)))
+                               for j, a in enumerate((xt, W, WX, L)))
+            sx, s2 = sumlx[act], suml2[act]
+            if na >= _Q3_SEQ_MIN:
+                changed = _q3_pass(xa, wa, wxa, la, sx, s2, nmax, _Q3Scratch(ws, n, na))
+            else:
+                changed = _q3_pass_rounds(xa, wa, wxa, la, sx, s2, nmax)
+            L[:, act] = la
+            sumlx[act] = sx
+            suml2[act] = s2
+            act = act[changed]
         scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0)).astype(F32)
     scale[zero] = 0
     L += F32(nmax)

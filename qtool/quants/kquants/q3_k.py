@@ -34,6 +34,11 @@ from .q6_k import ImatrixLayout, chunk_size, first_absmax, requantize, to_sub_t
 
 F32 = np.float32
 U32 = np.uint32
+# super-blocks per chunk: the coordinate descent steps through the 16 in-block indices with
+# numpy calls on (blocks,) vectors, so it wants many blocks per call; the imatrix search streams
+# (16, 16*m) arrays 19 times and is best near the size of the last-level cache
+CHUNK_REF = 2048
+CHUNK_IMPL = 512
 
 BLOCK_Q3_K = np.dtype([("hmask", "u1", (QK_K // 8,)), ("qs", "u1", (QK_K // 4,)), ("scales", "u1", (12,)),
                        ("d", "<u2")])
@@ -105,7 +110,7 @@ def _finish(xs: np.ndarray, levels: Callable[[], np.ndarray], ls: np.ndarray, d1
 def quantize_q3_k_ref_chunk(xs: np.ndarray, blk: np.ndarray, ws: Workspace) -> None:
     """quantize_row_q3_K_ref on super-blocks xs float32 (m, 256) into blk (m,) BLOCK_Q3_K."""
     m = xs.shape[0]
-    scale, lt = make_q3_quants_t(to_sub_t(xs, ws.get("q3_xt", (16, 16 * m))), 4)
+    scale, lt = make_q3_quants_t(to_sub_t(xs, ws.get("q3_xt", (16, 16 * m))), 4, True, ws)
     scales = scale.reshape(m, 16)
     _, max_scale = first_absmax(scales)
     nz = max_scale != 0
@@ -148,7 +153,7 @@ def quantize_q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     xs_all = rows.reshape(-1, QK_K)
     nb = xs_all.shape[0]
     out = np.empty(nb, dtype=BLOCK_Q3_K)
-    chunk = chunk_size(nb, n // QK_K)
+    chunk = chunk_size(nb, n // QK_K, CHUNK_REF if imatrix is None else CHUNK_IMPL)
     ws = thread_workspace()
     iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk, ws)
     for a in range(0, nb, chunk):
