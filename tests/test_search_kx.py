@@ -250,3 +250,30 @@ def test_qkx_extreme_ranges(qkx2):
             assert np.array([scale[b]]).view(np.uint32)[0] == np.array([rs], F).view(np.uint32)[0], b
             assert np.array([the_min[b]]).view(np.uint32)[0] == np.array([rm], F).view(np.uint32)[0], b
             assert L[b].tolist() == rl, b
+
+
+@pytest.mark.parametrize("qkx2", [True, False])
+def test_single_block_matches_scalar(qkx2):
+    """One block (a single column on the transposed layout) is summed in C's order too: numpy
+    would reduce a lone column pairwise (8 partial sums), which changes the low bits."""
+    rng = np.random.default_rng(31)
+    x = _blocks(rng, 24, 32)
+    w = rng.chisquare(2, x.shape).astype(F)
+    fn = search_kx.make_qkx2_quants if qkx2 else search_kx.make_qkx3_quants
+    for b in range(x.shape[0]):
+        scale, the_min, L = fn(x[b:b + 1], w[b:b + 1], 15, -0.9, 0.05, 36, False)
+        rs, rm, rl = ref_qkx(x[b], w[b], 15, -0.9, 0.05, 36, False, qkx2)
+        assert scale[0].view(np.uint32) == F(rs).view(np.uint32), b
+        assert the_min[0].view(np.uint32) == F(rm).view(np.uint32), b
+        assert L[0].tolist() == rl, b
+
+
+def test_qp_single_block_matches_scalar():
+    rng = np.random.default_rng(32)
+    x = np.abs(_blocks(rng, 24, 8)) * F(1000)
+    w = rng.chisquare(2, x.shape).astype(F)
+    for b in range(x.shape[0]):
+        scale, L = search_kx.make_qp_quants(x[b:b + 1], w[b:b + 1], 63)
+        rs, rl = ref_qp(x[b], w[b], 63)
+        assert scale[0].view(np.uint32) == F(rs).view(np.uint32), b
+        assert L[0].tolist() == rl, b

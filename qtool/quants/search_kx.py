@@ -128,6 +128,11 @@ def qkx_search_state_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: f
     `iscale = (...)/(max - min)` and in `nearest_int(iscale*(x[i] - min))`.
     """
     n, nb = xt.shape
+    if nb == 1:  # numpy sums a single column pairwise, not in C's order: run two copies instead
+        sc, mn, isc, mnu, deg = qkx_search_state_t(np.repeat(xt, 2, axis=1),
+                                                   None if wt is None else np.repeat(wt, 2, axis=1),
+                                                   nmax, rmin, rdelta, nstep, use_mad, strict_eq, ws)
+        return sc[:1], mn[:1], isc[:1], mnu[:1], deg[:1]
     ws = ws or Workspace()
     LX = ws.get("qkx_LX", (2, n, nb))  # [l, x]: one broadcast multiply gives w*l*l and w*l*x
     P = ws.get("qkx_P", (3, n, nb))  # [w*l, w*l*l, w*l*x], reduced in one call
@@ -317,6 +322,9 @@ def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int, ws: Workspace | 
     the blocks that changed in the pass before (C breaks out for the others).
     """
     n, nb = xt.shape
+    if nb == 1:  # numpy sums a single column pairwise, not in C's order: run two copies instead
+        s, lt = make_qp_quants_t(np.repeat(xt, 2, axis=1), np.repeat(wt, 2, axis=1), nmax, ws)
+        return s[:1], np.ascontiguousarray(lt[:, :1])
     fnmax = F32(nmax)
     mx = np.max(xt, axis=0, initial=F32(0.0))  # MAX(max, x[i]) from 0; a zero's sign only matters when all-zero
     zero = mx < GROUP_MAX_EPS
