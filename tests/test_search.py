@@ -253,3 +253,91 @@ def test_search_without_einsum(monkeypatch) -> None:
     """The fallback path (no einsum) reproduces the golden Q4_0 imatrix scales too."""
     monkeypatch.setattr(search, "_EINSUM_SEQUENTIAL", False)
     test_make_qx_quants_golden("Q4_0", 8, 18)
+
+
+def _boundary_blocks(n: int, nmax: int, nb: int, seed: int) -> np.ndarray:
+    """Blocks whose values sit on the rounding boundaries of the candidate scales: x = max*(k +/- 0.5)/s
+    for candidate s = nmax + 0.1*is, one ulp either side, and ties with +-max; the clamps at
+    -nmax and nmax-1 bite on them for some candidates and not for others."""
+    rng = np.random.default_rng(seed)
+    svals = [F(nmax)] + [F(nmax) + F(0.1) * F(i) for i in range(-9, 10) if i]
+    x = np.empty((nb, n), dtype=F)
+    for b in range(nb):
+        mx = F(10.0 ** rng.uniform(-3, 3)) * rng.choice([F(-1), F(1)])
+        s = svals[rng.integers(len(svals))]
+        k = rng.integers(nmax - 3, nmax + 1, n).astype(F) + F(0.5)
+        v = (mx * k / s).astype(F) * rng.choice([F(-1), F(1)], n)
+        v = np.clip(v, -abs(mx), abs(mx))
+        step = rng.integers(-1, 2, n)
+        v = np.nextafter(v, np.where(step > 0, F(np.inf), F(-np.inf))).astype(F) * (step != 0) + v * (step == 0)
+        v[rng.integers(n)] = mx
+        if b % 3 == 0:
+            v[rng.integers(n)] = -mx  # +-max both present: the first one decides max's sign
+        if b % 5 == 0:
+            v[: n // 4] = mx
+        if b % 2 == 1:  # on candidate s's grid: s fits best, and the clamp at -nmax bites at max for s > nmax + 0.5
+            v = (mx * rng.integers(-nmax + 1, nmax, n).astype(F) / s).astype(F)
+            v[rng.integers(n)] = mx
+        x[b] = v
+    return x
+
+
+@pytest.mark.parametrize("nmax,n", [(4, 16), (32, 16), (8, 32)])
+def test_make_qx_quants_clip_groups(monkeypatch, nmax: int, n: int) -> None:
+    """The clipped copies of x that replace the per-candidate clamps give C's levels on blocks
+    built on the rounding boundaries, with the bounds unchecked (the normal case), checked on the
+    floats (|max| above _SAFE_MAX), and with deliberately wrong bounds (the check fails and the
+    explicit clamps run)."""
+    x = _boundary_blocks(n, nmax, 60, seed=nmax + n)
+    qw = np.random.default_rng(nmax).chisquare(2, x.shape).astype(F)
+    real = search._clip_groups
+
+    def wrong(svals, nm):
+        return [(ks, None if ch is None else ch * 0.5, None if cl is None else cl * 0.5)
+                for ks, ch, cl in real(svals, nm)]
+
+    for w in (None, qw):
+        want = [ref_qx(x[b], nmax, 1, None if w is None else w[b]) for b in range(x.shape[0])]
+        for mode in ("normal", "checked", "clamped"):
+            with monkeypatch.context() as mp:
+                if mode != "normal":
+                    mp.setattr(search, "_SAFE_MAX", F(0))
+                if mode == "clamped":
+                    mp.setattr(search, "_clip_groups", wrong)
+                scale, L = search.make_qx_quants(n, nmax, x, 1, w)
+            for b, (rs, rl) in enumerate(want):
+                assert scale[b].view(np.uint32) == F(rs).view(np.uint32), (mode, b, scale[b], rs)
+                assert L[b].tolist() == rl, (mode, b)
+
+
+def test_clip_groups_cover_all_candidates() -> None:
+    """Every candidate is in exactly one group, and each group's bounds lie inside its interval."""
+    for nmax in (2, 3, 4, 8, 15, 16, 31, 32, 63, 127):
+        svals = tuple(float(F(nmax) + F(0.1) * F(i)) for i in range(-9, 10))
+        groups = search._clip_groups(svals, nmax)
+        assert sorted(k for ks, _, _ in groups for k in ks) == list(range(len(svals)))
+        for ks, c_hi, c_lo in groups:
+            for k in ks:
+                s = svals[k]
+                if c_hi is not None:
+                    assert nmax - 1.5 < s * c_hi < nmax - 0.5
+                else:
+                    assert s * (1 + 1e-6) < nmax - 0.5
+                if c_lo is not None:
+                    assert nmax - 0.5 < s * c_lo < nmax + 0.5
+                else:
+                    assert s * (1 + 1e-6) < nmax + 0.5
+
+
+@pytest.mark.parametrize("seq_min", [0, 10**9])
+def test_make_q3_quants_pass_variants(monkeypatch, seq_min: int) -> None:
+    """Both implementations of a coordinate-descent pass (steps through i across blocks; rounds
+    of all remaining steps for few blocks) follow C's sequence of states."""
+    monkeypatch.setattr(search, "_Q3_SEQ_MIN", seq_min)
+    x = np.concatenate([_blocks(16, 100, seed=5), _boundary_blocks(16, 4, 60, seed=6)])
+    scale, L = search.make_q3_quants(16, 4, x, True)
+    for b in range(x.shape[0]):
+        with np.errstate(over="ignore"):
+            rs, rl = ref_q3(x[b], 4, True)
+        assert scale[b].view(np.uint32) == F(rs).view(np.uint32), (b, scale[b], rs)
+        assert L[b].tolist() == rl, b

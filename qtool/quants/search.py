@@ -70,6 +70,7 @@ from .search_kx import Workspace
 F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)
 _CHUNK_VALUES = 1 << 18  # values per chunk of the natural-layout API
+_SAFE_MAX = F32(1e30)  # below this |max|, the clip bounds of _clip_groups need no check (tests lower it)
 
 __all__ = ["GROUP_MAX_EPS", "Workspace", "dot_sums", "einsum_is_sequential", "first_absmax_t", "make_q3_quants",
            "make_q3_quants_t", "make_qx_quants", "make_qx_quants_t", "qx_levels_t", "qx_search_state_t"]
@@ -300,7 +301,7 @@ def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_ty
         # |max| in [1e-15, 1e30]: isc, the bounds and their product stay normal floats, each within
         # 3 roundings (2e-7 relative) of the real values that _clip_groups keeps 1e-4 inside the
         # intervals, so rint(isc*bound) is the intended level without looking
-        safe = bool(amx.max() <= F32(1e30))
+        safe = bool(amx.max() <= _SAFE_MAX)
         for g, (ks, c_hi, c_lo) in enumerate(_clip_groups(tuple(float(v) for v in svals), nmax)):
             X = xt
             clamp = False
