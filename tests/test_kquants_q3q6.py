@@ -17,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qtool.quants import engine
-from qtool.quants.kquants import q3_k
+from qtool.quants.kquants import q3_k, q6_k
+from qtool.quants.rounding import nearest_int
+from qtool.quants.search_kx import Workspace
 from tests.vectors import VECTORS, expected, inputs, mismatched_rows
 
 GGML_LIB = Path(os.environ.get("QTOOL_GGML_LIB", "/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/"
@@ -157,3 +159,49 @@ def test_against_ggml_random(qtype: str) -> None:
         want = _ggml_quantize(lib, qtype, x, w)
         bad = mismatched_rows(got, want)
         assert not bad, f"{qtype} imatrix={w is not None}: rows {bad} differ"
+
+
+@pytest.mark.parametrize("lo,hi", [(-32, 31), (-4, 3)])
+def test_requantize_matches_nearest_int(lo: int, hi: int) -> None:
+    """The final re-quantization against clamp(nearest_int(x/d)) element by element, with x/d one
+    ulp around every half-integer (a shift by -lo before rounding would turn those into ties), huge
+    quotients and d = 0 sub-blocks (which keep the search's levels)."""
+    rng = np.random.default_rng(hi)
+    m = 64
+    d = (rng.uniform(0.01, 3, (m, 16)) * rng.choice([-1, 1], (m, 16))).astype(np.float32)
+    half = (rng.integers(lo - 2, hi + 2, (m, 256)) + 0.5).astype(np.float32)
+    t = np.nextafter(half, np.where(rng.random((m, 256)) < 0.5, np.inf, -np.inf)).astype(np.float32)
+    xs = (t.reshape(m, 16, 16) * d[:, :, None]).reshape(m, 256).astype(np.float32)
+    levels = rng.integers(0, hi - lo + 1, (16, 16 * m)).astype(np.uint8)
+    ws = Workspace()
+    for variant in ("plain", "huge", "zero"):
+        dd = d.copy()
+        if variant == "huge":
+            dd[3, 5] = np.float32(1e-30)
+        if variant == "zero":
+            dd[7, :4] = 0
+        got = q6_k.requantize(xs, dd, lambda: levels, lo, hi, ws).copy()
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            q = xs.reshape(m, 16, 16) / dd[:, :, None]
+        want = (np.clip(nearest_int(q), lo, hi) - lo).astype(np.uint8)
+        keep = np.ascontiguousarray(levels.T).reshape(m, 16, 16)
+        want = np.where((dd != 0)[:, :, None], want, keep).reshape(m, 256)
+        np.testing.assert_array_equal(got, want, err_msg=variant)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("qtype", ["Q3_K", "Q6_K"])
+def test_against_ggml_many_rows(qtype: str) -> None:
+    """256 gaussian rows of 4096 (where a rare tie-rounding slip once showed in 1 row of 256), rows
+    on integer grids (ties everywhere), a one-super-block row and a chunk-straddling row count."""
+    lib = _ggml()
+    rng = np.random.default_rng(77)
+    x = rng.standard_normal((256, 4096)).astype(np.float32)
+    im = (rng.standard_normal(4096) ** 2 + 0.05).astype(np.float32)
+    grid = (rng.integers(-40, 41, (24, 1024)) * np.float32(0.125)).astype(np.float32)
+    one = rng.standard_normal((1, 256)).astype(np.float32)
+    odd = rng.standard_normal((2051, 256)).astype(np.float32)
+    for rows, w in ((x, im), (grid, im[:1024]), (one, im[:256]), (odd, im[:256])):
+        for ww in (None, w):
+            bad = mismatched_rows(engine.quantize(rows, qtype, ww), _ggml_quantize(lib, qtype, rows, ww))
+            assert not bad, f"{qtype} {rows.shape} imatrix={ww is not None}: rows {bad[:10]} differ"
