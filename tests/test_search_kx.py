@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -277,3 +279,45 @@ def test_qp_single_block_matches_scalar():
         rs, rl = ref_qp(x[b], w[b], 63)
         assert scale[0].view(np.uint32) == F(rs).view(np.uint32), b
         assert L[0].tolist() == rl, b
+
+
+def test_workspace_memory_reuse_is_safe():
+    """Workspaces draw on a per-thread pool: two live ones never share memory, a view a caller
+    still holds keeps its memory out of reuse, and memory nobody holds is reused; every buffer is
+    64-byte aligned at a distinct page offset per name."""
+    def body() -> None:
+        ws1 = search_kx.Workspace()
+        a = ws1.get("a", (4096,))
+        a[:] = 1
+        b_ = ws1.get("b", (4096,))
+        assert a.ctypes.data % 64 == 0 and b_.ctypes.data % 64 == 0
+        assert a.ctypes.data % 4096 != b_.ctypes.data % 4096
+        ws2 = search_kx.Workspace()
+        b = ws2.get("a", (4096,))
+        assert not np.shares_memory(a, b) and not np.shares_memory(b_, b)
+        del ws1, b_  # a is still held: its memory must not be handed out again
+        ws3 = search_kx.Workspace()
+        c = ws3.get("c", (4096,))
+        c[:] = 2
+        assert not np.shares_memory(c, a) and not np.shares_memory(c, b) and (a == 1).all()
+        del a
+        pooled = len(search_kx._TLS.pool)
+        ws4 = search_kx.Workspace()
+        d = ws4.get("d", (4000,))
+        assert len(search_kx._TLS.pool) == pooled  # freed memory is recycled, none allocated
+        assert not any(np.shares_memory(d, v) for v in (b, c))
+        assert ws4.get("d", (4000,)).ctypes.data == d.ctypes.data  # and stable within a workspace
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            body()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors.append(e)
+
+    t = threading.Thread(target=run)  # a fresh thread: a fresh, empty pool
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]

@@ -20,6 +20,7 @@ denormal ranges take an exact (bit-level nearest_int) path.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -31,12 +32,52 @@ GROUP_MAX_EPS = F32(1e-15)
 _CHUNK_VALUES = 1 << 18  # values per chunk of the natural-layout API
 
 
+_TLS = threading.local()
+_POOL_BYTES = 128 << 20  # free scratch memory a thread keeps for the next Workspace
+
+
+def _take_raw(nbytes: int) -> np.ndarray:
+    """A uint8 buffer of at least nbytes: a free one from this thread's pool, or a new one.
+
+    A pooled buffer is free when nothing but the pool refers to it: every array a Workspace
+    hands out is a view whose base is the buffer, so a live Workspace, or any view of its memory
+    still held by a caller, keeps the reference count up and the memory out of reuse. The count
+    of a free buffer is read off a sentinel that only the pool holds, in the same expression, so
+    it does not depend on how the interpreter counts loop variables and arguments. Recycled
+    memory is already mapped: no page faults, no zeroing by the kernel.
+    """
+    pool: list[np.ndarray] | None = getattr(_TLS, "pool", None)
+    if pool is None:
+        pool = _TLS.pool = [np.empty(0, dtype=np.uint8)]  # pool[0]: the sentinel, never handed out
+    refs = [sys.getrefcount(r) for r in pool]
+    free = [refs[i] == refs[0] for i in range(len(pool))]
+    best = -1
+    for i in range(1, len(pool)):
+        if free[i] and pool[i].nbytes >= nbytes and (best < 0 or pool[i].nbytes < pool[best].nbytes):
+            best = i
+    if best >= 0:
+        return pool[best]
+    total = nbytes + sum(r.nbytes for r in pool)
+    for i in range(len(pool) - 1, 0, -1):  # over budget: forget free buffers, newest first
+        if total <= _POOL_BYTES:
+            break
+        if free[i]:
+            total -= pool[i].nbytes
+            del pool[i]
+    new = np.empty(nbytes, dtype=np.uint8)
+    if total <= _POOL_BYTES:
+        pool.append(new)
+    return new
+
+
 class Workspace:
     """Scratch arrays reused from chunk to chunk within one call.
 
     A fresh multi-megabyte temporary costs page faults about as expensive as the arithmetic done
     on it (the allocator hands freed memory back to the system), so the big per-chunk buffers are
-    kept here and sliced to each chunk's size. Results never depend on the workspace.
+    kept here and sliced to each chunk's size, and their memory goes back to a per-thread pool
+    when the Workspace is gone, for the next one (see _take_raw). Results never depend on the
+    workspace.
 
     Each buffer starts 64-byte aligned at its own offset within a 4 KiB page (5 cache lines
     apart per name). Without that, two operands of one ufunc that sit a few bytes apart modulo
@@ -61,14 +102,12 @@ class Workspace:
             slot = self._slot.setdefault(name, len(self._slot))
             off = (slot * self._STAGGER) % 4096
             nbytes = max(size, 1) * dt.itemsize
-            raw = np.empty(nbytes + 4096 + off, dtype=np.uint8)
+            self._bufs.pop(name, None)  # its memory may serve the new size
+            raw = _take_raw(nbytes + 4096 + off)
             start = (-raw.ctypes.data) % 4096 + off
             a = raw[start:start + nbytes].view(dt)
             self._bufs[name] = a
         return a[:size].reshape(shape)
-
-
-_TLS = threading.local()
 
 
 def thread_workspace() -> Workspace:
