@@ -39,6 +39,7 @@ U32 = np.uint32
 # (16, 16*m) arrays 19 times and is best near the size of the last-level cache
 CHUNK_REF = 2048
 CHUNK_IMPL = 512
+_SCALE_GROUP = 8192  # super-blocks per second-level search of the imatrix path
 
 BLOCK_Q3_K = np.dtype([("hmask", "u1", (QK_K // 8,)), ("qs", "u1", (QK_K // 4,)), ("scales", "u1", (12,)),
                        ("d", "<u2")])
@@ -122,8 +123,11 @@ def quantize_q3_k_ref_chunk(xs: np.ndarray, blk: np.ndarray, ws: Workspace) -> N
     _finish(xs, lambda: lt, ls, d16, blk, ws)
 
 
-def quantize_q3_k_impl_chunk(xs: np.ndarray, qwt: np.ndarray, blk: np.ndarray, ws: Workspace) -> None:
-    """quantize_row_q3_K_impl on super-blocks xs float32 (m, 256), imatrix qwt (16, 16*m), into blk."""
+def impl_search_chunk(xs: np.ndarray, qwt: np.ndarray, ws: Workspace
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sub-block search of quantize_row_q3_K_impl on super-blocks xs float32 (m, 256), imatrix
+    qwt (16, 16*m). Returns (scale, sw, isc, zsub), each (16*m,) in to_sub_t's column order:
+    the sub-block scales, their weight sums, and the search state that rebuilds L (qx_levels_t)."""
     m = xs.shape[0]
     # sumx2 in C's order over the 256 values: (256, m), sequential down axis 0
     x2seq = ws.get("q3_x2", (QK_K, m))
@@ -138,13 +142,38 @@ def quantize_q3_k_impl_chunk(xs: np.ndarray, qwt: np.ndarray, blk: np.ndarray, w
     w *= qwt  # weight = qw * sqrtf(sigma2 + x*x)
     sw = np.add.reduce(w, axis=0, initial=F32(0))  # (16*m,)
     scale, isc, zsub = qx_search_state_t(xt, w, 4, 1, ws)
-    d_block, ls = make_qx_quants_t(np.ascontiguousarray(scale.reshape(m, 16).T),
-                                   np.ascontiguousarray(sw.reshape(m, 16).T), 32, 1)
+    return scale, sw, isc, zsub
 
-    def levels() -> np.ndarray:
-        return qx_levels_t(xt, isc, 4, zsub).astype(np.uint8)
 
-    _finish(xs, levels, np.ascontiguousarray(ls.T), fp32_to_fp16_bits(d_block), blk, ws)
+def quantize_q3_k_impl(xs_all: np.ndarray, iml: ImatrixLayout, chunk: int, out: np.ndarray, ws: Workspace) -> None:
+    """quantize_row_q3_K_impl on all super-blocks xs_all float32 (nb, 256) into out (nb,) BLOCK_Q3_K.
+
+    The sub-block search runs per chunk; the second-level search (the 16 scales of each
+    super-block, make_qx_quants(16, 32, scales, Ls, 1, sw)) runs once per group of chunks: on its
+    small (16, m) arrays numpy's per-call cost dominates, so it wants many super-blocks at once.
+    """
+    nb = xs_all.shape[0]
+    group = max(chunk, (_SCALE_GROUP // chunk) * chunk)
+    for A in range(0, nb, group):
+        B = min(nb, A + group)
+        sc_t = np.empty((16, B - A), dtype=F32)  # [sub-block j, super-block]
+        sw_t = np.empty((16, B - A), dtype=F32)
+        state = []
+        for a in range(A, B, chunk):
+            b = min(B, a + chunk)
+            scale, sw, isc, zsub = impl_search_chunk(xs_all[a:b], iml.get(a, b), ws)
+            sc_t[:, a - A:b - A] = scale.reshape(b - a, 16).T
+            sw_t[:, a - A:b - A] = sw.reshape(b - a, 16).T
+            state.append((a, b, isc, zsub))
+        d_block, ls_t = make_qx_quants_t(sc_t, sw_t, 32, 1, ws)
+        d16 = fp32_to_fp16_bits(d_block)
+        for a, b, isc, zsub in state:
+            xs = xs_all[a:b]
+
+            def levels(xs: np.ndarray = xs, isc: np.ndarray = isc, zsub: np.ndarray = zsub) -> np.ndarray:
+                return qx_levels_t(to_sub_t(xs), isc, 4, zsub).astype(np.uint8)
+
+            _finish(xs, levels, np.ascontiguousarray(ls_t[:, a - A:b - A].T), d16[a - A:b - A], out[a:b], ws)
 
 
 def quantize_q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -155,13 +184,12 @@ def quantize_q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     out = np.empty(nb, dtype=BLOCK_Q3_K)
     chunk = chunk_size(nb, n // QK_K, CHUNK_REF if imatrix is None else CHUNK_IMPL)
     ws = thread_workspace()
-    iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk, ws)
-    for a in range(0, nb, chunk):
-        b = min(nb, a + chunk)
-        if iml is None:
+    if imatrix is not None:
+        quantize_q3_k_impl(xs_all, ImatrixLayout(imatrix, n, chunk, ws), chunk, out, ws)
+    else:
+        for a in range(0, nb, chunk):
+            b = min(nb, a + chunk)
             quantize_q3_k_ref_chunk(xs_all[a:b], out[a:b], ws)
-        else:
-            quantize_q3_k_impl_chunk(xs_all[a:b], iml.get(a, b), out[a:b], ws)
     return out.view(np.uint8).reshape(nrows, -1)
 
 
