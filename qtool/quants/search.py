@@ -536,8 +536,9 @@ def make_q3_quants_t(xt: np.ndarray, nmax: int, do_rmse: bool = True, ws: Worksp
                 break
             # the blocks still going, gathered into contiguous (n, nact) arrays
             na = act.size
-            xa, wa, wxa, la = (np.take(a, act, axis=1, out=ws.get(f"q3_g{j}", (n, na)))
-                               for j, a in enumerate((xt, W, WX, L)))
+            xa, la = (np.take(a, act, axis=1, out=ws.get(f"q3_g{j}", (n, na))) for j, a in enumerate((xt, L)))
+            wa = np.multiply(xa, xa, out=ws.get("q3_g2", (n, na)))  # the same floats as W, WX: cheaper than gathers
+            wxa = np.multiply(wa, xa, out=ws.get("q3_g3", (n, na)))
             sx, s2 = sumlx[act], suml2[act]
             if na >= _Q3_SEQ_MIN:
                 changed = _q3_pass(xa, wa, wxa, la, sx, s2, nmax, _Q3Scratch(ws, n, na))
