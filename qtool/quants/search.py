@@ -15,7 +15,7 @@ Public API (other modules import these; the names and signatures are stable):
   the same on the transposed layout: xt, qwt float32 (n, n_blocks) C-contiguous, Lt uint8
   (n, n_blocks). The kernels call this one directly (no transposes of their own).
 - ``make_q3_quants(n, nmax, x, do_rmse) -> (scale, L)`` and
-  ``make_q3_quants_t(xt, nmax, do_rmse=True) -> (scale, Lt)``: the same conventions.
+  ``make_q3_quants_t(xt, nmax, do_rmse=True, ws=None) -> (scale, Lt)``: the same conventions.
 - ``qx_search_state_t(xt, qwt, nmax, rmse_type, ws=None) -> (scale, iscale, zero)``: the search
   without building L; ``qx_levels_t(xt, iscale, nmax, zero)`` builds it (float32 (n, nb)).
 - ``dot_sums(WX, W, T, out)``: C's `sumlx += w*x*l; suml2 += w*l*l` over axis 0 (see step 3).
@@ -25,32 +25,44 @@ Steps of make_qx_quants_t on xt (n, nb):
    axis 0 -> (nb,), the first-occurrence rule looked up only where +amax and -amax both occur.
    Blocks with amax < GROUP_MAX_EPS return scale 0, L = 0.
 2. weights w (n, nb): qw, or x*x / 1 / |x| / sqrt|x| for rmse_type 1 / 2 / 3 / 4+ (no qw);
-   wx = w*x (n, nb). The 19 candidate iscales are one (19, nb) array.
-3. For each of the 19 candidate iscales (-nmax/max, then -(nmax + 0.1*is)/max for
-   is = -9..9, is != 0), each a row (nb,): l = clamp(rint(iscale*x), -nmax, nmax-1) (n, nb)
-   (|iscale*x| <= nmax + 1, so nearest_int is rint), then [sumlx, suml2] (2, nb) = the
-   sequential sums of wx*l and (w*l)*l down axis 0 from +0 (dot_sums: np.einsum where it is
-   checked to sum in C's order without fused multiply-add, else multiply + np.add.reduce).
-4. C's selection, in candidate order on (nb,) rows, from the (19, 2, nb) sums: the first
+   wx = w*x (n, nb). The 19 candidate iscales are one (19, nb) array: -nmax/max, then
+   -(nmax + 0.1*is)/max for is = -9..9, is != 0.
+3. Candidate k's levels are l = clamp(rint(isc_k*x), -nmax, nmax-1) (n, nb) (|isc_k*x| <= nmax+1,
+   so nearest_int is rint). The clamp is not a pass per candidate: _clip_groups splits the
+   candidates into <= 3 groups (no clamp possible / upper end / both ends) and each group runs on
+   one copy of x clipped per block at bounds c*|max| with rint(isc_k*bound) = nmax-1 (or -nmax)
+   for all its candidates; fl(isc*x) and rint are monotone, so the clipped values get exactly
+   the clamped levels and no other value passes a clamp. The bounds need no check for
+   |max| <= 1e30 (three roundings stay far inside the intervals) and are checked on the floats
+   above that, falling back to explicit clamps if a check fails.
+   Then [sumlx, suml2] (2, nb) = the sequential sums of wx*l and (w*l)*l down axis 0 from +0
+   (dot_sums: einsum where a runtime check shows it sums in C's order without fused
+   multiply-add, else multiply + np.add.reduce), into a (2, 19, nb) array.
+4. C's selection, in candidate order on (nb,) rows, from the (2, 19, nb) sums: the first
    candidate gives scale = sumlx/suml2 (0 if suml2 == 0), best = scale*sumlx; a later one
-   replaces them when suml2 > 0 and sumlx*sumlx > best*suml2 (the candidates' sumlx*sumlx,
-   sumlx/suml2 and scale*sumlx are computed for all at once; the scan touches only the blocks
-   that update). The winning candidate's iscale is kept, and L is rebuilt once from it
-   (qx_levels_t: the same float operations give the same L).
+   replaces them when suml2 > 0 and sumlx*sumlx > best*suml2 (sumlx*sumlx, sumlx/suml2 and
+   scale*sumlx of all candidates are computed at once; the scan is a multiply, a compare and a
+   putmask per candidate). The winning candidate's iscale is kept, and L is rebuilt from it
+   only where needed (qx_levels_t: the same float operations give the same L).
 rmse_type 0 and negative rmse_type (return early) stop after the first candidate, as in C.
 
-Every sequential sum is np.add.reduce down axis 0 (or 1) of a C-contiguous array with more than
-one column: numpy then adds row after row in order. (A single column is summed pairwise; such
-inputs are run as two identical columns.)
+Every sequential sum is np.add.reduce (or einsum) down axis 0 (or 1) of a C-contiguous array
+with more than one column: numpy then adds row after row in order. (A single column is summed
+pairwise; such inputs are run as two identical columns.)
 
-make_q3_quants_t: initial L from -nmax/max, then each of the <= 5 passes of C's coordinate
-descent evaluates all remaining steps of every block from the current state at once, applies
-each block's first accepted change, and re-evaluates only those blocks from the next index on
-(a step not taken leaves the state unchanged, so this is C's sequence of states).
+make_q3_quants_t on xt (n, nb): initial L from -nmax/max, weights x*x, sums as above; then up to
+5 passes of C's coordinate descent. A pass steps through i = 0..n-1 like C, each step one set of
+numpy calls on the (nb,) rows of the transposed layout, so every block goes through exactly
+C's sequence of states (w*x[i]*L[i] and w*L[i]*L[i] of all rows are taken at the start of the
+pass: row i changes only at step i); accepted steps are applied by index. Passes after the
+first run only on the blocks that changed in the one before, gathered into (n, nact) arrays;
+below _Q3_SEQ_MIN blocks a pass instead evaluates all remaining steps of every block at once,
+applies each block's first accepted change and re-evaluates only those blocks from the next i.
 
-Speed (one core): make_qx_quants_t with weights on (32, 8192) ~45 M values/s (19 candidates);
-make_q3_quants_t (16, n) ~14-22 M values/s. Callers pass chunks of ~4k-16k blocks; scratch
-buffers are reused from a Workspace.
+Speed (one core, numpy 2.4, this machine): qx_search_state_t on (16, 8192) ~48 M values/s
+(19 candidates, ~1 ns per value and candidate), (32, 8192) ~55-59 M values/s; make_q3_quants_t
+on (16, 32768) ~70 M values/s. Scratch comes from a Workspace (names "qx_*", "q3_*", "q3p_*"):
+fresh multi-megabyte temporaries cost about as much in page faults as the arithmetic.
 """
 
 from __future__ import annotations

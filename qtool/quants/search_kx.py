@@ -15,7 +15,13 @@ Two calling conventions:
 
 Speed: about 2.5-3 ns per value and candidate scale on one core (numpy streams every step through
 memory; ~260k values per chunk is the sweet spot). Inputs are assumed free of NaN; huge, tiny and
-denormal ranges take an exact (bit-level nearest_int) path.
+denormal ranges take an exact (bit-level nearest_int) path. A single block (one column on the
+transposed layout) runs as two identical columns: numpy reduces a lone column pairwise, not in
+C's order.
+
+Workspace (shared by all the searches and kernels): named scratch buffers, page-aligned at
+staggered offsets, whose memory comes from a per-thread pool and returns to it when no live
+Workspace or outstanding view uses it; thread_workspace() is one kept for the thread's lifetime.
 """
 
 from __future__ import annotations

@@ -17,7 +17,13 @@ Packing: the high bit of value j goes to bit j/32 of hmask[j%32]; the low two bi
 128h + 32k + l go to bits 2k of qs[32h + l]; scale j's low nibble to scales[j%8] (high nibble
 for j >= 8) and its top two bits to bits 2*(j/4) of scales[8 + j%4].
 
-Layout: as Q6_K, a chunk of super-blocks (m, 256) is transposed to (16, 16*m) for the searches.
+Layout: as Q6_K, a chunk of super-blocks (m, 256) is transposed to (16, 16*m) = [index in
+sub-block, sub-block] for the searches (make_q3_quants_t / qx_search_state_t); requantize and
+the packing work on the natural (m, 256) layout. Chunks: CHUNK_REF = 2048 super-blocks without
+imatrix (the coordinate descent makes numpy calls on (16*m,) rows, so it wants many blocks per
+call), CHUNK_IMPL = 512 with one (the 19-candidate search streams (16, 16*m) arrays and is best
+near the cache size); the imatrix path's second-level search on the (16, m) scales runs once per
+_SCALE_GROUP super-blocks. Scratch buffers come from the thread's Workspace.
 """
 
 from __future__ import annotations

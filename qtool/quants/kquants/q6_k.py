@@ -12,7 +12,10 @@ Ports of ggml-quants.c `quantize_row_q6_K_ref`, `quantize_row_q6_K_impl` (with i
 
 Layout: a chunk of super-blocks (m, 256) is transposed once to (16, 16*m) = [index in sub-block,
 sub-block], the layout the search works on (each C reduction runs down axis 0, in C's order);
-the final re-quantization and the packing work on the natural (m, 256) layout.
+the final re-quantization and the packing work on the natural (m, 256) layout. The search's own
+L is rebuilt only if some decoded sub-block scale is 0 (requantize keeps it there). Chunks of
+CHUNK_SUPERBLOCKS = 512 (numpy's per-call cost vs the cache), scratch buffers from the thread's
+Workspace (kept between calls: fresh ones cost page faults comparable to the search).
 """
 
 from __future__ import annotations
