@@ -26,6 +26,7 @@ Workspace or outstanding view uses it; thread_workspace() is one kept for the th
 
 from __future__ import annotations
 
+import mmap
 import sys
 import threading
 
@@ -50,7 +51,9 @@ def _take_raw(nbytes: int) -> np.ndarray:
     still held by a caller, keeps the reference count up and the memory out of reuse. The count
     of a free buffer is read off a sentinel that only the pool holds, in the same expression, so
     it does not depend on how the interpreter counts loop variables and arguments. Recycled
-    memory is already mapped: no page faults, no zeroing by the kernel.
+    memory is already mapped: no page faults, no zeroing by the kernel. Buffers of 64 KiB and
+    more are anonymous mmaps outside malloc's heap, so holding them does not move where the heap
+    can shrink (which decides how often everyone else's temporaries fault their pages in).
     """
     pool: list[np.ndarray] | None = getattr(_TLS, "pool", None)
     if pool is None:
@@ -70,7 +73,9 @@ def _take_raw(nbytes: int) -> np.ndarray:
         if free[i]:
             total -= pool[i].nbytes
             del pool[i]
-    new = np.empty(nbytes, dtype=np.uint8)
+    # pages of their own (anonymous mmap), not malloc's heap: memory kept here must not change
+    # where the heap can shrink, which decides the page faults of every other temporary
+    new = np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.uint8) if nbytes >= 1 << 16 else np.empty(nbytes, np.uint8)
     if total <= _POOL_BYTES:
         pool.append(new)
     return new
