@@ -58,8 +58,8 @@ def _take_raw(nbytes: int) -> np.ndarray:
     pool: list[np.ndarray] | None = getattr(_TLS, "pool", None)
     if pool is None:
         pool = _TLS.pool = [np.empty(0, dtype=np.uint8)]  # pool[0]: the sentinel, never handed out
-    refs = [sys.getrefcount(r) for r in pool]
-    free = [refs[i] == refs[0] for i in range(len(pool))]
+    refs = [sys.getrefcount(r) for r in pool]  # one expression: the same count for every entry
+    free = [c == refs[0] for c in refs]
     best = -1
     for i in range(1, len(pool)):
         if free[i] and pool[i].nbytes >= nbytes and (best < 0 or pool[i].nbytes < pool[best].nbytes):
