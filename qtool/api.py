@@ -332,6 +332,8 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             n = nthreads if nthreads and nthreads > 0 else (os.cpu_count() or 1)
             res = QuantizeResult(src, out, ft.name, p, n, warnings=warnings, imatrix=imatrix,
                                  imatrix_entries=len(qi.weights) if qi else 0, dry_run=dry_run)
+            if not dry_run:
+                _check_rows(p)
             missing = sorted({d.type for d in p if d.quantize and not can_quantize(d.type, p.flavour)})
             if missing and not dry_run:
                 raise QuantizeError(f"qtool's engine cannot produce type(s) {', '.join(t.lower() for t in missing)} "
@@ -351,6 +353,20 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             return res
     except (MixError, FTypeError, ImatrixError, GGUFError) as e:
         raise QuantizeError(str(e)) from None
+
+
+def _check_rows(p: Plan) -> None:
+    """A forced type (--token-embedding-type, --output-tensor-type) gets no fallback in llama.cpp:
+    a row length that is not a multiple of its block size aborts llama-quantize (GGML_ASSERT in
+    gguf_set_tensor_type). Refuse it before anything is written."""
+    for d in p:
+        if not d.quantize:
+            continue
+        qt = get_type(d.type)
+        if d.shape[0] % qt.block_size:
+            raise QuantizeError(f"{d.name}: row length {d.shape[0]} is not a multiple of the block size "
+                                f"{qt.block_size} of {d.type.lower()} ({d.reason}); choose a type with "
+                                "a block size that divides it")
 
 
 def _jobs(model: GGUFModel, p: Plan, qi: QuantizeImatrix | None,

@@ -160,12 +160,17 @@ class GGUFStreamWriter:
 
     def __init__(self, path: str | os.PathLike[str], kvs: list[KV], tensors: list[OutTensor],
                  alignment: int = 32, version: int = 3) -> None:
+        header = header_bytes(kvs, tensors, alignment, version)  # may raise: before the temporary file exists
         self.out = AtomicOutput(path)
         self.tensors = tensors
         self.alignment = alignment
         self._next = 0
         self._written_in_tensor = 0
-        self.out.f.write(header_bytes(kvs, tensors, alignment, version))
+        try:
+            self.out.f.write(header)
+        except BaseException:
+            self.out.abort()
+            raise
 
     def write_tensor_chunk(self, data: np.ndarray | bytes) -> None:
         """Append bytes of the current tensor; pads and moves on when the tensor is complete."""
