@@ -329,6 +329,8 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
                                     "one file")
             p = plan_model(model, ft, opts, overrides)
             warnings = check_plan(p, opts)
+            if qi is None and any(d.requires_imatrix and d.allows_quantization for d in p):  # dry run only
+                warnings.append("quantizing with this plan will require an imatrix")
             n = nthreads if nthreads and nthreads > 0 else (os.cpu_count() or 1)
             res = QuantizeResult(src, out, ft.name, p, n, warnings=warnings, imatrix=imatrix,
                                  imatrix_entries=len(qi.weights) if qi else 0, dry_run=dry_run)

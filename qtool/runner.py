@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -105,8 +107,24 @@ _W_MODEL: GGUFModel | None = None
 
 
 def _worker_init(path: str, flavour: str) -> None:
+    """Open the input in a worker. Ctrl-C reaches the whole process group: workers ignore SIGINT
+    (the parent stops the pool and removes the temporary file; a worker would print a traceback)
+    and take SIGTERM's default action (the CLI's SIGTERM handler is inherited through fork)."""
     global _W_MODEL
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _forget_inherited_scratch()
     _W_MODEL = GGUFModel(path, flavour=flavour)
+
+
+def _forget_inherited_scratch() -> None:
+    """A forked worker must not reuse the scratch buffers its parent pooled (search_kx keeps them
+    per thread; its big ones are anonymous mmaps, which are MAP_SHARED: after fork every worker
+    would write the same memory, garbage or an IndexError, once the parent itself had quantized
+    something with an imatrix, e.g. an earlier quantize_file call). Start with an empty pool."""
+    from .quants import search_kx
+
+    search_kx._TLS = threading.local()
 
 
 def _work(tensor_index: int, start: int, stop: int, out_type: QType, imatrix: np.ndarray | None,

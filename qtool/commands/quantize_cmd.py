@@ -47,7 +47,10 @@ def split_positionals(args: tuple[str, ...], flavour: str, has_recipe: bool
         elif rest:
             parse_ftype_or_fail(rest[0], flavour)
         elif not has_recipe:
-            raise click.UsageError("missing TYPE (run `qtool mix ftypes` for the list)")
+            try:
+                parse_ftype(out, flavour)
+            except FTypeError as e:  # INPUT WORD: WORD is not an ftype, so llama-quantize reads it as OUTPUT
+                raise click.UsageError(f"missing TYPE ({out!r} was read as OUTPUT: {e})") from None
     elif not has_recipe:
         raise click.UsageError("missing TYPE (run `qtool mix ftypes` for the list)")
     nthreads = None
