@@ -44,7 +44,7 @@ from .quants import can_quantize, get_type
 from .runner import QuantizeError, RunResult, TensorJob, output_kvs, run_jobs
 
 __all__ = ["KVOverride", "QuantizeError", "QuantizeResult", "build_options", "default_output", "parse_override_kv",
-           "plan", "plan_model", "quantize_file"]
+           "plan", "plan_model", "quantize_file", "split_output_path"]
 
 
 # --- --override-kv --------------------------------------------------------------------------------
@@ -161,6 +161,13 @@ def default_output(input_path: str, ftype_name: str, keep_split: bool = False) -
     pos = max(input_path.rfind("/"), input_path.rfind("\\"))
     fpath = input_path[:pos + 1] if pos >= 0 else ""
     return fpath + "ggml-model-" + ftype_name + ("" if keep_split else ".gguf")
+
+
+def split_output_path(output: str, split_no: int = 0, n_split: int = 1) -> str:
+    """The file llama-quantize --keep-split writes for part split_no of OUTPUT: the name without
+    its .gguf suffix, then llama_split_path's `-%05d-of-%05d.gguf` (also for a single part)."""
+    base = output[:-5] if output.endswith(".gguf") else output
+    return f"{base}-{split_no + 1:05d}-of-{n_split:05d}.gguf"
 
 
 # --- plan ------------------------------------------------------------------------------------------
@@ -313,6 +320,8 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             raise QuantizeError("no TYPE given (and no --recipe with a base type)")
         ft = parse_ftype(ftype if ftype is not None else opts.recipe.base, opts.flavour)  # type: ignore[union-attr]
         out = os.fspath(output) if output is not None else default_output(src, ft.name, opts.keep_split)
+        if opts.keep_split:  # one part: split inputs are refused below
+            out = split_output_path(out)
         if not dry_run and os.path.exists(out) and os.path.exists(src) and _same_file(src, out):
             raise QuantizeError(f"input and output files are the same: '{src}'")
         qi: QuantizeImatrix | None = None

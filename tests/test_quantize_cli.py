@@ -114,6 +114,23 @@ def test_default_output_relative_input(m256: Path, tmp_path: Path, monkeypatch: 
     assert sha256(tmp_path / "ggml-model-Q5_K_M.gguf") == MANIFEST["tiny-256-ftype-lower-q5_k_m"]["sha256"]
 
 
+def test_keep_split_names(m256: Path, tmp_path: Path) -> None:
+    """--keep-split on a one-file input: llama-quantize writes OUTPUT (less .gguf) + -00001-of-00001.gguf,
+    and the default name gets the same suffix."""
+    inp = tmp_path / "m.gguf"
+    shutil.copyfile(m256, inp)
+    ref = MANIFEST["tiny-256-keep-split-Q4_0"]
+    assert ref["output_name"] == "out-00001-of-00001.gguf"
+    r = invoke("-q", "--keep-split", str(inp), "Q4_0")
+    assert r.exit_code == 0, r.output
+    r = invoke("--json", "--keep-split", str(inp), str(tmp_path / "x.gguf"), "Q4_0", "2")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["output"] == str(tmp_path / "x-00001-of-00001.gguf")
+    assert sorted(os.listdir(tmp_path)) == ["ggml-model-Q4_0-00001-of-00001.gguf", "m.gguf", "x-00001-of-00001.gguf"]
+    assert sha256(tmp_path / "x-00001-of-00001.gguf") == sha256(tmp_path / "ggml-model-Q4_0-00001-of-00001.gguf") \
+        == ref["sha256"] != MANIFEST["tiny-256-Q4_0"]["sha256"]  # file order, not llama's weight order
+
+
 def test_positional_errors(m256: Path, tmp_path: Path) -> None:
     out = tmp_path / "o.gguf"
     r = invoke(str(m256), str(out), "Q4_0", "two")

@@ -44,6 +44,8 @@ _OPTS = {
     "--override-kv": ("override_kv", True, True),
     "--prune-layers": ("prune_layers", True, False),
     "--allow-requantize": ("allow_requantize", False, False),
+    "--keep-split": ("keep_split", False, False),
+    "--tensor-type-file": ("tensor_type_file", True, True),
 }
 
 
@@ -99,7 +101,9 @@ def test_case(case: str, models: dict[str, Path], tmp_path: Path, monkeypatch: p
         assert os.listdir(tmp_path) == []
         return
     r = quantize_file(models[ref["model"]], out, ftype, nthreads=1, **kw)
-    assert os.listdir(tmp_path) == ["out.gguf"]
+    name = ref.get("output_name", "out.gguf")  # --keep-split: out-00001-of-00001.gguf
+    assert os.listdir(tmp_path) == [name]
+    out = tmp_path / name
     assert out.stat().st_size == ref["size"]
     assert r.size_out <= ref["size"] and r.output == str(out)
     assert sha256(out) == ref["sha256"], f"{case}: output differs from llama-quantize's"

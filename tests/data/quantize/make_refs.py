@@ -11,11 +11,13 @@ Fixtures (deterministic: seeded numpy, gguf-py's GGUFWriter, qtool's imatrix wri
 - `tiny-{256,320}.imatrix.gguf`: a synthetic importance matrix (in_sum2 + counts of every blk.*
   2-D weight, imatrix.datasets / chunk_count / chunk_size), and `.imatrix.dat`, the same converted
   to the legacy format with `qtool imatrix convert`.
+- `tensor_types.txt`: a --tensor-type-file.
 The models are stored xz-compressed (`*.gguf.xz`, about 1.5x smaller); the tests decompress them.
 
 Manifest `llama_quantize_sha256.json`: case name -> {"model", "args", "sha256", "size"}, where
 `args` are llama-quantize's arguments after the input and output paths (options, then TYPE).
-A case llama-quantize refuses (or aborts on) has "error" (its last error line) instead of a hash.
+A case llama-quantize refuses (or aborts on) has "error" (its last error line) instead of a hash;
+"output_name" is the file written for OUTPUT out.gguf when it is not that (--keep-split).
 Every case is run as `llama-quantize ARGS[:-1] MODEL OUT ARGS[-1] 2` in this folder (imatrix paths
 are relative, as `quantize.imatrix.file` records the path as given). Outputs are not kept.
 The script runs an existing llama-quantize binary; it builds nothing.
@@ -64,6 +66,11 @@ OPTION_CASES: dict[str, tuple[list[str], str]] = {
                                    "--include-weights", "attn_v"], "Q4_K_M"),
     "exclude-weights-Q4_0-im": (["--imatrix", "{im}.dat", "--exclude-weights", "ffn_"], "Q4_0"),
     "exclude-weights-all-Q5_1-im": (["--imatrix", "{im}.gguf", "--exclude-weights", "blk."], "Q5_1"),
+    "keep-split-Q4_0": (["--keep-split"], "Q4_0"),
+    "tensor-type-file-Q4_K_M": (["--tensor-type-file", "tensor_types.txt"], "Q4_K_M"),
+    "Q2_K_S-im": (["--imatrix", "{im}.gguf"], "Q2_K_S"),
+    "F32": ([], "F32"),
+    "COPY": ([], "COPY"),
     "ftype-id-15": ([], "15"),
     "ftype-lower-q5_k_m": ([], "q5_k_m"),
 }
@@ -209,7 +216,9 @@ def make_manifest(llama_quantize: str) -> None:
             with lzma.open(model_path(m)) as f, open(inputs[m], "wb") as g:
                 g.write(f.read())
         for cname, (m, args) in cases().items():
-            out = os.path.join(d, "out.gguf")
+            out_dir = os.path.join(d, "out")
+            os.makedirs(out_dir, exist_ok=True)
+            out = os.path.join(out_dir, "out.gguf")
             cmd = [llama_quantize, *args[:-1], inputs[m], out, args[-1], "2"]
             r = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True)
             if r.returncode != 0:  # llama-quantize refuses (or asserts): qtool must refuse too
@@ -219,10 +228,15 @@ def make_manifest(llama_quantize: str) -> None:
                 err = err[err.find("GGML_ASSERT"):] if "GGML_ASSERT" in err else err
                 manifest[cname] = {"model": m, "args": args, "error": err}
                 print(f"{cname:45s} FAILS: {manifest[cname]['error']}")
-                if os.path.exists(out):
-                    os.unlink(out)
+                for n in os.listdir(out_dir):
+                    os.unlink(os.path.join(out_dir, n))
                 continue
+            written = sorted(os.listdir(out_dir))
+            assert len(written) == 1, written  # out.gguf, or out-00001-of-00001.gguf with --keep-split
+            out = os.path.join(out_dir, written[0])
             manifest[cname] = {"model": m, "args": args, "sha256": sha256(out), "size": os.path.getsize(out)}
+            if written[0] != "out.gguf":
+                manifest[cname]["output_name"] = written[0]
             os.unlink(out)
             print(f"{cname:45s} {manifest[cname]['size']:9d} {manifest[cname]['sha256'][:16]}")
     with open(MANIFEST, "w") as f:
