@@ -119,9 +119,8 @@ def _worker_init(path: str, flavour: str) -> None:
 
 def _forget_inherited_scratch() -> None:
     """A forked worker must not reuse the scratch buffers its parent pooled (search_kx keeps them
-    per thread; its big ones are anonymous mmaps, which are MAP_SHARED: after fork every worker
-    would write the same memory, garbage or an IndexError, once the parent itself had quantized
-    something with an imatrix, e.g. an earlier quantize_file call). Start with an empty pool."""
+    per thread; they are private mappings now, so a child's writes are its own, but inherited
+    buffers would still pin the parent's pages in every worker). Start with an empty pool."""
     from .quants import search_kx
 
     search_kx._TLS = threading.local()

@@ -536,7 +536,9 @@ def test_keyboard_interrupt_via_cli(m256: Path, tmp_path: Path, monkeypatch: pyt
 
 
 _SLOW = """
-import sys, time
+import signal, sys, time
+# as from a terminal: a shell's background job (CI, nohup) starts with SIGINT ignored, inherited
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import qtool.runner as r
 real = r.convert_rows
 def convert_rows(*a, **k):

@@ -74,11 +74,21 @@ def _take_raw(nbytes: int) -> np.ndarray:
             total -= pool[i].nbytes
             del pool[i]
     # pages of their own (anonymous mmap), not malloc's heap: memory kept here must not change
-    # where the heap can shrink, which decides the page faults of every other temporary
-    new = np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.uint8) if nbytes >= 1 << 16 else np.empty(nbytes, np.uint8)
+    # where the heap can shrink, which decides the page faults of every other temporary. Private,
+    # not Python's default MAP_SHARED: a forked child must get copy-on-write pages, not the same memory
+    new = _anon_pages(nbytes) if nbytes >= 1 << 16 else np.empty(nbytes, np.uint8)
     if total <= _POOL_BYTES:
         pool.append(new)
     return new
+
+
+def _anon_pages(nbytes: int) -> np.ndarray:
+    """nbytes of private anonymous memory as a uint8 array (MAP_PRIVATE where the OS has it)."""
+    if hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS"):
+        m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    else:
+        m = mmap.mmap(-1, nbytes)
+    return np.frombuffer(m, dtype=np.uint8)
 
 
 class Workspace:
