@@ -600,3 +600,17 @@ def test_api_result(m256: Path, tmp_path: Path) -> None:
     assert quantize_file(m256, None, "Q6_K", nthreads=0, dry_run=True).nthreads == (os.cpu_count() or 1)
     assert [x.type for x in d.plan] == [x.type for x in r.plan]
     assert sorted(os.listdir(tmp_path)) == ["o.gguf"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_output_permissions_follow_umask(m256: Path, tmp_path: Path) -> None:
+    """The temporary file (mkstemp: 0600) gets 0666 less the umask before the rename, like a file
+    llama-quantize or llama-imatrix creates; the same for imatrix outputs."""
+    old = os.umask(0o022)
+    try:
+        quantize_file(m256, tmp_path / "o.gguf", "Q8_0", nthreads=1)
+        write_gguf(read_imatrix(IM256), tmp_path / "im.gguf")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o.gguf").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "im.gguf").stat().st_mode & 0o777 == 0o644

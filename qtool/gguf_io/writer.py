@@ -123,6 +123,14 @@ def header_bytes(kvs: list[KV], tensors: list[OutTensor], alignment: int, versio
     return h + b"\0" * (_pad(len(h), alignment) - len(h))
 
 
+def _umask_mode() -> int:
+    """The permissions open(..., "w") would give a new file (0666 less the umask): mkstemp makes
+    0600, and a quantized model should be as readable as one llama-quantize writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 class AtomicOutput:
     """A file written under a temporary name in the target folder, renamed on commit()."""
 
@@ -130,6 +138,8 @@ class AtomicOutput:
         self.path = os.path.abspath(os.fspath(path))
         d = os.path.dirname(self.path) or "."
         fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".", suffix=".part", dir=d)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _umask_mode())
         self.f: BinaryIO = os.fdopen(fd, "wb")
 
     def commit(self) -> None:

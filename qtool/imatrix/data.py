@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -31,6 +30,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..gguf_io import GGUFError
+from ..gguf_io.writer import AtomicOutput
 
 log = logging.getLogger("qtool.imatrix")
 
@@ -153,16 +153,5 @@ def atomic_write(path: str | os.PathLike[str], dump: Callable[[BinaryIO], None])
 
     Nothing is left behind when `dump` raises.
     """
-    path = os.path.abspath(os.fspath(path))
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            dump(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with AtomicOutput(path) as out:
+        dump(out.f)
