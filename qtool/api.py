@@ -345,11 +345,15 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
                                  imatrix_entries=len(qi.weights) if qi else 0, dry_run=dry_run)
             if not dry_run:
                 _check_rows(p)
-            missing = sorted({d.type for d in p if d.quantize and not can_quantize(d.type, p.flavour)})
+            # with an imatrix, tensors it has no entry for go without one: both variants must exist
+            im_variants = None if qi is not None else False
+            missing = sorted({d.type for d in p if d.quantize and not can_quantize(d.type, p.flavour, im_variants)})
             if missing and not dry_run:
-                raise QuantizeError(f"qtool's engine cannot produce type(s) {', '.join(t.lower() for t in missing)} "
-                                    f"yet (needed by {ft.name} for this model); `qtool mix show` prints the plan, "
-                                    "`qtool types` lists what the engine has")
+                how = " as ik_llama.cpp does" if p.flavour == "ik" else ""
+                how += " with an imatrix" if qi is not None and p.flavour == "ik" else ""
+                raise QuantizeError(f"qtool's engine cannot produce type(s) {', '.join(t.lower() for t in missing)}"
+                                    f"{how} yet (needed by {ft.name} for this model); `qtool mix show` prints the "
+                                    "plan, `qtool types` lists what the engine has")
             if on_plan is not None:
                 on_plan(p, warnings)
             if dry_run:

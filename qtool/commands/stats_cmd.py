@@ -40,11 +40,11 @@ def _parse_ranks(value: str | None) -> list[int]:
 
 def _types(names: tuple[str, ...], flavour: str, have_imatrix: bool) -> list[QType]:
     if not names:  # like quantize-stats: every type we can round-trip (F32 is exact, left out)
-        out = [get_type(n) for n in quantizable_types(flavour) if n != "F32"]
+        out = [get_type(n) for n in quantizable_types(flavour, have_imatrix) if n != "F32"]
         out = [t for t in out if have_imatrix or not t.needs_imatrix]
         return sorted(out, key=lambda t: (t.id, t.name))
     out: list[QType] = []
-    valid = ", ".join(n.lower() for n in quantizable_types(flavour))
+    valid = ", ".join(n.lower() for n in quantizable_types(flavour, have_imatrix))
     for n in names:
         for piece in n.split(","):
             piece = piece.strip()
@@ -55,8 +55,9 @@ def _types(names: tuple[str, ...], flavour: str, have_imatrix: bool) -> list[QTy
             except KeyError:
                 raise click.BadParameter(f"unknown type {piece!r}; qtool can quantize: {valid}",
                                          param_hint="--type") from None
-            if not can_quantize(qt, flavour):
-                raise click.BadParameter(f"qtool cannot quantize to {qt.name} ({flavour}) yet; it can: {valid}",
+            if not can_quantize(qt, flavour, have_imatrix):
+                how = f"{flavour}, with an imatrix" if have_imatrix else flavour
+                raise click.BadParameter(f"qtool cannot quantize to {qt.name} ({how}) yet; it can: {valid}",
                                          param_hint="--type")
             if qt.needs_imatrix and not have_imatrix:
                 raise click.BadParameter(f"{qt.name} needs an importance matrix (--imatrix)", param_hint="--type")

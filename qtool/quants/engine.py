@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import floats, iquants, kquants, legacy
-from .ik import IK_DEQUANTIZE, IK_QUANTIZE
+from .ik import IK_DEQUANTIZE, IK_QUANTIZE, IK_UNPORTED
 from .types import IK, MAINLINE, QType, get_type
 
 QuantizeFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
@@ -32,14 +32,22 @@ class NotImplementedType(NotImplementedError):
     """The engine has no quantizer for this type (yet)."""
 
 
-def _quantizer(qt: QType, flavour: str) -> QuantizeFn | None:
-    if flavour == IK and qt.name in IK_QUANTIZE:
-        return IK_QUANTIZE[qt.name]
+def _quantizer(qt: QType, flavour: str, imatrix: bool | None = None) -> QuantizeFn | None:
+    """The kernel for qt; with flavour ik, None for variants ik quantizes its own way and qtool
+    has not ported (imatrix None: either variant missing counts)."""
+    if flavour == IK:
+        variants = (False, True) if imatrix is None else (imatrix,)
+        if any((qt.name, v) in IK_UNPORTED for v in variants):
+            return None
+        if qt.name in IK_QUANTIZE:
+            return IK_QUANTIZE[qt.name]
     return _QUANTIZE.get(qt.name)
 
 
-def can_quantize(qtype: str | QType, flavour: str = MAINLINE) -> bool:
-    return _quantizer(get_type(qtype), flavour) is not None
+def can_quantize(qtype: str | QType, flavour: str = MAINLINE, imatrix: bool | None = None) -> bool:
+    """Whether the engine quantizes qtype as the flavour's reference does (imatrix: with or without
+    one; None: both)."""
+    return _quantizer(get_type(qtype), flavour, imatrix) is not None
 
 
 def can_dequantize(qtype: str | QType) -> bool:
@@ -51,9 +59,10 @@ def quantize(rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = 
              flavour: str = MAINLINE) -> np.ndarray:
     """Quantize float rows to the bytes ggml_quantize_chunk writes for the same rows and imatrix."""
     qt = get_type(qtype)
-    fn = _quantizer(qt, flavour)
+    fn = _quantizer(qt, flavour, imatrix is not None)
     if fn is None:
-        raise NotImplementedType(f"qtool cannot quantize to {qt.name} yet")
+        how = " with an imatrix" if imatrix is not None else ""
+        raise NotImplementedType(f"qtool cannot quantize to {qt.name}{how} as {flavour} does yet")
     x = np.ascontiguousarray(rows, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]
@@ -105,8 +114,6 @@ def _gguf_dequantizable(qt: QType) -> bool:
         return False
 
 
-def quantizable_types(flavour: str = MAINLINE) -> list[str]:
-    names = set(_QUANTIZE)
-    if flavour == IK:
-        names |= set(IK_QUANTIZE)
-    return sorted(names)
+def quantizable_types(flavour: str = MAINLINE, imatrix: bool | None = None) -> list[str]:
+    names = set(_QUANTIZE) | (set(IK_QUANTIZE) if flavour == IK else set())
+    return sorted(n for n in names if _quantizer(get_type(n), flavour, imatrix) is not None)

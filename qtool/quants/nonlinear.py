@@ -146,6 +146,9 @@ def scale_search_t(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
     return np.where(ok, d, F32(0))
 
 
+ScaleSearch = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (xt, wt) (32, nb) -> d (nb,)
+
+
 def _pack_t(lt: np.ndarray) -> np.ndarray:
     """Levels uint8 (32, nb) -> qs (nb, 16): L[j] | L[j+16] << 4."""
     lb = np.ascontiguousarray(lt.T)
@@ -183,8 +186,9 @@ def _blocks_t(xb: np.ndarray) -> np.ndarray:
 # --- IQ4_NL -------------------------------------------------------------------------------------
 
 @_ieee
-def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    """quantize_iq4_nl: rows float32 (nrows, n) -> uint8 (nrows, n/32*18)."""
+def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleSearch = scale_search_t) -> np.ndarray:
+    """quantize_iq4_nl: rows float32 (nrows, n) -> uint8 (nrows, n/32*18). search: the block scale
+    search (mainline's; ik_llama.cpp's differs)."""
     nrows, n = rows.shape
     nbr = n // QK4_NL
     xb = rows.reshape(-1, QK4_NL)
@@ -200,7 +204,7 @@ def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
             qwt = np.take(qwt_row, np.arange(b0, b1) % nbr, axis=1)
             sigma2 = _seq_sum_t(xt * xt) * F32(2.0 / QK4_NL)
             wt = _weights_t(xt, qwt, sigma2)
-        d = scale_search_t(xt, wt)
+        d = search(xt, wt)
         lt = best_index_t(xt * _recip(d))
         out["d"][b0:b1] = _fp16_bits(d)
         out["qs"][b0:b1] = _pack_t(lt)
@@ -223,8 +227,8 @@ def dequantize_iq4_nl(data: np.ndarray, n: int) -> np.ndarray:
 # --- IQ4_XS -------------------------------------------------------------------------------------
 
 @_ieee
-def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    """quantize_iq4_xs: rows float32 (nrows, n) -> uint8 (nrows, n/256*136)."""
+def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleSearch = scale_search_t) -> np.ndarray:
+    """quantize_iq4_xs: rows float32 (nrows, n) -> uint8 (nrows, n/256*136). search: as quantize_iq4_nl."""
     nrows, n = rows.shape
     nsr = n // QK_K
     xs = rows.reshape(-1, QK_K)
@@ -244,7 +248,7 @@ def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
             x2 = _blocks_t(xs[s0:s1])  # (256, ns)
             sigma2 = _seq_sum_t(x2 * x2) * F32(2.0 / QK_K)
             wt = _weights_t(xt, qwt, np.repeat(sigma2, 8))
-        scales = scale_search_t(xt, wt).reshape(ns, 8)
+        scales = search(xt, wt).reshape(ns, 8)
         abs_d = np.abs(scales)
         ib = np.argmax(abs_d, axis=1)
         ar = np.arange(ns)

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..gguf_io import GGUFModel, TensorInfo
 from ..quants import can_dequantize, dequantize, quantize
+from ..quants.rowref import quantize_row_ref
 from ..quants.types import MAINLINE, QType
 from .metrics import ErrorStats, normalized_weights
 from .svd import GramAccumulator, LowRankResidual, lowrank_residuals
@@ -173,13 +174,18 @@ def round_trip(x: np.ndarray, qt: QType, lay: Layout, imatrix: np.ndarray | None
         return dequantize(quantize(x, qt, imatrix, flavour=flavour), qt, n)
     flat = x.reshape(-1)
     full = flat.size // lay.row_len * lay.row_len
+
+    def q(y: np.ndarray) -> np.ndarray:  # quantize-stats' own row quantizer in its cut ("chunks")
+        ref = quantize_row_ref(y, qt.name, flavour) if lay.kind == "chunks" else None
+        return quantize(y, qt, None, flavour=flavour) if ref is None else ref
+
     parts = []
     if full:
         y = flat[:full].reshape(-1, lay.row_len)
-        parts.append(dequantize(quantize(y, qt, None, flavour=flavour), qt, lay.row_len).reshape(-1))
+        parts.append(dequantize(q(y), qt, lay.row_len).reshape(-1))
     if full < flat.size:  # the tensor's last, shorter quantize-stats chunk
         y = flat[full:].reshape(1, -1)
-        parts.append(dequantize(quantize(y, qt, None, flavour=flavour), qt, y.shape[1]).reshape(-1))
+        parts.append(dequantize(q(y), qt, y.shape[1]).reshape(-1))
     return np.concatenate(parts).reshape(rows, n) if len(parts) > 1 else parts[0].reshape(rows, n)
 
 

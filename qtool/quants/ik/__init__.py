@@ -1,4 +1,15 @@
-"""ik_llama.cpp types and ik_llama.cpp's own flavour of mainline types."""
+"""ik_llama.cpp types and ik_llama.cpp's own flavour of mainline types.
 
-IK_QUANTIZE: dict = {}
+IK_QUANTIZE: quantizers used with flavour "ik" instead of mainline's, keyed by type name.
+IK_UNPORTED: (type, with imatrix) variants that ik_llama.cpp quantizes with its own algorithm
+and qtool has not ported yet; the engine refuses them for flavour "ik" rather than write
+mainline's bytes (measured on the golden vectors: most rows differ).
+"""
+
+from . import iq4_ik, q6_k_ik
+
+IK_QUANTIZE: dict = {**q6_k_ik.QUANTIZE, **iq4_ik.QUANTIZE}
 IK_DEQUANTIZE: dict = {}
+
+IK_UNPORTED: frozenset[tuple[str, bool]] = frozenset(
+    (t, True) for t in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K"))

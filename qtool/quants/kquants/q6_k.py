@@ -154,11 +154,24 @@ def pack_q6_k(lb: np.ndarray, blk: np.ndarray) -> None:
     blk["qh"] = qh.view(np.uint8).reshape(m, 64)
 
 
-def quantize_q6_k_chunk(xs: np.ndarray, qwt: np.ndarray | None, blk: np.ndarray, ws: Workspace) -> None:
-    """Quantize super-blocks xs float32 (m, 256) into blk (m,) BLOCK_Q6_K; qwt = imatrix (16, 16*m) or None."""
+SubblockSearch = Callable[[np.ndarray, "np.ndarray | None", Workspace], "tuple[np.ndarray, Callable[[], np.ndarray]]"]
+
+
+def mainline_search(xt: np.ndarray, qwt: np.ndarray | None, ws: Workspace
+                    ) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+    """make_qx_quants(16, 32, x, L, 1, qw) of every sub-block of xt (16, nsub): (scale (nsub,),
+    levels() -> the search's L uint8 (16, nsub), built only when asked)."""
+    scale, isc, zsub = qx_search_state_t(xt, qwt, 32, 1, ws)
+    return scale, lambda: qx_levels_t(xt, isc, 32, zsub).astype(np.uint8)
+
+
+def quantize_q6_k_chunk(xs: np.ndarray, qwt: np.ndarray | None, blk: np.ndarray, ws: Workspace,
+                        search: SubblockSearch = mainline_search) -> None:
+    """Quantize super-blocks xs float32 (m, 256) into blk (m,) BLOCK_Q6_K; qwt = imatrix (16, 16*m) or None.
+    search: the sub-block scale search (mainline's make_qx_quants, or ik_llama.cpp's)."""
     m = xs.shape[0]
     xt = to_sub_t(xs, ws.get("q6_xt", (16, 16 * m)))
-    scale, isc, zsub = qx_search_state_t(xt, qwt, 32, 1, ws)
+    scale, levels = search(xt, qwt, ws)
     scales = scale.reshape(m, 16)
     amax, max_scale = first_absmax(scales)
     zero = amax < GROUP_MAX_EPS
@@ -167,10 +180,6 @@ def quantize_q6_k_chunk(xs: np.ndarray, qwt: np.ndarray | None, blk: np.ndarray,
         d16 = fp32_to_fp16_bits(F32(1.0) / iscale)
         sc = np.minimum(nearest_int(iscale[:, None] * scales), 127).astype(np.int8)
     d = fp16_bits_to_fp32(d16)[:, None] * sc.astype(F32)  # (m, 16) float * int8
-
-    def levels() -> np.ndarray:
-        return qx_levels_t(xt, isc, 32, zsub).astype(np.uint8)
-
     pack_q6_k(requantize(xs, d, levels, -32, 31, ws), blk)
     blk["scales"] = sc
     blk["d"] = d16
@@ -178,7 +187,8 @@ def quantize_q6_k_chunk(xs: np.ndarray, qwt: np.ndarray | None, blk: np.ndarray,
         blk[zero] = np.zeros(1, dtype=BLOCK_Q6_K)
 
 
-def quantize_q6_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+def quantize_q6_k(rows: np.ndarray, imatrix: np.ndarray | None, search: SubblockSearch = mainline_search
+                  ) -> np.ndarray:
     """quantize_q6_K: rows float32 (nrows, n) [, imatrix float32 (n,)] -> uint8 (nrows, n/256*210)."""
     nrows, n = rows.shape
     xs_all = rows.reshape(-1, QK_K)
@@ -189,7 +199,7 @@ def quantize_q6_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     iml = None if imatrix is None else ImatrixLayout(imatrix, n, chunk, ws)
     for a in range(0, nb, chunk):
         b = min(nb, a + chunk)
-        quantize_q6_k_chunk(xs_all[a:b], None if iml is None else iml.get(a, b), out[a:b], ws)
+        quantize_q6_k_chunk(xs_all[a:b], None if iml is None else iml.get(a, b), out[a:b], ws, search)
     return out.view(np.uint8).reshape(nrows, -1)
 
 

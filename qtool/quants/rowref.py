@@ -1,0 +1,67 @@
+"""The row quantizers quantize-stats measures (ggml's `from_float_ref`), where they differ from
+`ggml_quantize_chunk`, the path llama-quantize (and the rest of qtool) takes.
+
+Only IQ4_NL differs among the types the engine has: `quantize_row_iq4_nl_ref` runs
+quantize_row_iq4_nl_impl with ntry = -1 in both mainline and ik_llama.cpp: the first scale is
+-max/127 (the opposite orientation to ntry = 7's), no other candidate is tried, d = sumqx/sumq2 is
+stored and the levels of that first candidate are kept (ik_llama.cpp first runs its greedy
+descent, see ik/iq4_ik.py). `qtool stats --ik-chunks` uses these, so it measures what
+llama-quantize-stats measures; a file quantized by llama-quantize never contains them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .ik.iq4_ik import quantize_row_iq4_nl_ik
+from .nonlinear import (
+    _KV_F32,
+    BLOCK_IQ4_NL,
+    GROUP_MAX_EPS,
+    QK4_NL,
+    _absmax_t,
+    _blocks_t,
+    _fp16_bits,
+    _ieee,
+    _pack_t,
+    _seq_sum_t,
+    _weights_t,
+    best_index_t,
+)
+from .types import IK, MAINLINE
+
+F32 = np.float32
+
+
+@_ieee
+def quantize_row_iq4_nl_ref(rows: np.ndarray) -> np.ndarray:
+    """mainline quantize_row_iq4_nl_ref: rows float32 (nrows, n) -> uint8 (nrows, n/32*18)."""
+    nrows, _ = rows.shape
+    xt = _blocks_t(rows.reshape(-1, QK4_NL))
+    wt = _weights_t(xt, None, None)
+    amax, mx = _absmax_t(xt)
+    ok = amax >= GROUP_MAX_EPS
+    d = np.where(ok, mx, F32(1)) / F32(-127)
+    lt = best_index_t(xt * (F32(1) / d))
+    q = _KV_F32[lt]
+    wq = wt * q
+    sumqx, sumq2 = _seq_sum_t(wq * xt), _seq_sum_t(wq * q)
+    d = np.where(ok & (sumq2 > 0), sumqx / sumq2, F32(0))
+    out = np.empty(xt.shape[1], BLOCK_IQ4_NL)
+    out["d"] = _fp16_bits(d)
+    out["qs"] = _pack_t(np.where(ok, lt, 0).astype(np.uint8))
+    return out.view(np.uint8).reshape(nrows, -1)
+
+
+ROW_REF: dict[tuple[str, str], Callable[[np.ndarray], np.ndarray]] = {
+    ("IQ4_NL", MAINLINE): quantize_row_iq4_nl_ref,
+    ("IQ4_NL", IK): quantize_row_iq4_nl_ik,
+}
+
+
+def quantize_row_ref(rows: np.ndarray, qtype: str, flavour: str) -> np.ndarray | None:
+    """quantize-stats' quantizer for rows float32 (nrows, n), or None where it is the engine's."""
+    fn = ROW_REF.get((qtype, flavour))
+    return None if fn is None else fn(np.ascontiguousarray(rows, dtype=F32))
