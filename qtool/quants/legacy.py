@@ -31,6 +31,8 @@ imatrix Q4_0 / Q5_0 ~37 M/s (ggml 31.5), Q4_1 / Q5_1 ~9 M/s (ggml 7.6).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .rounding import fp16_bits_to_fp32
@@ -255,8 +257,20 @@ def _qx_levels_u32(xt: np.ndarray, isc: np.ndarray, nmax: int, zero: np.ndarray,
     return out
 
 
-def _quantize_im(name: str, rows: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
-    """quantize_row_<name>_impl for every row, in chunks of whole rows.
+QxSearch = Callable[[np.ndarray, np.ndarray, int, Workspace, np.ndarray], np.ndarray]
+
+
+def mainline_qx(xt: np.ndarray, wt: np.ndarray, nmax: int, ws: Workspace, Lu: np.ndarray) -> np.ndarray:
+    """make_qx_quants(32, nmax, x, L, 1, w) per column of xt, wt (32, nb): returns d (nb,) and
+    writes C's L[] into Lu uint32 (32, nb). wt is overwritten (scratch)."""
+    d, isc, zero = qx_search_state_t(xt, wt, nmax, 1, ws)
+    _qx_levels_u32(xt, isc, nmax, zero, wt, Lu)
+    return d
+
+
+def _quantize_im(name: str, rows: np.ndarray, imatrix: np.ndarray, qx: QxSearch = mainline_qx) -> np.ndarray:
+    """quantize_row_<name>_impl for every row, in chunks of whole rows. qx: the make_qx_quants
+    of Q4_0 / Q5_0 (mainline's, or ik_llama.cpp's).
 
     Per chunk of r rows: X1 (n/32, 32, r) = the rows transposed, then squared in place, so
     sum_x2 is one sequential reduction down axis 0 of (n, r), SIMD across rows; xt, wt
@@ -297,8 +311,7 @@ def _quantize_im(name: str, rows: np.ndarray, imatrix: np.ndarray) -> np.ndarray
             Lu = np.empty(xt.shape, dtype=U32)
         if name in ("Q4_0", "Q5_0"):
             nmax = 8 if name == "Q4_0" else 16
-            d, isc, zero = qx_search_state_t(xt, wt, nmax, 1, ws)
-            _qx_levels_u32(xt, isc, nmax, zero, wt, Lu)  # wt is free again (a copy when nb == 1)
+            d = qx(xt, wt, nmax, ws, Lu)
         else:
             nmax = 15 if name == "Q4_1" else 31
             d, the_min, isc, mnu, deg = qkx_search_state_t(xt, wt, nmax, -0.9, 0.05, 36, False, ws=ws)
