@@ -1,6 +1,6 @@
 """ik_llama.cpp's own algorithms for mainline types (`--flavour ik`): Q6_K, and Q4_0 / Q5_0 with an
-imatrix (ik's make_qx_quants), IQ4_NL / IQ4_XS (ik's scale search with descent), byte-exact against ik_llama.cpp's golden
-vectors; scalar ports of the two searches against the vectorized ones; the row quantizer
+imatrix (ik's make_qx_quants), IQ4_NL / IQ4_XS (ik's scale search with descent), byte-exact
+against ik_llama.cpp's golden vectors; scalar ports of the two searches against the vectorized ones; the row quantizer
 quantize-stats measures for IQ4_NL; the engine refusing ik variants that are not ported."""
 
 from __future__ import annotations

@@ -122,8 +122,8 @@ def _progress(enabled: bool):
 @click.option("--flavour", type=click.Choice(FLAVOURS), default=MAINLINE, show_default=True,
               help="Quantize as mainline llama.cpp or as ik_llama.cpp does.")
 @click.option("--ik-chunks", is_flag=True,
-              help="Cut tensors exactly as quantize-stats does (16384-value rows); matters only for "
-                   "types with per-row scales.")
+              help="Cut and quantize exactly as quantize-stats does (16384-value rows, its row quantizer "
+                   "for IQ4_NL); with --flavour ik --ik it prints llama-quantize-stats -r's lines.")
 def stats(model: str, type_names: tuple[str, ...], imatrix: str | None, include: tuple[str, ...],
           exclude: tuple[str, ...], per_layer: bool, per_tensor: bool, histogram: bool, threads: int, rmse: bool,
           as_json: bool, as_csv: bool, as_ik: bool, plot: str | None, svd_rank: str | None, flavour: str,
