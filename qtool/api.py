@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .gguf_io import KV, GGUFError, GGUFModel, kv_f32, kv_str, kv_u32, make_kv
+from .gguf_io import KV, GGUFError, GGUFModel, kv_f32, kv_i32, kv_str, kv_u32, make_kv
 from .gguf_io.reader import T_BOOL
 from .imatrix import ImatrixError, QuantizeImatrix, prepare_imatrix, read_imatrix
 from .mix import (
@@ -349,11 +349,12 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             im_variants = None if qi is not None else False
             missing = sorted({d.type for d in p if d.quantize and not can_quantize(d.type, p.flavour, im_variants)})
             if missing and not dry_run:
+                names = ", ".join(t.lower() + (" (with an imatrix)" if can_quantize(t, p.flavour, False) else "")
+                                  for t in missing)
                 how = " as ik_llama.cpp does" if p.flavour == "ik" else ""
-                how += " with an imatrix" if qi is not None and p.flavour == "ik" else ""
-                raise QuantizeError(f"qtool's engine cannot produce type(s) {', '.join(t.lower() for t in missing)}"
-                                    f"{how} yet (needed by {ft.name} for this model); `qtool mix show` prints the "
-                                    "plan, `qtool types` lists what the engine has")
+                raise QuantizeError(f"qtool's engine cannot produce type(s) {names}{how} yet (needed by {ft.name} "
+                                    "for this model); `qtool mix show` prints the plan, `qtool types` lists what the "
+                                    "engine has")
             if on_plan is not None:
                 on_plan(p, warnings)
             if dry_run:
@@ -361,7 +362,9 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             jobs = _jobs(model, p, qi, warn)
             kv_over = [o.to_kv() for o in overrides]
             if qi is not None:
-                kv_over += [kv_str(k, v) if t == "str" else kv_u32(k, int(v)) for k, t, v in qi.kv()]  # type: ignore[arg-type]
+                # the counts are u32 in mainline's file, i32 in ik_llama.cpp's (its quantize.cpp)
+                kv_int = kv_i32 if p.flavour == "ik" else kv_u32
+                kv_over += [kv_str(k, v) if t == "str" else kv_int(k, int(v)) for k, t, v in qi.kv()]  # type: ignore[arg-type]
             block = (f"{model.arch}.block_count", p.block_count) if p.block_count is not None else None
             kvs = output_kvs(model.kvs, p.file_type, kv_over, block)
             res.run = run_jobs(model, out, jobs, kvs, n, p.flavour, on_progress)

@@ -18,7 +18,7 @@ from qtool.quants.rowref import quantize_row_iq4_nl_ref, quantize_row_ref
 from .vectors import VECTORS, expected, inputs, mismatched_rows
 
 F32 = np.float32
-IK_TYPES = ["Q6_K", "IQ4_NL", "IQ4_XS", "Q4_0", "Q5_0"]
+IK_TYPES = ["Q6_K", "IQ4_NL", "IQ4_XS", "Q4_0", "Q5_0", "Q6_0"]
 SAME_AS_MAINLINE = {("Q4_0", "noim"), ("Q5_0", "noim")}  # ik's algorithm differs only with an imatrix
 
 
@@ -31,6 +31,9 @@ def test_ik_golden(qtype: str, variant: str) -> None:
     got = engine.quantize(x, qtype, im, flavour="ik")
     bad = mismatched_rows(got, want)
     assert bad == [], f"{qtype} {variant}: rows {bad} ({[kinds[i] for i in bad]}) differ"
+    if qtype == "Q6_0":  # ik_llama.cpp's own type: no mainline flavour
+        assert not can_quantize(qtype, "mainline")
+        return
     # the vectors tell the flavours apart: mainline's algorithm gives other bytes in most rows
     n_main = len(mismatched_rows(engine.quantize(x, qtype, im), want))
     assert n_main == 0 if (qtype, variant) in SAME_AS_MAINLINE else n_main > 40
@@ -226,6 +229,14 @@ def test_row_ref_iq4_nl(flavour: str) -> None:
     # ntry = -1 is not what llama-quantize writes
     assert not np.array_equal(engine.quantize(z["x"], "IQ4_NL", flavour=flavour).reshape(-1, 18)[live], want[live])
     assert quantize_row_ref(z["x"], "Q4_0", flavour) is None
+
+
+def test_row_ref_q6_0() -> None:
+    x = np.load(VECTORS / "rowref_iq4_nl.npz")["x"]
+    want = np.load(VECTORS / "rowref_q6_0.npz")["q_ik"]
+    got = quantize_row_ref(x, "Q6_0", "ik")
+    assert got is not None and np.array_equal(got, want)
+    assert not np.array_equal(engine.quantize(x, "Q6_0", flavour="ik"), want)
 
 
 def test_row_ref_functions_agree_with_dispatch() -> None:

@@ -614,3 +614,16 @@ def test_output_permissions_follow_umask(m256: Path, tmp_path: Path) -> None:
         os.umask(old)
     assert (tmp_path / "o.gguf").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "im.gguf").stat().st_mode & 0o777 == 0o644
+
+
+def test_flavour_ik_refuses_unported_imatrix_variants(m256: Path, tmp_path: Path) -> None:
+    """ik_llama.cpp quantizes Q4_K with an imatrix its own way, which qtool has not ported: refused
+    by name (never mainline's bytes under the ik flavour); without an imatrix it runs, and the ik
+    types that are ported (Q6_K) run with one."""
+    with pytest.raises(QuantizeError, match=r"q4_k \(with an imatrix\).* as ik_llama.cpp does"):
+        quantize_file(m256, tmp_path / "o.gguf", "Q4_K_M", imatrix=IM256, flavour="ik", nthreads=1)
+    assert os.listdir(tmp_path) == []
+    quantize_file(m256, tmp_path / "a.gguf", "Q4_K_M", flavour="ik", nthreads=1)
+    quantize_file(m256, tmp_path / "b.gguf", "Q6_K", imatrix=IM256, flavour="ik", nthreads=1)
+    mainline = quantize_file(m256, tmp_path / "d.gguf", "Q6_K", imatrix=IM256, nthreads=1)
+    assert sha256(tmp_path / "b.gguf") != sha256(Path(mainline.output))

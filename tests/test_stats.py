@@ -216,6 +216,27 @@ def test_ik_chunks_layout_equals_rows_for_block_local_types(model: Path) -> None
         assert ta.bits == tb.bits
 
 
+@pytest.mark.parametrize("flavour", ["mainline", "ik"])
+def test_ik_chunks_use_quantize_stats_row_quantizer_for_iq4_nl(model: Path, flavour: str) -> None:
+    """--ik-chunks measures IQ4_NL with quantize_row_iq4_nl_ref (as llama-quantize-stats does),
+    the default layout with ggml_quantize_chunk's quantizer (as llama-quantize writes)."""
+    from qtool.gguf_io import GGUFModel
+    from qtool.quants.rowref import quantize_row_ref
+
+    qt = get_type("IQ4_NL")
+    rows = run_stats(str(model), [qt], include=[r"blk\.0\.ffn_up"], flavour=flavour)
+    chunks = run_stats(str(model), [qt], include=[r"blk\.0\.ffn_up"], flavour=flavour, ik_chunks=True)
+    m = GGUFModel(model)
+    t = next(x for x in m.tensors if x.name == "blk.0.ffn_up.weight")
+    x = m.tensor_rows(t, 0, t.n_rows).view("<f4").reshape(t.n_rows, t.n_per_row)
+    flat = x.reshape(1, -1)  # smaller than one 16384-value chunk: one row
+    for rep, q in ((rows, quantize(x, qt, flavour=flavour)), (chunks, quantize_row_ref(flat, "IQ4_NL", flavour))):
+        d = (x - dequantize(q, qt, q.shape[1] // 18 * 32).reshape(x.shape)).astype(np.float64)
+        got = rep.types[0].tensors[0].stats
+        assert got.rmse == pytest.approx(math.sqrt((d * d).mean()), rel=1e-12)
+    assert rows.types[0].tensors[0].stats.rmse != chunks.types[0].tensors[0].stats.rmse
+
+
 def test_threads_do_not_change_results(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(report_mod, "SLAB_ELEMENTS", 1024)  # many slabs, and enough work for a pool
     one = run_stats(str(model), _types("BF16", "F16"), svd_ranks=[2])

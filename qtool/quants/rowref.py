@@ -1,7 +1,9 @@
 """The row quantizers quantize-stats measures (ggml's `from_float_ref`), where they differ from
 `ggml_quantize_chunk`, the path llama-quantize (and the rest of qtool) takes.
 
-Only IQ4_NL differs among the types the engine has: `quantize_row_iq4_nl_ref` runs
+IQ4_NL and ik_llama.cpp's Q6_0 differ among the types the engine has. `quantize_row_q6_0_ref`
+scales by -max/32 and stores the least-squares d of those levels (ik/q6_0.py);
+`quantize_row_iq4_nl_ref` runs
 quantize_row_iq4_nl_impl with ntry = -1 in both mainline and ik_llama.cpp: the first scale is
 -max/127 (the opposite orientation to ntry = 7's), no other candidate is tried, d = sumqx/sumq2 is
 stored and the levels of that first candidate are kept (ik_llama.cpp first runs its greedy
@@ -16,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .ik.iq4_ik import quantize_row_iq4_nl_ik
+from .ik.q6_0 import quantize_row_q6_0_ref
 from .nonlinear import (
     _KV_F32,
     BLOCK_IQ4_NL,
@@ -58,6 +61,7 @@ def quantize_row_iq4_nl_ref(rows: np.ndarray) -> np.ndarray:
 ROW_REF: dict[tuple[str, str], Callable[[np.ndarray], np.ndarray]] = {
     ("IQ4_NL", MAINLINE): quantize_row_iq4_nl_ref,
     ("IQ4_NL", IK): quantize_row_iq4_nl_ik,
+    ("Q6_0", IK): quantize_row_q6_0_ref,
 }
 
 
