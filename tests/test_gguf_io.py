@@ -92,3 +92,24 @@ def test_kv_scalar_types_round_trip(tmp_path: Path) -> None:
                 [make_kv("x.f", T_FLOAT32, 0.5), make_kv("x.u", T_UINT32, 7)])
     m = GGUFModel(p)
     assert m.kv("x.f") == 0.5 and m.kv("x.u") == 7
+
+
+def test_string_arrays_fast_path_and_its_errors(tmp_path: Path) -> None:
+    """Arrays of strings (the tokenizer vocabulary) are read by a fast loop; invalid UTF-8 gets
+    replacement characters and a cut inside the array names the offset, as single strings do."""
+    p = tmp_path / "m.gguf"
+    words = [f"w{i}" for i in range(1000)] + ["", "é" * 3, "\U0001f600"]
+    write_model(p, {"a": ((32,), "F32", np.zeros(32, np.float32))},
+                [make_kv("x.words", T_ARRAY, words, T_STRING), make_kv("x.bad", T_ARRAY, ["ok", "XY", "z"], T_STRING)])
+    data = bytearray(p.read_bytes())
+    i = data.index(b"XY")
+    data[i:i + 2] = b"\xff\xfe"  # invalid UTF-8 in the second item
+    p.write_bytes(bytes(data))
+    m = GGUFModel(p)
+    assert m.kv("x.words") == words
+    assert m.kv("x.bad") == ["ok", "\ufffd\ufffd", "z"]
+    j = bytes(data).index(b"w500")
+    t = tmp_path / "cut.gguf"
+    t.write_bytes(bytes(data[:j + 2]))
+    with pytest.raises(GGUFError, match=r"truncated at offset \d+ while reading"):
+        GGUFModel(t)

@@ -104,6 +104,34 @@ class _Cursor:
             return raw.decode("utf-8", errors="replace")
 
 
+_U64 = struct.Struct("<Q")
+
+
+def _string_array(c: _Cursor, n: int, what: str) -> list[str]:
+    """n strings (u64 length + UTF-8 bytes each): the tokenizer's vocabulary is ~100k of them, so
+    this is the header's hot loop; any irregular item goes through _Cursor.string for its error."""
+    buf, pos, end = c.buf, c.pos, len(c.buf)
+    out: list[str] = []
+    append = out.append
+    unpack = _U64.unpack_from
+    try:
+        for _ in range(n):
+            if pos + 8 > end:
+                break
+            ln = unpack(buf, pos)[0]
+            stop = pos + 8 + ln
+            if ln > (1 << 30) or stop > end:
+                break
+            append(str(buf[pos + 8:stop], "utf-8"))
+            pos = stop
+    except UnicodeDecodeError:
+        pass
+    c.pos = pos
+    while len(out) < n:  # the slow path: errors and replacement characters as _Cursor.string gives them
+        out.append(c.string(what))
+    return out
+
+
 def _read_value(c: _Cursor, vtype: int, what: str) -> tuple[Any, int | None]:
     if vtype in SCALAR_FMT:
         return c.scalar(SCALAR_FMT[vtype], what), None
@@ -121,7 +149,7 @@ def _read_value(c: _Cursor, vtype: int, what: str) -> tuple[Any, int | None]:
         if atype == T_STRING:
             if n > len(c.buf):
                 raise GGUFError(f"{c.path}: array of {n} strings at offset {c.pos} is larger than the file ({what})")
-            return [c.string(what) for _ in range(n)], atype
+            return _string_array(c, n, what), atype
         raise GGUFError(f"{c.path}: unsupported array element type {atype} at offset {c.pos} ({what})")
     raise GGUFError(f"{c.path}: unknown value type {vtype} at offset {c.pos} ({what})")
 

@@ -196,6 +196,26 @@ class GGUFStreamWriter:
             self._next += 1
             self._written_in_tensor = 0
 
+    @property
+    def temp_path(self) -> str:
+        """The temporary file being written (other processes may pwrite tensor data into it)."""
+        return self.out.tmp
+
+    def tensor_offset(self) -> int:
+        """Absolute file offset of the current tensor's first byte (before any of it is written)."""
+        if self._written_in_tensor:
+            raise RuntimeError("tensor_offset() inside a partly written tensor")
+        return self.out.f.tell()
+
+    def skip_tensor(self) -> None:
+        """Move past the current tensor, whose bytes someone else writes at tensor_offset(), and pad."""
+        t = self.tensors[self._next]
+        if self._written_in_tensor:
+            raise RuntimeError(f"{t.name}: skip_tensor() inside a partly written tensor")
+        self.out.f.seek(t.n_bytes, os.SEEK_CUR)
+        self.out.f.write(b"\0" * (_pad(t.n_bytes, self.alignment) - t.n_bytes))
+        self._next += 1
+
     def close(self) -> None:
         if self._next != len(self.tensors):
             raise RuntimeError(f"only {self._next} of {len(self.tensors)} tensors written")
