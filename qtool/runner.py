@@ -1,8 +1,13 @@
 """Execute a quantization plan: stream tensors from the input, quantize row slabs in a process
 pool, write the output GGUF in llama-quantize's layout.
 
-Output identical for every thread count: rows are independent, slabs are written in order.
-Memory: at most ~2 slabs per worker in flight, each a few MB.
+The parent writes the header and the tensors that are copied; with N > 1 processes each worker
+converts a slab of rows and writes it with os.pwrite at its final offset in the temporary output
+(known from the header), so results never travel back through the parent, and slabs of the next
+tensors are handed out while earlier ones are still running. Output identical for every
+process count: rows are independent and every slab has one place in the file. The file is
+renamed only after every slab has been written. Memory: at most ~2 slabs per worker in flight,
+each a few MB.
 """
 
 from __future__ import annotations
