@@ -289,6 +289,33 @@ def test_same_bytes_for_1_and_2_processes(models: dict[str, Path], tmp_path: Pat
     assert outs == [ref["sha256"]] * 5
 
 
+def test_results_through_the_parent_without_pwrite(models: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where os.pwrite is missing, workers send their bytes back and the parent writes them in
+    order: the same file."""
+    monkeypatch.chdir(DATA)
+    monkeypatch.setattr(qtool.runner, "_PWRITE", False)
+    monkeypatch.setattr(qtool.runner, "SLAB_ELEMENTS", 5000)
+    seen: list[str] = []
+    quantize_file(models["tiny-320"], tmp_path / "o.gguf", "Q4_K_M", nthreads=2, imatrix="tiny-320.imatrix.dat",
+                  on_progress=lambda name, n: seen.append(name))
+    assert sha256(tmp_path / "o.gguf") == MANIFEST["tiny-320-Q4_K_M-imdat"]["sha256"]
+    assert list(dict.fromkeys(seen)) == [t.name for t in GGUFModel(tmp_path / "o.gguf").tensors]
+
+
+def test_progress_in_plan_order_with_workers(models: dict[str, Path], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers write into the file themselves and the parent does not wait at tensor ends; the
+    progress callback still sees every tensor in plan order, each value counted once."""
+    monkeypatch.setattr(qtool.runner, "SLAB_ELEMENTS", 3000)
+    seen: list[tuple[str, int]] = []
+    r = quantize_file(models["tiny-320"], tmp_path / "o.gguf", "Q4_K_M", nthreads=2,
+                      on_progress=lambda name, n: seen.append((name, n)))
+    assert list(dict.fromkeys(name for name, _ in seen)) == [d.name for d in r.plan]
+    assert sum(n for _, n in seen) == sum(int(np.prod(d.shape)) for d in r.plan)
+    assert sha256(tmp_path / "o.gguf") == MANIFEST["tiny-320-Q4_K_M"]["sha256"]
+
+
 def test_subprocess_entry_point(m256: Path, tmp_path: Path) -> None:
     """`python -m qtool quantize` (and the `qtool` console script, when installed beside python)."""
     out = tmp_path / "o.gguf"
