@@ -11,6 +11,8 @@ exits 1. Types the engine does not implement yet are skipped (`--ggml-all` still
 them). When libggml-base.so cannot be loaded (see benchmarks/ggml_ref.py, env QTOOL_GGML_LIB) the
 script says so on stderr and reports qtool's figures only, exiting 0.
 Rows are random normal by default (seeded), or the first `--rows` rows of a tensor of a GGUF file.
+glibc's malloc thresholds are set first, as the `qtool` command sets them (qtool/malloc_tuning.py);
+`--no-malloc-tuning` leaves them alone.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ except ImportError:  # run as a script: benchmarks/ is not a package on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import ggml_ref  # type: ignore[no-redef]
 
+from qtool.malloc_tuning import tune_malloc
 from qtool.quants import engine
 from qtool.quants.types import get_type
 
@@ -137,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only-imatrix", action="store_true", help="only the cases with imatrix")
     ap.add_argument("--ggml-all", action="store_true", help="also time ggml for types qtool lacks")
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    ap.add_argument("--no-malloc-tuning", action="store_true",
+                    help="leave glibc malloc thresholds alone (qtool sets them: qtool/malloc_tuning.py)")
     args = ap.parse_args(argv)
+    tuned = False if args.no_malloc_tuning else tune_malloc()  # as `qtool` does at start-up
 
     rows, real_imat, label = make_rows(args)
     imat = real_imat if real_imat is not None else synthetic_imatrix(rows.shape[1], args.seed)
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "imatrix_source": "gguf imatrix" if real_imat is not None else "synthetic",
         "repeat": args.repeat, "ggml_lib": str(ggml_ref.lib_path()) if use_ggml else None,
         "ggml_available": use_ggml, "machine": platform.machine(), "python": platform.python_version(),
-        "numpy": np.__version__, "results": results, "mismatches": len(mismatches),
+        "numpy": np.__version__, "malloc_tuned": tuned, "results": results, "mismatches": len(mismatches),
     }
     if args.json:
         print(json.dumps(doc, indent=1))

@@ -49,4 +49,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main() -> None:
+    from .malloc_tuning import tune_malloc
+
+    tune_malloc()  # before any array exists; forked workers inherit it
     cli(prog_name="qtool")
