@@ -17,10 +17,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .ik.iq4_ik import quantize_row_iq4_nl_ik
+from .ik.iq4_ik import _sums, quantize_row_iq4_nl_ik
 from .ik.q6_0 import quantize_row_q6_0_ref
 from .nonlinear import (
-    _KV_F32,
     BLOCK_IQ4_NL,
     GROUP_MAX_EPS,
     QK4_NL,
@@ -29,7 +28,6 @@ from .nonlinear import (
     _fp16_bits,
     _ieee,
     _pack_t,
-    _seq_sum_t,
     _weights_t,
     best_index_t,
 )
@@ -48,9 +46,7 @@ def quantize_row_iq4_nl_ref(rows: np.ndarray) -> np.ndarray:
     ok = amax >= GROUP_MAX_EPS
     d = np.where(ok, mx, F32(1)) / F32(-127)
     lt = best_index_t(xt * (F32(1) / d))
-    q = _KV_F32[lt]
-    wq = wt * q
-    sumqx, sumq2 = _seq_sum_t(wq * xt), _seq_sum_t(wq * q)
+    sumqx, sumq2 = _sums(xt, wt, lt)
     d = np.where(ok & (sumq2 > 0), sumqx / sumq2, F32(0))
     out = np.empty(xt.shape[1], BLOCK_IQ4_NL)
     out["d"] = _fp16_bits(d)
