@@ -21,8 +21,22 @@ from typing import Any
 
 import numpy as np
 
-from .gguf_io import KV, GGUFError, GGUFModel, kv_f32, kv_i32, kv_str, kv_u32, make_kv
-from .gguf_io.reader import T_BOOL
+from .gguf_io import KV, GGUFError, GGUFModel, check_output, kv_f32, kv_i32, kv_str, kv_u32, make_kv
+from .gguf_io.reader import (
+    T_ARRAY,
+    T_BOOL,
+    T_FLOAT32,
+    T_FLOAT64,
+    T_INT8,
+    T_INT16,
+    T_INT32,
+    T_INT64,
+    T_STRING,
+    T_UINT8,
+    T_UINT16,
+    T_UINT32,
+    T_UINT64,
+)
 from .imatrix import ImatrixError, QuantizeImatrix, prepare_imatrix, read_imatrix
 from .mix import (
     MixError,
@@ -40,8 +54,9 @@ from .mix import (
 from .mix import plan as mix_plan
 from .mix.ftypes import FTypeError, parse_ftype
 from .mix.model import ModelInfo
+from .pool import resolve_workers
 from .quants import can_quantize, get_type
-from .runner import QuantizeError, RunResult, TensorJob, output_kvs, run_jobs
+from .runner import QuantizeError, RunResult, TensorJob, output_kvs, run_jobs, work_items
 
 __all__ = ["KVOverride", "QuantizeError", "QuantizeResult", "build_options", "default_output", "parse_override_kv",
            "plan", "plan_model", "quantize_file", "split_output_path"]
@@ -68,42 +83,86 @@ class KVOverride:
         return kv_str(self.key, str(self.value))
 
 
-def _c_atol(s: str) -> int:
-    """std::atol / atof prefix parsing: leading blanks, sign, digits; 0 when none."""
-    import re
-
-    m = re.match(r"\s*([+-]?\d+)", s)
-    return int(m.group(1)) if m else 0
-
-
-def _c_atof(s: str) -> float:
-    import re
-
-    m = re.match(r"\s*([+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf(?:inity)?|nan))", s,
-                 re.IGNORECASE)
-    return float(m.group(1)) if m else 0.0
-
-
 def parse_override_kv(arg: str) -> KVOverride:
-    """common/common.cpp string_parse_kv_override: KEY=int:N, KEY=float:F, KEY=bool:true|false, KEY=str:S."""
+    """common/common.cpp string_parse_kv_override: KEY=int:N, KEY=float:F, KEY=bool:true|false, KEY=str:S.
+
+    Stricter than llama.cpp where it would write something surprising: an empty key, an int that
+    is not an integer or does not fit the uint32 llama-quantize writes (|N| < 2^32), a float
+    that is not a number are refused (llama.cpp's atol/atof would give 0 or wrap)."""
     key, sep, rest = arg.partition("=")
     if not sep or len(key.encode()) >= 128:
         raise QuantizeError(f"--override-kv: malformed KV override {arg!r} (expected KEY=TYPE:VALUE, TYPE one of "
-                            "int, float, bool, str)")
+                            "int, float, bool, str)", option="--override-kv")
+    if not key.strip():
+        raise QuantizeError(f"--override-kv: empty key in {arg!r}", option="--override-kv")
     if rest.startswith("int:"):
-        return KVOverride(key, "int", _c_atol(rest[4:]))
+        text = rest[4:].strip()
+        try:
+            v = int(text, 10)
+        except ValueError:
+            raise QuantizeError(f"--override-kv: {text!r} is not an integer in {arg!r}",
+                                option="--override-kv") from None
+        if abs(v) > 0xFFFFFFFF:
+            raise QuantizeError(f"--override-kv: {v} is out of range in {arg!r} (llama-quantize writes int "
+                                "overrides as uint32: |N| < 2^32)", option="--override-kv")
+        return KVOverride(key, "int", v)
     if rest.startswith("float:"):
-        return KVOverride(key, "float", _c_atof(rest[6:]))
+        text = rest[6:].strip()
+        try:
+            f = float(text)
+        except ValueError:
+            raise QuantizeError(f"--override-kv: {text!r} is not a number in {arg!r}", option="--override-kv") from None
+        return KVOverride(key, "float", f)
     if rest.startswith("bool:"):
         if rest[5:] not in ("true", "false"):
-            raise QuantizeError(f"--override-kv: invalid boolean value in {arg!r} (true or false)")
+            raise QuantizeError(f"--override-kv: invalid boolean value in {arg!r} (true or false)",
+                                option="--override-kv")
         return KVOverride(key, "bool", rest[5:] == "true")
     if rest.startswith("str:"):
         if len(rest[4:].encode()) > 127:
-            raise QuantizeError(f"--override-kv: malformed KV override {arg!r}, value cannot exceed 127 chars")
+            raise QuantizeError(f"--override-kv: malformed KV override {arg!r}, value cannot exceed 127 chars",
+                                option="--override-kv")
         return KVOverride(key, "str", rest[4:])
     raise QuantizeError(f"--override-kv: invalid type in {arg!r} (expected KEY=TYPE:VALUE, TYPE one of "
-                        "int, float, bool, str)")
+                        "int, float, bool, str)", option="--override-kv")
+
+
+_INT_TYPES = frozenset((T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_UINT64, T_INT64))
+_TAG_FITS = {"int": _INT_TYPES, "float": frozenset((T_FLOAT32, T_FLOAT64)), "bool": frozenset((T_BOOL,)),
+             "str": frozenset((T_STRING,))}
+
+
+def check_overrides(overrides: Sequence[KVOverride], kvs: Sequence[KV]) -> None:
+    """Overrides that would write a file llama.cpp cannot load are refused before any work: a key
+    the input has with another value type (llama.cpp's loader rejects the mismatch), and keys
+    the format itself constrains (general.alignment: a power of two)."""
+    have = {kv.key: kv for kv in kvs}
+    for o in overrides:
+        kv = have.get(o.key)
+        if kv is not None and kv.vtype not in _TAG_FITS[o.tag]:
+            raise QuantizeError(f"--override-kv {o.key}={o.tag}:{o.value}: the input has {o.key} as "
+                                f"{_VTYPE_NAMES.get(kv.vtype, kv.vtype)}; give it as "
+                                f"{_tag_for(kv.vtype)}", option="--override-kv")
+        if o.key == "general.alignment":
+            v = o.value
+            if o.tag != "int" or not isinstance(v, int) or v <= 0 or v & (v - 1):
+                raise QuantizeError(f"--override-kv general.alignment={o.tag}:{o.value}: the alignment must be an "
+                                    "int power of two (e.g. int:32)", option="--override-kv")
+        if o.key.startswith("split."):
+            raise QuantizeError(f"--override-kv {o.key}: split keys are written by the splitter, not overridable",
+                                option="--override-kv")
+
+
+_VTYPE_NAMES = {T_UINT8: "uint8", T_INT8: "int8", T_UINT16: "uint16", T_INT16: "int16", T_UINT32: "uint32",
+                T_INT32: "int32", T_UINT64: "uint64", T_INT64: "int64", T_FLOAT32: "float32", T_FLOAT64: "float64",
+                T_BOOL: "bool", T_STRING: "string", T_ARRAY: "array"}
+
+
+def _tag_for(vtype: int) -> str:
+    for tag, types in _TAG_FITS.items():
+        if vtype in types:
+            return f"{tag}:..."
+    return "nothing (arrays cannot be overridden)"
 
 
 def _as_overrides(items: Iterable[str | KVOverride]) -> list[KVOverride]:
@@ -186,6 +245,7 @@ def _open(path: str | os.PathLike[str], flavour: str) -> GGUFModel:
 
 def _model_info(model: GGUFModel, overrides: Sequence[KVOverride]) -> tuple[list[Any], ModelInfo]:
     """Tensor specs and hyperparameters as llama.cpp's loader sees them (through --override-kv)."""
+    check_overrides(overrides, model.kvs)
     tensors, _ = specs_from_gguf(model)
     kv: dict[str, Any] = {}
     for e in model.kvs:
@@ -278,13 +338,6 @@ def _load_imatrix(path: str, include: Sequence[str], exclude: Sequence[str]) -> 
     return prepare_imatrix(read_imatrix(path), path, include, exclude)
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
 def _mapped_layers(p: Plan) -> dict[int, str] | None:
     """--prune-layers' original layer -> new layer string (what remap_imatrix needs)."""
     mapped: dict[int, str] = {}
@@ -322,8 +375,8 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
         out = os.fspath(output) if output is not None else default_output(src, ft.name, opts.keep_split)
         if opts.keep_split:  # one part: split inputs are refused below
             out = split_output_path(out)
-        if not dry_run and os.path.exists(out) and os.path.exists(src) and _same_file(src, out):
-            raise QuantizeError(f"input and output files are the same: '{src}'")
+        if not dry_run:  # before any work: never an input, a directory or a device
+            check_output(out, [src] + ([imatrix] if imatrix else []))
         qi: QuantizeImatrix | None = None
         if imatrix is not None:
             qi = _load_imatrix(imatrix, include_weights, exclude_weights)
@@ -333,6 +386,9 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             raise QuantizeError("--include-weights / --exclude-weights need --imatrix")
         opts.dry_run = dry_run
         with _open(src, opts.flavour) as model:
+            inputs = [p.path for p in model.parts] + ([imatrix] if imatrix else [])
+            if not dry_run:
+                out = check_output(out, inputs)
             if opts.keep_split and len(model.parts) > 1:
                 raise QuantizeError("--keep-split with a split input is not supported yet: leave it out to write "
                                     "one file")
@@ -340,7 +396,7 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             warnings = check_plan(p, opts)
             if qi is None and any(d.requires_imatrix and d.allows_quantization for d in p):  # dry run only
                 warnings.append("quantizing with this plan will require an imatrix")
-            n = nthreads if nthreads and nthreads > 0 else (os.cpu_count() or 1)
+            n = resolve_workers(nthreads, None, warnings.append)
             res = QuantizeResult(src, out, ft.name, p, n, warnings=warnings, imatrix=imatrix,
                                  imatrix_entries=len(qi.weights) if qi else 0, dry_run=dry_run)
             if not dry_run:
@@ -360,6 +416,7 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             if dry_run:
                 return res
             jobs = _jobs(model, p, qi, warn)
+            n = res.nthreads = min(n, max(1, work_items(jobs)))
             kv_over = [o.to_kv() for o in overrides]
             if qi is not None:
                 # the counts are u32 in mainline's file, i32 in ik_llama.cpp's (its quantize.cpp)
@@ -367,7 +424,7 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
                 kv_over += [kv_str(k, v) if t == "str" else kv_int(k, int(v)) for k, t, v in qi.kv()]  # type: ignore[arg-type]
             block = (f"{model.arch}.block_count", p.block_count) if p.block_count is not None else None
             kvs = output_kvs(model.kvs, p.file_type, kv_over, block)
-            res.run = run_jobs(model, out, jobs, kvs, n, p.flavour, on_progress)
+            res.run = run_jobs(model, out, jobs, kvs, n, p.flavour, on_progress, inputs)
             return res
     except (MixError, FTypeError, ImatrixError, GGUFError) as e:
         raise QuantizeError(str(e)) from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import signal
+import sys
 
 import click
 
@@ -33,6 +35,31 @@ class LazyGroup(click.Group):
         assert isinstance(cmd, click.Command)
         return cmd
 
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command with the one error policy: a QtoolError (or an OSError about a file) is
+        `Error: message` and exit 1 without a traceback unless --debug; SIGINT, SIGTERM, SIGHUP and
+        SIGQUIT unwind (temporary outputs are removed) and exit 128 + the signal number."""
+        from .errors import QtoolError
+        from .gguf_io.atomic import Terminated, terminating_signals
+
+        try:
+            with terminating_signals():
+                return super().invoke(ctx)
+        except QtoolError as e:
+            if _debug(ctx):
+                raise
+            raise click.ClickException(e.message) from None
+        except OSError as e:
+            if _debug(ctx) or e.filename is None:
+                raise
+            raise click.ClickException(f"{e.filename}: {e.strerror or e}") from None
+        except Terminated as e:
+            click.echo(f"\nterminated by {signal.Signals(e.signum).name}: no output written", err=True)
+            sys.exit(128 + e.signum)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: no output written", err=True)
+            sys.exit(130)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
             formatter.write_dl([(name, help_) for name, (_, help_) in _COMMANDS.items()])
@@ -53,3 +80,8 @@ def main() -> None:
 
     tune_malloc()  # before any array exists; forked workers inherit it
     cli(prog_name="qtool")
+
+
+def _debug(ctx: click.Context) -> bool:
+    obj = ctx.find_root().obj
+    return bool(isinstance(obj, dict) and obj.get("debug"))

@@ -12,20 +12,18 @@ each a few MB.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import signal
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 
 import numpy as np
 
+from .errors import QtoolError, WorkerError
 from .gguf_io import KV, GGUFModel, GGUFStreamWriter, OutTensor, TensorInfo, kv_u32, remove_kv, set_kv
+from .pool import InFlight, WorkerPool
 from .quants import dequantize, quantize
 from .quants.types import MAINLINE, QType
 
@@ -33,7 +31,7 @@ SLAB_ELEMENTS = 1 << 20  # values per work item
 GGML_QNT_VERSION = 2
 
 
-class QuantizeError(Exception):
+class QuantizeError(QtoolError):
     """A user-facing error of a quantization run (bad options for this model, missing imatrix ...)."""
 
 
@@ -112,23 +110,9 @@ _W_MODEL: GGUFModel | None = None
 
 
 def _worker_init(path: str, flavour: str) -> None:
-    """Open the input in a worker. Ctrl-C reaches the whole process group: workers ignore SIGINT
-    (the parent stops the pool and removes the temporary file; a worker would print a traceback)
-    and take SIGTERM's default action (the CLI's SIGTERM handler is inherited through fork)."""
+    """Open the input in a worker (the pool has set up signals and parent-death handling)."""
     global _W_MODEL
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _forget_inherited_scratch()
     _W_MODEL = GGUFModel(path, flavour=flavour)
-
-
-def _forget_inherited_scratch() -> None:
-    """A forked worker must not reuse the scratch buffers its parent pooled (search_kx keeps them
-    per thread; they are private mappings now, so a child's writes are its own, but inherited
-    buffers would still pin the parent's pages in every worker). Start with an empty pool."""
-    from .quants import search_kx
-
-    search_kx._TLS = threading.local()
 
 
 def _convert(tensor_index: int, start: int, stop: int, out_type: QType, imatrix: np.ndarray | None,
@@ -157,7 +141,7 @@ def _work_at(tensor_index: int, start: int, stop: int, out_type: QType, imatrix:
     out = memoryview(_convert(tensor_index, start, stop, out_type, imatrix, flavour)).cast("B")
     fd = _W_FD.get(path)
     if fd is None:
-        fd = _W_FD[path] = os.open(path, os.O_WRONLY)
+        fd = _W_FD[path] = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
     done = 0
     while done < len(out):
         done += os.pwrite(fd, out[done:], offset + done)
@@ -181,84 +165,86 @@ def _slabs(job: TensorJob) -> Iterator[tuple[int, int, np.ndarray | None]]:
             start = e_stop
 
 
+def work_items(jobs: list[TensorJob]) -> int:
+    """How many slabs the converted tensors make (more workers than this would idle)."""
+    return sum(sum(1 for _ in _slabs(j)) for j in jobs if j.converts)
+
+
 _PWRITE = hasattr(os, "pwrite")
 
 
-def _done(placed: deque, on_progress: Callable[[str, int], None] | None) -> None:
-    """Wait for the oldest work item (re-raising its error) and report its tensor and values."""
-    f, name, n = placed.popleft()
-    if f is not None:
-        f.result()
-    if on_progress:
-        on_progress(name, n)
-
-
 def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV], nthreads: int = 1,
-             flavour: str = MAINLINE, on_progress: Callable[[str, int], None] | None = None) -> RunResult:
-    """Write the output file for the given jobs (already in output order)."""
+             flavour: str = MAINLINE, on_progress: Callable[[str, int], None] | None = None,
+             inputs: Sequence[str] = ()) -> RunResult:
+    """Write the output file for the given jobs (already in output order). `inputs`: files the
+    output must never be (checked again by the writer)."""
     t0 = time.perf_counter()
     outs = [OutTensor(j.out_name, j.info.shape, j.out_type) for j in jobs]
     index = {id(t): i for i, t in enumerate(model.tensors)}
-    pool: ProcessPoolExecutor | None = None
-    if nthreads > 1 and any(j.converts for j in jobs):
-        ctx = get_context("fork") if os.name == "posix" else get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=nthreads, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(model.path, flavour))
+
+    def report(done: list[tuple[tuple[str, int], object]]) -> None:
+        for (name, n), _ in done:
+            if on_progress:
+                on_progress(name, n)
+
     tensors_report = []
-    placed: deque[tuple[Future[int], str, int]] = deque()  # work items writing into the file, oldest first
-    try:
-        with GGUFStreamWriter(output, kvs, outs, model.alignment) as w:
-            for job in jobs:
-                t = job.info
-                if not job.converts:
-                    w.write_tensor_chunk(model.tensor_data(t))
-                    model.release(t)
-                    if placed:  # report it after the work items before it, in plan order
-                        placed.append((None, job.out_name, t.n_elements))
-                    elif on_progress:
-                        on_progress(job.out_name, t.n_elements)
-                else:
-                    if pool is None:
-                        for start, stop, imx in _slabs(job):
-                            x = rows_to_float(model, t, start, stop)
-                            w.write_tensor_chunk(convert_rows(x, job.out_type, imx, flavour))
-                            model.release(t, start, stop)
-                            if on_progress:
-                                on_progress(job.out_name, (stop - start) * t.n_per_row)
-                    elif _PWRITE:  # workers write their rows into the temporary file themselves
-                        base = w.tensor_offset()
-                        row_bytes = job.out_type.row_bytes(t.n_per_row)
-                        for start, stop, imx in _slabs(job):
-                            placed.append((pool.submit(_work_at, index[id(t)], start, stop, job.out_type, imx, flavour,
-                                                       w.temp_path, base + start * row_bytes),
-                                           job.out_name, (stop - start) * t.n_per_row))
-                            while len(placed) > 2 * nthreads:
-                                _done(placed, on_progress)
-                        w.skip_tensor()  # no wait: the next tensor's slabs keep every worker busy
-                    else:
-                        pending: deque[tuple[Future[bytes], int]] = deque()
-                        for start, stop, imx in _slabs(job):
-                            pending.append((pool.submit(_work, index[id(t)], start, stop, job.out_type, imx,
-                                                        flavour), (stop - start) * t.n_per_row))
-                            while len(pending) > 2 * nthreads:
-                                f, n = pending.popleft()
-                                w.write_tensor_chunk(f.result())
-                                if on_progress:
-                                    on_progress(job.out_name, n)
-                        while pending:
-                            f, n = pending.popleft()
-                            w.write_tensor_chunk(f.result())
-                            if on_progress:
-                                on_progress(job.out_name, n)
-                tensors_report.append({"name": job.out_name, "shape": list(t.shape), "type_in": t.qtype.name,
-                                       "type": job.out_type.name, "bytes_in": t.n_bytes, "bytes": job.out_bytes,
-                                       "reason": job.reason})
-            while placed:  # every worker write lands before the file is committed
-                _done(placed, on_progress)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    with contextlib.ExitStack() as stack:
+        w = stack.enter_context(GGUFStreamWriter(output, kvs, outs, model.alignment, inputs=inputs))
+        pool: WorkerPool | None = None
+        if nthreads > 1 and any(j.converts for j in jobs):
+            pool = stack.enter_context(WorkerPool(nthreads, _worker_init, (model.path, flavour)))
+        inflight: InFlight[tuple[str, int]] = InFlight(2 * nthreads)
+        try:
+            _run(model, w, pool, inflight, jobs, index, flavour, tensors_report, on_progress, report)
+            report(inflight.drain())  # every worker write lands before the file is committed
+        except WorkerError:
+            model.check_files()  # a truncated input explains a dead worker better
+            raise
     size_in = sum(j.info.n_bytes for j in jobs)
     size_out = sum(j.out_bytes for j in jobs)
     n_el = sum(j.info.n_elements for j in jobs)
     return RunResult(output, len(jobs), size_in, size_out, n_el, time.perf_counter() - t0, tensors_report)
+
+
+def _run(model: GGUFModel, w: GGUFStreamWriter, pool: WorkerPool | None, inflight: InFlight[tuple[str, int]],
+         jobs: list[TensorJob], index: dict[int, int], flavour: str, tensors_report: list[dict],
+         on_progress: Callable[[str, int], None] | None,
+         report: Callable[[list[tuple[tuple[str, int], object]]], None]) -> None:
+    """Every tensor in order: copied, converted here, or handed to the pool's workers."""
+    nthreads = pool.workers if pool is not None else 1
+    for job in jobs:
+        t = job.info
+        model.check_size(t)
+        if not job.converts:
+            w.write_tensor_chunk(model.tensor_data(t))
+            model.release(t)
+            report(inflight.add(None, (job.out_name, t.n_elements)))  # in plan order, after earlier slabs
+        elif pool is None:
+            for start, stop, imx in _slabs(job):
+                x = rows_to_float(model, t, start, stop)
+                w.write_tensor_chunk(convert_rows(x, job.out_type, imx, flavour))
+                model.release(t, start, stop)
+                if on_progress:
+                    on_progress(job.out_name, (stop - start) * t.n_per_row)
+        elif _PWRITE:  # workers write their rows into the temporary file themselves
+            base = w.tensor_offset()
+            row_bytes = job.out_type.row_bytes(t.n_per_row)
+            for start, stop, imx in _slabs(job):
+                f = pool.submit(_work_at, index[id(t)], start, stop, job.out_type, imx, flavour,
+                                w.temp_path, base + start * row_bytes)
+                report(inflight.add(f, (job.out_name, (stop - start) * t.n_per_row)))
+            w.skip_tensor()  # no wait: the next tensor's slabs keep every worker busy
+        else:  # the parent writes each slab's bytes, in order
+            report(inflight.drain())
+            pending: InFlight[tuple[str, int]] = InFlight(2 * nthreads)
+            for start, stop, imx in _slabs(job):
+                f = pool.submit(_work, index[id(t)], start, stop, job.out_type, imx, flavour)
+                for tag, data in pending.add(f, (job.out_name, (stop - start) * t.n_per_row)):
+                    w.write_tensor_chunk(data)
+                    report([(tag, None)])
+            for tag, data in pending.drain():
+                w.write_tensor_chunk(data)
+                report([(tag, None)])
+        tensors_report.append({"name": job.out_name, "shape": list(t.shape), "type_in": t.qtype.name,
+                               "type": job.out_type.name, "bytes_in": t.n_bytes, "bytes": job.out_bytes,
+                               "reason": job.reason})

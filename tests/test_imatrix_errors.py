@@ -260,7 +260,7 @@ def test_output_is_input(tmp_path: Path) -> None:
     for args in (["convert", str(src), str(src)], ["merge", str(ref("moe-b.gguf")), str(src), "-o", str(src)],
                  ["convert", str(src), str(tmp_path / "." / "a.gguf"), "--to", "dat"]):
         r = run.invoke(cli, ["imatrix", *args])
-        assert r.exit_code == 2 and "is the input" in r.stderr and "Traceback" not in r.output
+        assert r.exit_code == 1 and "is the input" in r.stderr and "Traceback" not in r.output
     assert src.read_bytes() == ref_bytes("moe-a.gguf") and _files(tmp_path) == ["a.gguf"]
 
 
@@ -269,7 +269,7 @@ def test_output_is_input_through_a_link(tmp_path: Path) -> None:
     src.write_bytes(ref_bytes("odd.dat"))
     (tmp_path / "link.dat").symlink_to(src)
     r = CliRunner().invoke(cli, ["imatrix", "convert", str(tmp_path / "link.dat"), str(src)])
-    assert r.exit_code == 2 and "is the input" in r.stderr
+    assert r.exit_code == 1 and "is the input" in r.stderr
     assert src.read_bytes() == ref_bytes("odd.dat")
 
 
@@ -299,7 +299,7 @@ def test_bad_chunk_size_option(tmp_path: Path) -> None:
 def test_unwritable_output_folder(tmp_path: Path) -> None:
     out = tmp_path / "no" / "such" / "x.gguf"
     r = CliRunner().invoke(cli, ["imatrix", "convert", str(ref("odd.dat")), str(out)])
-    assert r.exit_code == 1 and f"cannot write {out}" in r.stderr and "Traceback" not in r.output
+    assert r.exit_code == 1 and "does not exist" in r.stderr and "Traceback" not in r.output
 
 
 def test_failure_while_writing_leaves_nothing_and_keeps_old_output(tmp_path: Path) -> None:

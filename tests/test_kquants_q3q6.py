@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from qtool.quants import engine
 from qtool.quants.kquants import q3_k, q6_k
 from qtool.quants.rounding import nearest_int
-from qtool.quants.search_kx import Workspace
+from qtool.quants.scratch import Workspace
 from tests.vectors import VECTORS, expected, inputs, mismatched_rows
 
 GGML_LIB = Path(os.environ.get("QTOOL_GGML_LIB", "/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/"

@@ -32,6 +32,7 @@ import qtool
 import qtool.runner
 from qtool.api import QuantizeError, QuantizeResult, default_output, parse_override_kv, quantize_file
 from qtool.cli import cli
+from qtool.errors import QtoolError
 from qtool.gguf_io import GGUFModel
 from qtool.imatrix import read_imatrix, write_gguf
 
@@ -403,9 +404,9 @@ def test_output_is_input(m256: Path, tmp_path: Path) -> None:
     os.symlink(inp, tmp_path / "link.gguf")
     for out in (str(inp), str(tmp_path / "sub" / ".." / "m.gguf"), str(tmp_path / "link.gguf")):
         r = invoke(str(inp), out, "Q4_0")
-        assert_refused(r, r"input and output files are the same", tmp_path, code=1,
+        assert_refused(r, r"is the input file", tmp_path, code=1,
                        leftover=("link.gguf", "m.gguf", "sub"))
-    with pytest.raises(QuantizeError, match="the same"):
+    with pytest.raises(QtoolError, match="is the input"):
         quantize_file(inp, inp, "Q8_0")
     assert sha256(inp) == before
 
@@ -506,13 +507,32 @@ def test_bad_override_kv(arg: str, pattern: str, m256: Path, tmp_path: Path) -> 
 
 
 def test_override_kv_parsing() -> None:
-    """common.cpp's string_parse_kv_override: atol / atof prefixes, exact bool words."""
-    assert parse_override_kv("a=int:-12abc").value == -12
-    assert parse_override_kv("a=int:x").value == 0
-    assert parse_override_kv("a=float:2.5e1x").value == 25.0
+    """common.cpp's string_parse_kv_override forms; qtool refuses what atol / atof would silently turn
+    into 0 or wrap (issue 9, item 7), and writes int as u32 of |v|, as llama-quantize does."""
+    assert parse_override_kv("a=int:-7").to_kv().value == 7
+    assert parse_override_kv("a=float:2.5e1").value == 25.0
     assert parse_override_kv("a=bool:false").value is False
     assert parse_override_kv("a=str:x=y:z").value == "x=y:z"
-    assert parse_override_kv("a=int:-7").to_kv().value == 7  # written as u32 of |v|, as llama-quantize
+    for bad, msg in (("a=int:-12abc", "not an integer"), ("a=int:x", "not an integer"),
+                     ("a=int:99999999999999999999999", "out of range"), ("a=int:4294967296", "out of range"),
+                     ("a=float:2.5e1x", "not a number"), ("=int:1", "empty key"), (" =int:1", "empty key"),
+                     ("a=bool:yes", "true or false"), ("a=i32:1", "invalid type")):
+        with pytest.raises(QuantizeError, match=msg) as ei:
+            parse_override_kv(bad)
+        assert ei.value.option == "--override-kv"
+
+
+@pytest.mark.parametrize("kv,msg", [
+    ("llama.block_count=str:thirty", "the input has llama.block_count as uint32"),
+    ("general.alignment=int:7", "power of two"),
+    ("general.alignment=str:32", "the input has general.alignment|power of two"),
+    ("general.name=int:3", "the input has general.name as string"),
+    ("split.count=int:2", "split keys"),
+])
+def test_override_kv_checked_against_the_model(kv: str, msg: str, m256: Path, tmp_path: Path) -> None:
+    """Overrides that would write a file llama.cpp cannot load fail before any work, naming the key."""
+    r = invoke("--override-kv", kv, str(m256), str(tmp_path / "o.gguf"), "Q8_0")
+    assert_refused(r, msg, tmp_path, code=1)
 
 
 def test_engine_lacks_type(m256: Path, tmp_path: Path) -> None:
@@ -578,11 +598,12 @@ main()
 """
 
 
-@pytest.mark.parametrize("sig,nthreads", [(signal.SIGINT, "1"), (signal.SIGINT, "2"), (signal.SIGTERM, "2")])
+@pytest.mark.parametrize("sig,nthreads", [(signal.SIGINT, "1"), (signal.SIGINT, "2"), (signal.SIGTERM, "2"),
+                                         (signal.SIGHUP, "2"), (signal.SIGQUIT, "2")])
 def test_ctrl_c_subprocess(sig: int, nthreads: str, m256: Path, tmp_path: Path) -> None:
     """A real run (each work item slowed to 0.2 s) gets the signal through its whole process
-    group, as Ctrl-C from a terminal does, once the temporary output exists: exit 130, no
-    traceback from the main process or a worker, no file left."""
+    group, as Ctrl-C from a terminal does, once the temporary output exists: exit 130 (128 + the
+    signal for SIGTERM, SIGHUP, SIGQUIT), no traceback from the main process or a worker, no file left."""
     script = tmp_path / "slow_qtool.py"
     script.write_text(_SLOW)
     out_dir = tmp_path / "out"
@@ -603,8 +624,8 @@ def test_ctrl_c_subprocess(sig: int, nthreads: str, m256: Path, tmp_path: Path) 
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-    assert p.returncode == 130, err.decode()
-    assert "interrupted: no output written" in err.decode()
+    assert p.returncode == (130 if sig == signal.SIGINT else 128 + sig), err.decode()
+    assert "no output written" in err.decode()
     assert "Traceback" not in err.decode()
     assert os.listdir(out_dir) == []
 

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from qtool.quants import search_kx
+from qtool.quants import scratch, search_kx
 
 F = np.float32
 
@@ -286,25 +286,25 @@ def test_workspace_memory_reuse_is_safe():
     still holds keeps its memory out of reuse, and memory nobody holds is reused; every buffer is
     64-byte aligned at a distinct page offset per name."""
     def body() -> None:
-        ws1 = search_kx.Workspace()
+        ws1 = scratch.Workspace()
         a = ws1.get("a", (4096,))
         a[:] = 1
         b_ = ws1.get("b", (4096,))
         assert a.ctypes.data % 64 == 0 and b_.ctypes.data % 64 == 0
         assert a.ctypes.data % 4096 != b_.ctypes.data % 4096
-        ws2 = search_kx.Workspace()
+        ws2 = scratch.Workspace()
         b = ws2.get("a", (4096,))
         assert not np.shares_memory(a, b) and not np.shares_memory(b_, b)
         del ws1, b_  # a is still held: its memory must not be handed out again
-        ws3 = search_kx.Workspace()
+        ws3 = scratch.Workspace()
         c = ws3.get("c", (4096,))
         c[:] = 2
         assert not np.shares_memory(c, a) and not np.shares_memory(c, b) and (a == 1).all()
         del a
-        pooled = len(search_kx._TLS.pool)
-        ws4 = search_kx.Workspace()
+        pooled = scratch.pooled_buffers()
+        ws4 = scratch.Workspace()
         d = ws4.get("d", (4000,))
-        assert len(search_kx._TLS.pool) == pooled  # freed memory is recycled, none allocated
+        assert scratch.pooled_buffers() == pooled  # freed memory is recycled, none allocated
         assert not any(np.shares_memory(d, v) for v in (b, c))
         assert ws4.get("d", (4000,)).ctypes.data == d.ctypes.data  # and stable within a workspace
 

@@ -11,6 +11,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ..gguf_io.atomic import check_output
 from ..imatrix import (
     FORMATS,
     ImatrixData,
@@ -23,7 +24,6 @@ from ..imatrix import (
     legacy_loss_warnings,
     legacy_losses,
     read_imatrix,
-    same_file,
     write_dat,
     write_gguf,
 )
@@ -62,16 +62,9 @@ def _out_format(out: str, to: str | None) -> str:
     return fmt
 
 
-def _refuse_same(out: str, inputs: list[str]) -> None:
-    for p in inputs:
-        if same_file(out, p):
-            raise click.BadParameter(f"the output {out!r} is the input {p!r}; write to another file",
-                                     param_hint="OUT")
-
-
 def _write(inputs: list[ImatrixData], paths: list[str], out: str, to: str | None, chunk_size: int | None) -> None:
     fmt = _out_format(out, to)
-    _refuse_same(out, paths)
+    check_output(out, paths)  # before any work: never an input, a directory or a device
     if chunk_size is None:
         chunk_size, notes = default_chunk_size(inputs)
         for n in notes:
@@ -81,7 +74,7 @@ def _write(inputs: list[ImatrixData], paths: list[str], out: str, to: str | None
         if fmt == "dat" and any(not d.legacy for d in inputs):
             for line in legacy_loss_warnings(c):
                 _warn(line)
-        (write_dat if fmt == "dat" else write_gguf)(c, out, _warn)
+        (write_dat if fmt == "dat" else write_gguf)(c, out, _warn, paths)
     except ImatrixError as e:
         raise _fail(e) from None
     except OSError as e:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..gguf_io import GGUFError
+from ..gguf_io.atomic import check_output, write_bytes_atomic
 from ..quants.types import FLAVOURS
 
 
@@ -39,17 +40,14 @@ def extract(model: str, output: str | None, flavour: str | None, base: str | Non
     from ..mix import MixError
     from ..mix.extract import extract_recipe
 
-    if output and os.path.abspath(output) == os.path.abspath(model):
-        raise click.BadParameter("the recipe would overwrite the model", param_hint="--output")
+    if output:
+        check_output(output, [model], what="recipe")  # before any work
     try:
         ex = extract_recipe(model, flavour=flavour, base=base, full=full)
     except (GGUFError, MixError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     if output:
-        from ..gguf_io import AtomicOutput
-
-        with AtomicOutput(output) as out:
-            out.f.write(ex.toml.encode())
+        write_bytes_atomic(output, ex.toml.encode(), [model])
     else:
         click.echo(ex.toml, nl=False)
     for n in ex.notes:

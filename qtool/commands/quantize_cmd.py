@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from typing import Any
 
@@ -13,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..api import QuantizeError, QuantizeResult, quantize_file
+from ..api import QuantizeResult, quantize_file
 from ..mix import Plan
 from ..mix.ftypes import FTypeError, parse_ftype
 from .mix_cmd import mix_options, options_from_cli, render_plan
@@ -87,12 +86,6 @@ def _summary(r: QuantizeResult, con: Console) -> None:
     con.print(t)
 
 
-def _debug() -> bool:
-    ctx = click.get_current_context(silent=True)
-    root = ctx.find_root() if ctx else None
-    return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
-
-
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("args", metavar="INPUT [OUTPUT] TYPE [NTHREADS]", nargs=-1)
 @mix_options
@@ -144,37 +137,19 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
     def warn(msg: str) -> None:
         err.print(f"[yellow]warning:[/] {msg}")
 
-    old_term = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # a kill cleans up the temporary file too
-    try:
+    try:  # errors, Ctrl-C and terminating signals: the click group reports them (no output is left)
         r = quantize_file(inp, out, ftype, nthreads=nthreads, imatrix=imatrix, include_weights=include_weights,
                           exclude_weights=exclude_weights, override_kv=override_kv, options=opts, dry_run=dry_run,
                           on_plan=on_plan, on_progress=on_progress, warn=warn)
-    except QuantizeError as e:
-        if _debug():
-            raise
-        raise click.ClickException(str(e)) from None
-    except OSError as e:
-        if _debug():
-            raise
-        raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}" if e.filename else str(e)) from None
-    except KeyboardInterrupt:
-        err.print("interrupted: no output written")
-        sys.exit(130)
     finally:
         if progress is not None:
             progress.stop()
-        signal.signal(signal.SIGTERM, old_term)
     if dry_run:
         return
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=1))
     elif not quiet:
         _summary(r, err)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -142,8 +142,13 @@ def stats(model: str, type_names: tuple[str, ...], imatrix: str | None, include:
     types = _types(type_names, flavour, imatrix is not None)
     if not types:
         raise click.ClickException("no type to test")
-    if plot and plot != "-" and os.path.abspath(plot) == os.path.abspath(model):
-        raise click.BadParameter("the plot file would overwrite the model", param_hint="--plot")
+    if plot and plot != "-":  # before any work: matplotlib there, the file writable, never an input
+        from ..stats.plot import PlotUnavailable, check_png_target
+
+        try:
+            check_png_target(plot, [model] + ([imatrix] if imatrix else []))
+        except PlotUnavailable as e:
+            raise click.ClickException(str(e)) from None
     weights_fn = _imatrix_weights(imatrix) if imatrix else None
     on_start, on_progress, stop = _progress(sys.stderr.isatty())
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import QtoolError
 from ..quants.types import MAINLINE, QType, type_by_id
 
 GGUF_MAGIC = b"GGUF"
@@ -33,9 +34,27 @@ SCALAR_DTYPE = {T_UINT8: "<u1", T_INT8: "<i1", T_UINT16: "<u2", T_INT16: "<i2", 
 
 _SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<n>\d{5})\.gguf$")
 MAX_DIMS = 4
+GGML_MAX_NAME = 64
+INT64_MAX = (1 << 63) - 1
+_MIN_TENSOR_INFO = 8 + 4 + 4 + 8  # empty name, n_dims, type, offset
+_MIN_KV = 8 + 4 + 1  # empty key, value type, a one-byte value
 
 
-class GGUFError(Exception):
+def _check_shape(path: str, name: str, at: int, shape: tuple[int, ...]) -> None:
+    """ggml's checks of a tensor's ne: no negative dimension and no int64 overflow of the element
+    count; qtool also refuses empty tensors (a zero dimension), which no model has."""
+    n = 1
+    for d in shape:
+        if d < 0:
+            raise GGUFError(f"{path}: tensor {name!r} at offset {at} has a negative dimension in shape {list(shape)}")
+        if d == 0:
+            raise GGUFError(f"{path}: tensor {name!r} at offset {at} has a zero dimension in shape {list(shape)}")
+        if n > INT64_MAX // d:
+            raise GGUFError(f"{path}: tensor {name!r} at offset {at}: shape {list(shape)} overflows int64")
+        n *= d
+
+
+class GGUFError(QtoolError):
     """A file is not a readable GGUF file; the message says which file, what and where."""
 
 
@@ -93,14 +112,20 @@ class _Cursor:
     def scalar(self, fmt: str, what: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, strict: bool = False) -> str:
+        """A u64-length-prefixed string; strict: invalid UTF-8 is an error (keys and tensor
+        names), else replaced (values, as ggml keeps their bytes)."""
+        at = self.pos
         n = self.scalar("<Q", what + " length")
-        if n > (1 << 30):
-            raise GGUFError(f"{self.path}: implausible string length {n} at offset {self.pos - 8} ({what})")
+        if n > len(self.buf) - self.pos:
+            raise GGUFError(f"{self.path}: truncated at offset {at} while reading {what} (it claims {n} bytes, "
+                            f"{len(self.buf) - self.pos} remain in the file)")
         raw = bytes(self.take(n, what))
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
+            if strict:
+                raise GGUFError(f"{self.path}: {what} at offset {at} is not valid UTF-8") from None
             return raw.decode("utf-8", errors="replace")
 
 
@@ -187,13 +212,17 @@ def read_gguf_file(path: str | os.PathLike[str], part: int = 0, flavour: str = M
         raise GGUFError(f"{p}: unsupported GGUF version {version} at offset 4 (qtool reads 2 and 3)")
     n_tensors = c.scalar("<Q", "tensor count")
     n_kv = c.scalar("<Q", "key/value count")
-    if n_tensors > size or n_kv > size:
-        raise GGUFError(f"{p}: implausible counts ({n_tensors} tensors, {n_kv} keys) in the header")
+    need = n_tensors * _MIN_TENSOR_INFO + n_kv * _MIN_KV
+    if need > size - c.pos:
+        raise GGUFError(f"{p}: truncated or corrupt header: {n_tensors} tensors and {n_kv} keys need at least "
+                        f"{need} bytes after offset {c.pos}, the file has {size - c.pos}")
     kvs: list[KV] = []
     seen: set[str] = set()
     for i in range(n_kv):
         start = c.pos
-        key = c.string(f"key #{i}")
+        key = c.string(f"key #{i}", strict=True)
+        if not key:
+            raise GGUFError(f"{p}: key #{i} at offset {start} is empty")
         vtype = c.scalar("<I", f"type of {key!r}")
         value, atype = _read_value(c, vtype, f"value of {key!r}")
         if key in seen:
@@ -203,35 +232,57 @@ def read_gguf_file(path: str | os.PathLike[str], part: int = 0, flavour: str = M
     alignment = DEFAULT_ALIGNMENT
     for kv in kvs:
         if kv.key == "general.alignment":
+            if kv.vtype != T_UINT32:
+                raise GGUFError(f"{p}: general.alignment has value type {kv.vtype}, ggml requires uint32 ({T_UINT32})")
             alignment = int(kv.value)
             if alignment <= 0 or alignment & (alignment - 1):
                 raise GGUFError(f"{p}: general.alignment {alignment} is not a power of two")
-    infos: list[tuple[str, tuple[int, ...], int, int]] = []
+    infos: list[tuple[str, tuple[int, ...], int, int, int]] = []
+    names: set[str] = set()
     for i in range(n_tensors):
-        name = c.string(f"tensor #{i} name")
+        at = c.pos
+        name = c.string(f"tensor #{i} name", strict=True)
+        if not name or len(name.encode()) >= GGML_MAX_NAME:
+            raise GGUFError(f"{p}: tensor #{i} at offset {at}: name {name!r} is empty or longer than "
+                            f"{GGML_MAX_NAME - 1} bytes")
+        if name in names:
+            raise GGUFError(f"{p}: tensor #{i} at offset {at}: duplicate tensor name {name!r}")
+        names.add(name)
         n_dims = c.scalar("<I", f"n_dims of {name!r}")
         if n_dims > MAX_DIMS:
-            raise GGUFError(f"{p}: tensor {name!r} has {n_dims} dimensions (max {MAX_DIMS})")
-        shape = tuple(int(c.scalar("<Q", f"shape of {name!r}")) for _ in range(n_dims))
+            raise GGUFError(f"{p}: tensor {name!r} at offset {at} has {n_dims} dimensions (max {MAX_DIMS})")
+        shape = tuple(int(c.scalar("<q", f"shape of {name!r}")) for _ in range(n_dims))
+        _check_shape(p, name, at, shape)
         type_id = c.scalar("<I", f"type of {name!r}")
         offset = c.scalar("<Q", f"offset of {name!r}")
-        infos.append((name, shape, type_id, offset))
+        infos.append((name, shape, type_id, offset, at))
     data_offset = (c.pos + alignment - 1) // alignment * alignment
+    if data_offset > size or any(bytes(c.buf[c.pos:data_offset])):
+        raise GGUFError(f"{p}: corrupt header: the padding at offsets {c.pos}..{data_offset} before the tensor data "
+                        "is not zero (wrong tensor or key count?)")
     tensors: list[TensorInfo] = []
-    for name, shape, type_id, offset in infos:
+    expected = 0
+    for name, shape, type_id, offset, at in infos:
         try:
             qt = type_by_id(type_id, flavour)
         except KeyError:
-            raise GGUFError(f"{p}: tensor {name!r} has unknown type id {type_id}") from None
+            raise GGUFError(f"{p}: tensor {name!r} at offset {at} has unknown type id {type_id}") from None
         t = TensorInfo(name, shape if shape else (1,), type_id, data_offset + offset, part, qt)
         if t.n_per_row % qt.block_size:
             raise GGUFError(f"{p}: tensor {name!r} row length {t.n_per_row} is not a multiple of "
                             f"{qt.name}'s block size {qt.block_size}")
+        if offset != expected:  # ggml (gguf_init_from_file_impl): tensors in order, each at the padded end of the last
+            raise GGUFError(f"{p}: tensor {name!r} has data offset {offset}, expected {expected} (ggml requires "
+                            f"tensor data in order, aligned to {alignment}, without gaps or overlaps)")
         end = t.offset + t.n_bytes
         if end > size:
             raise GGUFError(f"{p}: truncated: tensor {name!r} needs bytes {t.offset}..{end}, "
                             f"file has {size}")
+        expected += (t.n_bytes + alignment - 1) // alignment * alignment
         tensors.append(t)
+    if size - (data_offset + expected) >= alignment:
+        raise GGUFError(f"{p}: {size - data_offset - expected} bytes after the last tensor's data at offset "
+                        f"{data_offset + expected}: the header does not describe the whole file (wrong tensor count?)")
     return GGUFFile(p, version, kvs, tensors, alignment, data_offset, mm)
 
 
@@ -288,6 +339,21 @@ class GGUFModel:
         mm = self.parts[t.part].mm
         return mm[t.offset + start * rb:t.offset + stop * rb].reshape(stop - start, rb)
 
+    def check_size(self, t: TensorInfo) -> None:
+        """Before reading a tensor: its file must still hold it (a file truncated under a run
+        would otherwise kill the process with SIGBUS when the mapped pages are touched)."""
+        p = self.parts[t.part]
+        size = _size_now(p.path)
+        if size < t.offset + t.n_bytes:
+            raise GGUFError(f"{p.path}: the file changed during the run: it has {size} bytes now, tensor "
+                            f"{t.name!r} needs bytes {t.offset}..{t.offset + t.n_bytes}")
+
+    def check_files(self) -> None:
+        """Every part still as large as when it was opened (GGUFError otherwise)."""
+        for p in self.parts:
+            if p.tensors:
+                self.check_size(p.tensors[-1])
+
     def release(self, t: TensorInfo, start: int = 0, stop: int | None = None) -> None:
         """Drop the mapped pages of rows [start, stop) of `t` from this process's memory.
 
@@ -321,6 +387,13 @@ class GGUFModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _size_now(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 def first_kv_value(kvs: list[KV], key: str, default: Any = None) -> Any:

@@ -3,21 +3,23 @@
 Layout (as gguf_write_to_file / llama-quantize): header, key/value pairs, tensor infos,
 padding to the alignment, then each tensor's bytes padded to the alignment. The header is
 written first because every output size is known from the plan; data is streamed after it.
-The file is written under a temporary name in the target folder and renamed when complete, so
-an interrupted run leaves no partial output.
+The file is written through `atomic.AtomicOutput` (a temporary name in the target folder,
+renamed when complete), so a failed or interrupted run leaves no partial output.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
+from ..errors import OutputError
 from ..quants.types import QType
+from .atomic import AtomicOutput
 from .reader import (
     GGUF_MAGIC,
     KV,
@@ -123,76 +125,42 @@ def header_bytes(kvs: list[KV], tensors: list[OutTensor], alignment: int, versio
     return h + b"\0" * (_pad(len(h), alignment) - len(h))
 
 
-def _umask_mode() -> int:
-    """The permissions open(..., "w") would give a new file (0666 less the umask): mkstemp makes
-    0600, and a quantized model should be as readable as one llama-quantize writes."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-class AtomicOutput:
-    """A file written under a temporary name in the target folder, renamed on commit()."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.path.abspath(os.fspath(path))
-        d = os.path.dirname(self.path) or "."
-        fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".", suffix=".part", dir=d)
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, _umask_mode())
-        self.f: BinaryIO = os.fdopen(fd, "wb")
-
-    def commit(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        try:
-            self.f.close()
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-
-    def __enter__(self) -> AtomicOutput:
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
-
 class GGUFStreamWriter:
     """Write one GGUF file: header at once, then tensors in order with write_tensor()."""
 
     def __init__(self, path: str | os.PathLike[str], kvs: list[KV], tensors: list[OutTensor],
-                 alignment: int = 32, version: int = 3) -> None:
+                 alignment: int = 32, version: int = 3, inputs: Sequence[str] = ()) -> None:
         header = header_bytes(kvs, tensors, alignment, version)  # may raise: before the temporary file exists
-        self.out = AtomicOutput(path)
+        self.out = AtomicOutput(path, inputs)
         self.tensors = tensors
         self.alignment = alignment
         self._next = 0
         self._written_in_tensor = 0
         try:
-            self.out.f.write(header)
+            self._write(header)
         except BaseException:
             self.out.abort()
             raise
+
+    def _write(self, b: bytes | bytearray | memoryview) -> None:
+        """Write to the temporary file; an OSError (disk full, I/O error) names the output."""
+        try:
+            self.out.f.write(b)
+        except OSError as e:
+            raise OutputError(f"{self.out.shown}: cannot write the output: {e.strerror or e}",
+                              path=self.out.shown) from None
 
     def write_tensor_chunk(self, data: np.ndarray | bytes) -> None:
         """Append bytes of the current tensor; pads and moves on when the tensor is complete."""
         t = self.tensors[self._next]
         b = data if isinstance(data, bytes | bytearray | memoryview) else np.ascontiguousarray(data).data
         n = len(b) if not isinstance(b, memoryview) else b.nbytes
-        self.out.f.write(b)
+        self._write(b)
         self._written_in_tensor += n
         if self._written_in_tensor > t.n_bytes:
             raise RuntimeError(f"{t.name}: wrote {self._written_in_tensor} bytes, expected {t.n_bytes}")
         if self._written_in_tensor == t.n_bytes:
-            self.out.f.write(b"\0" * (_pad(t.n_bytes, self.alignment) - t.n_bytes))
+            self._write(b"\0" * (_pad(t.n_bytes, self.alignment) - t.n_bytes))
             self._next += 1
             self._written_in_tensor = 0
 
@@ -213,11 +181,12 @@ class GGUFStreamWriter:
         if self._written_in_tensor:
             raise RuntimeError(f"{t.name}: skip_tensor() inside a partly written tensor")
         self.out.f.seek(t.n_bytes, os.SEEK_CUR)
-        self.out.f.write(b"\0" * (_pad(t.n_bytes, self.alignment) - t.n_bytes))
+        self._write(b"\0" * (_pad(t.n_bytes, self.alignment) - t.n_bytes))
         self._next += 1
 
     def close(self) -> None:
         if self._next != len(self.tensors):
+            self.out.abort()
             raise RuntimeError(f"only {self._next} of {len(self.tensors)} tensors written")
         self.out.commit()
 

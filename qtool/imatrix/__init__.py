@@ -12,9 +12,10 @@ common/imatrix-loader.cpp and the imatrix handling of tools/quantize/quantize.cp
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from .dat import decode_dat, encode_dat, legacy_loss_warnings, legacy_losses, read_dat, write_dat
-from .data import ImatrixData, ImatrixEntry, ImatrixError, Warn, atomic_write, default_warn, same_file
+from .data import ImatrixData, ImatrixEntry, ImatrixError, Warn, atomic_write, check_values, default_warn
 from .gguf_format import GGUF_MAGIC, decode_gguf, encode_gguf, read_gguf, write_gguf
 from .merge import DEFAULT_CHUNK_SIZE, combine, default_chunk_size
 from .stats import TensorStats, compute_statistics, layer_statistics
@@ -33,15 +34,18 @@ def decode_imatrix(buf: bytes, source: str = "<bytes>") -> ImatrixData:
 def read_imatrix(path: str | os.PathLike[str]) -> ImatrixData:
     """Read an imatrix file of either format (as read: a .dat file stays in legacy form).
 
-    OSError becomes ImatrixError naming the file.
+    OSError becomes ImatrixError naming the file; negative or non-finite sums and negative counts
+    (a corrupt file: no collector writes them) are refused, naming the entry and index.
     """
     src = os.fspath(path)
     try:
         with open(src, "rb") as f:
             magic = f.read(4)
-        return read_gguf(src) if magic == GGUF_MAGIC else read_dat(src)
+        data = read_gguf(src) if magic == GGUF_MAGIC else read_dat(src)
     except OSError as e:
         raise ImatrixError(f"{src}: cannot read: {e.strerror or e}") from None
+    check_values(data.entries, src)
+    return data
 
 
 def load_imatrix(path: str | os.PathLike[str]) -> ImatrixData:
@@ -56,7 +60,7 @@ def format_for_path(path: str | os.PathLike[str]) -> str | None:
 
 
 def write_imatrix(data: ImatrixData, path: str | os.PathLike[str], fmt: str | None = None,
-                  warn: Warn | None = None) -> str:
+                  warn: Warn | None = None, inputs: Sequence[str | os.PathLike[str]] = ()) -> str:
     """Write `data` as `fmt` (default: from the extension); returns the format written.
 
     GGUF needs the collected form: a legacy-form ImatrixData is combined first with the default
@@ -71,9 +75,9 @@ def write_imatrix(data: ImatrixData, path: str | os.PathLike[str], fmt: str | No
         if not data.legacy:
             for line in legacy_loss_warnings(data):
                 (default_warn if warn is None else warn)(line)
-        write_dat(data, path, warn)
+        write_dat(data, path, warn, inputs)
     else:
-        write_gguf(combine([data], DEFAULT_CHUNK_SIZE) if data.legacy else data, path, warn)
+        write_gguf(combine([data], DEFAULT_CHUNK_SIZE) if data.legacy else data, path, warn, inputs)
     return fmt
 
 
@@ -83,5 +87,5 @@ __all__ = [
     "default_chunk_size", "encode_dat", "encode_gguf", "entry_weights", "format_for_path", "layer_statistics",
     "legacy_loss_warnings", "legacy_losses",
     "load_imatrix", "prepare_imatrix", "quantize_kv", "read_dat", "read_gguf", "read_imatrix", "remap_imatrix",
-    "same_file", "tensor_weights", "write_dat", "write_gguf", "write_imatrix",
+    "tensor_weights", "write_dat", "write_gguf", "write_imatrix",
 ]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Sequence
 from typing import BinaryIO
 
 import numpy as np
@@ -245,9 +246,10 @@ def encode_dat(data: ImatrixData, warn: Warn | None = None) -> bytes:
     return b.getvalue()
 
 
-def write_dat(data: ImatrixData, path: str | os.PathLike[str], warn: Warn | None = None) -> None:
+def write_dat(data: ImatrixData, path: str | os.PathLike[str], warn: Warn | None = None,
+              inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
     """Write a legacy .dat file (temporary file in the target folder, renamed when complete)."""
-    atomic_write(path, lambda f: dump_dat(data, f, warn))
+    atomic_write(path, lambda f: dump_dat(data, f, warn), inputs)
 
 
 def legacy_losses(c: ImatrixData) -> list[str]:

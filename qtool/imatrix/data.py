@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
 
+from ..errors import OutputError
 from ..gguf_io import GGUFError
-from ..gguf_io.writer import AtomicOutput
+from ..gguf_io.atomic import AtomicOutput
 
 log = logging.getLogger("qtool.imatrix")
 
@@ -43,6 +44,20 @@ class ImatrixError(GGUFError, ValueError):
     A subclass of `qtool.gguf_io.GGUFError` (and ValueError) so code catching qtool's file
     format errors catches it too.
     """
+
+
+def check_values(entries: dict[str, ImatrixEntry], source: str) -> None:
+    """Refuse what no collector writes: negative or non-finite sums (they are sums of squared
+    activations) and negative counts. The message names the entry, the matrix and the column."""
+    for name, e in entries.items():
+        if e.counts.size and (e.counts < 0).any():
+            i = int(np.argmax(e.counts < 0))
+            raise ImatrixError(f"{source}: entry {name!r}: count #{i} is {int(e.counts[i])} (negative): a corrupt file")
+        bad = ~np.isfinite(e.sums) | (e.sums < 0)
+        if bad.any():
+            m, j = (int(v) for v in np.unravel_index(int(np.argmax(bad)), e.sums.shape))
+            raise ImatrixError(f"{source}: entry {name!r}: sum of matrix {m}, column {j} is {float(e.sums[m, j])!r}; "
+                               "sums of squared activations are finite and >= 0: a corrupt file")
 
 
 def name_bytes(name: str) -> bytes:
@@ -138,20 +153,16 @@ class ImatrixData:
         }
 
 
-def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """True if two paths name the same file (existing or not)."""
-    try:
-        if os.path.exists(a) and os.path.exists(b):
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-def atomic_write(path: str | os.PathLike[str], dump: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], dump: Callable[[BinaryIO], None],
+                 inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
     """Write a file through `dump(f)` to a temporary name in the target folder, then rename it.
 
-    Nothing is left behind when `dump` raises.
+    The path is checked first (`check_output`: never an input, a directory or a device); nothing
+    is left behind when `dump` raises.
     """
-    with AtomicOutput(path) as out:
-        dump(out.f)
+    with AtomicOutput(path, inputs) as out:
+        try:
+            dump(out.f)
+        except OSError as e:
+            raise OutputError(f"{os.fspath(path)}: cannot write the output: {e.strerror or e}",
+                              path=os.fspath(path)) from None

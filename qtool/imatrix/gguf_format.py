@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -357,6 +358,7 @@ def encode_gguf(data: ImatrixData, warn: Warn | None = None) -> bytes:
     return b.getvalue()
 
 
-def write_gguf(data: ImatrixData, path: str | os.PathLike[str], warn: Warn | None = None) -> None:
+def write_gguf(data: ImatrixData, path: str | os.PathLike[str], warn: Warn | None = None,
+               inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
     """Write a GGUF imatrix (temporary file in the target folder, renamed when complete)."""
-    atomic_write(path, lambda f: dump_gguf(data, f, warn))
+    atomic_write(path, lambda f: dump_gguf(data, f, warn), inputs)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import QtoolError
+
 MAINLINE = "mainline"
 IK = "ik"
 FLAVOURS = (MAINLINE, IK)
 
 
-class FTypeError(ValueError):
+class FTypeError(QtoolError, ValueError):
     """An unknown ftype name or id; the message lists the valid names."""
 
 

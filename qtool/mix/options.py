@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import QtoolError
 from ..quants.types import type_names
 from .ftypes import IK, MAINLINE
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .recipe import Recipe
 
 
-class MixError(ValueError):
+class MixError(QtoolError, ValueError):
     """A rule or option the type choice cannot use, or a failure llama-quantize would report."""
 
 

@@ -36,8 +36,9 @@ from collections.abc import Callable
 import numpy as np
 
 from .rounding import fp16_bits_to_fp32
+from .scratch import Workspace
 from .search import first_absmax_t, qx_search_state_t
-from .search_kx import Workspace, qkx_search_state_t, recompute_L_t
+from .search_kx import qkx_search_state_t, recompute_L_t
 
 F32 = np.float32
 U32 = np.uint32

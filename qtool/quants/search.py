@@ -77,7 +77,7 @@ try:  # np.einsum(optimize=False) hands its arguments to this; calling it direct
     from numpy._core.multiarray import c_einsum as _c_einsum
 except ImportError:  # pragma: no cover - other numpy layouts
     _c_einsum = np.einsum
-from .search_kx import Workspace
+from .scratch import Workspace
 
 F32 = np.float32
 GROUP_MAX_EPS = F32(1e-15)

@@ -8,9 +8,12 @@ characters for a terminal. Both take the list of `Point`s that `report_points` m
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
+from typing import Any
 
+from ..gguf_io.atomic import check_output, write_bytes_atomic
 from .report import StatsReport
 
 POINTS_KEY = "qtool:points"  # PNG text chunk holding the number of points drawn
@@ -52,14 +55,7 @@ def report_points(report: StatsReport) -> list[Point]:
 def plot_png(points: list[Point], path: str, title: str = "") -> int:
     """Write the chart to a PNG file; returns the number of points drawn (also stored in the
     PNG's text chunk `qtool:points`)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotUnavailable("--plot needs matplotlib: pip install 'qtool[plot]' (or pip install matplotlib), "
-                              "or use --plot - for a text chart") from None
+    plt = _pyplot()
     drawable = [p for p in points if p.rel_error > 0 and math.isfinite(p.rel_error)]
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     n = 0
@@ -81,9 +77,31 @@ def plot_png(points: list[Point], path: str, title: str = "") -> int:
     if n:
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png", metadata={POINTS_KEY: str(n)})
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={POINTS_KEY: str(n)})
     plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
     return n
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot with the Agg backend, or PlotUnavailable."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotUnavailable("--plot needs matplotlib: pip install 'qtool[plot]' (or pip install matplotlib), "
+                              "or use --plot - for a text chart") from None
+    return plt
+
+
+def check_png_target(path: str, inputs: list[str]) -> None:
+    """Before any work: matplotlib is there and the PNG can be written (not an input, a folder
+    that exists and is writable, not a directory or device)."""
+    _pyplot()
+    check_output(path, inputs, what="plot")
 
 
 def plot_text(points: list[Point], width: int = 64, height: int = 18) -> str:

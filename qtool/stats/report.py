@@ -24,18 +24,18 @@ thread count.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 
 import numpy as np
 
+from ..errors import QtoolError
 from ..gguf_io import GGUFModel, TensorInfo
+from ..pool import InFlight, WorkerPool, resolve_workers
 from ..quants import can_dequantize, dequantize, quantize
 from ..quants.rowref import quantize_row_ref
 from ..quants.types import MAINLINE, QType
@@ -48,7 +48,7 @@ FLOAT_TYPES = ("F32", "F16", "BF16", "F64")
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
 
 
-class StatsError(Exception):
+class StatsError(QtoolError):
     """A user-facing error (bad regex, no tensor selected, ...)."""
 
 
@@ -419,17 +419,14 @@ def _run(model: GGUFModel, types: list[QType], weights_fn: WeightsFn | None, ima
     if on_start:
         on_start(sum(p.info.n_elements for p in plans))
     svd = bool(svd_ranks)
-    pool: ProcessPoolExecutor | None = None
     total_values = sum(p.info.n_elements * len(p.layouts) for p in plans)
-    if threads > 1 and total_values > 4 * SLAB_ELEMENTS:
-        ctx = get_context("fork") if os.name == "posix" else get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=threads, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(model.path, flavour))
-    try:
+    n_slabs = sum(sum(1 for _ in p.slabs()) for p in plans)
+    threads = resolve_workers(threads, n_slabs)
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if threads > 1 and total_values > 4 * SLAB_ELEMENTS:
+            pool = stack.enter_context(WorkerPool(threads, _worker_init, (model.path, flavour)))
         _run_all(model, plans, type_map, results, flavour, svd_ranks, pool, threads, on_progress)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
     ordered = [results[qt.name] for qt in types]
     if svd:
         for r in ordered:
@@ -491,7 +488,7 @@ class _TensorAcc:
 
 
 def _run_all(model: GGUFModel, plans: list[TensorPlan], type_map: dict[str, QType], results: dict[str, TypeResult],
-             flavour: str, svd_ranks: list[int], pool: ProcessPoolExecutor | None, threads: int,
+             flavour: str, svd_ranks: list[int], pool: WorkerPool | None, threads: int,
              on_progress: Callable[[str, int], None] | None) -> None:
     """Every slab of every tensor, in order; with a pool, up to 2 x threads slabs in flight across
     tensor boundaries (small tensors are one slab each). Tensors are finished in file order."""
@@ -511,17 +508,16 @@ def _run_all(model: GGUFModel, plans: list[TensorPlan], type_map: dict[str, QTyp
             accs.append(acc)
             types = acc.types
             for start, stop in plan.slabs():
+                model.check_size(plan.info)
                 absorb(acc, process_slab(model, plan, start, stop, types, flavour, svd))
         return
-    inflight: deque[tuple[_TensorAcc, Future[SlabResult]]] = deque()
+    inflight: InFlight[_TensorAcc] = InFlight(2 * threads)
     for plan in plans:
         acc = _TensorAcc(plan, type_map, svd_ranks)
         accs.append(acc)
         for start, stop in plan.slabs():
-            inflight.append((acc, pool.submit(_worker, plan, start, stop, acc.types, flavour, svd)))
-            while len(inflight) > 2 * threads:
-                a, f = inflight.popleft()
-                absorb(a, f.result())
-    while inflight:
-        a, f = inflight.popleft()
-        absorb(a, f.result())
+            model.check_size(plan.info)
+            for a, res in inflight.add(pool.submit(_worker, plan, start, stop, acc.types, flavour, svd), acc):
+                absorb(a, res)
+    for a, res in inflight.drain():
+        absorb(a, res)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..legacy import QUANTIZE as MAINLINE_QUANTIZE
 from ..legacy import _quantize_im
-from ..search_kx import Workspace
+from ..scratch import Workspace
 from .search_ik import make_qx_quants_ik_t
 
 F32 = np.float32

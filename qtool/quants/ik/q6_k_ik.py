@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..kquants.q6_k import quantize_q6_k
-from ..search_kx import Workspace
+from ..scratch import Workspace
 from .search_ik import make_qx_quants_ik_t
 
 

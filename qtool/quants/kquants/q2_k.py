@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..rounding import fp32_to_fp16_bits, nearest_int
-from ..search_kx import Workspace, make_qp_quants_t, qkx_search_state_t
+from ..scratch import Workspace
+from ..search_kx import make_qp_quants_t, qkx_search_state_t
 from ..types import QK_K
 from .q45_k import ImatrixCache, requantize_t, running_max, superblock_chunks, superblock_sum_sq, to_subblocks_t
 

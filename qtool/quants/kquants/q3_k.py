@@ -33,8 +33,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
+from ..scratch import Workspace, thread_workspace
 from ..search import make_q3_quants_t, make_qx_quants_t, qx_levels_t, qx_search_state_t
-from ..search_kx import Workspace, thread_workspace
 from ..types import QK_K
 from .q6_k import ImatrixLayout, chunk_size, first_absmax, requantize, to_sub_t
 

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..rounding import fp32_to_fp16_bits, nearest_int
-from ..search_kx import Workspace, make_qp_quants_t, qkx_search_state_t, recompute_L_t
+from ..scratch import Workspace
+from ..search_kx import make_qp_quants_t, qkx_search_state_t, recompute_L_t
 from ..types import QK_K
 
 F32 = np.float32

@@ -25,8 +25,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
+from ..scratch import Workspace, thread_workspace
 from ..search import qx_levels_t, qx_search_state_t
-from ..search_kx import Workspace, thread_workspace
 from ..types import QK_K
 
 F32 = np.float32
