@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import QtoolError, WorkerError
+from .errors import OutputError, QtoolError, WorkerError
 from .gguf_io import KV, GGUFModel, GGUFStreamWriter, OutTensor, TensorInfo, kv_u32, remove_kv, set_kv
 from .pool import InFlight, WorkerPool
 from .quants import dequantize, quantize
@@ -191,6 +191,7 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
     with contextlib.ExitStack() as stack:
         w = stack.enter_context(GGUFStreamWriter(output, kvs, outs, model.alignment, inputs=inputs))
         pool: WorkerPool | None = None
+        model.check_files()  # workers open the input again: it must still be what was planned
         if nthreads > 1 and any(j.converts for j in jobs):
             pool = stack.enter_context(WorkerPool(nthreads, _worker_init, (model.path, flavour)))
         inflight: InFlight[tuple[str, int]] = InFlight(2 * nthreads)
@@ -200,6 +201,8 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
         except WorkerError:
             model.check_files()  # a truncated input explains a dead worker better
             raise
+        except OSError as e:  # a worker's pwrite into the temporary file failed (disk full, I/O error)
+            raise OutputError(f"{output}: cannot write the output: {e.strerror or e}", path=output) from None
     size_in = sum(j.info.n_bytes for j in jobs)
     size_out = sum(j.out_bytes for j in jobs)
     n_el = sum(j.info.n_elements for j in jobs)

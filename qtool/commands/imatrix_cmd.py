@@ -101,7 +101,7 @@ def imatrix() -> None:
 
 @imatrix.command()
 @click.argument("in_file", metavar="IN", type=click.Path(dir_okay=False))
-@click.argument("out", metavar="OUT", type=click.Path(dir_okay=False))
+@click.argument("out", metavar="OUT")
 @_TO
 @_CHUNK
 def convert(in_file: str, out: str, to: str | None, chunk_size: int | None) -> None:
@@ -115,7 +115,7 @@ def convert(in_file: str, out: str, to: str | None, chunk_size: int | None) -> N
 
 @imatrix.command()
 @click.argument("inputs", metavar="A B ...", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Output file.")
+@click.option("-o", "--output", "out", required=True, help="Output file.")
 @_TO
 @_CHUNK
 def merge(inputs: tuple[str, ...], out: str, to: str | None, chunk_size: int | None) -> None:

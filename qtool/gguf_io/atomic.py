@@ -43,6 +43,8 @@ def resolve_output(path: str | os.PathLike[str]) -> str:
     kernel resolves them) joined with its name; a symlink as the name itself is followed too."""
     p = os.fspath(path)
     if p == "" or p.endswith(os.sep) or os.path.basename(p) in (".", ".."):
+        if p and os.path.isdir(p):
+            raise OutputError(f"{p}: the output exists and is a directory, not a regular file", path=p)
         raise OutputError(f"{p!r}: not a file name", path=p)
     real = os.path.realpath(p)  # follows every symlink, dangling ones included, and `..` after them
     return real

@@ -71,7 +71,9 @@ class ErrorStats:
         self.sum_q2 += float((qd * qd).sum())
         self.sum_xq += float((xd * qd).sum())
         idx = np.floor(adiff / HISTOGRAM_RANGE * HISTOGRAM_BUCKETS)
-        idx = np.minimum(idx, HISTOGRAM_BUCKETS - 1).astype(np.int64)
+        idx = np.fmin(idx, HISTOGRAM_BUCKETS - 1)  # inf goes to the last bucket
+        idx[np.isnan(idx)] = HISTOGRAM_BUCKETS - 1  # so does NaN (non-finite weights in the model)
+        idx = idx.astype(np.int64)
         self.hist += np.bincount(idx.reshape(-1), minlength=HISTOGRAM_BUCKETS)
         self.n += x.size
         if w is not None:
