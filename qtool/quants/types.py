@@ -31,6 +31,12 @@ class QType:
     needs_imatrix: bool = False
     row_meta: int = 0
     quantized: bool = True
+    repack_of: str | None = None
+    """ik_llama.cpp's row-interleaved types (_R4, _R8, ...): the plain type whose rows they
+    interleave. Runtime repacks for its CPU kernels: qtool reads them and does not write them."""
+    rows_interleaved: int = 1
+    internal: bool = False
+    """A type ggml uses for activations (Q8_K, Q8_K64, Q8_KV, ...), not for stored weights."""
 
     def row_bytes(self, n_per_row: int) -> int:
         """Bytes of one row of n_per_row values (ggml_row_size plus ik's row meta)."""
@@ -115,9 +121,54 @@ _ALL: tuple[QType, ...] = (
     _t("IQ3_KS", 156, QK_K, 102, IK, row_meta=2),
     _t("IQ2_KL", 157, QK_K, 86, IK, row_meta=2),
     _t("IQ1_KT", 158, QK_K, 56, IK, row_meta=4),
+    # ik_llama.cpp's activation types (never stored weights)
+    _t("Q8_K", 15, QK_K, 296, IK, internal=True),  # ik's block_q8_K has 16 more bytes of sums
+    _t("Q8_0_X4", 97, 32, 34, IK, internal=True),
+    _t("Q8_1_X4", 98, 32, 36, IK, internal=True),
+    _t("Q8_2_X4", 99, 32, 36, IK, internal=True),
+    _t("Q8_K16", 147, 64, 64, IK, row_meta=20, internal=True),
+    _t("Q8_K32", 148, QK_K, 296, IK, internal=True),
+    _t("Q8_KR8", 149, QK_K, 296, IK, internal=True),
+    _t("Q8_KV", 151, 32, 32, IK, row_meta=8, internal=True),
+    # ik_llama.cpp's row-interleaved repacks (ids and sizes from its ggml_type_size / ggml_row_size)
+    _t("Q4_0_4_4", 31, 32, 18, IK, repack_of="Q4_0", rows_interleaved=4),
+    _t("Q4_0_4_8", 32, 32, 18, IK, repack_of="Q4_0", rows_interleaved=4),
+    _t("Q4_0_8_8", 33, 32, 18, IK, repack_of="Q4_0", rows_interleaved=8),
+    _t("Q4_0_R8", 202, 32, 18, IK, repack_of="Q4_0", rows_interleaved=8),
+    _t("Q5_0_R4", 206, 32, 22, IK, repack_of="Q5_0", rows_interleaved=4),
+    _t("Q8_0_R8", 208, 32, 34, IK, repack_of="Q8_0", rows_interleaved=8),
+    _t("Q2_K_R4", 210, QK_K, 84, IK, repack_of="Q2_K", rows_interleaved=4),
+    _t("Q3_K_R4", 211, QK_K, 110, IK, repack_of="Q3_K", rows_interleaved=4),
+    _t("Q4_K_R4", 212, QK_K, 144, IK, repack_of="Q4_K", rows_interleaved=4),
+    _t("Q5_K_R4", 213, QK_K, 176, IK, repack_of="Q5_K", rows_interleaved=4),
+    _t("Q6_K_R4", 214, QK_K, 210, IK, repack_of="Q6_K", rows_interleaved=4),
+    _t("IQ2_XXS_R4", 216, QK_K, 66, IK, repack_of="IQ2_XXS", rows_interleaved=4),
+    _t("IQ2_XS_R4", 217, QK_K, 74, IK, repack_of="IQ2_XS", rows_interleaved=4),
+    _t("IQ3_XXS_R4", 218, QK_K, 98, IK, repack_of="IQ3_XXS", rows_interleaved=4),
+    _t("IQ1_S_R4", 219, 32, 6, IK, row_meta=2, repack_of="IQ1_S", rows_interleaved=4),
+    _t("IQ4_NL_R4", 220, 32, 18, IK, repack_of="IQ4_NL", rows_interleaved=4),
+    _t("IQ3_S_R4", 221, QK_K, 110, IK, repack_of="IQ3_S", rows_interleaved=4),
+    _t("IQ2_S_R4", 222, QK_K, 82, IK, repack_of="IQ2_S", rows_interleaved=4),
+    _t("IQ4_XS_R8", 223, QK_K, 136, IK, repack_of="IQ4_XS", rows_interleaved=8),
+    _t("IQ1_M_R4", 229, 32, 7, IK, row_meta=2, repack_of="IQ1_M", rows_interleaved=4),
+    _t("BF16_R16", 230, 1, 2, IK, repack_of="BF16", rows_interleaved=16),
+    _t("Q6_0_R4", 233, 32, 26, IK, repack_of="Q6_0", rows_interleaved=4),
+    _t("IQ2_BN_R4", 335, 64, 16, IK, row_meta=4, repack_of="IQ2_BN", rows_interleaved=4),
+    _t("IQ2_K_R4", 337, QK_K, 76, IK, repack_of="IQ2_K", rows_interleaved=4),
+    _t("IQ3_K_R4", 338, QK_K, 110, IK, repack_of="IQ3_K", rows_interleaved=4),
+    _t("IQ4_K_R4", 339, QK_K, 144, IK, repack_of="IQ4_K", rows_interleaved=4),
+    _t("IQ5_K_R4", 340, QK_K, 176, IK, repack_of="IQ5_K", rows_interleaved=4),
+    _t("IQ4_KS_R4", 344, QK_K, 136, IK, row_meta=4, repack_of="IQ4_KS", rows_interleaved=4),
+    _t("IQ5_KS_R4", 352, QK_K, 168, IK, row_meta=4, repack_of="IQ5_KS", rows_interleaved=4),
+    _t("MXFP4_R8", 353, 32, 17, IK, repack_of="MXFP4", rows_interleaved=8),
+    _t("Q8_K_R16", 397, QK_K, 258, IK, internal=True, rows_interleaved=16),
+    _t("Q8_KV_R8", 398, 32, 32, IK, row_meta=4, internal=True, rows_interleaved=8),
+    _t("Q8_K_R8", 399, QK_K, 258, IK, repack_of="Q8_0", rows_interleaved=8),
 )
 
-_BY_NAME: dict[str, QType] = {t.name: t for t in _ALL}
+_BY_NAME: dict[str, QType] = {}
+for _q in _ALL:  # the first record of a name wins (Q8_K: mainline's 292-byte block)
+    _BY_NAME.setdefault(_q.name, _q)
 
 
 def all_types(flavour: str | None = None) -> list[QType]:
