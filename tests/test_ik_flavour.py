@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from qtool.quants import NotImplementedType, can_quantize, engine, quantizable_types
-from qtool.quants.ik import IK_UNPORTED
 from qtool.quants.ik.iq4_ik import quantize_row_iq4_nl_ik, search_ik_t
 from qtool.quants.ik.search_ik import make_qx_quants_ik_t
 from qtool.quants.nonlinear import _KV_F32, best_index_t
+from qtool.quants.registry import support
 from qtool.quants.rowref import quantize_row_iq4_nl_ref, quantize_row_ref
 
 from .vectors import VECTORS, expected, inputs, mismatched_rows
@@ -249,7 +249,7 @@ def test_row_ref_functions_agree_with_dispatch() -> None:
 
 def test_unported_ik_variants_are_refused() -> None:
     x, imatrix, _ = inputs("ik_llama")
-    assert ("Q4_K", True) in IK_UNPORTED
+    assert support("Q4_K", "ik") == (True, False)
     assert can_quantize("Q4_K", "ik", imatrix=False) and not can_quantize("Q4_K", "ik", imatrix=True)
     assert not can_quantize("Q4_K", "ik")  # both variants asked for
     assert can_quantize("Q4_K", "mainline", imatrix=True)

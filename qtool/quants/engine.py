@@ -4,62 +4,41 @@
         -> uint8[nrows, row_bytes]
     dequantize(data: uint8[nrows, row_bytes], qtype, n_per_row) -> float32[nrows, n_per_row]
 
-Each type module exports QUANTIZE / DEQUANTIZE dicts keyed by type name (and, for types that
-ik_llama.cpp quantizes differently, IK_QUANTIZE keyed by name); this module only dispatches.
-Row kernels take (rows, imatrix) and return bytes; dequantizers take (data, n_per_row).
+Kernels register themselves (qtool.quants.registry) keyed by type, flavour and imatrix variant;
+this module imports the kernel families once and dispatches. Row kernels take (rows, imatrix)
+and return bytes; dequantizers take (data, n_per_row).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from . import floats, iquants, kquants, legacy
-from .ik import IK_DEQUANTIZE, IK_QUANTIZE, IK_UNPORTED
+from . import floats, ik, kquants, legacy, nonlinear  # noqa: F401  (each registers its kernels)
+from .registry import dequantizer, quantizer, registered_types, support
 from .types import IK, MAINLINE, QType, get_type
-
-QuantizeFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
-DequantizeFn = Callable[[np.ndarray, int], np.ndarray]
-
-_QUANTIZE: dict[str, QuantizeFn] = {**floats.QUANTIZE, **legacy.QUANTIZE, **kquants.QUANTIZE,
-                                    **iquants.QUANTIZE}
-_DEQUANTIZE: dict[str, DequantizeFn] = {**floats.DEQUANTIZE, **legacy.DEQUANTIZE,
-                                        **kquants.DEQUANTIZE, **iquants.DEQUANTIZE}
 
 
 class NotImplementedType(NotImplementedError):
     """The engine has no quantizer for this type (yet)."""
 
 
-def _quantizer(qt: QType, flavour: str, imatrix: bool | None = None) -> QuantizeFn | None:
-    """The kernel for qt; with flavour ik, None for variants ik quantizes its own way and qtool
-    has not ported (imatrix None: either variant missing counts)."""
-    if flavour == IK:
-        variants = (False, True) if imatrix is None else (imatrix,)
-        if any((qt.name, v) in IK_UNPORTED for v in variants):
-            return None
-        if qt.name in IK_QUANTIZE:
-            return IK_QUANTIZE[qt.name]
-    return _QUANTIZE.get(qt.name)
-
-
 def can_quantize(qtype: str | QType, flavour: str = MAINLINE, imatrix: bool | None = None) -> bool:
     """Whether the engine quantizes qtype as the flavour's reference does (imatrix: with or without
     one; None: both)."""
-    return _quantizer(get_type(qtype), flavour, imatrix) is not None
+    noim, im = support(qtype, flavour)
+    return (noim and im) if imatrix is None else (im if imatrix else noim)
 
 
 def can_dequantize(qtype: str | QType) -> bool:
     qt = get_type(qtype)
-    return qt.name in _DEQUANTIZE or qt.name in IK_DEQUANTIZE or _gguf_dequantizable(qt)
+    return dequantizer(qt) is not None or _gguf_dequantizable(qt)
 
 
 def quantize(rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = None,
              flavour: str = MAINLINE) -> np.ndarray:
     """Quantize float rows to the bytes ggml_quantize_chunk writes for the same rows and imatrix."""
     qt = get_type(qtype)
-    fn = _quantizer(qt, flavour, imatrix is not None)
+    fn = quantizer(qt, flavour, imatrix is not None)
     if fn is None:
         how = " with an imatrix" if imatrix is not None else ""
         raise NotImplementedType(f"qtool cannot quantize to {qt.name}{how} as {flavour} does yet")
@@ -90,10 +69,9 @@ def dequantize(data: np.ndarray, qtype: str | QType, n_per_row: int) -> np.ndarr
     d = np.ascontiguousarray(data, dtype=np.uint8)
     nrb = qt.row_bytes(n_per_row)
     d = d.reshape(-1, nrb)
-    if qt.name in IK_DEQUANTIZE:
-        return IK_DEQUANTIZE[qt.name](d, n_per_row)
-    if qt.name in _DEQUANTIZE:
-        return _DEQUANTIZE[qt.name](d, n_per_row)
+    fn = dequantizer(qt)
+    if fn is not None:
+        return fn(d, n_per_row)
     if _gguf_dequantizable(qt):
         import gguf
 
@@ -115,5 +93,5 @@ def _gguf_dequantizable(qt: QType) -> bool:
 
 
 def quantizable_types(flavour: str = MAINLINE, imatrix: bool | None = None) -> list[str]:
-    names = set(_QUANTIZE) | (set(IK_QUANTIZE) if flavour == IK else set())
-    return sorted(n for n in names if _quantizer(get_type(n), flavour, imatrix) is not None)
+    """Types the engine quantizes as `flavour` does (imatrix: that variant; None: both)."""
+    return [n for n in registered_types(flavour) if can_quantize(n, flavour, imatrix)]

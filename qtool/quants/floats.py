@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .registry import register
 from .rounding import bf16_bits_to_fp32, fp32_to_bf16_bits
 
 
@@ -33,3 +34,5 @@ def _d_bf16(d: np.ndarray, n: int) -> np.ndarray:
 
 QUANTIZE = {"F32": _q_f32, "F16": _q_f16, "BF16": _q_bf16}
 DEQUANTIZE = {"F32": _d_f32, "F16": _d_f16, "BF16": _d_bf16}
+for _n in QUANTIZE:
+    register(_n, QUANTIZE[_n], DEQUANTIZE[_n])  # the same bytes in both trees

@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .registry import register
 from .rounding import fp16_bits_to_fp32
 from .scratch import Workspace
 from .search import first_absmax_t, qx_search_state_t
@@ -269,7 +270,7 @@ def mainline_qx(xt: np.ndarray, wt: np.ndarray, nmax: int, ws: Workspace, Lu: np
     return d
 
 
-def _quantize_im(name: str, rows: np.ndarray, imatrix: np.ndarray, qx: QxSearch = mainline_qx) -> np.ndarray:
+def quantize_with_imatrix(name: str, rows: np.ndarray, imatrix: np.ndarray, qx: QxSearch = mainline_qx) -> np.ndarray:
     """quantize_row_<name>_impl for every row, in chunks of whole rows. qx: the make_qx_quants
     of Q4_0 / Q5_0 (mainline's, or ik_llama.cpp's).
 
@@ -334,7 +335,7 @@ def _quantizer(name: str):  # noqa: ANN202
         rows = np.ascontiguousarray(rows, dtype=F32)
         if imatrix is None or name == "Q8_0":  # quantize_q8_0 ignores quant_weights
             return _quantize_ref(name, rows)
-        return _quantize_im(name, rows, np.asarray(imatrix, dtype=F32))
+        return quantize_with_imatrix(name, rows, np.asarray(imatrix, dtype=F32))
 
     quantize.__name__ = f"quantize_{name.lower()}"
     quantize.__doc__ = f"quantize_{name.lower()}: rows float32 (nrows, n) [, imatrix float32 (n,)] -> uint8 bytes."
@@ -382,3 +383,5 @@ def _dequantizer(name: str):  # noqa: ANN202
 
 QUANTIZE: dict = {name: _quantizer(name) for name in BLOCKS}
 DEQUANTIZE: dict = {name: _dequantizer(name) for name in BLOCKS}
+for _n in BLOCKS:  # ik_llama.cpp has its own imatrix search for Q4_0..Q5_1 (ik/legacy_ik.py); Q8_0 is the same
+    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], ik=(False, True) if _n == "Q8_0" else (False,))

@@ -42,6 +42,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .registry import register
 from .rounding import fp16_bits_to_fp32, nearest_int
 
 F32 = np.float32
@@ -285,3 +286,5 @@ def dequantize_iq4_xs(data: np.ndarray, n: int) -> np.ndarray:
 
 QUANTIZE = {"IQ4_NL": quantize_iq4_nl, "IQ4_XS": quantize_iq4_xs}
 DEQUANTIZE = {"IQ4_NL": dequantize_iq4_nl, "IQ4_XS": dequantize_iq4_xs}
+register("IQ4_NL", quantize_iq4_nl, dequantize_iq4_nl, ik=())  # ik: its own search (ik/iq4_ik.py)
+register("IQ4_XS", quantize_iq4_xs, dequantize_iq4_xs, ik=())

@@ -10,10 +10,19 @@ blocks: `row_meta` bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-MAINLINE = "mainline"
-IK = "ik"
-BOTH = "both"
+
+class Flavour(StrEnum):
+    """Whose bytes: mainline llama.cpp's ggml or ik_llama.cpp's (equal to the plain strings)."""
+
+    MAINLINE = "mainline"
+    IK = "ik"
+
+
+MAINLINE = Flavour.MAINLINE
+IK = Flavour.IK
+BOTH = "both"  # a type record that both trees define
 FLAVOURS = (MAINLINE, IK)
 
 QK_K = 256

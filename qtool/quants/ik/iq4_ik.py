@@ -40,6 +40,7 @@ from ..nonlinear import (
     quantize_iq4_nl,
     quantize_iq4_xs,
 )
+from ..registry import register
 
 F32 = np.float32
 NTRY = 7
@@ -150,3 +151,5 @@ def quantize_row_iq4_nl_ik(rows: np.ndarray) -> np.ndarray:
 
 
 QUANTIZE: dict = {"IQ4_NL": quantize_iq4_nl_ik, "IQ4_XS": quantize_iq4_xs_ik}
+register("IQ4_NL", quantize_iq4_nl_ik, mainline=())
+register("IQ4_XS", quantize_iq4_xs_ik, mainline=())

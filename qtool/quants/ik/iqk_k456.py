@@ -12,16 +12,20 @@ Porting notes (what decides the bytes):
 - The level search is not a plain nearest-value search: `best_index_iq4nl` / `best_index_iq5nl`
   take `(int)x - values[0]` (IQ6: `(int)(x - values[0])`, float subtraction first) into a table
   (iq4nl_index, iq5nl_index, iq6nl_index, copied below) whose entries >= N mean "decide between
-  two levels with the float test `x - v[a] < v[a+1] - x`". The same table serves the shifted
-  values. `(int)` truncates; NaN and values >= 2^31 give INT_MIN on x86 (level 0).
-- Vectorized, the truncation cell of x is read from a 65536-entry table indexed by the high 16
-  bits of the float (IQ6: of x - values[0]): for |x| < 256 those cells never straddle an integer,
-  so each gives a fixed pair of levels (equal where the C table has no test); the float test on x
-  then picks one. `_check_tables` style tests compare this with a direct transliteration.
+  two levels with the float test `x - v[a] < v[a+1] - x`"; the same table serves the shifted
+  values. `(int)` truncates; NaN and values >= 2^31 give INT_MIN on x86 (level 0). `best_index_c`
+  is that function, exactly, on arrays.
+- Measured on every float near every level midpoint, C's level is monotone in x and changes only
+  at the midpoints (x = m goes up), except one shifted threshold of IQ4_K (-0.5 - 2.4e-7) and of
+  IQ5_K (-1.5 - 1.2e-7). So the search reads levels from a 65536-entry table keyed by the float's
+  high 16 bits (one ulp less for negative floats, see `keys`): keys never straddle a midpoint,
+  and the few that straddle a threshold are marked (NaN) and their blocks recomputed with
+  `best_index_c`. Rows holding NaN run `best_index_c` throughout (NaN payloads can share a key).
 - Every candidate of the search (p: best_index(al), m: best_index(-al) = al of -id) is one row of a
   (candidates, 16, blocks) array; sums are np.add.reduce down the in-block axis (C's order); the
   comparisons then run over the candidates in C's order (strict >, the p/m/shifted order).
-- float32 throughout as in C, no fused multiply-add, nearest_int as ggml's magic-number trick.
+- float32 throughout as in C, no fused multiply-add, nearest_int as ggml's magic-number trick,
+  fp16 as astype(float16).
 
 Shapes: a chunk of rows is cut into blocks of 16 laid out (16, nblocks) C-contiguous, columns in
 row-major block order (row, super-block, block); super-block quantities are (nsb,) and repeated.
@@ -35,10 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..numeric import F32, QK_K, absmax_t, blocks_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int
+from ..registry import register
 from .iqk_tables import IQ4K_VALUES, IQ5NL_VALUES, IQ6NL_VALUES
 
-__all__ = ["BLOCK_IQ4_K", "BLOCK_IQ5_K", "BLOCK_IQ6_K", "DEQUANTIZE", "QUANTIZE", "best_index_c",
-           "dequantize_iq4_k", "dequantize_iq5_k", "dequantize_iq6_k", "level_lookup",
+__all__ = ["BLOCK_IQ4_K", "BLOCK_IQ5_K", "BLOCK_IQ6_K", "DEQUANTIZE", "IQ4NL_INDEX", "IQ5NL_INDEX",
+           "IQ6NL_INDEX", "IQ6_K_VALUES", "KINDS", "QUANTIZE", "best_index_c", "dequantize_iq4_k",
+           "dequantize_iq5_k", "dequantize_iq6_k", "keys", "level_index", "level_values", "luts",
            "quantize_iq4_k", "quantize_iq5_k", "quantize_iq6_k"]
 
 BLOCK_IQ4_K = np.dtype([("d", "<u2"), ("extra", "<u2"), ("scales_h", "u1", (4,)), ("scales_l", "u1", (8,)),
@@ -50,7 +56,7 @@ BLOCK_IQ6_K = np.dtype([("d", "<u2"), ("extra", "<u2"), ("scales", "i1", (16,)),
 assert BLOCK_IQ4_K.itemsize == 144 and BLOCK_IQ5_K.itemsize == 176 and BLOCK_IQ6_K.itemsize == 212
 
 # ---- the C index tables (iqk_quantize.cpp), verbatim ---------------------------------------------
-_IQ4NL_INDEX = np.array([
+IQ4NL_INDEX = np.array([
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
     1, 17, 17, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 18, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
     3, 3, 3, 3, 3, 3, 19, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 20, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5,
@@ -59,7 +65,7 @@ _IQ4NL_INDEX = np.array([
     11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 27, 27, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12,
     28, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 29, 14, 14, 14, 14, 14, 14, 14, 14, 14,
     14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 30, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15], np.int16)
-_IQ5NL_INDEX = np.array([
+IQ5NL_INDEX = np.array([
     0, 0, 0, 0, 0, 0, 32, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 33, 33, 2, 2, 2, 2, 2, 2, 2, 2, 2, 34, 34, 3, 3,
     3, 3, 3, 3, 3, 3, 35, 35, 4, 4, 4, 4, 4, 4, 4, 36, 36, 5, 5, 5, 5, 5, 5, 5, 37, 37, 6, 6, 6, 6, 6, 6,
     6, 38, 7, 7, 7, 7, 7, 7, 39, 39, 8, 8, 8, 8, 8, 40, 40, 9, 9, 9, 9, 9, 41, 41, 10, 10, 10, 10, 10, 42, 11, 11,
@@ -69,7 +75,7 @@ _IQ5NL_INDEX = np.array([
     24, 56, 25, 25, 25, 25, 25, 25, 25, 57, 57, 26, 26, 26, 26, 26, 26, 26, 58, 58, 27, 27, 27, 27, 27, 27, 27, 27,
     59, 28, 28, 28, 28, 28, 28, 28, 28, 28, 60, 29, 29, 29, 29, 29, 29, 29, 29, 29, 29, 61, 30, 30, 30, 30, 30, 30,
     30, 30, 30, 30, 30, 62, 31, 31, 31, 31, 31, 31], np.int16)
-_IQ6NL_INDEX = np.array([
+IQ6NL_INDEX = np.array([
     0, 0, 0, 64, 1, 1, 1, 1, 1, 65, 2, 2, 2, 2, 2, 66, 3, 3, 3, 3, 67, 67, 4, 4, 4, 4, 68, 5, 5, 5, 5, 69,
     69, 6, 6, 6, 70, 70, 7, 7, 7, 71, 8, 8, 8, 72, 72, 9, 9, 9, 73, 73, 10, 10, 10, 74, 11, 11, 11, 75, 12, 12, 12, 76,
     13, 13, 13, 77, 14, 14, 14, 78, 15, 15, 79, 79, 16, 16, 80, 17, 17, 81, 81, 18, 18, 82, 19, 19, 83, 83, 20, 84,
@@ -80,7 +86,7 @@ _IQ6NL_INDEX = np.array([
     117, 54, 54, 54, 118, 118, 55, 55, 55, 119, 119, 56, 56, 56, 120, 120, 57, 57, 57, 121, 121, 58, 58, 58, 58, 122,
     59, 59, 59, 59, 123, 123, 60, 60, 60, 60, 124, 61, 61, 61, 61, 61, 125, 62, 62, 62, 62, 62, 126, 63, 63, 63],
     np.int16)
-assert _IQ4NL_INDEX.size == 241 and _IQ5NL_INDEX.size == 248 and _IQ6NL_INDEX.size == 249
+assert IQ4NL_INDEX.size == 241 and IQ5NL_INDEX.size == 248 and IQ6NL_INDEX.size == 249
 
 _INT_MIN = -(2 ** 31)
 
@@ -104,80 +110,112 @@ def best_index_c(x: np.ndarray, kind: _Kind) -> np.ndarray:
     (int) truncation with x86's INT_MIN for NaN / out of range, the index table, the float test."""
     x = np.asarray(x, dtype=F32)
     v0 = kind.values[0]
-    u = (x - v0) if kind.sub_first else x
-    u64 = u.astype(np.float64)
-    valid = u64 < 2.0 ** 31  # NaN and >= 2^31: cvttss2si gives INT_MIN
-    t = np.where(valid, np.trunc(np.maximum(u64, float(_INT_MIN))), float(_INT_MIN)).astype(np.int64)
-    ix = t if kind.sub_first else t - int(v0)
-    e = kind.index[np.clip(ix, 0, kind.index.size - 1)].astype(np.int64)
-    a = np.clip(e - kind.n, 0, kind.n - 2)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(all="ignore"):
+        u = (x - v0) if kind.sub_first else x
+        u64 = u.astype(np.float64)
+        valid = u64 < 2.0 ** 31  # NaN and >= 2^31: cvttss2si gives INT_MIN
+        t = np.where(valid, np.trunc(np.maximum(u64, float(_INT_MIN))), float(_INT_MIN)).astype(np.int64)
+        ix = t if kind.sub_first else t - int(v0)
+        e = kind.index[np.clip(ix, 0, kind.index.size - 1)].astype(np.int64)
+        a = np.clip(e - kind.n, 0, kind.n - 2)
         lower = (x - kind.values[a]) < (kind.values[a + 1] - x)
     r = np.where(e < kind.n, e, np.where(lower, a, a + 1))
     return np.where(ix < 0, 0, np.where(ix >= kind.bound, kind.n - 1, r))
 
 
+_AMBIGUOUS = 255
+"""Index-table marker of a key whose floats do not all get the same level (value table: NaN)."""
+
+
 @dataclass(frozen=True)
 class _Lut:
-    """Per 16-bit key (high half of the float that C truncates): the two candidate levels."""
+    """C's level for every 16-bit key of a float (see `keys`): value (float32, NaN where the key's
+    floats straddle a threshold) and index (uint8, _AMBIGUOUS there); for each straddling key the
+    one threshold t inside it (level lo below t, hi from t on, in x order)."""
 
     kind: _Kind
-    vals: np.ndarray  # uint64 (65536,): float32 pair (lower value, upper value) per key
-    idx: np.ndarray  # uint16 (65536,): uint8 pair (lower index, upper index) per key
+    q: np.ndarray  # float32 (65536,)
+    idx: np.ndarray  # uint8 (65536,)
+    amb_key: np.ndarray  # uint32 (k,)
+    amb_t: np.ndarray  # float32 (k,)
+    amb_lo: np.ndarray  # int64 (k,)
+    amb_hi: np.ndarray  # int64 (k,)
+
+    def resolve(self, al: np.ndarray, key: np.ndarray) -> np.ndarray:
+        """Levels (int64) of floats al whose keys are ambiguous (1-D arrays)."""
+        out = np.zeros(al.shape, np.int64)
+        for k, t, lo, hi in zip(self.amb_key, self.amb_t, self.amb_lo, self.amb_hi, strict=True):
+            m = key == k
+            out[m] = np.where(al[m] < t, lo, hi)
+        return out
+
+
+def keys(al: np.ndarray) -> np.ndarray:
+    """In place on float32 al (C-contiguous; destroyed): the 16-bit key of each float as uint32.
+
+    The key is the high half of the float's bits, less one ulp for negative floats. A key is then a
+    range of floats [lo, hi) for x >= 0 and [-hi, -lo) for x < 0: both sides closed towards -inf,
+    as C's level changes at x = m exactly (x - a < b - x is false at the midpoint). The levels'
+    midpoints are integers or half-integers below 128, which the ranges never straddle. -0.0 lands
+    on key 0x7fff (with positive NaNs whose payload starts 0x7fff, handled as NaN input)."""
+    b = al.view(np.uint32)
+    t = np.right_shift(b, 31)
+    np.subtract(b, t, out=b)
+    np.right_shift(b, 16, out=b)
+    return b
+
+
+def _key_floats(k: np.ndarray, low: int) -> np.ndarray:
+    """The float with key k and low 16 bits `low` of (bits - 1 for negative floats)."""
+    b = (k.astype(np.uint64) << 16) + low
+    b = np.where(b >= (1 << 31), b + 1, b)
+    return np.minimum(b, 0xFFFFFFFF).astype(np.uint32).view(F32)
 
 
 def _build_lut(kind: _Kind) -> _Lut:
-    """Evaluate C's truncation cell at both ends of each key's float range; for |x| < 2^31 finite
-    and NaN the cell is the same at both ends (checked), so the pair of levels is fixed per key."""
-    k = np.arange(1 << 16, dtype=np.uint32) << 16
-    lo_f = k.view(F32)
-    hi_f = (k | 0xFFFF).view(F32)
-    v0 = kind.values[0]
-
-    def cell(u: np.ndarray) -> np.ndarray:
-        u64 = u.astype(np.float64)
-        valid = u64 < 2.0 ** 31
-        t = np.where(valid, np.trunc(np.maximum(u64, float(_INT_MIN))), float(_INT_MIN)).astype(np.int64)
-        ix = t if kind.sub_first else t - int(v0)
-        return np.where(ix < 0, -1, np.where(ix >= kind.bound, kind.bound, ix))
-
-    c_lo, c_hi = cell(lo_f), cell(hi_f)
-    nan = np.isnan(lo_f)
-    assert np.array_equal(c_lo[~nan], c_hi[~nan]), "a key straddles a truncation cell"
-    c = np.where(nan, -1, c_lo)
-    e = np.where(c < 0, 0, np.where(c >= kind.bound, kind.n - 1, kind.index[np.clip(c, 0, kind.index.size - 1)]))
-    e = e.astype(np.int64)
-    test = e >= kind.n
-    il = np.where(test, e - kind.n, e)
-    ih = np.where(test, e - kind.n + 1, e)
-    pair = np.empty((1 << 16, 2), F32)
-    pair[:, 0], pair[:, 1] = kind.values[il], kind.values[ih]
-    ipair = np.empty((1 << 16, 2), np.uint8)
-    ipair[:, 0], ipair[:, 1] = il, ih
-    return _Lut(kind, pair.view(np.uint64).ravel(), ipair.view(np.uint16).ravel())
+    """C's level at both ends of each key's float range (best_index_c): C's level is monotone in x
+    (tested), so equal ends mean one level for the whole range. The few other keys get every float
+    evaluated: each must hold one step (else the build fails)."""
+    k = np.arange(1 << 16, dtype=np.uint32)
+    lo = best_index_c(_key_floats(k, 0), kind)
+    hi = best_index_c(_key_floats(k, 0xFFFF), kind)
+    lo[0x7FFF] = hi[0x7FFF] = best_index_c(np.array([0.0], F32), kind)[0]  # -0.0
+    same = lo == hi
+    idx = np.where(same, lo, _AMBIGUOUS).astype(np.uint8)
+    q = np.where(same, kind.values[np.where(same, lo, 0)], F32(np.nan)).astype(F32)
+    amb = np.flatnonzero(~same).astype(np.uint32)
+    ts, los, his = [], [], []
+    for key in amb:
+        x = _key_floats(np.full(1 << 16, key, np.uint32), np.arange(1 << 16))
+        x = np.sort(x[~np.isnan(x)])
+        f = best_index_c(x, kind)
+        step = np.flatnonzero(f[1:] != f[:-1])
+        assert step.size == 1, f"key {key:#x} holds {step.size} level changes"
+        ts.append(x[step[0] + 1])
+        los.append(f[0])
+        his.append(f[-1])
+    return _Lut(kind, q, idx, amb, np.array(ts, F32), np.array(los, np.int64), np.array(his, np.int64))
 
 
-def _keys(al: np.ndarray, kind: _Kind) -> np.ndarray:
-    """The 16-bit key of each float C truncates (al, or al - values[0] for IQ6) as intp."""
-    src = np.subtract(al, kind.values[0]) if kind.sub_first else np.ascontiguousarray(al)
-    return src.view(np.uint16)[..., 1::2].astype(np.intp)
+def level_values(al: np.ndarray, lut: _Lut, exact: bool = False) -> np.ndarray:
+    """Level values of C's best_index on al (C-contiguous float32, destroyed); NaN where a key is
+    ambiguous (callers resolve those). exact: best_index_c throughout."""
+    if exact:
+        return lut.kind.values[best_index_c(al, lut.kind)]
+    return np.take(lut.q, keys(al))
 
 
-def level_lookup(al: np.ndarray, lut: _Lut, with_index: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """C's best_index on float32 al (C-contiguous) via the key table: (level value float32,
-    level index uint8 if with_index)."""
-    kk = _keys(al, lut.kind)
-    pair = np.take(lut.vals, kk).view(F32).reshape(*al.shape, 2)
-    lo, hi = pair[..., 0], pair[..., 1]
-    a = np.subtract(al, lo)
-    b = np.subtract(hi, al)
-    lower = np.less(a, b)
-    q = np.where(lower, lo, hi)
-    if not with_index:
-        return q, None
-    ip = np.take(lut.idx, kk).view(np.uint8).reshape(*al.shape, 2)
-    return q, np.where(lower, ip[..., 0], ip[..., 1])
+def level_index(al: np.ndarray, lut: _Lut, exact: bool = False) -> np.ndarray:
+    """C's best_index on al (float32, any shape) as uint8, exact (ambiguous keys resolved)."""
+    if exact:
+        return best_index_c(al, lut.kind).astype(np.uint8)
+    al = np.asarray(al, dtype=F32)
+    k = keys(al.copy(order="C"))
+    idx = np.take(lut.idx, k)
+    amb = idx == _AMBIGUOUS
+    if amb.any():
+        idx[amb] = lut.resolve(al[amb], k[amb])
+    return idx
 
 
 def _kinds(values: np.ndarray, index: np.ndarray, bound: int, sub_first: bool) -> tuple[_Kind, _Kind]:
@@ -186,20 +224,21 @@ def _kinds(values: np.ndarray, index: np.ndarray, bound: int, sub_first: bool) -
     return (_Kind(v[:n].copy(), index, bound, sub_first), _Kind(v[n:].copy(), index, bound, sub_first))
 
 
-_IQ6_VALUES = np.concatenate([IQ6NL_VALUES[:64].astype(F32), IQ6NL_VALUES[:64].astype(F32) + F32(1)])
+IQ6_K_VALUES = np.concatenate([IQ6NL_VALUES[:64].astype(F32), IQ6NL_VALUES[:64].astype(F32) + F32(1)])
 """quantize_iq6_k's float table: values[i] = iq6nl_values[i], shifted values[i] + S_IQ6K (1)."""
 KINDS = {
-    "IQ4_K": _kinds(IQ4K_VALUES, _IQ4NL_INDEX, 241, False),
-    "IQ5_K": _kinds(IQ5NL_VALUES, _IQ5NL_INDEX, 247, False),
-    "IQ6_K": _kinds(_IQ6_VALUES, _IQ6NL_INDEX, 249, True),
+    "IQ4_K": _kinds(IQ4K_VALUES, IQ4NL_INDEX, 241, False),
+    "IQ5_K": _kinds(IQ5NL_VALUES, IQ5NL_INDEX, 247, False),
+    "IQ6_K": _kinds(IQ6_K_VALUES, IQ6NL_INDEX, 249, True),
 }
-_LUTS: dict[str, tuple[_Lut, _Lut]] = {}
+_LUT_CACHE: dict[str, tuple[_Lut, _Lut]] = {}
 
 
-def _luts(qtype: str) -> tuple[_Lut, _Lut]:
-    if qtype not in _LUTS:
-        _LUTS[qtype] = (_build_lut(KINDS[qtype][0]), _build_lut(KINDS[qtype][1]))
-    return _LUTS[qtype]
+def luts(qtype: str) -> tuple[_Lut, _Lut]:
+    """The key tables of a type's plain and shifted values (built once, ~10 ms)."""
+    if qtype not in _LUT_CACHE:
+        _LUT_CACHE[qtype] = (_build_lut(KINDS[qtype][0]), _build_lut(KINDS[qtype][1]))
+    return _LUT_CACHE[qtype]
 
 
 # ---- shared pieces of the three quantizers --------------------------------------------------------
@@ -242,28 +281,73 @@ def _block_weights(xt: np.ndarray, qwt: np.ndarray | None, sigma2: np.ndarray, p
     return np.add(F32(0.25) * sigma2, xx, out=xx)
 
 
-def _cand_sums(xt: np.ndarray, wt: np.ndarray, ids: np.ndarray, lut: _Lut) -> tuple[np.ndarray, np.ndarray]:
+_SUB_NB = 256  # blocks per candidate batch: (16, ncand, 256) float32 temporaries stay in L2
+
+
+def _cand_sums(xt: np.ndarray, wt: np.ndarray, ids: np.ndarray, lut: _Lut, exact: bool
+               ) -> tuple[np.ndarray, np.ndarray]:
     """(sumqx, sumq2) (ncand, nb) of levels best_index(id*x): sum (w*q)*x and (w*q)*q in index order."""
-    al = np.multiply(ids[:, None, :], xt[None])
-    q, _ = level_lookup(al, lut)
-    wq = np.multiply(wt[None], q, out=al)
-    sq = np.multiply(wq, q, out=q)
-    np.multiply(wq, xt[None], out=wq)
-    sx = np.add.reduce(wq, axis=1)
-    s2 = np.add.reduce(sq, axis=1)
+    nc, nb = ids.shape
+    sx = np.empty((nc, nb), F32)
+    s2 = np.empty((nc, nb), F32)
+    sub = min(_SUB_NB, nb)
+    buf_a = np.empty((16, nc, sub), F32)  # in-block index first: the sums reduce down axis 0
+    buf_t = np.empty((16, nc, sub), np.uint32)
+    buf_q = np.empty((16, nc, sub), F32)
+    for b0 in range(0, nb, sub):  # nb and sub are multiples of 16: no lone column
+        m = min(sub, nb - b0)
+        sl = slice(b0, b0 + m)
+        x = xt[:, None, sl]
+        al, t, q = buf_a[..., :m], buf_t[..., :m], buf_q[..., :m]
+        np.multiply(ids[None, :, sl], x, out=al)
+        if exact:
+            q[...] = lut.kind.values[best_index_c(al, lut.kind)]
+        else:  # keys(al) into t, then the level values
+            b = al.view(np.uint32)
+            np.right_shift(b, 31, out=t)
+            np.subtract(b, t, out=t)
+            np.right_shift(t, 16, out=t)
+            np.take(lut.q, t, out=q, mode="clip")
+        wq = np.multiply(wt[:, None, sl], q, out=al)
+        np.multiply(wq, q, out=q)
+        s2[:, sl] = np.add.reduce(q, axis=0)
+        np.multiply(wq, x, out=wq)
+        sx[:, sl] = np.add.reduce(wq, axis=0)
     sx += F32(0)
     s2 += F32(0)
+    redo = np.isnan(s2)
+    if not exact and redo.any():  # an ambiguous key (or NaN data): resolve those blocks' levels
+        ci, bi = np.nonzero(redo)
+        x = xt[:, bi]
+        al = ids[ci, bi] * x
+        k = keys(al.copy())
+        q = np.take(lut.q, k)
+        amb = np.isnan(q)
+        q[amb] = lut.kind.values[lut.resolve(al[amb], k[amb])]
+        sx[ci, bi], s2[ci, bi] = _loop_sums(wt[:, bi] * q, x, q)
     return sx, s2
 
 
-def _search(xt: np.ndarray, wt: np.ndarray, qtype: str, ntry: int, refine: bool
+def _loop_sums(wq: np.ndarray, x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sum_j wq[j]*x[j] and wq[j]*q[j] from +0 down axis 0 in order (any column count)."""
+    if wq.shape[1] >= 2:
+        return np.add.reduce(wq * x, axis=0) + F32(0), np.add.reduce(wq * q, axis=0) + F32(0)
+    sx = np.zeros(wq.shape[1:], F32)
+    s2 = np.zeros(wq.shape[1:], F32)
+    for j in range(wq.shape[0]):
+        sx += wq[j] * x[j]
+        s2 += wq[j] * q[j]
+    return sx, s2
+
+
+def _search(xt: np.ndarray, wt: np.ndarray, qtype: str, ntry: int, refine: bool, exact: bool
             ) -> tuple[np.ndarray, np.ndarray]:
     """The per-block search of quantize_row_iq{4,5,6}_k_impl on xt, wt (16, nb) -> (scale float32
     (nb,), is_shifted bool (nb,)); blocks with max |x| < 1e-16 get 0, not shifted."""
-    lut_u, lut_s = _luts(qtype)
+    lut_u, lut_s = luts(qtype)
     v0 = lut_u.kind.values[0]
     s0 = lut_s.kind.values[0]
-    amax, mx = absmax_t(xt)
+    amax, mx = absmax_t(np.where(np.isnan(xt), F32(0), xt) if exact else xt)  # NaN never wins in C
     skip = amax < F32(1e-16)
     mx = np.where(skip, F32(1), mx)
     d0 = -mx / v0
@@ -277,34 +361,35 @@ def _search(xt: np.ndarray, wt: np.ndarray, qtype: str, ntry: int, refine: bool
         ids_s[2 * i] = (F32(itry) + s0) / mx
     ids_u[1::2] = -ids_u[0::2]
     ids_s[1::2] = -ids_s[0::2]
-    sxu, s2u = _cand_sums(xt, wt, ids_u, lut_u)
-    sxs, s2s = _cand_sums(xt, wt, ids_s, lut_s)
+    sxu, s2u = _cand_sums(xt, wt, ids_u, lut_u, exact)
+    sxs, s2s = _cand_sums(xt, wt, ids_s, lut_s, exact)
 
-    d = sxu[0] / s2u[0]
-    best = d * sxu[0]
-    shifted = np.zeros(mx.size, bool)
-
-    def take(sx: np.ndarray, s2: np.ndarray, sh: bool) -> None:
-        nonlocal d, best
-        upd = (s2 > 0) & (sx * sx > best * s2)
-        if upd.any():
-            dn = sx / s2
-            d = np.where(upd, dn, d)
-            best = np.where(upd, dn * sx, best)
-            shifted[upd] = sh
-
-    take(sxu[1], s2u[1], False)
-    for i in range(len(tries)):
-        take(sxu[2 + 2 * i], s2u[2 + 2 * i], False)
-        take(sxu[3 + 2 * i], s2u[3 + 2 * i], False)
-        take(sxs[2 * i], s2s[2 * i], True)
-        take(sxs[2 * i + 1], s2s[2 * i + 1], True)
+    # C's order: p0, m0, then per itry: plain p, plain m, shifted p, shifted m
+    nu = sxu.shape[0]
+    order = [1] + [r for i in range(len(tries)) for r in (2 + 2 * i, 3 + 2 * i, nu + 2 * i, nu + 2 * i + 1)]
+    sx = np.concatenate([sxu, sxs])
+    s2 = np.concatenate([s2u, s2s])
+    dn = sx / s2
+    bn = dn * sx
+    sxx = np.where(s2 > 0, sx * sx, F32(-np.inf))  # C: sumq2 > 0 && sumqx*sumqx > best*sumq2
+    best = bn[0].copy()  # C takes candidate 0 unconditionally
+    last = np.zeros(mx.size, np.intp)
+    upd = np.empty(mx.size, bool)
+    tmp = np.empty(mx.size, F32)
+    for c in order:
+        np.multiply(best, s2[c], out=tmp)
+        np.greater(sxx[c], tmp, out=upd)
+        np.putmask(best, upd, bn[c])  # (putmask: several times faster than copyto(where=) here)
+        np.putmask(last, upd, c)
+    cols = np.arange(mx.size)
+    d = dn[last, cols]
+    shifted = last >= nu
 
     if refine:  # IQ5_K / IQ6_K: one more pass at id = 1/d with the chosen table
         nz = d != 0
         idr = F32(1) / np.where(nz, d, F32(1))
-        sx_u, s2_u = _cand_sums(xt, wt, idr[None], lut_u)
-        sx_s, s2_s = _cand_sums(xt, wt, idr[None], lut_s)
+        sx_u, s2_u = _cand_sums(xt, wt, idr[None], lut_u, exact)
+        sx_s, s2_s = _cand_sums(xt, wt, idr[None], lut_s, exact)
         sx = np.where(shifted, sx_s[0], sx_u[0])
         s2 = np.where(shifted, s2_s[0], s2_u[0])
         d = np.where(nz & (s2 > 0), sx / s2, d)
@@ -328,7 +413,7 @@ def _ordered_sb_sum(t: np.ndarray, nsb: int) -> np.ndarray:
     return _seq_sum0(np.ascontiguousarray(u))
 
 
-_CHUNK_SB = 32  # super-blocks per chunk (512 blocks of 16)
+_CHUNK_SB = 128  # super-blocks per chunk (2048 blocks of 16; candidates run in batches of _SUB_NB)
 
 
 def _prepare(x: np.ndarray, imatrix: np.ndarray | None, sigma_iq4: bool
@@ -345,6 +430,7 @@ def _prepare(x: np.ndarray, imatrix: np.ndarray | None, sigma_iq4: bool
 
 def _by_chunks(rows: np.ndarray, imatrix: np.ndarray | None, dtype: np.dtype,
                fn: Callable[[np.ndarray, np.ndarray | None], np.ndarray]) -> np.ndarray:
+    """fn(chunk of whole rows, imatrix) -> blocks of dtype, over chunks of ~_CHUNK_SB super-blocks."""
     rows = np.ascontiguousarray(rows, dtype=F32)
     nrows, n = rows.shape
     if n % QK_K:
@@ -362,7 +448,8 @@ def _iq4_k_chunk(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """quantize_row_iq4_k_impl_bs16 (ntry = 7) on every super-block of a chunk of rows."""
     xt, qwt, sig, nsb = _prepare(x, imatrix, True)
     wt = _block_weights(xt, qwt, sig, True)
-    scales, shifted = _search(xt, wt, "IQ4_K", 7, False)
+    exact = bool(np.isnan(xt).any())  # NaN payloads may share the key of -0.0: no tables then
+    scales, shifted = _search(xt, wt, "IQ4_K", 7, False, exact)
     max_scale, _ = _max_scale(scales.reshape(nsb, 16))
     d = -max_scale / F32(32)
     idd = np.where(d != 0, F32(1) / np.where(d != 0, d, F32(1)), F32(0))
@@ -371,7 +458,7 @@ def _iq4_k_chunk(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     lf = l.astype(F32)
     dl = np.repeat(d, 16) * lf
     idl = np.where(dl != 0, F32(1) / np.where(dl != 0, dl, F32(1)), F32(0))
-    L, qv = _final_levels(xt, idl, shifted, "IQ4_K")
+    L, qv = _final_levels(xt, idl, shifted, "IQ4_K", exact)
     q = qv * lf  # block_values[L]*l: an exact small integer
     wq = wt * q
     sumqx = _ordered_sb_sum(wq * xt, nsb)
@@ -391,42 +478,22 @@ def _iq4_k_chunk(x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _final_levels(xt: np.ndarray, idl: np.ndarray, shifted: np.ndarray, qtype: str
+def _final_levels(xt: np.ndarray, idl: np.ndarray, shifted: np.ndarray, qtype: str, exact: bool
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Levels best_index(block_values, idl*x) with each block's table: (index uint8, value float32)."""
-    lut_u, lut_s = _luts(qtype)
+    lut_u, lut_s = luts(qtype)
     al = idl * xt
-    qu, iu = level_lookup(al, lut_u, True)
-    qs, is_ = level_lookup(al, lut_s, True)
-    return np.where(shifted, is_, iu), np.where(shifted, qs, qu)
+    iu = level_index(al, lut_u, exact)
+    is_ = level_index(al, lut_s, exact)
+    L = np.where(shifted, is_, iu)
+    vals = np.concatenate([lut_u.kind.values, lut_s.kind.values])
+    return L, vals[L.astype(np.intp) + np.where(shifted, lut_u.kind.n, 0)]
 
 
 @ieee
 def quantize_iq4_k(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
     """ik_llama.cpp quantize_iq4_k: rows float32 (nrows, n) -> uint8 (nrows, n/256*144)."""
     return _by_chunks(rows, imatrix, BLOCK_IQ4_K, _iq4_k_chunk)
-
-
-def _iq4_k_dequant_blocks(b: np.ndarray) -> np.ndarray:
-    d = fp16_bits_to_fp32(b["d"])[:, None]
-    sh = b["scales_h"].view("<u2").astype(np.int32)  # (nb, 2)
-    ib = np.arange(16)
-    slo = b["scales_l"].astype(np.int32)
-    lo = np.where(ib % 2 == 0, slo[:, ib // 2] & 0xF, slo[:, ib // 2] >> 4)
-    hi = (sh[:, ib // 8] >> (2 * (ib % 8))) & 3
-    dl = d * ((lo | (hi << 4)) - 32).astype(F32)  # (nb, 16)
-    extra = b["extra"].astype(np.int32)[:, None]
-    shift = ((extra >> ib) & 1).astype(np.intp)  # (nb, 16)
-    qs = b["qs"].reshape(-1, 8, 16).astype(np.intp)
-    idx = np.stack([qs & 0xF, qs >> 4], axis=2).reshape(-1, 16, 16)  # (nb, ib, j)
-    vals = IQ4K_VALUES.astype(F32)[idx + 16 * shift[:, :, None]]
-    return (dl[:, :, None] * vals).reshape(-1, QK_K)
-
-
-def dequantize_iq4_k(data: np.ndarray, n: int) -> np.ndarray:
-    """dequantize_row_iq4_k: uint8 (nrows, n/256*144) -> float32 (nrows, n)."""
-    b = np.ascontiguousarray(data).view(BLOCK_IQ4_K).reshape(-1)
-    return _iq4_k_dequant_blocks(b).reshape(data.shape[0], n)
 
 
 # ---- IQ5_K / IQ6_K -------------------------------------------------------------------------------
@@ -436,7 +503,8 @@ def _iq56_chunk(x: np.ndarray, imatrix: np.ndarray | None, qtype: str) -> np.nda
     six = qtype == "IQ6_K"
     xt, qwt, sig, nsb = _prepare(x, imatrix, False)
     wt = _block_weights(xt, qwt, sig, False)
-    scales, shifted = _search(xt, wt, qtype, 5, True)
+    exact = bool(np.isnan(xt).any())  # NaN payloads may share the key of -0.0: no tables then
+    scales, shifted = _search(xt, wt, qtype, 5, True, exact)
     max_scale, max_abs = _max_scale(scales.reshape(nsb, 16))
     live = max_abs != 0
     d = -max_scale / F32(127 if six else 32)
@@ -449,7 +517,7 @@ def _iq56_chunk(x: np.ndarray, imatrix: np.ndarray | None, qtype: str) -> np.nda
     dl = np.repeat(d, 16) * lf
     on = dl != 0
     idl = F32(1) / np.where(on, dl, F32(1))
-    L, qv = _final_levels(xt, idl, shifted, qtype)
+    L, qv = _final_levels(xt, idl, shifted, qtype, exact)
     L = np.where(on, L, 0)
     q = np.where(on, qv * lf, F32(0))
     wq = wt * q
@@ -497,50 +565,106 @@ def quantize_iq6_k(rows: np.ndarray, imatrix: np.ndarray | None = None) -> np.nd
     return _by_chunks(rows, imatrix, BLOCK_IQ6_K, lambda x, im: _iq56_chunk(x, im, "IQ6_K"))
 
 
-def _levels_56(b: np.ndarray, six: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(level index (nb, 16 ib, 16 j) intp, shifted (nb, 16) intp) of IQ5_K / IQ6_K blocks."""
-    ib = np.arange(16)
-    ib32, half = ib // 2, ib % 2
-    qs = b["qs"].reshape(-1, 4, 2, 16).astype(np.intp)  # pair, half, j
-    low = (qs[:, ib32 // 2, half, :] >> (4 * (ib32 % 2))[None, :, None]) & 0xF  # (nb, ib, j)
-    if six:
-        qh = b["qh"].reshape(-1, 2, 2, 16).astype(np.intp)  # ib32/4, half, j
-        hi = (qh[:, ib32 // 4, half, :] >> (2 * (ib32 % 4))[None, :, None]) & 3
-    else:
-        qh = b["qh"].reshape(-1, 2, 16).astype(np.intp)
-        hi = (qh[:, half, :] >> ib32[None, :, None]) & 1
-    shift = (b["extra"].astype(np.intp)[:, None] >> ib) & 1
-    return low | (hi << 4), shift
+# ---- dequantizers -------------------------------------------------------------------------------
+
+_DEQ_CHUNK = 1 << 16  # values per chunk of rows
 
 
-def dequantize_iq5_k(data: np.ndarray, n: int) -> np.ndarray:
-    """dequantize_row_iq5_k: uint8 (nrows, n/256*176) -> float32 (nrows, n)."""
-    b = np.ascontiguousarray(data).view(BLOCK_IQ5_K).reshape(-1)
-    d = fp16_bits_to_fp32(b["d"])[:, None]
-    ib = np.arange(16)
+def _by_row_chunks(data: np.ndarray, n: int, dtype: np.dtype,
+                   fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """fn(blocks (nb,) of dtype) -> float32 (nb, 256) over chunks of rows: (nrows, n) float32."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    nrows = data.shape[0]
+    if n % QK_K or data.shape[1] != n // QK_K * dtype.itemsize:
+        raise ValueError(f"rows of {data.shape[1]} bytes do not hold {n} values of this type")
+    out = np.empty((nrows, n), F32)
+    step = max(1, _DEQ_CHUNK // n)
+    for r0 in range(0, nrows, step):
+        blocks = data[r0:r0 + step].view(dtype).reshape(-1)
+        out[r0:r0 + step] = fn(blocks).reshape(-1, n)
+    return out
+
+
+_IB = np.arange(16)
+
+
+def _iq4_k_blocks(b: np.ndarray) -> np.ndarray:
+    """dequantize_row_iq4_k on blocks: y = d*(6-bit scale - 32) * values[(extra bit)*16 + q]."""
+    sh = b["scales_h"].view("<u2").astype(np.int32)  # (nb, 2)
     slo = b["scales_l"].astype(np.int32)
-    lo = np.where(ib % 2 == 0, slo[:, ib // 2] & 0xF, slo[:, ib // 2] >> 4)
-    hi = (b["scales_h"].astype(np.int32)[:, ib // 4] >> (2 * (ib % 4))) & 3
-    dl = d * ((lo | (hi << 4)) - 32).astype(F32)
-    idx, shift = _levels_56(b, False)
-    vals = IQ5NL_VALUES.astype(F32)[idx + 32 * shift[:, :, None]]
-    return (dl[:, :, None] * vals).reshape(data.shape[0], n)
+    lo = np.where(_IB % 2 == 0, slo[:, _IB // 2] & 0xF, slo[:, _IB // 2] >> 4)
+    hi = (sh[:, _IB // 8] >> (2 * (_IB % 8))) & 3
+    dl = fp16_bits_to_fp32(b["d"])[:, None] * ((lo | (hi << 4)) - 32).astype(F32)  # (nb, 16)
+    shift = ((b["extra"][:, None] >> _IB) & 1).astype(np.uint8) << 4  # (nb, 16)
+    qs = b["qs"].reshape(-1, 8, 1, 16)
+    idx = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(-1, 16, 16)  # (nb, ib, j)
+    idx += shift[:, :, None]
+    return dl[:, :, None] * _IQ4K_F32[idx]
+
+
+def _levels_56(b: np.ndarray, six: bool) -> np.ndarray:
+    """Level index (nb, 16 ib, 16 j) uint8 of IQ5_K / IQ6_K blocks (plain/shifted bit not added)."""
+    ib32, half = _IB // 2, _IB % 2
+    qs = b["qs"].reshape(-1, 4, 2, 16)  # pair, half, j
+    low = (qs[:, ib32 // 2, half, :] >> (4 * (ib32 % 2)).astype(np.uint8)[None, :, None]) & 0xF
+    if six:
+        qh = b["qh"].reshape(-1, 2, 2, 16)  # ib32/4, half, j
+        hi = (qh[:, ib32 // 4, half, :] >> (2 * (ib32 % 4)).astype(np.uint8)[None, :, None]) & 3
+    else:
+        qh = b["qh"].reshape(-1, 2, 16)  # half, j
+        hi = (qh[:, half, :] >> ib32.astype(np.uint8)[None, :, None]) & 1
+    return low | (hi << 4)
+
+
+def _iq5_k_blocks(b: np.ndarray) -> np.ndarray:
+    """dequantize_row_iq5_k on blocks: y = d*(6-bit scale - 32) * iq5nl_values[(extra bit)*32 + q]."""
+    slo = b["scales_l"].astype(np.int32)
+    lo = np.where(_IB % 2 == 0, slo[:, _IB // 2] & 0xF, slo[:, _IB // 2] >> 4)
+    hi = (b["scales_h"].astype(np.int32)[:, _IB // 4] >> (2 * (_IB % 4))) & 3
+    dl = fp16_bits_to_fp32(b["d"])[:, None] * ((lo | (hi << 4)) - 32).astype(F32)
+    idx = _levels_56(b, False)
+    idx += (((b["extra"][:, None] >> _IB) & 1).astype(np.uint8) << 5)[:, :, None]
+    return dl[:, :, None] * _IQ5NL_F32[idx]
 
 
 _A6, _B6, _C6, _D6 = F32(-127.0), F32(6.2568), F32(0.11218), F32(0.0011972)
+_Q6 = np.arange(64, dtype=F32)
+_IQ6_POLY = _A6 + _Q6 * (_B6 + _Q6 * (-_C6 + _Q6 * _D6))
+"""A_IQ6K + q*(B_IQ6K + q*(-C_IQ6K + q*D_IQ6K)) for q = 0..63, in C's float order."""
 
 
+def _iq6_k_blocks(b: np.ndarray) -> np.ndarray:
+    """dequantize_row_iq6_k on blocks: y = d*scale * (poly(q) + m), m = 1 where the extra bit is set."""
+    dl = fp16_bits_to_fp32(b["d"])[:, None] * b["scales"].astype(F32)
+    m = ((b["extra"][:, None] >> _IB) & 1).astype(F32)
+    t = _IQ6_POLY[_levels_56(b, True)]
+    t += m[:, :, None]
+    return dl[:, :, None] * t
+
+
+_IQ4K_F32 = IQ4K_VALUES.astype(F32)
+_IQ5NL_F32 = IQ5NL_VALUES.astype(F32)
+
+
+@ieee
+def dequantize_iq4_k(data: np.ndarray, n: int) -> np.ndarray:
+    """dequantize_row_iq4_k: uint8 (nrows, n/256*144) -> float32 (nrows, n)."""
+    return _by_row_chunks(data, n, BLOCK_IQ4_K, _iq4_k_blocks)
+
+
+@ieee
+def dequantize_iq5_k(data: np.ndarray, n: int) -> np.ndarray:
+    """dequantize_row_iq5_k: uint8 (nrows, n/256*176) -> float32 (nrows, n)."""
+    return _by_row_chunks(data, n, BLOCK_IQ5_K, _iq5_k_blocks)
+
+
+@ieee
 def dequantize_iq6_k(data: np.ndarray, n: int) -> np.ndarray:
-    """dequantize_row_iq6_k: dl * (A + q*(B + q*(-C + q*D)) + m), m = 1 on shifted blocks."""
-    b = np.ascontiguousarray(data).view(BLOCK_IQ6_K).reshape(-1)
-    d = fp16_bits_to_fp32(b["d"])[:, None]
-    dl = d * b["scales"].astype(F32)
-    idx, shift = _levels_56(b, True)
-    q = idx.astype(F32)
-    t = _A6 + q * (_B6 + q * (-_C6 + q * _D6))
-    t = t + shift.astype(F32)[:, :, None]
-    return (dl[:, :, None] * t).reshape(data.shape[0], n)
+    """dequantize_row_iq6_k: uint8 (nrows, n/256*212) -> float32 (nrows, n)."""
+    return _by_row_chunks(data, n, BLOCK_IQ6_K, _iq6_k_blocks)
 
 
 QUANTIZE = {"IQ4_K": quantize_iq4_k, "IQ5_K": quantize_iq5_k, "IQ6_K": quantize_iq6_k}
 DEQUANTIZE = {"IQ4_K": dequantize_iq4_k, "IQ5_K": dequantize_iq5_k, "IQ6_K": dequantize_iq6_k}
+for _n in QUANTIZE:
+    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..legacy import QUANTIZE as MAINLINE_QUANTIZE
-from ..legacy import _quantize_im
+from ..legacy import quantize_with_imatrix
+from ..registry import register
 from ..scratch import Workspace
 from .search_ik import make_qx_quants_ik_t
 
@@ -23,9 +24,10 @@ def ik_qx(xt: np.ndarray, wt: np.ndarray, nmax: int, ws: Workspace, Lu: np.ndarr
 
 def _quantizer(name: str):  # noqa: ANN202
     def quantize(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-        if imatrix is None:
+        if imatrix is None:  # as mainline does
             return MAINLINE_QUANTIZE[name](rows, None)
-        return _quantize_im(name, np.ascontiguousarray(rows, dtype=F32), np.asarray(imatrix, dtype=F32), ik_qx)
+        return quantize_with_imatrix(name, np.ascontiguousarray(rows, dtype=F32), np.asarray(imatrix, dtype=F32),
+                                     ik_qx)
 
     quantize.__name__ = f"quantize_{name.lower()}_ik"
     quantize.__doc__ = f"ik_llama.cpp quantize_{name.lower()}: rows float32 (nrows, n) [, imatrix (n,)] -> uint8."
@@ -33,3 +35,5 @@ def _quantizer(name: str):  # noqa: ANN202
 
 
 QUANTIZE: dict = {name: _quantizer(name) for name in ("Q4_0", "Q5_0")}
+for _n in QUANTIZE:
+    register(_n, QUANTIZE[_n], mainline=(), ik=(True,))  # without an imatrix: mainline's kernel

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..legacy import _seq_sum0
 from ..nonlinear import _fp16_bits, _ieee
+from ..registry import register
 from ..rounding import fp16_bits_to_fp32
 from ..search import first_absmax_t
 from .search_ik import make_qx_quants_ik_t
@@ -113,3 +114,4 @@ def dequantize_q6_0(data: np.ndarray, n: int) -> np.ndarray:
 
 QUANTIZE: dict = {"Q6_0": quantize_q6_0}
 DEQUANTIZE: dict = {"Q6_0": dequantize_q6_0}
+register("Q6_0", quantize_q6_0, dequantize_q6_0, mainline=())

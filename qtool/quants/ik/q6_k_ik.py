@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..kquants.q6_k import quantize_q6_k
+from ..registry import register
 from ..scratch import Workspace
 from .search_ik import make_qx_quants_ik_t
 
@@ -25,3 +26,4 @@ def quantize_q6_k_ik(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray
 
 
 QUANTIZE: dict = {"Q6_K": quantize_q6_k_ik}
+register("Q6_K", quantize_q6_k_ik, mainline=())

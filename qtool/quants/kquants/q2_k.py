@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..registry import register
 from ..rounding import fp32_to_fp16_bits, nearest_int
 from ..scratch import Workspace
 from ..search_kx import make_qp_quants_t, qkx_search_state_t
@@ -116,3 +117,4 @@ def dequantize_q2_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"Q2_K": quantize_q2_k}
 DEQUANTIZE: dict = {"Q2_K": dequantize_q2_k}
+register("Q2_K", QUANTIZE["Q2_K"], DEQUANTIZE["Q2_K"], ik=(False,))  # ik: own imatrix search, not ported

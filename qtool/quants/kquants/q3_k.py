@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..registry import register
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
 from ..scratch import Workspace, thread_workspace
 from ..search import make_q3_quants_t, make_qx_quants_t, qx_levels_t, qx_search_state_t
@@ -215,3 +216,4 @@ def dequantize_q3_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"Q3_K": quantize_q3_k}
 DEQUANTIZE: dict = {"Q3_K": dequantize_q3_k}
+register("Q3_K", QUANTIZE["Q3_K"], DEQUANTIZE["Q3_K"], ik=(False,))  # ik: own imatrix search, not ported

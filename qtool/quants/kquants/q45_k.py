@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..registry import register
 from ..rounding import fp32_to_fp16_bits, nearest_int
 from ..scratch import Workspace
 from ..search_kx import make_qp_quants_t, qkx_search_state_t, recompute_L_t
@@ -282,3 +283,5 @@ def dequantize_q5_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k}
 DEQUANTIZE: dict = {"Q4_K": dequantize_q4_k, "Q5_K": dequantize_q5_k}
+register("Q4_K", QUANTIZE["Q4_K"], DEQUANTIZE["Q4_K"], ik=(False,))  # ik: own imatrix search, not ported
+register("Q5_K", QUANTIZE["Q5_K"], DEQUANTIZE["Q5_K"], ik=(False,))  # ik: own imatrix search, not ported

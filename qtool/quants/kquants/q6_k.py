@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..registry import register
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
 from ..scratch import Workspace, thread_workspace
 from ..search import qx_levels_t, qx_search_state_t
@@ -221,3 +222,4 @@ def dequantize_q6_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"Q6_K": quantize_q6_k}
 DEQUANTIZE: dict = {"Q6_K": dequantize_q6_k}
+register("Q6_K", quantize_q6_k, dequantize_q6_k, ik=())  # ik: its own search (ik/q6_k_ik.py)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..registry import register
 from ..rounding import nearest_int
 from ..types import QK_K
 
@@ -73,3 +74,4 @@ def dequantize_q8_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"Q8_K": quantize_q8_k}
 DEQUANTIZE: dict = {"Q8_K": dequantize_q8_k}
+register("Q8_K", quantize_q8_k, dequantize_q8_k, ik=())  # ik's Q8_K is another (296-byte) block
