@@ -11,7 +11,7 @@ import pytest
 from qtool.quants import NotImplementedType, can_quantize, engine, quantizable_types
 from qtool.quants.ik.iq4_ik import quantize_row_iq4_nl_ik, search_ik_t
 from qtool.quants.ik.search_ik import make_qx_quants_ik_t
-from qtool.quants.nonlinear import _KV_F32, best_index_t
+from qtool.quants.nonlinear import KV_F32, best_index_t
 from qtool.quants.registry import support
 from qtool.quants.rowref import quantize_row_iq4_nl_ref, quantize_row_ref
 
@@ -142,7 +142,7 @@ def _iq4_ik_scalar(x: np.ndarray, w: np.ndarray, ntry: int) -> tuple[F32, list[i
             amax, mx = abs(v), v
     if amax < F32(1e-15):
         return F32(0), []
-    kv = [int(v) for v in _KV_F32]
+    kv = [int(v) for v in KV_F32]
 
     def idx(a: F32) -> int:
         return int(best_index_t(np.array([a], F32))[0])

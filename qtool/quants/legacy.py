@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .numeric import first_zero_signbit, fp16_bits, seq_sum0
 from .registry import register
 from .rounding import fp16_bits_to_fp32
 from .scratch import Workspace
@@ -57,12 +58,6 @@ for _name, _bytes in (("Q4_0", 18), ("Q4_1", 20), ("Q5_0", 22), ("Q5_1", 24), ("
 _REF_CHUNK_BLOCKS = 1 << 13  # blocks per chunk of the reference paths
 _IM_CHUNK_BLOCKS = 1 << 13  # blocks per chunk of the imatrix paths (whole rows at least)
 _ROUNDF_C = np.nextafter(F32(0.5), F32(0))  # roundf(v) = trunc(v + copysign(0.49999997, v))
-
-
-def _fp16_bits(x: np.ndarray) -> np.ndarray:
-    """GGML_FP32_TO_FP16: round to nearest even (numpy's cast; overflow gives inf), as uint16 bits."""
-    with np.errstate(over="ignore"):
-        return x.astype(np.float16).view(np.uint16)
 
 
 # --- packing ------------------------------------------------------------------------------
@@ -136,15 +131,8 @@ def _qx_0_ref_t(xt: np.ndarray, blk: np.ndarray, nmax: int, ws: Workspace) -> No
     np.minimum(Lu, np.full(m, 2 * nmax - 1, dtype=U32), out=Lu)
     if bad is not None:
         Lu[:, bad] = 0
-    blk["d"] = _fp16_bits(d)
+    blk["d"] = fp16_bits(d)
     _write_qs(blk, *_pack_t(Lu, nmax == 16))
-
-
-def _first_zero_signbit(xt: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Sign bit of the first zero (in index order) of each selected column of xt (32, m)."""
-    sub = xt[:, cols]
-    first = np.argmax(sub == 0, axis=0)
-    return np.signbit(sub[first, np.arange(cols.size)])
 
 
 def _qx_1_ref_t(xt: np.ndarray, blk: np.ndarray, nmax: int, ws: Workspace) -> None:
@@ -157,7 +145,7 @@ def _qx_1_ref_t(xt: np.ndarray, blk: np.ndarray, nmax: int, ws: Workspace) -> No
     mx = xt.max(axis=0)
     z = np.flatnonzero(mn == 0)
     if z.size:
-        mn[z] = np.where(_first_zero_signbit(xt, z), F32(-0.0), F32(0.0))
+        mn[z] = np.where(first_zero_signbit(xt, z), F32(-0.0), F32(0.0))
     d = np.abs((mx - mn) / F32(nmax))
     idv, bad = _inverse(d)
     v = np.subtract(xt, mn, out=ws.get("ref_v", xt.shape))
@@ -168,8 +156,8 @@ def _qx_1_ref_t(xt: np.ndarray, blk: np.ndarray, nmax: int, ws: Workspace) -> No
         np.minimum(Lu, np.full(m, 15, dtype=U32), out=Lu)
     if bad is not None:
         Lu[:, bad] = 0
-    blk["d"] = _fp16_bits(d)
-    blk["m"] = _fp16_bits(mn)
+    blk["d"] = fp16_bits(d)
+    blk["m"] = fp16_bits(mn)
     _write_qs(blk, *_pack_t(Lu, nmax == 31))
 
 
@@ -190,7 +178,7 @@ def _q8_0_ref_t(xt: np.ndarray, blk: np.ndarray, ws: Workspace) -> None:
     L4 = Lw.reshape(8, 4, m)  # byte 4k + t of the block -> byte t of word k
     L4 <<= np.array([0, 8, 16, 24], dtype=U32)[None, :, None]
     qs = np.bitwise_or.reduce(L4, axis=1)  # (8, m)
-    blk["d"] = _fp16_bits(d)
+    blk["d"] = fp16_bits(d)
     blk["qs"] = np.ascontiguousarray(qs.T).view(np.int8).reshape(m, 32)
 
 
@@ -233,14 +221,6 @@ def _rows_t(xr: np.ndarray, out: np.ndarray) -> None:
     for a in range(0, r, _TILE_ROWS):
         b = min(r, a + _TILE_ROWS)
         out[:, :, a:b] = xr[a:b].reshape(b - a, nbr, QK).transpose(1, 2, 0)
-
-
-def _seq_sum0(a: np.ndarray) -> np.ndarray:
-    """C's `s = 0; for (...) s += a[j]` down axis 0 of a float32 (n, r) -> (r,). numpy adds the
-    rows in order when r > 1; a single column it would sum pairwise, so that one is accumulated."""
-    if a.shape[1] > 1:
-        return np.add.reduce(a, axis=0, initial=F32(0))
-    return np.add.accumulate(a, axis=0)[-1] + F32(0)  # + 0: C's sum starts from +0, never -0
 
 
 def _qx_levels_u32(xt: np.ndarray, isc: np.ndarray, nmax: int, zero: np.ndarray, t: np.ndarray,
@@ -296,7 +276,7 @@ def quantize_with_imatrix(name: str, rows: np.ndarray, imatrix: np.ndarray, qx: 
         xt = ws.get("leg_xt", (QK, nbr, r))
         xt[...] = X1.transpose(1, 0, 2)
         X1 *= X1
-        sigma2 = _seq_sum0(X1.reshape(n, r)) / F32(n)  # C's sum_x2/n_per_row
+        sigma2 = seq_sum0(X1.reshape(n, r)) / F32(n)  # C's sum_x2/n_per_row
         wt = ws.get("leg_wt", (QK, nbr, r))
         np.multiply(xt, xt, out=wt)
         wt += sigma2  # sigma2 + x*x
@@ -321,9 +301,9 @@ def quantize_with_imatrix(name: str, rows: np.ndarray, imatrix: np.ndarray, qx: 
         qs, qh = _pack_t(Lu[:, :nb], five)
         d = d[:nb]
         blk = out[a:b]  # (r, nbr); search block k = i*r + row
-        blk["d"] = _fp16_bits(d).reshape(nbr, r).T
+        blk["d"] = fp16_bits(d).reshape(nbr, r).T
         if name in ("Q4_1", "Q5_1"):
-            blk["m"] = _fp16_bits(-the_min[:nb]).reshape(nbr, r).T
+            blk["m"] = fp16_bits(-the_min[:nb]).reshape(nbr, r).T
         if qh is not None:
             blk["qh"] = np.ascontiguousarray(qh.reshape(nbr, r).T).view(np.uint8).reshape(r, nbr, 4)
         blk["qs"] = np.ascontiguousarray(qs.reshape(4, nbr, r).transpose(2, 1, 0)).view(np.uint8).reshape(r, nbr, 16)

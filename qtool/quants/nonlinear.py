@@ -37,23 +37,21 @@ Chunks of 2048 blocks keep the loop's ~1.4 MB of arrays near L2.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import numpy as np
 
+from .numeric import GROUP_MAX_EPS, QK_K, absmax_t, blocks_t, fp16_bits, ieee, recip, seq_sum_t
 from .registry import register
 from .rounding import fp16_bits_to_fp32, nearest_int
 
 F32 = np.float32
-GROUP_MAX_EPS = F32(1e-15)
 QK4_NL = 32
-QK_K = 256
 NTRY = 7
 
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
                          dtype=np.int8)
-_KV_F32 = KVALUES_IQ4NL.astype(F32)
+KV_F32 = KVALUES_IQ4NL.astype(F32)
 
 BLOCK_IQ4_NL = np.dtype([("d", "<u2"), ("qs", "u1", (16,))])
 BLOCK_IQ4_XS = np.dtype([("d", "<u2"), ("scales_h", "<u2"), ("scales_l", "u1", (4,)), ("qs", "u1", (128,))])
@@ -64,7 +62,7 @@ assert BLOCK_IQ4_NL.itemsize == 18 and BLOCK_IQ4_XS.itemsize == 136
 _K = np.arange(1 << 16, dtype=np.uint16).view(np.int16).astype(np.int32)
 _MID2 = KVALUES_IQ4NL[:-1].astype(np.int32) + KVALUES_IQ4NL[1:].astype(np.int32)  # 2*midpoints
 _IDX_LUT = np.searchsorted(_MID2, _K, side="right").astype(np.uint8)  # level index
-_VAL_LUT = _KV_F32[_IDX_LUT]  # level value as float32
+_VAL_LUT = KV_F32[_IDX_LUT]  # level value as float32
 
 _CHUNK_BLOCKS = 2048  # blocks of 32 per chunk (measured best of 512..4096: the loop works in L2)
 
@@ -78,7 +76,7 @@ def best_index_t(a: np.ndarray) -> np.ndarray:
     return np.take(_IDX_LUT, k.view(np.uint16))
 
 
-def _weights_t(xt: np.ndarray, qwt: np.ndarray | None, sigma2: np.ndarray | None) -> np.ndarray:
+def iq4_weights_t(xt: np.ndarray, qwt: np.ndarray | None, sigma2: np.ndarray | None) -> np.ndarray:
     """Weights (32, nb): x*x, or qw*sqrtf(sigma2 + x*x) with sigma2 (nb,) per block's super-block."""
     w = np.multiply(xt, xt)
     if qwt is None:
@@ -88,32 +86,9 @@ def _weights_t(xt: np.ndarray, qwt: np.ndarray | None, sigma2: np.ndarray | None
     return np.multiply(qwt, w, out=w)
 
 
-def _seq_sum_t(a: np.ndarray, axis: int = 0) -> np.ndarray:
-    """C's `s = 0; s += a[j]` down `axis` (np.add.reduce adds in order; + 0 turns -0 into C's +0)."""
-    s = np.add.reduce(a, axis=axis)
-    s += F32(0)
-    return s
-
-
-def _absmax_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """C's `if (fabsf(x) > amax) { amax = fabsf(x); max = x; }` from 0 down axis 0 of xt (32, nb)
-    -> (amax, max) (nb,). From the column max and min; argmax only where +amax and -amax both occur."""
-    hi = np.max(xt, axis=0)
-    lo = np.min(xt, axis=0)
-    nlo = np.negative(lo)
-    amax = np.maximum(hi, nlo)
-    mx = np.where(hi == amax, hi, lo)
-    both = (hi == amax) & (nlo == amax) & (amax > 0)
-    if both.any():
-        cols = np.nonzero(both)[0]
-        sub = xt[:, cols]
-        mx[cols] = sub[np.argmax(np.abs(sub), axis=0), np.arange(cols.size)]
-    return amax, mx
-
-
 def scale_search_t(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
     """The per-block scale of quantize_row_iq4_nl_impl (ntry = 7) on xt, wt float32 (32, nb) -> (nb,)."""
-    amax, mx = _absmax_t(xt)
+    amax, mx = absmax_t(xt)
     ok = amax >= GROUP_MAX_EPS
     mx = np.where(ok, mx, F32(1))
     wq = np.empty_like(xt)  # (2*id)*x, then w*q
@@ -129,7 +104,7 @@ def scale_search_t(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
         np.multiply(wt, p[0], out=wq)
         np.multiply(wq, p[0], out=p[0])
         np.multiply(wq, xt, out=p[1])
-        s = _seq_sum_t(p, axis=1)
+        s = seq_sum_t(p, axis=1)
         return s[1], s[0]
 
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -150,7 +125,7 @@ def scale_search_t(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
 ScaleSearch = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (xt, wt) (32, nb) -> d (nb,)
 
 
-def _pack_t(lt: np.ndarray) -> np.ndarray:
+def pack_nibbles_t(lt: np.ndarray) -> np.ndarray:
     """Levels uint8 (32, nb) -> qs (nb, 16): L[j] | L[j+16] << 4."""
     lb = np.ascontiguousarray(lt.T)
     q = lb[:, 16:] << np.uint8(4)
@@ -158,35 +133,9 @@ def _pack_t(lt: np.ndarray) -> np.ndarray:
     return q
 
 
-def _recip(d: np.ndarray) -> np.ndarray:
-    """C's `d ? 1/d : 0` in float32."""
-    with np.errstate(divide="ignore"):
-        return np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
-
-
-def _fp16_bits(d: np.ndarray) -> np.ndarray:
-    """GGML_FP32_TO_FP16 bits (round to nearest even; overflow to inf as in C)."""
-    with np.errstate(over="ignore"):
-        return d.astype(np.float16).view(np.uint16)
-
-
-def _ieee(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-    """Run fn with numpy's float warnings off: overflow / inf / NaN follow IEEE, as in C."""
-    @functools.wraps(fn)
-    def wrapper(*args: object) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            return fn(*args)
-    return wrapper
-
-
-def _blocks_t(xb: np.ndarray) -> np.ndarray:
-    """(nb, 32) -> (32, nb) C-contiguous."""
-    return np.ascontiguousarray(xb.T)
-
-
 # --- IQ4_NL -------------------------------------------------------------------------------------
 
-@_ieee
+@ieee
 def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleSearch = scale_search_t) -> np.ndarray:
     """quantize_iq4_nl: rows float32 (nrows, n) -> uint8 (nrows, n/32*18). search: the block scale
     search (mainline's; ik_llama.cpp's differs)."""
@@ -195,24 +144,24 @@ def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleS
     xb = rows.reshape(-1, QK4_NL)
     total = xb.shape[0]
     out = np.empty(total, BLOCK_IQ4_NL)
-    qwt_row = None if imatrix is None else _blocks_t(imatrix.reshape(nbr, QK4_NL))
+    qwt_row = None if imatrix is None else blocks_t(imatrix.reshape(nbr, QK4_NL))
     for b0 in range(0, total, _CHUNK_BLOCKS):
         b1 = min(total, b0 + _CHUNK_BLOCKS)
-        xt = _blocks_t(xb[b0:b1])
+        xt = blocks_t(xb[b0:b1])
         if qwt_row is None:
-            wt = _weights_t(xt, None, None)
+            wt = iq4_weights_t(xt, None, None)
         else:
             qwt = np.take(qwt_row, np.arange(b0, b1) % nbr, axis=1)
-            sigma2 = _seq_sum_t(xt * xt) * F32(2.0 / QK4_NL)
-            wt = _weights_t(xt, qwt, sigma2)
+            sigma2 = seq_sum_t(xt * xt) * F32(2.0 / QK4_NL)
+            wt = iq4_weights_t(xt, qwt, sigma2)
         d = search(xt, wt)
-        lt = best_index_t(xt * _recip(d))
-        out["d"][b0:b1] = _fp16_bits(d)
-        out["qs"][b0:b1] = _pack_t(lt)
+        lt = best_index_t(xt * recip(d))
+        out["d"][b0:b1] = fp16_bits(d)
+        out["qs"][b0:b1] = pack_nibbles_t(lt)
     return out.view(np.uint8).reshape(nrows, nbr * BLOCK_IQ4_NL.itemsize)
 
 
-@_ieee
+@ieee
 def dequantize_iq4_nl(data: np.ndarray, n: int) -> np.ndarray:
     """dequantize_row_iq4_nl: uint8 (nrows, n/32*18) -> float32 (nrows, n)."""
     nrows = data.shape[0]
@@ -220,14 +169,14 @@ def dequantize_iq4_nl(data: np.ndarray, n: int) -> np.ndarray:
     d = fp16_bits_to_fp32(blk["d"])[:, None]
     qs = blk["qs"]
     y = np.empty((blk.shape[0], QK4_NL), F32)
-    np.multiply(d, _KV_F32[qs & 15], out=y[:, :16])
-    np.multiply(d, _KV_F32[qs >> 4], out=y[:, 16:])
+    np.multiply(d, KV_F32[qs & 15], out=y[:, :16])
+    np.multiply(d, KV_F32[qs >> 4], out=y[:, 16:])
     return y.reshape(nrows, n)
 
 
 # --- IQ4_XS -------------------------------------------------------------------------------------
 
-@_ieee
+@ieee
 def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleSearch = scale_search_t) -> np.ndarray:
     """quantize_iq4_xs: rows float32 (nrows, n) -> uint8 (nrows, n/256*136). search: as quantize_iq4_nl."""
     nrows, n = rows.shape
@@ -235,39 +184,39 @@ def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleS
     xs = rows.reshape(-1, QK_K)
     total = xs.shape[0]
     out = np.empty(total, BLOCK_IQ4_XS)
-    qwt_row = None if imatrix is None else _blocks_t(imatrix.reshape(nsr * 8, 32))
+    qwt_row = None if imatrix is None else blocks_t(imatrix.reshape(nsr * 8, 32))
     step = max(1, _CHUNK_BLOCKS // 8)
     for s0 in range(0, total, step):
         s1 = min(total, s0 + step)
         ns = s1 - s0
-        xt = _blocks_t(xs[s0:s1].reshape(ns * 8, 32))  # (32, ns*8): block 8*s + ib
+        xt = blocks_t(xs[s0:s1].reshape(ns * 8, 32))  # (32, ns*8): block 8*s + ib
         if qwt_row is None:
-            wt = _weights_t(xt, None, None)
+            wt = iq4_weights_t(xt, None, None)
         else:
             sub = (np.arange(s0, s1) % nsr)[:, None] * 8 + np.arange(8)
             qwt = np.take(qwt_row, sub.reshape(-1), axis=1)
-            x2 = _blocks_t(xs[s0:s1])  # (256, ns)
-            sigma2 = _seq_sum_t(x2 * x2) * F32(2.0 / QK_K)
-            wt = _weights_t(xt, qwt, np.repeat(sigma2, 8))
+            x2 = blocks_t(xs[s0:s1])  # (256, ns)
+            sigma2 = seq_sum_t(x2 * x2) * F32(2.0 / QK_K)
+            wt = iq4_weights_t(xt, qwt, np.repeat(sigma2, 8))
         scales = search(xt, wt).reshape(ns, 8)
         abs_d = np.abs(scales)
         ib = np.argmax(abs_d, axis=1)
         ar = np.arange(ns)
         max_scale = np.where(abs_d[ar, ib] > 0, scales[ar, ib], F32(0))
         dsup = -max_scale / F32(32)
-        ls = np.clip(nearest_int(_recip(dsup)[:, None] * scales), -32, 31)
+        ls = np.clip(nearest_int(recip(dsup)[:, None] * scales), -32, 31)
         dl = dsup[:, None] * ls.astype(F32)
-        lt = best_index_t(xt * _recip(dl).reshape(-1))
-        out["d"][s0:s1] = _fp16_bits(dsup)
+        lt = best_index_t(xt * recip(dl).reshape(-1))
+        out["d"][s0:s1] = fp16_bits(dsup)
         lu = (ls + 32).astype(np.uint16)
         out["scales_h"][s0:s1] = np.bitwise_or.reduce((lu >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=1)
         lo = (lu & 15).astype(np.uint8)
         out["scales_l"][s0:s1] = lo[:, 0::2] | (lo[:, 1::2] << np.uint8(4))
-        out["qs"][s0:s1] = _pack_t(lt).reshape(ns, 128)
+        out["qs"][s0:s1] = pack_nibbles_t(lt).reshape(ns, 128)
     return out.view(np.uint8).reshape(nrows, nsr * BLOCK_IQ4_XS.itemsize)
 
 
-@_ieee
+@ieee
 def dequantize_iq4_xs(data: np.ndarray, n: int) -> np.ndarray:
     """dequantize_row_iq4_xs: uint8 (nrows, n/256*136) -> float32 (nrows, n)."""
     nrows = data.shape[0]
@@ -279,8 +228,8 @@ def dequantize_iq4_xs(data: np.ndarray, n: int) -> np.ndarray:
     dl = (d[:, None] * (ls - 32).astype(F32))[:, :, None]  # (nsb, 8, 1)
     qs = blk["qs"].reshape(-1, 8, 16)
     y = np.empty((blk.shape[0], 8, 32), F32)
-    np.multiply(dl, _KV_F32[qs & 15], out=y[:, :, :16])
-    np.multiply(dl, _KV_F32[qs >> 4], out=y[:, :, 16:])
+    np.multiply(dl, KV_F32[qs & 15], out=y[:, :, :16])
+    np.multiply(dl, KV_F32[qs >> 4], out=y[:, :, 16:])
     return y.reshape(nrows, n)
 
 

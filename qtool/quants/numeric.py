@@ -15,8 +15,8 @@ import numpy as np
 from .rounding import bf16_bits_to_fp32, fp16_bits_to_fp32, fp32_to_bf16_bits, nearest_int
 
 __all__ = [
-    "F32", "GROUP_MAX_EPS", "QK_K", "absmax_t", "bf16_bits_to_fp32", "blocks_t", "fp16_bits",
-    "fp16_bits_to_fp32", "fp32_to_bf16_bits", "ieee", "nearest_int", "recip", "seq_sum_t",
+    "F32", "GROUP_MAX_EPS", "QK_K", "absmax_t", "bf16_bits_to_fp32", "blocks_t", "c_einsum", "first_zero_signbit",
+    "fp16_bits", "fp16_bits_to_fp32", "fp32_to_bf16_bits", "ieee", "nearest_int", "recip", "seq_sum0", "seq_sum_t",
 ]
 
 F32 = np.float32
@@ -27,10 +27,39 @@ QK_K = 256
 
 
 def seq_sum_t(a: np.ndarray, axis: int = 0) -> np.ndarray:
-    """C's `s = 0; s += a[j]` down `axis` (np.add.reduce adds in order; + 0 turns -0 into C's +0)."""
-    s = np.add.reduce(a, axis=axis)
-    s += F32(0)
+    """C's `s = 0; s += a[j]` down `axis`: np.add.reduce adds slices in order when the other axes
+    hold more than one element; a single column it would sum pairwise, so that one is accumulated.
+    + 0 turns -0 into C's +0."""
+    if a.ndim > 1 and a.size == a.shape[axis]:
+        s = np.add.accumulate(a, axis=axis).take(-1, axis=axis)
+    else:
+        s = np.add.reduce(a, axis=axis)
+    s = s + F32(0)
     return s
+
+
+def seq_sum0(a: np.ndarray) -> np.ndarray:
+    """seq_sum_t down axis 0 of a 2-D float32 array (n, r) -> (r,)."""
+    return seq_sum_t(a, 0)
+
+
+def first_zero_signbit(xt: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Sign bit of the first zero (in index order) in each selected column of xt (n, m) -> bool."""
+    sub = xt[:, cols]
+    first = np.argmax(sub == 0, axis=0)
+    return np.signbit(sub[first, np.arange(sub.shape[1])])
+
+
+try:  # np.einsum(optimize=False) hands its arguments to this; calling it directly saves ~1.5 us a call
+    from numpy._core.multiarray import c_einsum as _c_einsum  # the one use of numpy's private API
+except ImportError:  # pragma: no cover - other numpy layouts: the public function, same results
+    _c_einsum = np.einsum
+
+
+def c_einsum(*args: object, **kwargs: object) -> np.ndarray:
+    """numpy's einsum kernel without the Python dispatch (np.einsum when the private name moves).
+    Callers must check `einsum_is_sequential` before relying on its summation order."""
+    return _c_einsum(*args, **kwargs)  # type: ignore[no-any-return]
 
 
 def absmax_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,40 +17,30 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .ik.iq4_ik import _sums, quantize_row_iq4_nl_ik
+from .ik.iq4_ik import iq4_sums, quantize_row_iq4_nl_ik
 from .ik.q6_0 import quantize_row_q6_0_ref
-from .nonlinear import (
-    BLOCK_IQ4_NL,
-    GROUP_MAX_EPS,
-    QK4_NL,
-    _absmax_t,
-    _blocks_t,
-    _fp16_bits,
-    _ieee,
-    _pack_t,
-    _weights_t,
-    best_index_t,
-)
+from .nonlinear import BLOCK_IQ4_NL, QK4_NL, best_index_t, iq4_weights_t, pack_nibbles_t
+from .numeric import GROUP_MAX_EPS, absmax_t, blocks_t, fp16_bits, ieee
 from .types import IK, MAINLINE
 
 F32 = np.float32
 
 
-@_ieee
+@ieee
 def quantize_row_iq4_nl_ref(rows: np.ndarray) -> np.ndarray:
     """mainline quantize_row_iq4_nl_ref: rows float32 (nrows, n) -> uint8 (nrows, n/32*18)."""
     nrows, _ = rows.shape
-    xt = _blocks_t(rows.reshape(-1, QK4_NL))
-    wt = _weights_t(xt, None, None)
-    amax, mx = _absmax_t(xt)
+    xt = blocks_t(rows.reshape(-1, QK4_NL))
+    wt = iq4_weights_t(xt, None, None)
+    amax, mx = absmax_t(xt)
     ok = amax >= GROUP_MAX_EPS
     d = np.where(ok, mx, F32(1)) / F32(-127)
     lt = best_index_t(xt * (F32(1) / d))
-    sumqx, sumq2 = _sums(xt, wt, lt)
+    sumqx, sumq2 = iq4_sums(xt, wt, lt)
     d = np.where(ok & (sumq2 > 0), sumqx / sumq2, F32(0))
     out = np.empty(xt.shape[1], BLOCK_IQ4_NL)
-    out["d"] = _fp16_bits(d)
-    out["qs"] = _pack_t(np.where(ok, lt, 0).astype(np.uint8))
+    out["d"] = fp16_bits(d)
+    out["qs"] = pack_nibbles_t(np.where(ok, lt, 0).astype(np.uint8))
     return out.view(np.uint8).reshape(nrows, -1)
 
 

@@ -71,16 +71,11 @@ import functools
 
 import numpy as np
 
+from .numeric import GROUP_MAX_EPS, c_einsum
 from .rounding import nearest_int
-
-try:  # np.einsum(optimize=False) hands its arguments to this; calling it directly saves ~1.5 us a call
-    from numpy._core.multiarray import c_einsum as _c_einsum
-except ImportError:  # pragma: no cover - other numpy layouts
-    _c_einsum = np.einsum
 from .scratch import Workspace
 
 F32 = np.float32
-GROUP_MAX_EPS = F32(1e-15)
 _CHUNK_VALUES = 1 << 18  # values per chunk of the natural-layout API
 _SAFE_MAX = F32(1e30)  # below this |max|, the clip bounds of _clip_groups need no check (tests lower it)
 
@@ -136,8 +131,8 @@ def einsum_is_sequential() -> bool:
             lv = rng.integers(-33, 33, (32, nb)).astype(F32)
             want0 = np.add.reduce(a * lv, axis=0, initial=F32(0))
             want1 = np.add.reduce((w * lv) * lv, axis=0, initial=F32(0))
-            got0 = _c_einsum("jb,jb->b", a, lv)
-            got1 = _c_einsum("jb,jb,jb->b", w, lv, lv)
+            got0 = c_einsum("jb,jb->b", a, lv)
+            got1 = c_einsum("jb,jb,jb->b", w, lv, lv)
             ok &= got0.dtype == F32 and got1.dtype == F32
             ok &= bool(np.array_equal(got0.view(np.uint32), want0.view(np.uint32)))
             ok &= bool(np.array_equal(got1.view(np.uint32), want1.view(np.uint32)))
@@ -152,8 +147,8 @@ def dot_sums(WX: np.ndarray, W: np.ndarray, T: np.ndarray, out: np.ndarray, P: n
     P: float32 scratch (2, n, nb), needed only when einsum_is_sequential() is false.
     """
     if P is None and einsum_is_sequential():
-        _c_einsum("jb,jb->b", WX, T, out=out[0])
-        _c_einsum("jb,jb,jb->b", W, T, T, out=out[1])
+        c_einsum("jb,jb->b", WX, T, out=out[0])
+        c_einsum("jb,jb,jb->b", W, T, T, out=out[1])
         return
     if P is None:
         P = np.empty((2,) + T.shape, dtype=F32)
@@ -163,7 +158,7 @@ def dot_sums(WX: np.ndarray, W: np.ndarray, T: np.ndarray, out: np.ndarray, P: n
     np.add.reduce(P, axis=1, initial=F32(0), out=out)  # sequential sums from +0, C's order
 
 
-def _weights_t(xt: np.ndarray, rmse_type: int, out: np.ndarray) -> np.ndarray:
+def qx_weights_t(xt: np.ndarray, rmse_type: int, out: np.ndarray) -> np.ndarray:
     """C's `qw ? qw[i] : rmse_type == 1 ? x*x : rmse_type == 2 ? 1 : rmse_type == 3 ? |x| : sqrt|x|`
     without qw, into out (n, nb)."""
     if rmse_type == 1:
@@ -292,7 +287,7 @@ def qx_search_state_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_ty
         rmse_type = abs(rmse_type)
 
         if qwt is None:
-            W = _weights_t(xt, rmse_type, ws.get("qx_W", (n, nb)))
+            W = qx_weights_t(xt, rmse_type, ws.get("qx_W", (n, nb)))
         else:
             W = np.ascontiguousarray(qwt, dtype=F32)
         WX = np.multiply(W, xt, out=ws.get("qx_WX", (n, nb)))  # C's w*x[i], the first product of w*x*l

@@ -28,19 +28,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .numeric import GROUP_MAX_EPS, first_zero_signbit
 from .rounding import nearest_int
 from .scratch import Workspace
 
 F32 = np.float32
-GROUP_MAX_EPS = F32(1e-15)
 _CHUNK_VALUES = 1 << 18  # values per chunk of the natural-layout API
-
-
-def _first_zero_signbit(xt: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Sign bit of the first zero in each selected column of xt (n, n_blocks) -> bool (len(cols),)."""
-    sub = xt[:, cols]
-    first = np.argmax(sub == 0, axis=0)
-    return np.signbit(sub[first, np.arange(sub.shape[1])])
 
 
 def _min_max_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +43,7 @@ def _min_max_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     z = np.nonzero(mn == 0)[0]
     if z.size:
         # the first zero in index order is the one C keeps (strict < never replaces -0 by +0)
-        mn[z] = np.where(_first_zero_signbit(xt, z), F32(-0.0), F32(0.0))
+        mn[z] = np.where(first_zero_signbit(xt, z), F32(-0.0), F32(0.0))
     return mn, mx
 
 

@@ -24,22 +24,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..nonlinear import (
-    _KV_F32,
     BLOCK_IQ4_NL,
-    GROUP_MAX_EPS,
+    KV_F32,
     KVALUES_IQ4NL,
     QK4_NL,
-    _absmax_t,
-    _blocks_t,
-    _fp16_bits,
-    _ieee,
-    _pack_t,
-    _seq_sum_t,
-    _weights_t,
     best_index_t,
+    iq4_weights_t,
+    pack_nibbles_t,
     quantize_iq4_nl,
     quantize_iq4_xs,
 )
+from ..numeric import GROUP_MAX_EPS, absmax_t, blocks_t, fp16_bits, ieee, seq_sum_t
 from ..registry import register
 
 F32 = np.float32
@@ -49,28 +44,28 @@ _V15 = int(KVALUES_IQ4NL[15])
 _KV_SQ = (KVALUES_IQ4NL.astype(np.int32) ** 2).astype(F32)  # values[l]*values[l], exact int products
 
 
-def _sums(xt: np.ndarray, wt: np.ndarray, lt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def iq4_sums(xt: np.ndarray, wt: np.ndarray, lt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sumqx, sumq2) (nb,) for levels lt: sum (w*q)*x, sum (w*q)*q from +0 in index order."""
-    q = _KV_F32[lt]
+    q = KV_F32[lt]
     wq = wt * q
-    return _seq_sum_t(wq * xt), _seq_sum_t(wq * q)
+    return seq_sum_t(wq * xt), seq_sum_t(wq * q)
 
 
 def search_ik_t(xt: np.ndarray, wt: np.ndarray, ntry: int = NTRY) -> tuple[np.ndarray, np.ndarray]:
     """ik_llama.cpp's per-block search on xt, wt float32 (32, nb) -> (d float32 (nb,), levels uint8
     (32, nb)); blocks with max |x| < 1e-15 get d = 0 (their levels are not meaningful)."""
-    amax, mx = _absmax_t(xt)
+    amax, mx = absmax_t(xt)
     ok = amax >= GROUP_MAX_EPS
     mx = np.where(ok, mx, F32(1))
     d = (-mx / F32(_V0)) if ntry > 0 else (mx / F32(_V0))
     lt = best_index_t(xt * (F32(1) / d))
-    sumqx, sumq2 = _sums(xt, wt, lt)
+    sumqx, sumq2 = iq4_sums(xt, wt, lt)
     d = sumqx / sumq2
     best = d * sumqx
     for itry in range(-ntry, ntry + 1):
         for v in (_V0, _V15):
             cand = best_index_t(xt * (F32(itry + v) / mx))
-            sx, s2 = _sums(xt, wt, cand)
+            sx, s2 = iq4_sums(xt, wt, cand)
             upd = (s2 > 0) & (sx * sx > best * s2)
             if upd.any():
                 dn = sx / s2
@@ -93,12 +88,12 @@ def _descend(xt: np.ndarray, wt: np.ndarray, lt: np.ndarray, d: np.ndarray, best
         w = wt[:, act]
         li = lt[:, act].astype(np.intp)
         da = d[act]
-        q = _KV_F32[li]
+        q = KV_F32[li]
         g = (da * w) * (x - da * q)
         up_ok = (g > 0) & (li < 15)
         dn_ok = (g < 0) & (li > 0)
         nxt = np.where(up_ok, li + 1, np.where(dn_ok, li - 1, li))
-        dv = _KV_F32[nxt] - q  # values[L±1] - values[L]: small ints, exact
+        dv = KV_F32[nxt] - q  # values[L±1] - values[L]: small ints, exact
         step = np.full(g.shape, np.inf, dtype=F32)
         m = up_ok | dn_ok
         step[m] = dv[m] / g[m]
@@ -137,16 +132,16 @@ def quantize_iq4_xs_ik(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarr
     return quantize_iq4_xs(rows, imatrix, scale_search_ik_t)
 
 
-@_ieee
+@ieee
 def quantize_row_iq4_nl_ik(rows: np.ndarray) -> np.ndarray:
     """ik_llama.cpp quantize_row_iq4_nl (ntry = -1, no imatrix): the row quantizer that
     llama-quantize-stats measures for IQ4_NL (llama-quantize itself calls quantize_iq4_nl)."""
     nrows, n = rows.shape
-    xt = _blocks_t(rows.reshape(-1, QK4_NL))
-    d, lt = search_ik_t(xt, _weights_t(xt, None, None), -1)
+    xt = blocks_t(rows.reshape(-1, QK4_NL))
+    d, lt = search_ik_t(xt, iq4_weights_t(xt, None, None), -1)
     out = np.empty(xt.shape[1], BLOCK_IQ4_NL)
-    out["d"] = _fp16_bits(d)
-    out["qs"] = _pack_t(np.where(d != 0, lt, 0).astype(np.uint8))
+    out["d"] = fp16_bits(d)
+    out["qs"] = pack_nibbles_t(np.where(d != 0, lt, 0).astype(np.uint8))
     return out.view(np.uint8).reshape(nrows, -1)
 
 

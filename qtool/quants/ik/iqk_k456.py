@@ -38,7 +38,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..numeric import F32, QK_K, absmax_t, blocks_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int
+from ..numeric import (
+    F32,
+    QK_K,
+    absmax_t,
+    blocks_t,
+    fp16_bits,
+    fp16_bits_to_fp32,
+    ieee,
+    nearest_int,
+    seq_sum0,
+)
 from ..registry import register
 from .iqk_tables import IQ4K_VALUES, IQ5NL_VALUES, IQ6NL_VALUES
 
@@ -247,22 +257,13 @@ _K_EPS = F32(1e-9)
 _K_EPS_THR = F32(16) * (_K_EPS * _K_EPS)  # QHelper: m_block_size*kEps2
 
 
-def _seq_sum0(a: np.ndarray) -> np.ndarray:
-    """C's `s = 0; s += a[j]` down axis 0 of a 2-D array (numpy sums a lone column pairwise)."""
-    if a.shape[1] == 1:
-        return _seq_sum0(np.repeat(a, 2, axis=1))[:1]
-    s = np.add.reduce(a, axis=0)
-    s += F32(0)
-    return s
-
-
 def _qhelper_weights(xt: np.ndarray, imatrix: np.ndarray, nrows: int) -> np.ndarray:
     """QHelper::row_weights: the imatrix per block of 16, replaced by kEps where the block's sum of
     w², x² or w*|x| is <= 16*kEps² (iqk_quantize.cpp). Returns qw (16, nblocks)."""
     qwt = np.tile(blocks_t(np.asarray(imatrix, dtype=F32).reshape(-1, 16)), nrows)
-    sw2 = _seq_sum0(qwt * qwt)
-    sx2 = _seq_sum0(xt * xt)
-    swx = _seq_sum0(qwt * np.abs(xt))
+    sw2 = seq_sum0(qwt * qwt)
+    sx2 = seq_sum0(xt * xt)
+    swx = seq_sum0(qwt * np.abs(xt))
     bad = ~((sw2 > _K_EPS_THR) & (sx2 > _K_EPS_THR) & (swx > _K_EPS_THR))
     if bad.any():
         qwt[:, bad] = _K_EPS
@@ -410,7 +411,7 @@ def _max_scale(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _ordered_sb_sum(t: np.ndarray, nsb: int) -> np.ndarray:
     """Sum a (16 j, nsb*16 ib) array per super-block in C's order (ib outer, j inner) -> (nsb,)."""
     u = t.reshape(16, nsb, 16).transpose(2, 0, 1).reshape(256, nsb)
-    return _seq_sum0(np.ascontiguousarray(u))
+    return seq_sum0(np.ascontiguousarray(u))
 
 
 _CHUNK_SB = 128  # super-blocks per chunk (2048 blocks of 16; candidates run in batches of _SUB_NB)
@@ -422,7 +423,7 @@ def _prepare(x: np.ndarray, imatrix: np.ndarray | None, sigma_iq4: bool
     nrows, n = x.shape
     nsb = nrows * n // QK_K
     xt = blocks_t(x.reshape(-1, 16))
-    sumx2 = _seq_sum0(np.ascontiguousarray((x * x).reshape(nsb, QK_K).T))
+    sumx2 = seq_sum0(np.ascontiguousarray((x * x).reshape(nsb, QK_K).T))
     sigma2 = sumx2 * F32(2.0 / QK_K) if sigma_iq4 else (F32(2) * sumx2) / F32(QK_K)
     qwt = None if imatrix is None else _qhelper_weights(xt, imatrix, nrows)
     return xt, qwt, np.repeat(sigma2, 16), nsb

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..legacy import _seq_sum0
-from ..nonlinear import _fp16_bits, _ieee
+from ..numeric import fp16_bits, ieee, seq_sum0
 from ..registry import register
 from ..rounding import fp16_bits_to_fp32
 from ..search import first_absmax_t
@@ -46,7 +45,7 @@ def _pack(L: np.ndarray, d16: np.ndarray) -> np.ndarray:
     return out
 
 
-@_ieee
+@ieee
 def quantize_q6_0(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """quantize_q6_0: rows float32 (nrows, n) [, imatrix (n,)] -> uint8 (nrows, n/32*26)."""
     rows = np.ascontiguousarray(rows, dtype=F32)
@@ -57,7 +56,7 @@ def quantize_q6_0(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     if imatrix is not None:
         x2 = np.ascontiguousarray(rows.T)
         x2 *= x2
-        sigma2 = _seq_sum0(x2) / F32(n)  # per row
+        sigma2 = seq_sum0(x2) / F32(n)  # per row
         qw = np.asarray(imatrix, dtype=F32).reshape(nbr, QK6_0)
     out = np.empty(xb.shape[0], BLOCK_Q6_0)
     for a in range(0, xb.shape[0], _CHUNK_BLOCKS):
@@ -69,11 +68,11 @@ def quantize_q6_0(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
             k = np.arange(a, b)
             wt = np.ascontiguousarray(qw[k % nbr].T) * np.sqrt(sigma2[k // nbr][None, :] + xt * xt)
         d, lt = make_qx_quants_ik_t(xt, wt, 32, 1)
-        out[a:b] = _pack(np.ascontiguousarray(lt.T), _fp16_bits(d))
+        out[a:b] = _pack(np.ascontiguousarray(lt.T), fp16_bits(d))
     return out.view(np.uint8).reshape(nrows, -1)
 
 
-@_ieee
+@ieee
 def quantize_row_q6_0_ref(rows: np.ndarray) -> np.ndarray:
     """quantize_row_q6_0_ref: rows float32 (nrows, n) -> uint8 (nrows, n/32*26)."""
     rows = np.ascontiguousarray(rows, dtype=F32)
@@ -94,7 +93,7 @@ def quantize_row_q6_0_ref(rows: np.ndarray) -> np.ndarray:
         sumqx += t[j] + t[j + 16]
         sumq2 += u[j] + u[j + 16]
     dd = np.where(sumq2 > 0, sumqx / sumq2, d)
-    return _pack(np.ascontiguousarray(L.T).astype(np.uint8), _fp16_bits(dd)).view(np.uint8).reshape(nrows, -1)
+    return _pack(np.ascontiguousarray(L.T).astype(np.uint8), fp16_bits(dd)).view(np.uint8).reshape(nrows, -1)
 
 
 def dequantize_q6_0(data: np.ndarray, n: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..search import GROUP_MAX_EPS, _weights_t, dot_sums, first_absmax_t
+from ..search import GROUP_MAX_EPS, dot_sums, first_absmax_t, qx_weights_t
 
 F32 = np.float32
 
@@ -64,7 +64,7 @@ def make_qx_quants_ik_t(xt: np.ndarray, qwt: np.ndarray | None, nmax: int, rmse_
     amax, mx = first_absmax_t(xt)
     zero = amax < GROUP_MAX_EPS
     mxs = np.where(zero, F32(1), mx).astype(F32)
-    W = _weights_t(xt, rmse_type, np.empty_like(xt)) if qwt is None else np.ascontiguousarray(qwt, dtype=F32)
+    W = qx_weights_t(xt, rmse_type, np.empty_like(xt)) if qwt is None else np.ascontiguousarray(qwt, dtype=F32)
     WX = W * xt  # C's w*x[i], the first product of w*x[i]*l
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         ISC = _candidate_iscales(mxs, nmax)

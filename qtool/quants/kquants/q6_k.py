@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..numeric import GROUP_MAX_EPS
 from ..registry import register
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
 from ..scratch import Workspace, thread_workspace
@@ -32,7 +33,6 @@ from ..types import QK_K
 
 F32 = np.float32
 U32 = np.uint32
-GROUP_MAX_EPS = F32(1e-15)
 CHUNK_SUPERBLOCKS = 512
 
 BLOCK_Q6_K = np.dtype([("ql", "u1", (QK_K // 2,)), ("qh", "u1", (QK_K // 4,)), ("scales", "i1", (QK_K // 16,)),
