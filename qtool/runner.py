@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -71,12 +70,6 @@ class RunResult:
     @property
     def bpw_out(self) -> float:
         return 8.0 * self.size_out / max(1, self.n_elements)
-
-
-def weight_sort_key(name: str) -> tuple[int, str]:
-    """llama_model_loader's weight_name_comparer: by layer number (-1 for non-layer tensors), then name."""
-    m = re.match(r"blk\.([+-]?\d+)\.", name)
-    return (int(m.group(1)) if m else -1, name)
 
 
 def output_kvs(kvs: list[KV], ftype_id: int, overrides: list[KV] = (), block_count: tuple[str, int] | None = None

@@ -48,11 +48,6 @@ def read_imatrix(path: str | os.PathLike[str]) -> ImatrixData:
     return data
 
 
-def load_imatrix(path: str | os.PathLike[str]) -> ImatrixData:
-    """Alias of read_imatrix (ImatrixData.weights_for(name) gives llama-quantize's weights)."""
-    return read_imatrix(path)
-
-
 def format_for_path(path: str | os.PathLike[str]) -> str | None:
     """'dat' or 'gguf' from a file name's extension, None when neither."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
@@ -86,6 +81,6 @@ __all__ = [
     "atomic_write", "combine", "compute_statistics", "decode_dat", "decode_gguf", "decode_imatrix",
     "default_chunk_size", "encode_dat", "encode_gguf", "entry_weights", "format_for_path", "layer_statistics",
     "legacy_loss_warnings", "legacy_losses",
-    "load_imatrix", "prepare_imatrix", "quantize_kv", "read_dat", "read_gguf", "read_imatrix", "remap_imatrix",
+    "prepare_imatrix", "quantize_kv", "read_dat", "read_gguf", "read_imatrix", "remap_imatrix",
     "tensor_weights", "write_dat", "write_gguf", "write_imatrix",
 ]

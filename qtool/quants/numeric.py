@@ -2,7 +2,7 @@
 
 Every kernel module takes these from here (one definition each): sequential sums in C's order,
 fp16 conversion as GGML_FP32_TO_FP16, C's `amax` scan, IEEE error state, block transposes.
-Rounding helpers (`nearest_int`, `roundf`) live in `rounding` and are re-exported.
+The rounding and fp16/bf16 conversions of `rounding` are re-exported.
 """
 
 from __future__ import annotations

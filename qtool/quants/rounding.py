@@ -2,7 +2,6 @@
 
 - nearest_int: ggml's `nearest_int` adds 1.5*2^23 in float32 and reads the mantissa; for
   |x| < 2^22 that is round-half-to-even, and outside that range we reproduce the same bits.
-- roundf: C's round-half-away-from-zero.
 - fp16 / bf16 conversion: GGML_FP32_TO_FP16 is round-to-nearest-even (= astype(float16));
   GGML_FP32_TO_BF16 rounds to nearest even and keeps NaN quiet.
 """
@@ -20,24 +19,12 @@ def nearest_int(x: np.ndarray) -> np.ndarray:
     return (v & 0x007FFFFF) - 0x00400000
 
 
-def roundf(x: np.ndarray) -> np.ndarray:
-    """C roundf: half away from zero, float32 in, float32 out."""
-    x = np.asarray(x, dtype=np.float32)
-    t = np.trunc(x)
-    return np.where(np.abs(x - t) >= np.float32(0.5), t + np.sign(x), t).astype(np.float32)
-
-
 def fp32_to_fp16_bits(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32).astype(np.float16).view(np.uint16)
 
 
 def fp16_bits_to_fp32(h: np.ndarray) -> np.ndarray:
     return np.asarray(h, dtype=np.uint16).view(np.float16).astype(np.float32)
-
-
-def fp16_round(x: np.ndarray) -> np.ndarray:
-    """The float32 value a scale has after a round trip through fp16 (GGML_FP16_TO_FP32(GGML_FP32_TO_FP16(x)))."""
-    return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
 def fp32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
