@@ -13,11 +13,12 @@ import pytest
 from qtool.quants import engine, nonlinear, numeric
 from qtool.quants.types import get_type
 
+from .refs import ggml_lib, why
 from .vectors import expected, inputs, mismatched_rows
 
 TYPES = ["IQ4_NL", "IQ4_XS"]
 GGML_IDS = {"IQ4_NL": 20, "IQ4_XS": 23}
-LIB = Path("/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/libggml-base.so")
+LIB = ggml_lib() or Path("/nonexistent/QTOOL_GGML_LIB")
 F32 = np.float32
 
 
@@ -200,7 +201,7 @@ def _ggml_quantize(qtype: str, rows: np.ndarray, imatrix: np.ndarray | None) -> 
 
 
 @pytest.mark.reference
-@pytest.mark.skipif(not LIB.exists(), reason="no local llama.cpp build")
+@pytest.mark.skipif(not LIB.exists(), reason=why("QTOOL_GGML_LIB"))
 @pytest.mark.parametrize("qtype", TYPES)
 def test_against_local_ggml(qtype):
     """Random rows over 12 decades, integer rows (exact ties with table values and midpoints),

@@ -26,12 +26,13 @@ from qtool.quants.ik.iqk_k456 import (
 )
 from qtool.quants.types import get_type
 
+from .refs import ik_source, why
 from .vectors import expected, inputs, mismatched_rows
 
 F = np.float32
 TYPES = ["IQ4_K", "IQ5_K", "IQ6_K"]
 ROW_BYTES = {"IQ4_K": 144, "IQ5_K": 176, "IQ6_K": 212}  # per 256 values
-C_SOURCE = Path("/work/ref/ik/ggml/src/iqk/iqk_quantize.cpp")
+C_SOURCE = ik_source("ggml", "src", "iqk", "iqk_quantize.cpp") or Path("/nonexistent/QTOOL_IK_SRC")
 
 
 # ---- golden vectors --------------------------------------------------------------------------------
@@ -363,7 +364,7 @@ def test_key_tables_equal_c_level_function(qtype: str) -> None:
         assert [_bi(kind, v) for v in sample] == list(best_index_c(sample, kind))
 
 
-@pytest.mark.skipif(not C_SOURCE.exists(), reason="ik_llama.cpp source not checked out")
+@pytest.mark.skipif(not C_SOURCE.exists(), reason=why("QTOOL_IK_SRC"))
 def test_index_tables_equal_c_source() -> None:
     src = C_SOURCE.read_text()
     for name, table in (("iq4nl_index", IQ4NL_INDEX), ("iq5nl_index", IQ5NL_INDEX), ("iq6nl_index", IQ6NL_INDEX)):

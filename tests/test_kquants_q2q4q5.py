@@ -12,11 +12,12 @@ from qtool.quants import engine
 from qtool.quants.kquants import q45_k
 from qtool.quants.types import get_type
 
+from .refs import ggml_lib, why
 from .vectors import expected, inputs, mismatched_rows
 
 TYPES = ["Q2_K", "Q4_K", "Q5_K"]
 GGML_IDS = {"Q2_K": 10, "Q4_K": 12, "Q5_K": 13}
-LIB = Path("/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/libggml-base.so")
+LIB = ggml_lib() or Path("/nonexistent/QTOOL_GGML_LIB")
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -78,7 +79,7 @@ def _ggml_quantize(lib, qtype: str, rows: np.ndarray, imatrix: np.ndarray | None
 
 
 @pytest.mark.reference
-@pytest.mark.skipif(not LIB.exists(), reason="no local llama.cpp build")
+@pytest.mark.skipif(not LIB.exists(), reason=why("QTOOL_GGML_LIB"))
 @pytest.mark.parametrize("qtype", TYPES)
 def test_against_local_ggml(qtype):
     """Random rows with 3 super-blocks per row (rows straddle chunks), against libggml-base."""

@@ -8,7 +8,6 @@ without the imatrix). Q8_K.npz was made the same way from `quantize_row_q8_K_ref
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,9 @@ from qtool.quants.rounding import nearest_int
 from qtool.quants.scratch import Workspace
 from tests.vectors import VECTORS, expected, inputs, mismatched_rows
 
-GGML_LIB = Path(os.environ.get("QTOOL_GGML_LIB", "/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/"
-                                                 "libggml-base.so"))
+from .refs import ggml_lib, why
+
+GGML_LIB = ggml_lib() or Path("/nonexistent/QTOOL_GGML_LIB")
 ROW_BYTES = {"Q3_K": 110, "Q6_K": 210, "Q8_K": 292}
 
 
@@ -119,7 +119,7 @@ def test_zero_and_tiny_blocks() -> None:
 
 def _ggml():
     if not GGML_LIB.exists():
-        pytest.skip(f"no reference library at {GGML_LIB}")
+        pytest.skip(why("QTOOL_GGML_LIB"))
     lib = ctypes.CDLL(str(GGML_LIB))
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,

@@ -5,7 +5,6 @@ imatrix), golden dequantization bit for bit, chunking invariance, round-trip err
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,12 @@ from hypothesis import strategies as st
 from qtool.quants import engine, legacy
 from tests.vectors import expected, inputs, mismatched_rows
 
+from .refs import ggml_lib, why
+
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 IDS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8}
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34}
-GGML_LIB = Path(os.environ.get("QTOOL_GGML_LIB", "/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/"
-                                                 "libggml-base.so"))
+GGML_LIB = ggml_lib() or Path("/nonexistent/QTOOL_GGML_LIB")
 F = np.float32
 
 
@@ -139,7 +139,7 @@ def test_round_trip_error_bound(qtype: str, nblk: int, seed: int, log2s: float, 
 
 def _ggml():
     if not GGML_LIB.exists():
-        pytest.skip(f"no reference library at {GGML_LIB}")
+        pytest.skip(why("QTOOL_GGML_LIB"))
     lib = ctypes.CDLL(str(GGML_LIB))
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
