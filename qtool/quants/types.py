@@ -23,7 +23,7 @@ class Flavour(StrEnum):
 MAINLINE = Flavour.MAINLINE
 IK = Flavour.IK
 BOTH = "both"  # a type record that both trees define
-FLAVOURS = (MAINLINE, IK)
+FLAVOURS: tuple[str, ...] = tuple(f.value for f in Flavour)  # plain strings (click.Choice shows enum names)
 
 QK_K = 256
 
