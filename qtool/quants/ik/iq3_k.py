@@ -15,14 +15,14 @@ quantize_row_iq3_k_impl, per super-block of 256 values in blocks of 16:
   later ones replace (d, best) when sumq2 > 0 and sumqx*sumqx > best*sumq2. Then the levels are
   rebuilt from 1/d with the winning table and d = sumqx/sumq2 of those. C's 128-step descent that
   follows only updates best_d, which is never read: it does not change the bytes and is not ported.
-- super-block: d = max|scale|/31, ls = clamp(nearest_int(0.5f*(|s|/d... - 1)), 0, 15) and a sign
+- super-block: d = max|scale|/31, ls = clamp(nearest_int(0.5f*((1/d)*|s| - 1)), 0, 15) and a sign
   bit; levels best_index((1/(d*(2ls+1)*sign))*x); fp16 d = 1.01f*sumqx/sumq2 over the super-block.
 
 best_index_iq3nl(values, x) (a table on (int)x - values[0], with the comparison
 x - v[a] < v[a+1] - x near each midpoint) equals "number of thresholds t_a <= x" where t_a is the
-first float for which that comparison is false (found once by bisection over float32, `_thresholds`;
+first float for which that comparison is false (found once by bisection over float32, `thresholds`;
 the shifted table's -0.5 midpoint rounds to -0.50000024), except where C's (int) conversion is out
-of range (NaN, |x| >= 2^31): there C reads INT_MIN and returns level 0.
+of range (NaN, x >= 2^31): there C reads INT_MIN and returns level 0.
 
 Work is on (16, nb) transposed chunks (index in block down axis 0: each C reduction is np.add.reduce
 down axis 0, which adds rows in order); candidates p and m are summed in one reduce of a
@@ -34,10 +34,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..numeric import F32, QK_K, absmax_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int
+from ..registry import register
 from .iqk_tables import IQ3NL_VALUES
 
 __all__ = ["BLOCK_IQ3_K", "DEQUANTIZE", "QUANTIZE", "best_index_iq3nl_t", "dequantize_iq3_k",
-           "quantize_iq3_k", "scale_search_iq3_k_t", "thresholds", "weights_t"]
+           "guarded_imatrix_t", "quantize_iq3_k", "scale_search_iq3_k_t", "superblock_sigma2",
+           "thresholds", "weights_t"]
 
 BLOCK = 16
 NTRY = 3
@@ -47,6 +49,7 @@ assert BLOCK_IQ3_K.itemsize == 110
 _CHUNK_SB = 256  # super-blocks per chunk: (16, 4096) float32 work arrays of 256 KiB
 
 _VALS = IQ3NL_VALUES.astype(F32)  # [values, shifted values]
+_VALS8 = (_VALS[:8].copy(), _VALS[8:].copy())
 _INT_LIMIT = F32(2.0**31)
 
 
@@ -138,8 +141,8 @@ def guarded_imatrix_t(xt: np.ndarray, qwt: np.ndarray) -> np.ndarray:
 
 def superblock_sigma2(xs: np.ndarray) -> np.ndarray:
     """1.5f*sumx2/QK_K per super-block of xs (nsb, 256), sumx2 the sequential float sum of x*x."""
-    x2 = np.ascontiguousarray(xs.T)
-    x2 *= x2
+    xt = np.ascontiguousarray(xs.T)  # may be a view of xs: square out of place
+    x2 = np.multiply(xt, xt)
     s = np.cumsum(x2, axis=0)[-1]  # accumulate: strictly in index order
     return (F32(1.5) * s) / F32(QK_K)
 
@@ -159,33 +162,40 @@ def scale_search_iq3_k_t(xt: np.ndarray, wt: np.ndarray) -> tuple[np.ndarray, np
     def sums(idv: np.ndarray, sh: int) -> np.ndarray:
         """(4, nb) [sumq2_p, sumqx_p, sumq2_m, sumqx_m] of levels of +-idv*x with table sh."""
         np.multiply(idv, xt, out=al)
-        vals = _VALS[8 * sh: 8 * sh + 8]
-        for i, neg in ((0, False), (2, True)):
-            _levels(al, _NTHR[sh] if neg else _THR[sh], lv, tmp, neg)
-            q = np.take(vals, lv, out=p[i])
+        vals = _VALS8[sh]
+        for i, thr, neg in ((0, _THR[sh], False), (2, _NTHR[sh], True)):
+            _levels(al, thr, lv, tmp, neg)
+            q = np.take(vals, lv, out=p[i], mode="wrap")
             np.multiply(wt, q, out=p[i + 1])  # w*q
             np.multiply(p[i + 1], q, out=p[i])
             np.multiply(p[i + 1], xt, out=p[i + 1])
-        s = np.add.reduce(p, axis=1)
-        s += F32(0)
-        return s
+        np.add.reduce(p, axis=1, out=s4)
+        np.add(s4, F32(0), out=s4)  # -0 -> +0 as C's sums from +0
+        return s4
 
+    s4 = np.empty((4, nb), F32)
     d = (-mx) / F32(IQ3NL_VALUES[0])
     s = sums(F32(1) / d, 0)
-    best = np.zeros(nb, F32)
     pos = s[0] > 0
     d = np.where(pos, s[1] / s[0], d)
-    best = np.where(pos, d * s[1], best)
+    best = np.where(pos, d * s[1], F32(0))
     shifted = np.zeros(nb, np.bool_)
+    take = np.empty(nb, np.bool_)
+    t1 = np.empty(nb, F32)
+    t2 = np.empty(nb, F32)
 
     def update(sq2: np.ndarray, sqx: np.ndarray, sh: bool) -> None:
-        nonlocal d, best, shifted
-        take = (sq2 > 0) & (sqx * sqx > best * sq2)
+        """C: if (sumq2 > 0 && sumqx*sumqx > best*sumq2) { d = sumqx/sumq2; best = d*sumqx; shifted = sh; }"""
+        np.multiply(sqx, sqx, out=t1)
+        np.multiply(best, sq2, out=t2)
+        np.greater(t1, t2, out=take)
+        np.logical_and(take, sq2 > 0, out=take)
         if take.any():
-            dn = sqx / sq2
-            d = np.where(take, dn, d)
-            best = np.where(take, dn * sqx, best)
-            shifted = np.where(take, sh, shifted)
+            np.divide(sqx, sq2, out=t1)
+            np.copyto(d, t1, where=take)
+            np.multiply(t1, sqx, out=t1)
+            np.copyto(best, t1, where=take)
+            shifted[take] = sh
 
     update(s[2], s[3], False)
     for itry in range(-NTRY, NTRY + 1):
@@ -324,3 +334,5 @@ def dequantize_iq3_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE = {"IQ3_K": quantize_iq3_k}
 DEQUANTIZE = {"IQ3_K": dequantize_iq3_k}
+for _n in QUANTIZE:
+    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())  # ik_llama.cpp's own type
