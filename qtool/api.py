@@ -14,13 +14,16 @@ no file written); the output is written under a temporary name and renamed when 
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from .errors import QtoolError
 from .gguf_io import KV, GGUFError, GGUFModel, check_output, kv_f32, kv_i32, kv_str, kv_u32, make_kv
 from .gguf_io.reader import (
     T_ARRAY,
@@ -38,28 +41,17 @@ from .gguf_io.reader import (
     T_UINT64,
 )
 from .imatrix import ImatrixError, QuantizeImatrix, prepare_imatrix, read_imatrix
-from .mix import (
-    MixError,
-    MixOptions,
-    Plan,
-    check_plan,
-    load_recipe,
-    parse_custom_q,
-    parse_ggml_type,
-    parse_prune_layers,
-    parse_tensor_type,
-    parse_tensor_type_file,
-    specs_from_gguf,
-)
+from .mix import MixError, MixOptions, Plan, check_plan, specs_from_gguf
 from .mix import plan as mix_plan
-from .mix.ftypes import FTypeError, parse_ftype
+from .mix.ftypes import FType, FTypeError, parse_ftype
 from .mix.model import ModelInfo
+from .mix.options import MIX_OPTIONS, OPTIONS, build_options
 from .pool import resolve_workers
 from .quants import can_quantize, get_type
 from .runner import QuantizeError, RunResult, TensorJob, output_kvs, run_jobs, work_items
 
-__all__ = ["KVOverride", "QuantizeError", "QuantizeResult", "build_options", "default_output", "parse_override_kv",
-           "plan", "plan_model", "quantize_file", "split_output_path"]
+__all__ = ["OPTIONS", "KVOverride", "QuantizeError", "QuantizeResult", "build_options", "default_output",
+           "parse_override_kv", "plan", "plan_model", "quantize_file", "split_output_path"]
 
 
 # --- --override-kv --------------------------------------------------------------------------------
@@ -171,48 +163,16 @@ def _as_overrides(items: Iterable[str | KVOverride]) -> list[KVOverride]:
 
 # --- options ---------------------------------------------------------------------------------------
 
-def build_options(options: MixOptions | None = None, *, flavour: str | None = None, pure: bool | None = None,
-                  output_tensor_type: str | None = None, token_embedding_type: str | None = None,
-                  leave_output_tensor: bool | None = None, tensor_type: Sequence[str] = (),
-                  tensor_type_file: Sequence[str] = (), custom_q: Sequence[str] = (), recipe: str | None = None,
-                  prune_layers: str | Sequence[int] | None = None, keep_split: bool | None = None,
-                  allow_requantize: bool | None = None) -> MixOptions:
-    """MixOptions from llama-quantize's option names (strings as typed on the command line).
-
-    Starts from `options` (or defaults); MixError names the offending option.
-    """
-    o = options if options is not None else MixOptions()
-    if flavour is not None:
-        o.flavour = flavour
-    fl = o.flavour
-    for attr, val in (("pure", pure), ("leave_output_tensor", leave_output_tensor), ("keep_split", keep_split),
-                      ("allow_requantize", allow_requantize)):
-        if val is not None:
-            setattr(o, attr, bool(val))
-
-    def wrap(hint: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except (MixError, ValueError) as e:
-            msg = str(e)
-            raise MixError(msg if msg.startswith(hint) else f"{hint}: {msg}") from None
-
-    if output_tensor_type:
-        o.output_tensor_type = wrap("--output-tensor-type", lambda: parse_ggml_type(output_tensor_type, fl))
-    if token_embedding_type:
-        o.token_embedding_type = wrap("--token-embedding-type", lambda: parse_ggml_type(token_embedding_type, fl))
-    o.tensor_types.extend(wrap("--tensor-type", lambda: [parse_tensor_type(a, fl) for a in tensor_type]))
-    o.tensor_types.extend(wrap("--tensor-type-file",
-                               lambda: [r for p in tensor_type_file for r in parse_tensor_type_file(p, fl)]))
-    o.custom_q.extend(wrap("--custom-q", lambda: [r for a in custom_q for r in parse_custom_q(a, fl)]))
-    if prune_layers is not None and prune_layers != "":
-        if isinstance(prune_layers, str):
-            o.prune_layers = wrap("--prune-layers", lambda: parse_prune_layers(prune_layers))
-        else:
-            o.prune_layers = sorted(set(int(x) for x in prune_layers))
-    if recipe:
-        o.recipe = wrap("--recipe", lambda: load_recipe(recipe))
-    return o
+def _option_keywords(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Make fn's **option_kwargs visible: MIX_OPTIONS as keyword-only parameters of its signature
+    (help(), IDEs) and a list of them in its docstring, both from the option table."""
+    sig = inspect.signature(fn)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    params += [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=None) for o in MIX_OPTIONS]
+    setattr(fn, "__signature__", sig.replace(parameters=params))  # noqa: B010 (mypy: no such attribute)
+    lines = [f"        {o.name} ({o.flag}{' ' + o.metavar if o.metavar else ''}): {o.help}" for o in MIX_OPTIONS]
+    fn.__doc__ = (fn.__doc__ or "") + "\n\n    Options (qtool.mix.options.OPTIONS):\n" + "\n".join(lines) + "\n"
+    return fn
 
 
 def default_output(input_path: str, ftype_name: str, keep_split: bool = False) -> str:
@@ -240,7 +200,12 @@ def _open(path: str | os.PathLike[str], flavour: str) -> GGUFModel:
     try:
         return GGUFModel(p, flavour=flavour)
     except GGUFError as e:
-        raise QuantizeError(str(e)) from None
+        raise _quantize_error(e) from e
+
+
+def _quantize_error(e: QtoolError) -> QuantizeError:
+    """The QuantizeError the API raises for a user error of a layer below, with its option and path."""
+    return e if isinstance(e, QuantizeError) else QuantizeError(e.message, option=e.option, path=e.path)
 
 
 def _model_info(model: GGUFModel, overrides: Sequence[KVOverride]) -> tuple[list[Any], ModelInfo]:
@@ -255,33 +220,35 @@ def _model_info(model: GGUFModel, overrides: Sequence[KVOverride]) -> tuple[list
     return tensors, ModelInfo.from_kv(kv)
 
 
-def plan_model(model: GGUFModel, ftype: str | int | None, opts: MixOptions,
+def plan_model(model: GGUFModel, ftype: str | int | FType | None, opts: MixOptions,
                overrides: Sequence[KVOverride] = ()) -> Plan:
     """The type plan of an opened model (MixError / FTypeError for bad options)."""
     tensors, info = _model_info(model, overrides)
     return mix_plan(tensors, info, ftype, opts)
 
 
+@_option_keywords
 def plan(model: str | os.PathLike[str], ftype: str | int | None = None, *, imatrix: str | None = None,
          options: MixOptions | None = None, override_kv: Sequence[str | KVOverride] = (),
          **option_kwargs: Any) -> Plan:
     """What `qtool mix show` / `quantize --dry-run` print: the Plan for MODEL and FTYPE.
 
-    option_kwargs are llama-quantize's options (see build_options): tensor_type=["ffn_down=q6_k"],
-    pure=True, recipe="mix.toml", flavour="ik", ... With `imatrix`, mixes that change when an
-    imatrix is used are planned as with one. Raises QuantizeError for any user error.
+    option_kwargs are llama-quantize's options (the rows of qtool.mix.options.OPTIONS, listed
+    below): tensor_type=["ffn_down=q6_k"], pure=True, recipe="mix.toml", flavour="ik", ...; they
+    start from a copy of `options`, which is never changed. With `imatrix`, mixes that change
+    when an imatrix is used are planned as with one. Raises QuantizeError for any user error
+    (its `option` names the offending option).
     """
     try:
-        opts = build_options(options, **option_kwargs)
+        opts = dataclasses.replace(build_options(options, **option_kwargs), dry_run=True)
         overrides = _as_overrides(override_kv)
-        opts.dry_run = True
         if imatrix is not None:
             qi = _load_imatrix(imatrix, (), ())
-            opts.has_imatrix = qi.has_imatrix
+            opts = dataclasses.replace(opts, has_imatrix=qi.has_imatrix)
         with _open(model, opts.flavour) as m:
             return plan_model(m, ftype, opts, overrides)
     except (MixError, FTypeError, ImatrixError) as e:
-        raise QuantizeError(str(e)) from None
+        raise _quantize_error(e) from e
 
 
 # --- quantize --------------------------------------------------------------------------------------
@@ -351,6 +318,7 @@ def _mapped_layers(p: Plan) -> dict[int, str] | None:
     return mapped or None
 
 
+@_option_keywords
 def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
                   ftype: str | int | None = None, *, nthreads: int | None = None, imatrix: str | None = None,
                   include_weights: Sequence[str] = (), exclude_weights: Sequence[str] = (),
@@ -361,17 +329,21 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
     """Quantize INPUT to OUTPUT as `llama-quantize [options] INPUT OUTPUT FTYPE NTHREADS` does.
 
     output None: llama-quantize's default name. nthreads None or <= 0: all cores. option_kwargs:
-    see build_options. on_plan(plan, warnings) is called before anything is written (e.g. to size
-    a progress bar); on_progress(tensor name, values done) while writing. Raises QuantizeError for
-    user errors; nothing is written then, and a crash or KeyboardInterrupt leaves no output file.
+    llama-quantize's type-choice options (listed below), applied to a copy of `options` (which is
+    never changed). on_plan(plan, warnings) is called before anything is written (e.g. to size a
+    progress bar); on_progress(tensor name, values done) while writing. Raises QuantizeError for
+    user errors (its `option` names the offending option, if one); nothing is written then, and a
+    crash or KeyboardInterrupt leaves no output file.
     """
     src = os.fspath(input)
     try:
         opts = build_options(options, **option_kwargs)
         overrides = _as_overrides(override_kv)
-        if ftype is None and (opts.recipe is None or opts.recipe.base is None):
-            raise QuantizeError("no TYPE given (and no --recipe with a base type)")
-        ft = parse_ftype(ftype if ftype is not None else opts.recipe.base, opts.flavour)  # type: ignore[union-attr]
+        if ftype is None:
+            if opts.recipe is None or opts.recipe.base is None:
+                raise QuantizeError("no TYPE given (and no --recipe with a base type)")
+            ftype = opts.recipe.base
+        ft = parse_ftype(ftype, opts.flavour)
         out = os.fspath(output) if output is not None else default_output(src, ft.name, opts.keep_split)
         if opts.keep_split:  # one part: split inputs are refused below
             out = split_output_path(out)
@@ -380,11 +352,11 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
         qi: QuantizeImatrix | None = None
         if imatrix is not None:
             qi = _load_imatrix(imatrix, include_weights, exclude_weights)
-            opts.has_imatrix = qi.has_imatrix
-            opts.imatrix_names = frozenset(qi.weights)
+            opts = dataclasses.replace(opts, has_imatrix=qi.has_imatrix, imatrix_names=frozenset(qi.weights))
         elif include_weights or exclude_weights:
-            raise QuantizeError("--include-weights / --exclude-weights need --imatrix")
-        opts.dry_run = dry_run
+            raise QuantizeError("--include-weights / --exclude-weights need --imatrix",
+                                option="--include-weights" if include_weights else "--exclude-weights")
+        opts = dataclasses.replace(opts, dry_run=dry_run)
         with _open(src, opts.flavour) as model:
             inputs = [p.path for p in model.parts] + ([imatrix] if imatrix else [])
             if not dry_run:
@@ -421,13 +393,13 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             if qi is not None:
                 # the counts are u32 in mainline's file, i32 in ik_llama.cpp's (its quantize.cpp)
                 kv_int = kv_i32 if p.flavour == "ik" else kv_u32
-                kv_over += [kv_str(k, v) if t == "str" else kv_int(k, int(v)) for k, t, v in qi.kv()]  # type: ignore[arg-type]
+                kv_over += [kv_str(k, str(v)) if t == "str" else kv_int(k, cast(int, v)) for k, t, v in qi.kv()]
             block = (f"{model.arch}.block_count", p.block_count) if p.block_count is not None else None
             kvs = output_kvs(model.kvs, p.file_type, kv_over, block)
             res.run = run_jobs(model, out, jobs, kvs, n, p.flavour, on_progress, inputs)
             return res
     except (MixError, FTypeError, ImatrixError, GGUFError) as e:
-        raise QuantizeError(str(e)) from None
+        raise _quantize_error(e) from e
 
 
 def _check_rows(p: Plan) -> None:

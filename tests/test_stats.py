@@ -317,7 +317,8 @@ def test_plot_text() -> None:
     assert "a q4_0" in txt and "b q8_0" in txt and "A q4_0+r8" in txt
     grid = [ln.split("|", 1)[1] for ln in txt.splitlines() if "|" in ln]
     assert sum(row.count("a") + row.count("b") + row.count("A") for row in grid) == 3
-    assert grid[0].rstrip().endswith("a") is False  # q4_0 (higher error) is on top at the left
+    assert grid[0].startswith("a")  # the y-axis fits the data: q4_0 (the largest error) on the top row, left
+    assert grid[-1].rstrip().endswith("b")  # q8_0 (the smallest) on the bottom row, right
     assert "(nothing to plot" in plot_text([])
 
 
@@ -328,13 +329,13 @@ def test_cli_json_csv_ik(model: Path) -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert [t["type"] for t in doc["types"]] == ["bf16", "f16"]
-    r = CliRunner().invoke(cli, ["stats", str(model), "-t", "bf16,f16", "--csv", "--svd-rank", "2"])
+    r = CliRunner().invoke(cli, ["stats", str(model), "--type", "bf16,f16", "--csv", "--svd-rank", "2"])
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(r.output)))
     assert len(rows) == 2 * (9 + 1)
     assert rows[9]["tensor"] == "*total*" and float(rows[9]["rmse"]) == pytest.approx(doc["types"][0]["rmse"])
     assert "svd_r2_rmse" in rows[0]
-    r = CliRunner().invoke(cli, ["stats", str(model), "-t", "bf16", "--ik", "--per-tensor"])
+    r = CliRunner().invoke(cli, ["stats", str(model), "--type", "bf16", "--ik", "--per-tensor"])
     lines = r.output.splitlines()
     assert r.exit_code == 0 and lines[0].startswith("bf16::token_embd.weight") and lines[1] == lines[0]
     # quantize-stats' total counts the tied token_embd twice (no output.weight in this model)
@@ -353,30 +354,30 @@ def test_ggml_type_names() -> None:
 
 
 def test_cli_tables_and_errors(model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    r = CliRunner().invoke(cli, ["stats", str(model), "-t", "bf16", "--per-layer", "--per-tensor", "--histogram",
+    r = CliRunner().invoke(cli, ["stats", str(model), "--type", "bf16", "--per-layer", "--per-tensor", "--histogram",
                                  "--svd-rank", "1", "--plot", "-"])
     assert r.exit_code == 0, r.output
     assert "Totals per type" in r.output and "bits per weight" in r.output and "blk.1" in r.output
-    r = CliRunner().invoke(cli, ["stats", str(model), "-t", "nonsense"])
+    r = CliRunner().invoke(cli, ["stats", str(model), "--type", "nonsense"])
     assert r.exit_code == 2 and "unknown type" in r.output
-    r = CliRunner().invoke(cli, ["stats", str(model), "-t", "bf16", "--svd-rank", "x"])
+    r = CliRunner().invoke(cli, ["stats", str(model), "--type", "bf16", "--svd-rank", "x"])
     assert r.exit_code == 2 and "not an integer" in r.output
-    r = CliRunner().invoke(cli, ["stats", str(model), "-t", "bf16", "--include", "("])
+    r = CliRunner().invoke(cli, ["stats", str(model), "--type", "bf16", "--include", "("])
     assert r.exit_code == 1 and "invalid include regex" in r.output
     r = CliRunner().invoke(cli, ["stats", str(tmp_path / "missing.gguf")])
     assert r.exit_code == 2
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 40)
-    r = CliRunner().invoke(cli, ["stats", str(bad), "-t", "bf16"])
+    r = CliRunner().invoke(cli, ["stats", str(bad), "--type", "bf16"])
     assert r.exit_code == 1 and "Traceback" not in r.output
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the extra were not installed
-    r = CliRunner().invoke(cli, ["stats", str(model), "-t", "bf16", "--plot", str(tmp_path / "x.png")])
+    r = CliRunner().invoke(cli, ["stats", str(model), "--type", "bf16", "--plot", str(tmp_path / "x.png")])
     assert r.exit_code == 1 and "pip install" in r.output
 
 
 def test_cli_subprocess(model: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.run([sys.executable, "-m", "qtool", "stats", str(model), "-t", "bf16", "--json"],
+    p = subprocess.run([sys.executable, "-m", "qtool", "stats", str(model), "--type", "bf16", "--json"],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["types"][0]["type"] == "bf16"

@@ -72,7 +72,8 @@ def test_stats_with_imatrix_cli(tmp_path: Path) -> None:
     t0 = next(t for t in m.tensors if t.name == "blk.0.ffn_up.weight")
     assert np.array_equal(fn(t0), entries[t0.name][0] / np.float32(5))
     assert fn(next(t for t in m.tensors if t.name == "token_embd.weight")) is None
-    r = CliRunner().invoke(cli, ["stats", str(model), "-t", "bf16", "--imatrix", str(im), "--json", "--svd-rank", "4"])
+    r = CliRunner().invoke(cli, ["stats", str(model), "--type", "bf16", "--imatrix", str(im), "--json",
+                                 "--svd-rank", "4"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert doc["imatrix"] == str(im)
@@ -83,5 +84,5 @@ def test_stats_with_imatrix_cli(tmp_path: Path) -> None:
     assert ty["weighted_rmse"] > 0 and ty["svd"][0]["l2qer_weighted_rmse"] <= ty["svd"][0]["weighted_rmse"] * 1.000001
     bad = tmp_path / "bad.dat"
     bad.write_bytes(b"\x05\x00")
-    r = CliRunner().invoke(cli, ["stats", str(model), "-t", "bf16", "--imatrix", str(bad)])
+    r = CliRunner().invoke(cli, ["stats", str(model), "--type", "bf16", "--imatrix", str(bad)])
     assert r.exit_code == 1 and "--imatrix" in r.output and "Traceback" not in r.output

@@ -11,8 +11,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import OutputError
 from ..gguf_io.atomic import check_output
 from ..imatrix import (
+    DEFAULT_CHUNK_SIZE,
     FORMATS,
     ImatrixData,
     ImatrixError,
@@ -39,21 +41,6 @@ def _info(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def _fail(e: Exception) -> click.ClickException:
-    ctx = click.get_current_context(silent=True)
-    root = ctx.find_root() if ctx else None
-    if root is not None and isinstance(root.obj, dict) and root.obj.get("debug"):
-        raise e
-    return click.ClickException(str(e))
-
-
-def _read(path: str) -> ImatrixData:
-    try:
-        return read_imatrix(path)
-    except ImatrixError as e:
-        raise _fail(e) from None
-
-
 def _out_format(out: str, to: str | None) -> str:
     fmt = to or format_for_path(out)
     if fmt is None:
@@ -67,20 +54,19 @@ def _write(inputs: list[ImatrixData], paths: list[str], out: str, to: str | None
     check_output(out, paths)  # before any work: never an input, a directory or a device
     if chunk_size is None:
         chunk_size, notes = default_chunk_size(inputs)
-        for n in notes:
-            _warn(n)
+        for note in notes:
+            _warn(note)
+    c = combine(inputs, chunk_size)
+    if fmt == "dat" and any(not d.legacy for d in inputs):
+        for line in legacy_loss_warnings(c):
+            _warn(line)
     try:
-        c = combine(inputs, chunk_size)
-        if fmt == "dat" and any(not d.legacy for d in inputs):
-            for line in legacy_loss_warnings(c):
-                _warn(line)
         (write_dat if fmt == "dat" else write_gguf)(c, out, _warn, paths)
-    except ImatrixError as e:
-        raise _fail(e) from None
-    except OSError as e:
-        raise click.ClickException(f"cannot write {out}: {e.strerror or e}") from None
+    except OSError as e:  # one without a file name, which the click group would not report as a user error
+        raise OutputError(f"cannot write {out}: {e.strerror or e}", path=out) from e
+    datasets: list[str]
     if fmt == "gguf":
-        n, datasets = len(c.entries), c.datasets
+        n, datasets = len(c.entries), list(c.datasets)
     else:  # what the .dat file holds: entries with data, the last dataset name
         n, datasets = sum(1 for e in c.entries.values() if e.counts.any()), [d for d in c.datasets[-1:] if d]
     _info(f"wrote {out} ({fmt}: {n} entries, {c.chunk_count} chunks of {c.chunk_size} tokens, "
@@ -90,6 +76,10 @@ def _write(inputs: list[ImatrixData], paths: list[str], out: str, to: str | None
 _CHUNK = click.option("--chunk-size", "-c", type=click.IntRange(1, 2**31 - 1), default=None,
                       help="Tokens per chunk (llama-imatrix's -c) used to scale .dat input and compute chunk "
                            "counts. Default: the first GGUF input's imatrix.chunk_size, else 512.")
+_SHOW_CHUNK = click.option("--chunk-size", "-c", type=click.IntRange(1, 2**31 - 1), default=None,
+                           help="Tokens per chunk (llama-imatrix's -c) a legacy .dat file was collected with "
+                                "(it stores no token counts); default 512. A GGUF file's figures do not depend "
+                                "on it.")
 _TO = click.option("--to", type=click.Choice(FORMATS), default=None,
                    help="Output format (default: from the extension, .dat or .gguf).")
 
@@ -110,7 +100,7 @@ def convert(in_file: str, out: str, to: str | None, chunk_size: int | None) -> N
     GGUF -> .dat warns about what the legacy format loses (per-expert counts, exact token counts,
     all but the last dataset name).
     """
-    _write([_read(in_file)], [in_file], out, to, chunk_size)
+    _write([read_imatrix(in_file)], [in_file], out, to, chunk_size)
 
 
 @imatrix.command()
@@ -124,7 +114,7 @@ def merge(inputs: tuple[str, ...], out: str, to: str | None, chunk_size: int | N
     Sums and token counts add up per matrix (per expert for MoE tensors); .dat inputs count as
     their chunks x chunk size tokens. Different shapes or expert counts are errors naming the tensor.
     """
-    _write([_read(p) for p in inputs], list(inputs), out, to, chunk_size)
+    _write([read_imatrix(p) for p in inputs], list(inputs), out, to, chunk_size)
 
 
 _SORT_KEYS = {
@@ -196,14 +186,14 @@ def _layer_table(stats: list[TensorStats]) -> Table:
 
 @imatrix.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--sort", "sort_key", type=click.Choice(SORTS), default="default", show_default=True,
-              help="Row order: llama-imatrix's (tensor kind, then Σ(Act²) descending), name, layer, or a figure "
-                   "(descending).")
+@click.option("--sort", "sort_key", type=click.Choice(SORTS), default="default",
+              help="Row order: default is llama-imatrix's (tensor kind, then Σ(Act²) descending); name and layer "
+                   "ascending; a figure descending.")
 @click.option("--reverse", is_flag=True, help="Reverse the order.")
 @click.option("--per-layer", is_flag=True, help="Only the per-layer summary.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (fractions, not percent).")
 @click.option("--plain", is_flag=True, help="llama-imatrix --show-statistics text (tab-separated, same formats).")
-@_CHUNK
+@_SHOW_CHUNK
 def show(file: str, sort_key: str, reverse: bool, per_layer: bool, as_json: bool, plain: bool,
          chunk_size: int | None) -> None:
     """Per-tensor statistics of FILE, as `llama-imatrix --in-file FILE --show-statistics`.
@@ -212,13 +202,10 @@ def show(file: str, sort_key: str, reverse: bool, per_layer: bool, as_json: bool
     N, entropy (bits, and % of log2 N), ZD (share more than 1σ above μ), cosine similarity with the
     same tensor of the previous layer, and a per-layer summary weighted by N.
     """
-    data = _read(file)
-    try:
-        stats = compute_statistics(data, chunk_size or 512, _warn)
-    except ImatrixError as e:
-        raise _fail(e) from None
+    data = read_imatrix(file)
+    stats = compute_statistics(data, chunk_size or DEFAULT_CHUNK_SIZE, _warn)
     if not stats:
-        raise click.ClickException(f"cannot compute statistics for {file}: no tensor has data")
+        raise ImatrixError(f"cannot compute statistics for {file}: no tensor has data", path=file)
     stats = sort_stats(stats, sort_key, reverse)
     if as_json:
         doc = to_json(file, [] if per_layer else stats, layer_statistics(stats))

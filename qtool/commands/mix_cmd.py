@@ -1,85 +1,22 @@
 """`qtool mix`: show the per-tensor type plan of an ftype (`mix show`), list ftypes (`mix ftypes`).
 
-The option decorator `mix_options` and `options_from_cli` are shared with `qtool quantize`, so
-both commands accept llama-quantize's rule options under the same names; `render_plan` prints
-the plan table (or JSON) that `qtool quantize --dry-run` shows too.
+`mix show` takes llama-quantize's rule options from the option table (commands/common.py), as
+`qtool quantize` does; `render_plan` prints the plan table (or JSON) that `qtool quantize
+--dry-run` shows too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from ..mix import (
-    FLAVOURS,
-    MAINLINE,
-    MixError,
-    MixOptions,
-    Plan,
-    check_plan,
-    ftype_table,
-    plan,
-    specs_from_gguf,
-)
-
-
-def mix_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """llama-quantize's type-choice options (plus --custom-q, --recipe, --flavour) on a command."""
-    opts = [
-        click.option("--flavour", type=click.Choice(FLAVOURS), default=MAINLINE, show_default=True,
-                     help="Whose rules: mainline llama.cpp or ik_llama.cpp."),
-        click.option("--pure", is_flag=True, help="No k-quant mixture: every tensor gets the default type."),
-        click.option("--output-tensor-type", metavar="TYPE", default=None, help="Type of output.weight."),
-        click.option("--token-embedding-type", metavar="TYPE", default=None,
-                     help="Type of the token embeddings."),
-        click.option("--leave-output-tensor", is_flag=True, help="Leave output.weight un(re)quantized."),
-        click.option("--tensor-type", "tensor_type", metavar="REGEX=TYPE", multiple=True,
-                     help="Type of the tensors matching REGEX (first match wins; repeatable)."),
-        click.option("--tensor-type-file", "tensor_type_file", metavar="FILE", multiple=True,
-                     type=click.Path(exists=True, dir_okay=False),
-                     help="REGEX=TYPE words separated by spaces or newlines."),
-        click.option("--custom-q", "custom_q", metavar="REGEX=TYPE,...", multiple=True,
-                     help="ik_llama.cpp's comma-separated rules."),
-        click.option("--recipe", metavar="FILE.toml", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="A base type and ordered rules (docs/mix.md)."),
-        click.option("--prune-layers", metavar="L0,L1,...", default=None, help="Drop these layers."),
-        click.option("--keep-split", is_flag=True, help="Keep the input's split files (changes the order)."),
-        click.option("--allow-requantize", is_flag=True, help="Allow requantizing quantized tensors."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def options_from_cli(flavour: str, pure: bool, output_tensor_type: str | None,
-                     token_embedding_type: str | None, leave_output_tensor: bool,
-                     tensor_type: tuple[str, ...], tensor_type_file: tuple[str, ...],
-                     custom_q: tuple[str, ...], recipe: str | None, prune_layers: str | None,
-                     keep_split: bool, allow_requantize: bool, **_: Any) -> MixOptions:
-    """MixOptions from mix_options' parameters (qtool.api.build_options); click.BadParameter
-    names the offending option.
-
-    --tensor-type and --tensor-type-file rules keep their relative order only per option (click
-    collects each option separately): --tensor-type rules first, then the files'.
-    """
-    from ..api import build_options
-
-    try:
-        return build_options(flavour=flavour, pure=pure, output_tensor_type=output_tensor_type,
-                             token_embedding_type=token_embedding_type, leave_output_tensor=leave_output_tensor,
-                             tensor_type=tensor_type, tensor_type_file=tensor_type_file, custom_q=custom_q,
-                             recipe=recipe, prune_layers=prune_layers, keep_split=keep_split,
-                             allow_requantize=allow_requantize)
-    except MixError as e:
-        hint, _, msg = str(e).partition(": ")
-        if hint.startswith("--"):
-            raise click.BadParameter(msg, param_hint=hint) from None
-        raise click.BadParameter(str(e)) from None
+from ..mix import Plan, check_plan, ftype_table, plan, specs_from_gguf
+from .common import flavour_option, mix_options, options_from_cli
 
 
 def tensor_bytes(shape: tuple[int, ...], type_name: str) -> int | None:
@@ -178,28 +115,20 @@ def show(model: str, ftype: str | None, imatrix: str | None, changed: bool, as_j
 
     FTYPE is what llama-quantize takes (Q4_K_M, q4_k_m, 15, ...); with --recipe it may be left out.
     """
-    from ..gguf_io import GGUFError, GGUFModel
+    from ..gguf_io import GGUFModel
 
-    opts = options_from_cli(**kw)
-    opts.dry_run = True
-    opts.has_imatrix = imatrix is not None
-    try:
-        with GGUFModel(model, flavour=opts.flavour) as m:
-            tensors, info = specs_from_gguf(m)
-    except GGUFError as e:
-        raise click.ClickException(str(e)) from None
-    try:
-        p = plan(tensors, info, ftype, opts)
-        warnings = check_plan(p, opts)
-    except MixError as e:
-        raise click.ClickException(str(e)) from None
+    opts = dataclasses.replace(options_from_cli(**kw), dry_run=True, has_imatrix=imatrix is not None)
+    with GGUFModel(model, flavour=opts.flavour) as m:
+        tensors, info = specs_from_gguf(m)
+    p = plan(tensors, info, ftype, opts)
+    warnings = check_plan(p, opts)
     if not imatrix and any(d.requires_imatrix and d.allows_quantization for d in p):
         warnings.append("quantizing with this plan will require an imatrix")
     render_plan(p, as_json, warnings, show_all=not changed)
 
 
 @mix.command("ftypes")
-@click.option("--flavour", type=click.Choice(FLAVOURS), default=MAINLINE, show_default=True)
+@flavour_option()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 def ftypes(flavour: str, as_json: bool) -> None:
     """List the ftypes (TYPE argument) llama-quantize accepts, with their ids and default types."""
@@ -212,7 +141,7 @@ def ftypes(flavour: str, as_json: bool) -> None:
     for col in ("name", "id", "default type", "description"):
         table.add_column(col, justify="right" if col == "id" else "left")
     for r in rows:
-        table.add_row(r["name"], str(r["id"]), r["default_type"], r["description"])
+        table.add_row(str(r["name"]), str(r["id"]), str(r["default_type"]), str(r["description"]))
     Console().print(table)
 
 

@@ -10,7 +10,6 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..gguf_io import GGUFError
 from ..gguf_io.atomic import check_output, write_bytes_atomic
 from ..quants.types import FLAVOURS
 
@@ -26,8 +25,9 @@ def _size(n: int) -> str:
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write the recipe here (default: stdout).")
-@click.option("--flavour", type=click.Choice(FLAVOURS), default=None,
-              help="Recipe flavour (default: ik if the file has ik_llama.cpp-only types, else mainline).")
+@click.option("--flavour", type=click.Choice([str(f) for f in FLAVOURS]), default=None,
+              help="Whose type ids and rules the file and the recipe follow (default: the file's: ik_llama.cpp's when "
+                   "it has a type only ik_llama.cpp defines, else mainline).")
 @click.option("--base", default=None, metavar="FTYPE", help="Base ftype (default: the file's general.file_type).")
 @click.option("--full", is_flag=True, help="A rule for every quantized tensor, not only where the base mix differs.")
 def extract(model: str, output: str | None, flavour: str | None, base: str | None, full: bool) -> None:
@@ -37,15 +37,11 @@ def extract(model: str, output: str | None, flavour: str | None, base: str | Non
     where the file's types differ from that ftype's mix; it is checked with qtool's planner
     before it is written. Quantize the source model with `qtool quantize --recipe FILE`.
     """
-    from ..mix import MixError
     from ..mix.extract import extract_recipe
 
     if output:
         check_output(output, [model], what="recipe")  # before any work
-    try:
-        ex = extract_recipe(model, flavour=flavour, base=base, full=full)
-    except (GGUFError, MixError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    ex = extract_recipe(model, flavour=flavour, base=base, full=full)
     if output:
         write_bytes_atomic(output, ex.toml.encode(), [model])
     else:
@@ -65,8 +61,9 @@ def extract(model: str, output: str | None, flavour: str | None, base: str | Non
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--all", "show_all", is_flag=True, help="Also list the tensors whose types agree.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@click.option("--flavour", type=click.Choice(FLAVOURS), default=None,
-              help="How to read type ids 36/41 (default: ik when a file has ik_llama.cpp-only types).")
+@click.option("--flavour", type=click.Choice([str(f) for f in FLAVOURS]), default=None,
+              help="Whose type ids the files use (ids 36 and 41 differ; default: each file's: ik_llama.cpp's when it "
+                   "has a type only ik_llama.cpp defines, else mainline).")
 def diff(models: tuple[str, ...], show_all: bool, as_json: bool, flavour: str | None) -> None:
     """Per-tensor types of several GGUF files side by side, grouped (embeddings, attention,
     dense layers, MoE layers), with sizes; tensors whose types agree are folded away."""
@@ -74,10 +71,7 @@ def diff(models: tuple[str, ...], show_all: bool, as_json: bool, flavour: str | 
 
     if len(models) < 2:
         raise click.UsageError("give at least two files to compare")
-    try:
-        rep = diff_models(list(models), show_all=show_all, flavour=flavour)
-    except GGUFError as e:
-        raise click.ClickException(str(e)) from None
+    rep = diff_models(list(models), show_all=show_all, flavour=flavour)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=1))
         return

@@ -15,7 +15,8 @@ from rich.table import Table
 from ..api import QuantizeResult, quantize_file
 from ..mix import Plan
 from ..mix.ftypes import FTypeError, parse_ftype
-from .mix_cmd import mix_options, options_from_cli, render_plan
+from .common import debug_enabled, mix_options, options_from_cli, run_options, threads_option, usage_error
+from .mix_cmd import render_plan
 
 
 def split_positionals(args: tuple[str, ...], flavour: str, has_recipe: bool
@@ -49,6 +50,8 @@ def split_positionals(args: tuple[str, ...], flavour: str, has_recipe: bool
             try:
                 parse_ftype(out, flavour)
             except FTypeError as e:  # INPUT WORD: WORD is not an ftype, so llama-quantize reads it as OUTPUT
+                if debug_enabled():
+                    raise
                 raise click.UsageError(f"missing TYPE ({out!r} was read as OUTPUT: {e})") from None
     elif not has_recipe:
         raise click.UsageError("missing TYPE (run `qtool mix ftypes` for the list)")
@@ -67,7 +70,7 @@ def parse_ftype_or_fail(s: str, flavour: str) -> None:
     try:
         parse_ftype(s, flavour)
     except FTypeError as e:
-        raise click.BadParameter(str(e), param_hint="TYPE") from None
+        raise usage_error(e) from None
 
 
 def _summary(r: QuantizeResult, con: Console) -> None:
@@ -89,28 +92,26 @@ def _summary(r: QuantizeResult, con: Console) -> None:
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("args", metavar="INPUT [OUTPUT] TYPE [NTHREADS]", nargs=-1)
 @mix_options
-@click.option("--imatrix", metavar="FILE", default=None,
-              help="Importance matrix (.gguf or legacy .dat, as written by llama-imatrix / qtool imatrix).")
-@click.option("--include-weights", metavar="NAME", multiple=True,
-              help="Use imatrix weights only for tensors whose name contains NAME (repeatable).")
-@click.option("--exclude-weights", metavar="NAME", multiple=True,
-              help="Don't use imatrix weights for tensors whose name contains NAME (repeatable).")
-@click.option("--override-kv", metavar="KEY=TYPE:VALUE", multiple=True,
-              help="Override model metadata (TYPE int, float, bool, str); repeatable.")
+@run_options
+@threads_option()
 @click.option("--dry-run", is_flag=True, help="Print the plan (type, size, reason per tensor) and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (summary, or the plan).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary table.")
 def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[str, ...],
-             exclude_weights: tuple[str, ...], override_kv: tuple[str, ...], dry_run: bool, as_json: bool,
-             quiet: bool, **kw: Any) -> None:
+             exclude_weights: tuple[str, ...], override_kv: tuple[str, ...], threads: int | None, dry_run: bool,
+             as_json: bool, quiet: bool, **kw: Any) -> None:
     """Quantize a GGUF model like llama-quantize: INPUT [OUTPUT] TYPE [NTHREADS].
 
     TYPE is an ftype as llama-quantize takes it (Q4_K_M, q8_0, 15, ...; `qtool mix ftypes` lists
-    them). Without OUTPUT the file is `ggml-model-TYPE.gguf` beside INPUT. NTHREADS: worker
-    processes (default: all cores); the output is the same for every count.
+    them). Without OUTPUT the file is `ggml-model-TYPE.gguf` beside INPUT. NTHREADS (or
+    -t/--threads): worker processes (default: all cores); the output is the same for every count.
     """
     opts = options_from_cli(**kw)
     inp, out, ftype, nthreads = split_positionals(args, opts.flavour, opts.recipe is not None)
+    if nthreads is None:
+        nthreads = threads
+    elif threads is not None and threads != nthreads:
+        raise click.UsageError(f"NTHREADS {nthreads} and --threads {threads} disagree: give one of them")
     err = Console(stderr=True)
     show_progress = not quiet and not dry_run and sys.stderr.isatty()
     progress: Progress | None = None

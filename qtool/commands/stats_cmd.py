@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..quants import can_quantize, get_type, quantizable_types
-from ..quants.types import FLAVOURS, MAINLINE, QType
+from ..quants.types import QType
 from ..stats.metrics import ErrorStats
 from ..stats.report import StatsError, StatsReport, TypeResult, run_stats
+from .common import THREADS_HELP, flavour_option, threads_option
 
 
 def _parse_ranks(value: str | None) -> list[int]:
@@ -40,9 +41,9 @@ def _parse_ranks(value: str | None) -> list[int]:
 
 def _types(names: tuple[str, ...], flavour: str, have_imatrix: bool) -> list[QType]:
     if not names:  # like quantize-stats: every type we can round-trip (F32 is exact, left out)
-        out = [get_type(n) for n in quantizable_types(flavour, have_imatrix) if n != "F32"]
-        out = [t for t in out if have_imatrix or not t.needs_imatrix]
-        return sorted(out, key=lambda t: (t.id, t.name))
+        every = [get_type(n) for n in quantizable_types(flavour, have_imatrix) if n != "F32"]
+        every = [t for t in every if have_imatrix or not t.needs_imatrix]
+        return sorted(every, key=lambda t: (t.id, t.name))
     out: list[QType] = []
     valid = ", ".join(n.lower() for n in quantizable_types(flavour, have_imatrix))
     for n in names:
@@ -73,8 +74,8 @@ def _imatrix_weights(path: str):  # -> WeightsFn
 
     try:
         return load_weights(path)
-    except (OSError, GGUFError, ImatrixError) as e:
-        raise click.ClickException(f"--imatrix {path}: {e}") from None
+    except (GGUFError, ImatrixError) as e:
+        raise StatsError(f"--imatrix {e.message}", option="--imatrix", path=path) from e
 
 
 def _progress(enabled: bool):
@@ -97,9 +98,33 @@ def _progress(enabled: bool):
     return on_start, on_progress, prog.stop
 
 
+FORMATS = ("table", "json", "csv", "ik", "rmse")
+
+
+def _threads_or_types(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> int | None:
+    """-t N / --threads N (the last one counts), as in every qtool command; a -t value that is not
+    a number is a type (`qtool stats model.gguf --rmse -t q4_k -t iq4_k`, how stats users write it),
+    collected in ctx.meta for the command."""
+    n: int | None = None
+    for v in values:
+        try:
+            n = int(v)
+        except ValueError:
+            ctx.meta.setdefault("stats_types", []).append(v)
+    return n
+
+
+def _format(fmt: str | None, shortcuts: dict[str, bool]) -> str:
+    chosen = {f for f, on in shortcuts.items() if on} | ({fmt} if fmt else set())
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one output format, not {' and '.join(sorted(chosen))} "
+                               "(--format, or one of --json, --csv, --ik, --rmse)")
+    return chosen.pop() if chosen else "table"
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--type", "-t", "type_names", multiple=True, metavar="TYPE",
+@click.option("--type", "-T", "type_names", multiple=True, metavar="TYPE",
               help="Type to test (repeatable or comma separated; default: every type qtool can quantize).")
 @click.option("--imatrix", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Importance matrix: quantize with it and report the imatrix-weighted RMSE.")
@@ -108,87 +133,80 @@ def _progress(enabled: bool):
 @click.option("--per-layer", is_flag=True, help="Also report per layer (blk.N).")
 @click.option("--per-tensor", is_flag=True, help="Also report per tensor (quantize-stats -p).")
 @click.option("--histogram", is_flag=True, help="Also show the |error| histogram of each type.")
-@click.option("--threads", "-n", type=click.IntRange(1), default=1, show_default=True,
-              help="Worker processes.")
-@click.option("--rmse", is_flag=True, help="The RMSE report (the default and, for now, only report).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (see docs/stats.md).")
-@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout: one row per type and tensor.")
+@threads_option("-n", multiple=True, type=str, callback=_threads_or_types,
+                help=THREADS_HELP[:-1] + " (-n: quantize-stats' spelling); a -t value that is not a number is a "
+                     "type, as in `-t q4_k -t iq4_k`.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="table (default, rich tables), json (one document, see docs/stats.md), csv (one row per type "
+                   "and tensor), ik (quantize-stats' own lines), rmse (one `TYPE BPW RMSE` line per type).")
+@click.option("--json", "as_json", is_flag=True, help="Shortcut for --format json.")
+@click.option("--csv", "as_csv", is_flag=True, help="Shortcut for --format csv.")
 @click.option("--ik", "as_ik", is_flag=True,
-              help="quantize-stats' own output lines and totals (a tied token_embd counted twice, as it does).")
+              help="Shortcut for --format ik: quantize-stats' lines and totals (a tied token_embd counted twice, "
+                   "as it does).")
+@click.option("--rmse", "as_rmse", is_flag=True,
+              help="Shortcut for --format rmse: one `TYPE BPW RMSE` line per type, for pipelines.")
 @click.option("--plot", "plot", default=None, metavar="FILE.png|-",
               help="Relative error vs bpw chart: a PNG (needs matplotlib) or '-' for a text chart.")
 @click.option("--svd-rank", "svd_rank", default=None, metavar="R1,R2,...",
               help="Low-rank (LQER, and L²QER with --imatrix) correction study at these ranks.")
-@click.option("--flavour", type=click.Choice(FLAVOURS), default=MAINLINE, show_default=True,
-              help="Quantize as mainline llama.cpp or as ik_llama.cpp does.")
+@flavour_option()
 @click.option("--ik-chunks", is_flag=True,
               help="Cut and quantize exactly as quantize-stats does (16384-value rows, its row quantizer "
                    "for IQ4_NL); with --flavour ik --ik it prints llama-quantize-stats -r's lines.")
-def stats(model: str, type_names: tuple[str, ...], imatrix: str | None, include: tuple[str, ...],
-          exclude: tuple[str, ...], per_layer: bool, per_tensor: bool, histogram: bool, threads: int, rmse: bool,
-          as_json: bool, as_csv: bool, as_ik: bool, plot: str | None, svd_rank: str | None, flavour: str,
-          ik_chunks: bool) -> None:
+@click.pass_context
+def stats(ctx: click.Context, model: str, type_names: tuple[str, ...], imatrix: str | None,
+          include: tuple[str, ...], exclude: tuple[str, ...], per_layer: bool, per_tensor: bool, histogram: bool,
+          threads: int | None, fmt: str | None, as_json: bool, as_csv: bool, as_ik: bool, as_rmse: bool,
+          plot: str | None, svd_rank: str | None, flavour: str, ik_chunks: bool) -> None:
     """Quantization error of MODEL's tensors for each type (ik_llama.cpp's quantize-stats).
 
     Every selected 2-D tensor is quantized and dequantized with qtool's engine and compared with
     the original (or, for a quantized MODEL, with its dequantized weights): RMSE, relative RMSE,
     max error, 95th percentile and median of |error|, cosine similarity, imatrix-weighted RMSE.
     """
-    if sum((as_json, as_csv, as_ik)) > 1:
-        raise click.UsageError("choose one of --json, --csv, --ik")
+    out_format = _format(fmt, {"json": as_json, "csv": as_csv, "ik": as_ik, "rmse": as_rmse})
     if not os.path.exists(model):
         raise click.BadParameter(f"{model}: no such file", param_hint="MODEL")
     ranks = _parse_ranks(svd_rank)
-    types = _types(type_names, flavour, imatrix is not None)
+    types = _types(type_names + tuple(ctx.meta.get("stats_types", ())), flavour, imatrix is not None)
     if not types:
-        raise click.ClickException("no type to test")
+        raise StatsError("no type to test")
     if plot and plot != "-":  # before any work: matplotlib there, the file writable, never an input
-        from ..stats.plot import PlotUnavailable, check_png_target
+        from ..stats.plot import check_png_target
 
-        try:
-            check_png_target(plot, [model] + ([imatrix] if imatrix else []))
-        except PlotUnavailable as e:
-            raise click.ClickException(str(e)) from None
+        check_png_target(plot, [model] + ([imatrix] if imatrix else []))
     weights_fn = _imatrix_weights(imatrix) if imatrix else None
     on_start, on_progress, stop = _progress(sys.stderr.isatty())
-    try:
+    try:  # errors, Ctrl-C and signals: the click group reports them
         report = run_stats(model, types, weights_fn=weights_fn, imatrix_path=imatrix, include=list(include),
                            exclude=list(exclude), threads=threads, svd_ranks=ranks, flavour=flavour,
-                           ik_chunks=ik_chunks, on_start=on_start, on_progress=on_progress)
-    except StatsError as e:
-        raise click.ClickException(str(e)) from None
-    except Exception as e:  # a malformed model file
-        from ..gguf_io import GGUFError
-
-        if isinstance(e, GGUFError):
-            raise click.ClickException(str(e)) from None
-        raise
+                           ik_chunks=ik_chunks, on_start=on_start, on_progress=on_progress,
+                           on_note=lambda msg: click.echo(f"warning: {msg}", err=True))
     finally:
         stop()
-    machine = as_json or as_csv
-    if as_json:
+    if out_format == "json":
         click.echo(json.dumps(report.to_json(per_layer=per_layer, histogram=histogram), indent=1))
-    elif as_csv:
+    elif out_format == "csv":
         click.echo(report_csv(report), nl=False)
-    elif as_ik:
+    elif out_format == "ik":
         click.echo(report_ik(report, per_tensor, histogram), nl=False)
+    elif out_format == "rmse":
+        click.echo(report_rmse(report), nl=False)
     else:
         render_tables(report, per_layer, per_tensor, histogram)
     if plot:
-        _plot(report, plot, to_stderr=machine)
+        _plot(report, plot, to_stderr=out_format in ("json", "csv", "rmse"))
 
 
 def _plot(report: StatsReport, target: str, to_stderr: bool) -> None:
-    from ..stats.plot import PlotUnavailable, plot_png, plot_text, report_points
+    from ..stats.plot import plot_png, plot_text, report_points
 
     pts = report_points(report)
     if target == "-":
         click.echo(plot_text(pts), nl=False, err=to_stderr)
         return
-    try:
-        n = plot_png(pts, target, title=os.path.basename(report.model))
-    except PlotUnavailable as e:
-        raise click.ClickException(str(e)) from None
+    n = plot_png(pts, target, title=os.path.basename(report.model))
     click.echo(f"plot: {n} points written to {target}", err=True)
 
 
@@ -234,6 +252,18 @@ def _csv_val(v):
     if isinstance(v, float):
         return repr(v)
     return v
+
+
+def report_rmse(report: StatsReport) -> str:
+    """One `TYPE BPW RMSE` line per type (space-separated, no header): `qtool stats --rmse | sort -gk3`.
+    A type for which no tensor could be tested has no line (a note on stderr says so)."""
+    out = []
+    for tr in report.types:
+        if not tr.total.n:
+            click.echo(f"note: {tr.name}: no tensor tested ({len(tr.skipped)} skipped)", err=True)
+            continue
+        out.append(f"{tr.name} {tr.bpw:.4f} {tr.total.rmse:.6e}")
+    return "".join(line + "\n" for line in out)
 
 
 def ggml_type_name(qt: QType) -> str:

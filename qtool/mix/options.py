@@ -6,18 +6,25 @@ type is a GGML type name, case-insensitive), `parse_tensor_type_file` (whitespac
 NAME=TYPE words), `parse_layer_prune` (comma-separated ids, sorted, duplicates dropped) and
 ik's `parse_custom_quants` (--custom-q "REGEX=TYPE,REGEX=TYPE": split on commas, pattern kept
 as typed).
+
+`OPTIONS` is the one table of these options: one row per option with its command-line spelling,
+help, the MixOptions field it sets and its parser. The click options of `qtool quantize` and
+`qtool mix show`, `build_options` and the keyword arguments of the Python API are made from it;
+a new option is one row here (and, if it changes the choice of types, its rule in the planner).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import QtoolError
 from ..quants.types import type_names
-from .ftypes import IK, MAINLINE
+from .ftypes import FLAVOURS, IK, MAINLINE
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -87,13 +94,14 @@ class TypeRule:
 
 def parse_tensor_type(arg: str, flavour: str = MAINLINE, source: str = "--tensor-type") -> TypeRule:
     """--tensor-type NAME=TYPE: split at the first '=', lower-case the name (as quantize.cpp does)."""
+    where = source.rstrip(":")  # a file's rules have the source "--tensor-type-file NAME:"
     if "=" not in arg:
-        raise MixError(f"{source}: malformed tensor type {arg!r} (expected REGEX=TYPE)")
+        raise MixError(f"{where}: malformed tensor type {arg!r} (expected REGEX=TYPE)")
     name, qt = arg.split("=", 1)
     if not name:
-        raise MixError(f"{source}: missing tensor name in {arg!r}")
+        raise MixError(f"{where}: missing tensor name in {arg!r}")
     if not qt:
-        raise MixError(f"{source}: missing quantization type in {arg!r}")
+        raise MixError(f"{where}: missing quantization type in {arg!r}")
     return TypeRule(name.lower(), parse_ggml_type(qt, flavour), source)
 
 
@@ -193,3 +201,186 @@ class MixOptions:
     @property
     def uses_imatrix(self) -> bool:
         return self.has_imatrix or bool(self.imatrix_names)
+
+
+# --- the option table ----------------------------------------------------------------------------
+
+FLAG, VALUE, MULTI = "flag", "value", "multi"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the option table.
+
+    name: the API's keyword argument and the click parameter. flag: the command-line spelling
+    (llama-quantize's). kind: FLAG (a switch), VALUE (one string) or MULTI (repeatable). field:
+    the MixOptions field it sets, None for an option of the quantize run itself (the imatrix,
+    --override-kv), which `qtool.api.quantize_file` takes as its own arguments. parse(value,
+    flavour) turns what the user gave into the field's value (None: as given); a ValueError
+    becomes a MixError naming `flag`. cli: on the command line (`qtool quantize`, and `qtool mix
+    show` for fields); recipe: settable in a recipe's [options]; extend: adds to the field's list
+    (rules keep their order) instead of replacing it.
+    """
+
+    name: str
+    flag: str
+    help: str
+    kind: str = VALUE
+    field: str | None = None
+    parse: Callable[[Any, str], Any] | None = None
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+    existing_file: bool = False
+    default: Any = None
+    cli: bool = True
+    recipe: bool = False
+    extend: bool = False
+
+    def is_set(self, value: Any) -> bool:
+        """Whether the value was given (None, "" and an empty sequence mean not given)."""
+        if value is None:
+            return False
+        if self.kind == MULTI:
+            return isinstance(value, str) or len(value) > 0
+        return not (self.kind == VALUE and value == "")
+
+    def convert(self, value: Any, flavour: str) -> Any:
+        """The field's value for what the user gave; MixError (option=flag) if it is not valid."""
+        if self.kind == MULTI and isinstance(value, str):
+            value = [value]  # one rule given as a string, not as a list of them
+        if self.kind == FLAG:
+            return bool(value)
+        if self.parse is None:
+            return list(value) if self.kind == MULTI else value
+        try:
+            return self.parse(value, flavour)
+        except ValueError as e:
+            if isinstance(e, MixError) and e.option is not None:
+                raise
+            msg = e.message if isinstance(e, MixError) else str(e)
+            raise MixError(msg if msg.startswith(self.flag) else f"{self.flag}: {msg}", option=self.flag) from e
+
+
+def _flavour(value: str, _: str) -> str:
+    if value not in FLAVOURS:
+        raise MixError(f"unknown flavour {value!r}; valid: {', '.join(FLAVOURS)}")
+    return str(value)
+
+
+def _type(value: str, flavour: str) -> str:
+    return parse_ggml_type(value, flavour)
+
+
+def _tensor_types(values: Iterable[str], flavour: str) -> list[TypeRule]:
+    return [parse_tensor_type(a, flavour) for a in values]
+
+
+def _tensor_type_files(paths: Iterable[str | Path], flavour: str) -> list[TypeRule]:
+    return [r for p in paths for r in parse_tensor_type_file(p, flavour)]
+
+
+def _custom_q(values: Iterable[str], flavour: str) -> list[TypeRule]:
+    return [r for a in values for r in parse_custom_q(a, flavour)]
+
+
+def _prune_layers(value: str | Iterable[int], _: str) -> list[int]:
+    if isinstance(value, str):
+        return parse_prune_layers(value)
+    return sorted(set(int(x) for x in value))
+
+
+def _recipe(value: str | Path | Recipe, _: str) -> Recipe:
+    from .recipe import Recipe, load_recipe  # recipe.py imports this module
+
+    return value if isinstance(value, Recipe) else load_recipe(value)
+
+
+def _ik_type(name: str, tensor: str) -> Option:
+    """ik_llama.cpp's --attn-q-type ... (its custom quant scheme): API and recipes only for now."""
+    return Option(name, "--" + name.replace("_", "-"), f"Type of the {tensor} tensors (ik_llama.cpp).",
+                  field=name, parse=_type, metavar="TYPE", cli=False, recipe=True)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("flavour", "--flavour", "Whose ftypes, rules and kernels: mainline llama.cpp's or ik_llama.cpp's.",
+           field="flavour", parse=_flavour, choices=FLAVOURS, default=MAINLINE),
+    Option("pure", "--pure", "No k-quant mixture: every tensor gets the default type.", FLAG, "pure", recipe=True),
+    Option("output_tensor_type", "--output-tensor-type", "Type of output.weight.", field="output_tensor_type",
+           parse=_type, metavar="TYPE", recipe=True),
+    Option("token_embedding_type", "--token-embedding-type", "Type of the token embeddings.",
+           field="token_embedding_type", parse=_type, metavar="TYPE", recipe=True),
+    Option("leave_output_tensor", "--leave-output-tensor", "Leave output.weight un(re)quantized.", FLAG,
+           "leave_output_tensor", recipe=True),
+    Option("tensor_type", "--tensor-type", "Type of the tensors matching REGEX (first match wins; repeatable).",
+           MULTI, "tensor_types", _tensor_types, metavar="REGEX=TYPE", extend=True),
+    Option("tensor_type_file", "--tensor-type-file", "REGEX=TYPE words separated by spaces or newlines.",
+           MULTI, "tensor_types", _tensor_type_files, metavar="FILE", existing_file=True, extend=True),
+    Option("custom_q", "--custom-q", "ik_llama.cpp's comma-separated rules.", MULTI, "custom_q", _custom_q,
+           metavar="REGEX=TYPE,...", extend=True),
+    Option("recipe", "--recipe", "A base type and ordered rules (docs/mix.md).", field="recipe", parse=_recipe,
+           metavar="FILE.toml", existing_file=True),
+    Option("prune_layers", "--prune-layers", "Drop these layers.", field="prune_layers", parse=_prune_layers,
+           metavar="L0,L1,..."),
+    Option("keep_split", "--keep-split", "Keep the input's split files (changes the order).", FLAG, "keep_split"),
+    Option("allow_requantize", "--allow-requantize", "Allow requantizing quantized tensors.", FLAG,
+           "allow_requantize"),
+    # ik_llama.cpp only (its --attn-q-type ... --ffn-up-type, --ignore-imatrix-rules)
+    _ik_type("per_layer_token_embedding_type", "per-layer token_embd"),
+    _ik_type("ffn_gate_inp_type", "ffn_gate_inp"),
+    _ik_type("attn_q_type", "attn_q"),
+    _ik_type("attn_k_type", "attn_k"),
+    _ik_type("attn_v_type", "attn_v"),
+    _ik_type("attn_qkv_type", "attn_qkv"),
+    _ik_type("attn_output_type", "attn_output"),
+    _ik_type("ffn_gate_type", "ffn_gate"),
+    _ik_type("ffn_down_type", "ffn_down"),
+    _ik_type("ffn_up_type", "ffn_up"),
+    Option("ignore_imatrix_rules", "--ignore-imatrix-rules", "Ignore ik_llama.cpp's importance matrix rules.",
+           FLAG, "ignore_imatrix_rules", cli=False),
+    # options of the quantize run itself (qtool.api.quantize_file's own arguments)
+    Option("imatrix", "--imatrix",
+           "Importance matrix (.gguf or legacy .dat, as written by llama-imatrix / qtool imatrix).",
+           metavar="FILE"),
+    Option("include_weights", "--include-weights",
+           "Use imatrix weights only for tensors whose name contains NAME (repeatable).", MULTI, metavar="NAME"),
+    Option("exclude_weights", "--exclude-weights",
+           "Don't use imatrix weights for tensors whose name contains NAME (repeatable).", MULTI, metavar="NAME"),
+    Option("override_kv", "--override-kv", "Override model metadata (TYPE int, float, bool, str); repeatable.",
+           MULTI, metavar="KEY=TYPE:VALUE"),
+)
+OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+OPTION_BY_FLAG: dict[str, Option] = {o.flag: o for o in OPTIONS}
+MIX_OPTIONS: tuple[Option, ...] = tuple(o for o in OPTIONS if o.field is not None)
+"""The options that set MixOptions fields: `build_options`' keyword arguments."""
+RECIPE_OPTIONS: dict[str, Option] = {o.field: o for o in OPTIONS if o.recipe and o.field is not None}
+"""A recipe's [options] keys (MixOptions field names) and their rows."""
+_LIST_FIELDS = ("tensor_types", "custom_q", "prune_layers")  # copied, never shared with the caller
+
+
+def build_options(options: MixOptions | None = None, **values: Any) -> MixOptions:
+    """MixOptions from llama-quantize's options as the user gave them (keyword = row name, value as
+    typed: tensor_type=["ffn_down=q6_k"], output_tensor_type="q8_0", pure=True, recipe="mix.toml").
+
+    Starts from a copy of `options` (never changed) or the defaults; None, "" and () leave an
+    option as it is; rules are added after those `options` has. MixError names the offending
+    option in its `option` field; TypeError for a keyword that is not a row of MIX_OPTIONS.
+    """
+    unknown = sorted(set(values) - {o.name for o in MIX_OPTIONS})
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(o.name for o in MIX_OPTIONS)}")
+    base = options if options is not None else MixOptions()
+    changes: dict[str, Any] = {f: list(getattr(base, f)) for f in _LIST_FIELDS}  # no list shared with `options`
+    flavour = base.flavour
+    for o in MIX_OPTIONS:  # the flavour row comes first: type names are parsed in its flavour
+        v = values.get(o.name)
+        if not o.is_set(v):
+            continue
+        assert o.field is not None
+        new = o.convert(v, flavour)
+        if o.extend:
+            changes[o.field] = changes[o.field] + new
+        else:
+            changes[o.field] = new
+        if o.field == "flavour":
+            flavour = new
+    return dataclasses.replace(base, **changes)

@@ -13,13 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import QtoolError
 from ..gguf_io.atomic import check_output, write_bytes_atomic
 from .report import StatsReport
 
 POINTS_KEY = "qtool:points"  # PNG text chunk holding the number of points drawn
 
 
-class PlotUnavailable(Exception):
+class PlotUnavailable(QtoolError):
     """matplotlib is not installed."""
 
 
@@ -47,8 +48,8 @@ def report_points(report: StatsReport) -> list[Point]:
             f = r.figures()
             if not r.n or not rms:
                 continue
-            pts.append(Point(f"{tr.name}+r{r.rank}", tr.bpw + float(f["extra_bpw"]), float(f["rmse"]) / rms,
-                             "low-rank"))
+            pts.append(Point(f"{tr.name}+r{r.rank}", tr.bpw + float(f["extra_bpw"] or 0.0),
+                             float(f["rmse"] or 0.0) / rms, "low-rank"))
     return pts
 
 
@@ -113,11 +114,11 @@ def plot_text(points: list[Point], width: int = 64, height: int = 18) -> str:
     xs = [p.bpw for p in pts]
     ys = [math.log10(p.rel_error) for p in pts]
     x0, x1 = min(xs), max(xs)
-    y0, y1 = math.floor(min(ys)), math.ceil(max(ys))
+    y0, y1 = min(ys), max(ys)  # the axes span the data: the extreme points sit on the edges
     if x1 == x0:
         x0, x1 = x0 - 0.5, x1 + 0.5
-    if y1 == y0:
-        y1 = y0 + 1
+    if y1 - y0 < 1e-6:  # one error value: a tenth of a decade around it
+        y0, y1 = y0 - 0.05, y1 + 0.05
     grid = [[" "] * width for _ in range(height)]
     legend = []
     n_type = n_lr = 0
@@ -137,7 +138,7 @@ def plot_text(points: list[Point], width: int = 64, height: int = 18) -> str:
     for r in range(height):
         frac = (height - 1 - r) / (height - 1)
         yv = y0 + frac * (y1 - y0)
-        label = f"{10 ** yv:.1e}" if r % 3 == 0 or r == height - 1 else ""
+        label = f"{10 ** yv:.2e}" if r % 3 == 0 or r == height - 1 else ""
         lines.append(f"{label:>{label_w}} |" + "".join(grid[r]))
     lines.append(" " * label_w + " +" + "-" * width)
     lo, hi = f"{x0:.2f}", f"{x1:.2f}"

@@ -28,7 +28,7 @@ import contextlib
 import math
 import re
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -360,13 +360,15 @@ def compile_patterns(patterns: list[str], what: str) -> list[re.Pattern[str]]:
 
 
 def run_stats(model_path: str, types: list[QType], *, weights_fn: WeightsFn | None = None,
-              imatrix_path: str | None = None, include: list[str] = (), exclude: list[str] = (),
-              threads: int = 1, svd_ranks: list[int] = (), flavour: str = MAINLINE, ik_chunks: bool = False,
+              imatrix_path: str | None = None, include: Sequence[str] = (), exclude: Sequence[str] = (),
+              threads: int | None = None, svd_ranks: Sequence[int] = (), flavour: str = MAINLINE,
+              ik_chunks: bool = False,
               on_start: Callable[[int], None] | None = None,
               on_progress: Callable[[str, int], None] | None = None,
               on_note: Callable[[str], None] | None = None) -> StatsReport:
     """Compute the report. `weights_fn(tensor)` gives the raw imatrix rows of a tensor
-    (float32[n_mats, n_per_row]) or None; `on_progress(name, values)` is called per slab."""
+    (float32[n_mats, n_per_row]) or None; threads: worker processes (None or <= 0: all cores, as
+    everywhere; the figures do not depend on it); `on_progress(name, values)` is called per slab."""
     inc = compile_patterns(list(include), "include")
     exc = compile_patterns(list(exclude), "exclude")
     model = GGUFModel(model_path, flavour=flavour)
@@ -378,7 +380,7 @@ def run_stats(model_path: str, types: list[QType], *, weights_fn: WeightsFn | No
 
 
 def _run(model: GGUFModel, types: list[QType], weights_fn: WeightsFn | None, imatrix_path: str | None,
-         inc: list[re.Pattern[str]], exc: list[re.Pattern[str]], threads: int, svd_ranks: list[int],
+         inc: list[re.Pattern[str]], exc: list[re.Pattern[str]], threads: int | None, svd_ranks: list[int],
          flavour: str, ik_chunks: bool, on_start: Callable[[int], None] | None,
          on_progress: Callable[[str, int], None] | None, on_note: Callable[[str], None] | None) -> StatsReport:
     type_map = {qt.name: qt for qt in types}
@@ -421,12 +423,12 @@ def _run(model: GGUFModel, types: list[QType], weights_fn: WeightsFn | None, ima
     svd = bool(svd_ranks)
     total_values = sum(p.info.n_elements * len(p.layouts) for p in plans)
     n_slabs = sum(sum(1 for _ in p.slabs()) for p in plans)
-    threads = resolve_workers(threads, n_slabs)
+    n_workers = resolve_workers(threads, n_slabs, on_note)  # more than the cores: capped, with a note
     with contextlib.ExitStack() as stack:
         pool = None
-        if threads > 1 and total_values > 4 * SLAB_ELEMENTS:
-            pool = stack.enter_context(WorkerPool(threads, _worker_init, (model.path, flavour)))
-        _run_all(model, plans, type_map, results, flavour, svd_ranks, pool, threads, on_progress)
+        if n_workers > 1 and total_values > 4 * SLAB_ELEMENTS:
+            pool = stack.enter_context(WorkerPool(n_workers, _worker_init, (model.path, flavour)))
+        _run_all(model, plans, type_map, results, flavour, svd_ranks, pool, n_workers, on_progress)
     ordered = [results[qt.name] for qt in types]
     if svd:
         for r in ordered:
