@@ -3,6 +3,21 @@ kernels (qtool.quants.registry) for the variants it ports. Variants ik_llama.cpp
 own way that are not ported are not registered: the engine refuses them rather than write
 mainline's bytes (measured on the golden vectors: most rows differ)."""
 
-from . import iq2_k, iq3_k, iq4_ik, iq4_kss, iq45_ks, iqk_k456, legacy_ik, q6_0, q6_k_ik
+from . import (
+    bitnet,
+    iq2_k,
+    iq2_kl,
+    iq2_ks,
+    iq3_k,
+    iq3_ks,
+    iq4_ik,
+    iq4_kss,
+    iq45_ks,
+    iqk_k456,
+    legacy_ik,
+    q6_0,
+    q6_k_ik,
+)
 
-__all__ = ["iq2_k", "iq3_k", "iq45_ks", "iq4_ik", "iq4_kss", "iqk_k456", "legacy_ik", "q6_0", "q6_k_ik"]
+__all__ = ["bitnet", "iq2_k", "iq2_kl", "iq2_ks", "iq3_k", "iq3_ks", "iq4_ik", "iq4_kss", "iq45_ks", "iqk_k456",
+           "legacy_ik", "q6_0", "q6_k_ik"]
