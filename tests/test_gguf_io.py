@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 
-from qtool.gguf_io import GGUFError, GGUFModel, GGUFStreamWriter, OutTensor, kv_str, kv_u16, kv_u32, make_kv
+from qtool.gguf_io import GGUFError, GGUFModel, GGUFStreamWriter, OutTensor, ValueType, kv_str, kv_u16, kv_u32, make_kv
+from qtool.gguf_io.format import SCALAR_FMT, Cursor, header_bytes, read_header, read_kvs
 from qtool.gguf_io.reader import T_ARRAY, T_FLOAT32, T_STRING, T_UINT32
 from qtool.quants import get_type
 
@@ -113,3 +115,44 @@ def test_string_arrays_fast_path_and_its_errors(tmp_path: Path) -> None:
     t.write_bytes(bytes(data[:j + 2]))
     with pytest.raises(GGUFError, match=r"truncated at offset \d+ while reading"):
         GGUFModel(t)
+
+
+# ---------------------------------------------------------------- the format layer
+
+def test_value_types_are_the_gguf_packages() -> None:
+    assert ValueType is gguf.GGUFValueType and T_ARRAY is ValueType.ARRAY and T_UINT32 == 4
+    assert set(SCALAR_FMT) == set(ValueType) - {ValueType.STRING, ValueType.ARRAY}
+
+
+def test_kv_codec_round_trip_keeps_raw_bytes() -> None:
+    """Every value type through make_kv (the encoder) and read_kvs (the decoder): same values,
+    and the decoder's raw bytes are the encoder's."""
+    kvs = [make_kv(f"k.{t.name.lower()}", t, 1) for t in SCALAR_FMT]
+    kvs += [make_kv("k.str", ValueType.STRING, "é\U0001f600"), make_kv("k.strs", ValueType.ARRAY, ["a", "", "bc"],
+                                                                       ValueType.STRING),
+            make_kv("k.f32s", ValueType.ARRAY, [0.5, -2.0], ValueType.FLOAT32)]
+    buf = b"".join(kv.raw for kv in kvs)
+    c = Cursor(buf, "<kvs>")
+    got = read_kvs(c, len(kvs))
+    assert c.pos == len(buf)
+    for a, b in zip(kvs, got, strict=True):
+        assert (b.key, b.vtype, b.atype, b.raw) == (a.key, a.vtype, a.atype, a.raw)
+        assert np.array_equal(np.asarray(b.value), np.asarray(a.value))
+
+
+def test_header_round_trip_and_ggml_checks() -> None:
+    f32 = get_type("F32")
+    tensors = [("a", (32, 2), f32.id, 256), ("b", (64,), f32.id, 256)]
+    raw = header_bytes([kv_u32("x", 7)], tensors, 32)
+    h = read_header(Cursor(raw + b"\0" * 512, "<h>"))
+    assert h.data_offset == len(raw) and h.data_size == 512 and [t.name for t in h.tensors] == ["a", "b"]
+    assert [(t.shape, t.offset - h.data_offset, t.n_bytes) for t in h.tensors] == [((32, 2), 0, 256), ((64,), 256, 256)]
+    with pytest.raises(GGUFError, match=r"truncated: the tensor data end at offset \d+, the file has \d+ bytes "
+                                        r"\(tensor 'b' needs bytes"):
+        read_header(Cursor(raw + b"\0" * 300, "<h>"))
+    with pytest.raises(GGUFError, match=r"<h>: truncated \(file size 20\): the key/value count needs 8 bytes, 4 "
+                                        r"left at offset 16"):
+        read_header(Cursor(raw[:20], "<h>"))
+    dup = header_bytes([kv_u32("x", 7), kv_u32("x", 8)], [], 32)
+    with pytest.raises(GGUFError, match=r"duplicate key 'x' at offset \d+"):
+        read_header(Cursor(dup, "<h>"))

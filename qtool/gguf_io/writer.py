@@ -10,72 +10,16 @@ renamed when complete), so a failed or interrupted run leaves no partial output.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..errors import OutputError
 from ..quants.types import QType
+from . import format as fmt
 from .atomic import AtomicOutput
-from .reader import (
-    GGUF_MAGIC,
-    KV,
-    SCALAR_DTYPE,
-    SCALAR_FMT,
-    T_ARRAY,
-    T_FLOAT32,
-    T_INT32,
-    T_STRING,
-    T_UINT16,
-    T_UINT32,
-)
-
-
-def _enc_str(s: str) -> bytes:
-    b = s.encode("utf-8")
-    return struct.pack("<Q", len(b)) + b
-
-
-def make_kv(key: str, vtype: int, value: Any, atype: int | None = None) -> KV:
-    """A key/value pair with its serialized bytes."""
-    out = _enc_str(key) + struct.pack("<I", vtype)
-    if vtype in SCALAR_FMT:
-        out += struct.pack(SCALAR_FMT[vtype], value)
-    elif vtype == T_STRING:
-        out += _enc_str(str(value))
-    elif vtype == T_ARRAY:
-        assert atype is not None
-        out += struct.pack("<IQ", atype, len(value))
-        if atype == T_STRING:
-            out += b"".join(_enc_str(s) for s in value)
-        else:
-            out += np.asarray(value, dtype=SCALAR_DTYPE[atype]).tobytes()
-    else:
-        raise ValueError(f"unknown GGUF value type {vtype}")
-    return KV(key, vtype, value, out, atype)
-
-
-def kv_u32(key: str, v: int) -> KV:
-    return make_kv(key, T_UINT32, int(v))
-
-
-def kv_u16(key: str, v: int) -> KV:
-    return make_kv(key, T_UINT16, int(v))
-
-
-def kv_i32(key: str, v: int) -> KV:
-    return make_kv(key, T_INT32, int(v))
-
-
-def kv_str(key: str, v: str) -> KV:
-    return make_kv(key, T_STRING, v)
-
-
-def kv_f32(key: str, v: float) -> KV:
-    return make_kv(key, T_FLOAT32, float(v))
+from .format import KV
 
 
 def set_kv(kvs: list[KV], kv: KV) -> list[KV]:
@@ -87,14 +31,6 @@ def remove_kv(kvs: list[KV], key: str) -> list[KV]:
     return [k for k in kvs if k.key != key]
 
 
-def n_dims(shape: tuple[int, ...]) -> int:
-    """ggml_n_dims: trailing dimensions of size 1 are not written."""
-    for i in range(len(shape) - 1, 0, -1):
-        if shape[i] > 1:
-            return i + 1
-    return 1
-
-
 @dataclass
 class OutTensor:
     name: str
@@ -103,33 +39,20 @@ class OutTensor:
 
     @property
     def n_bytes(self) -> int:
-        n_rows = int(np.prod(self.shape[1:], dtype=np.int64)) if len(self.shape) > 1 else 1
-        return self.qtype.row_bytes(self.shape[0]) * n_rows
+        return fmt.tensor_bytes(self.qtype, self.shape)
 
 
-def _pad(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
-
-
-def header_bytes(kvs: list[KV], tensors: list[OutTensor], alignment: int, version: int = 3) -> bytes:
+def header_bytes(kvs: list[KV], tensors: list[OutTensor], alignment: int, version: int = fmt.GGUF_VERSION) -> bytes:
     """Header, KV pairs and tensor infos, padded to the alignment."""
-    parts = [GGUF_MAGIC, struct.pack("<IQQ", version, len(tensors), len(kvs))]
-    parts += [kv.raw for kv in kvs]
-    offset = 0
-    for t in tensors:
-        nd = n_dims(t.shape)
-        parts.append(_enc_str(t.name) + struct.pack("<I", nd)
-                     + struct.pack(f"<{nd}Q", *t.shape[:nd]) + struct.pack("<IQ", t.qtype.id, offset))
-        offset += _pad(t.n_bytes, alignment)
-    h = b"".join(parts)
-    return h + b"\0" * (_pad(len(h), alignment) - len(h))
+    return fmt.header_bytes(kvs, [(t.name, t.shape, t.qtype.id, t.n_bytes) for t in tensors], alignment, version)
 
 
 class GGUFStreamWriter:
     """Write one GGUF file: header at once, then tensors in order with write_tensor()."""
 
     def __init__(self, path: str | os.PathLike[str], kvs: list[KV], tensors: list[OutTensor],
-                 alignment: int = 32, version: int = 3, inputs: Sequence[str] = ()) -> None:
+                 alignment: int = fmt.DEFAULT_ALIGNMENT, version: int = fmt.GGUF_VERSION,
+                 inputs: Sequence[str] = ()) -> None:
         header = header_bytes(kvs, tensors, alignment, version)  # may raise: before the temporary file exists
         self.out = AtomicOutput(path, inputs)
         self.tensors = tensors
@@ -160,7 +83,7 @@ class GGUFStreamWriter:
         if self._written_in_tensor > t.n_bytes:
             raise RuntimeError(f"{t.name}: wrote {self._written_in_tensor} bytes, expected {t.n_bytes}")
         if self._written_in_tensor == t.n_bytes:
-            self._write(b"\0" * (_pad(t.n_bytes, self.alignment) - t.n_bytes))
+            self._write(fmt.padding(t.n_bytes, self.alignment))
             self._next += 1
             self._written_in_tensor = 0
 
@@ -181,7 +104,7 @@ class GGUFStreamWriter:
         if self._written_in_tensor:
             raise RuntimeError(f"{t.name}: skip_tensor() inside a partly written tensor")
         self.out.f.seek(t.n_bytes, os.SEEK_CUR)
-        self._write(b"\0" * (_pad(t.n_bytes, self.alignment) - t.n_bytes))
+        self._write(fmt.padding(t.n_bytes, self.alignment))
         self._next += 1
 
     def close(self) -> None:
@@ -197,7 +120,4 @@ class GGUFStreamWriter:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+        (self.close if exc_type is None else self.abort)()

@@ -26,25 +26,26 @@ and experts with zero count (partial MoE data) stored as 1 * ncall (weight 1 aft
 
 from __future__ import annotations
 
-import io
-import os
 import struct
-from collections.abc import Sequence
 from typing import BinaryIO
 
 import numpy as np
 
+from ..gguf_io.format import Cursor
 from .data import (
+    FileFormat,
     ImatrixData,
     ImatrixEntry,
     ImatrixError,
     Warn,
-    atomic_write,
-    default_warn,
     name_bytes,
     name_str,
+    partial_data,
     sorted_names,
 )
+
+__all__ = ["DAT", "decode_dat", "dump_dat", "encode_dat", "legacy_loss_warnings", "legacy_losses", "legacy_values",
+           "read_dat", "write_dat"]
 
 _I32 = struct.Struct("<i")
 INT32_MAX = 2**31 - 1
@@ -54,98 +55,72 @@ _MIN_ENTRY = 4 + 1 + 4 + 4 + 4
 
 def decode_dat(buf: bytes | memoryview, source: str = "<bytes>") -> ImatrixData:
     """Parse a legacy .dat imatrix from bytes; ImatrixError names the offset of any problem."""
-    mv = memoryview(buf).cast("B")
-    size = len(mv)
-    pos = 0
-
-    def i32(what: str) -> int:
-        nonlocal pos
-        if pos + 4 > size:
-            raise ImatrixError(f"{source}: truncated at offset {pos} (file size {size}) while reading {what}")
-        (v,) = _I32.unpack_from(mv, pos)
-        pos += 4
-        return v
-
-    if size < 4:
-        raise ImatrixError(f"{source}: {size} bytes is too short for an imatrix file "
-                           "(no GGUF magic, no legacy entry count)")
-    n_entries = i32("the entry count")
+    c = Cursor(buf, source, ImatrixError)
+    if c.size < 4:
+        raise c.err(f"{c.size} bytes is too short for an imatrix file (no GGUF magic, no legacy entry count)")
+    n_entries = c.i32("the entry count")
     if n_entries < 1:
-        raise ImatrixError(f"{source}: not an imatrix file: legacy entry count {n_entries} at offset 0 "
-                           "(and no GGUF magic)")
-    if n_entries > (size - 4) // _MIN_ENTRY:
-        raise ImatrixError(f"{source}: truncated or not an imatrix file: legacy entry count {n_entries} at "
-                           f"offset 0 needs at least {4 + n_entries * _MIN_ENTRY} bytes, the file has {size} "
-                           "(and no GGUF magic)")
+        raise c.err(f"not an imatrix file: legacy entry count {n_entries} at offset 0 (and no GGUF magic)")
+    if n_entries > (c.size - 4) // _MIN_ENTRY:
+        raise c.err(f"truncated or not an imatrix file: legacy entry count {n_entries} at offset 0 needs at least "
+                    f"{4 + n_entries * _MIN_ENTRY} bytes, the file has {c.size} (and no GGUF magic)")
     entries: dict[str, ImatrixEntry] = {}
     for i in range(n_entries):
-        at = pos
-        ln = i32(f"the name length of entry {i + 1}")
-        if ln < 1:
-            raise ImatrixError(f"{source}: entry {i + 1}: bad name length {ln} at offset {at}")
-        if ln > size - pos:
-            raise ImatrixError(f"{source}: truncated or corrupt: entry {i + 1}: name length {ln} at offset {at} "
-                               f"exceeds the {size - pos} bytes left")
-        raw = bytes(mv[pos:pos + ln])
-        if b"\0" in raw:
-            raise ImatrixError(f"{source}: entry {i + 1}: name at offset {pos} contains a NUL byte")
-        name = name_str(raw)
-        pos += ln
+        at = c.pos
+        name = _string(c, f"entry {i + 1}", "name")
         if name in entries:
-            raise ImatrixError(f"{source}: duplicate entry name {name!r} at offset {at}")
-        at = pos
-        ncall = i32(f"ncall of {name!r}")
+            raise c.fail(f"duplicate entry name {name!r}", at)
+        at = c.pos
+        ncall = c.i32(f"ncall of {name!r}")
         if ncall < 0:
-            raise ImatrixError(f"{source}: {name!r}: negative ncall {ncall} at offset {at}")
-        at = pos
-        nval = i32(f"the value count of {name!r}")
+            raise c.fail(f"{name!r}: negative ncall {ncall}", at)
+        at = c.pos
+        nval = c.i32(f"the value count of {name!r}")
         if nval < 1:
-            raise ImatrixError(f"{source}: {name!r}: bad value count {nval} at offset {at}")
-        if 4 * nval > size - pos:
-            raise ImatrixError(f"{source}: truncated or corrupt: {name!r}: value count {nval} at offset {at} "
-                               f"needs {4 * nval} bytes, {size - pos} left")
-        vals = np.frombuffer(mv, dtype="<f4", count=nval, offset=pos)
+            raise c.fail(f"{name!r}: bad value count {nval}", at)
+        if 4 * nval > c.left:
+            raise c.err(f"truncated or corrupt: {name!r}: value count {nval} at offset {at} needs {4 * nval} bytes, "
+                        f"{c.left} left")
+        at = c.pos
+        vals = np.frombuffer(c.take(4 * nval, f"the values of {name!r}"), dtype="<f4")
         bad = ~np.isfinite(vals)
         if bad.any():
             k = int(np.argmax(bad))
-            raise ImatrixError(f"{source}: {name!r}: non-finite value {float(vals[k])} at offset {pos + 4 * k} "
-                               f"(column {k})")
+            raise c.err(f"{name!r}: non-finite value {float(vals[k])} at offset {at + 4 * k} (column {k})")
         entries[name] = ImatrixEntry(vals.astype(np.float32).reshape(1, nval), np.array([ncall], np.int64))
-        pos += 4 * nval
 
     datasets: list[str] = []
     chunk_count = 0
-    has_trailer = pos < size
+    has_trailer = c.left > 0
     if has_trailer:
-        at = pos
-        chunk_count = i32("the chunk count of the trailer")
+        at = c.pos
+        chunk_count = c.i32("the chunk count of the trailer")
         if chunk_count < 0:
-            raise ImatrixError(f"{source}: negative chunk count {chunk_count} at offset {at}")
-        if pos < size:
-            at = pos
-            ln = i32("the dataset name length")
-            if ln < 0:
-                raise ImatrixError(f"{source}: bad dataset name length {ln} at offset {at}")
-            if ln > size - pos:
-                raise ImatrixError(f"{source}: truncated or corrupt: dataset name length {ln} at offset {at} "
-                                   f"exceeds the {size - pos} bytes left")
-            raw = bytes(mv[pos:pos + ln])
-            if b"\0" in raw:
-                raise ImatrixError(f"{source}: dataset name at offset {pos} contains a NUL byte")
-            if ln:
-                datasets.append(name_str(raw))
-            pos += ln
-            if pos != size:
-                raise ImatrixError(f"{source}: {size - pos} unexpected bytes after the dataset name at offset {pos}")
+            raise c.fail(f"negative chunk count {chunk_count}", at)
+        if c.left:
+            dataset = _string(c, None, "dataset name")
+            if dataset:
+                datasets.append(dataset)
+            if c.left:
+                raise c.err(f"{c.left} unexpected bytes after the dataset name at offset {c.pos}")
     return ImatrixData(entries, datasets, chunk_count, 0, legacy=True, has_metadata=has_trailer, source=source)
 
 
-def read_dat(path: str | os.PathLike[str]) -> ImatrixData:
-    """Read a legacy .dat imatrix file (read whole: imatrix files are small, and a memory map
-    could not be closed while an error's traceback still holds a view of it)."""
-    src = os.fspath(path)
-    with open(src, "rb") as f:
-        return decode_dat(f.read(), src)
+def _string(c: Cursor, entry: str | None, noun: str) -> str:
+    """An int32-length-prefixed string without NUL bytes: the name of `entry` (at least one byte)
+    or the trailer's dataset name (entry None, may be empty)."""
+    prefix = f"{entry}: " if entry else ""
+    at = c.pos
+    ln = c.i32(f"the {noun} length" + (f" of {entry}" if entry else ""))
+    if ln < (1 if entry else 0):
+        raise c.fail(f"{prefix}bad {noun} length {ln}", at)
+    if ln > c.left:
+        raise c.err(f"truncated or corrupt: {prefix}{noun} length {ln} at offset {at} exceeds the {c.left} bytes left")
+    at = c.pos
+    raw = bytes(c.take(ln, f"the {noun}"))
+    if b"\0" in raw:
+        raise c.err(f"{prefix}{noun} at offset {at} contains a NUL byte")
+    return name_str(raw)
 
 
 def _pack_str(b: bytes) -> bytes:
@@ -169,9 +144,8 @@ def _trailer(data: ImatrixData) -> bytes:
     return _I32.pack(int(data.chunk_count)) + _pack_str(ds)
 
 
-def dump_dat(data: ImatrixData, f: BinaryIO, warn: Warn | None = None) -> None:
+def dump_dat(data: ImatrixData, f: BinaryIO, warn: Warn) -> None:
     """Write `data` in the legacy format to a binary file object (see the module docstring)."""
-    warn = default_warn if warn is None else warn
     if data.legacy:
         _dump_verbatim(data, f)
     else:
@@ -212,16 +186,14 @@ def _dump_collected(data: ImatrixData, f: BinaryIO, warn: Warn) -> None:
     to_store = []
     for name in data.entries:  # the warnings come in llama-imatrix's (unordered) map order; ours is file order
         e = data.entries[name]
-        n_all = e.n_mat
-        if n_all == 0:
+        if e.n_mat == 0:
             continue
-        n_zeros = int(np.count_nonzero(e.counts == 0))
-        if n_zeros == n_all:
+        if not e.counts.any():
             warn(f"save_imatrix_legacy: entry '{name:>40}' has no data - skipping")
             continue
-        if n_zeros > 0:
-            pct = np.float32(100.0) * np.float32(n_all - n_zeros) / np.float32(n_all)
-            warn(f"save_imatrix_legacy: entry '{name:>40}' has partial data ({float(pct):.2f}%)")
+        note = partial_data("save_imatrix_legacy", name, e)
+        if note:
+            warn(note)
         to_store.append(name)
     if len(to_store) < len(data.entries):
         warn(f"save_imatrix_legacy: storing only {len(to_store)} out of {len(data.entries)} entries")
@@ -239,17 +211,8 @@ def _dump_collected(data: ImatrixData, f: BinaryIO, warn: Warn) -> None:
     f.write(_trailer(data))
 
 
-def encode_dat(data: ImatrixData, warn: Warn | None = None) -> bytes:
-    """The bytes of `data` in the legacy format."""
-    b = io.BytesIO()
-    dump_dat(data, b, warn)
-    return b.getvalue()
-
-
-def write_dat(data: ImatrixData, path: str | os.PathLike[str], warn: Warn | None = None,
-              inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
-    """Write a legacy .dat file (temporary file in the target folder, renamed when complete)."""
-    atomic_write(path, lambda f: dump_dat(data, f, warn), inputs)
+DAT = FileFormat(decode_dat, dump_dat)
+read_dat, encode_dat, write_dat = DAT.read, DAT.encode, DAT.write
 
 
 def legacy_losses(c: ImatrixData) -> list[str]:

@@ -21,6 +21,7 @@ std::string.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -77,6 +78,16 @@ def sorted_names(names: Iterable[str]) -> list[str]:
 
 def default_warn(msg: str) -> None:
     log.warning(msg)
+
+
+def partial_data(who: str, name: str, e: ImatrixEntry) -> str | None:
+    """llama-imatrix's warning (from its function `who`) for an entry with matrices (experts)
+    that saw no token, in float as C computes the percentage; None when all saw some."""
+    n_zeros = int(np.count_nonzero(e.counts == 0))
+    if not n_zeros:
+        return None
+    pct = np.float32(100.0) * np.float32(e.n_mat - n_zeros) / np.float32(e.n_mat)
+    return f"{who}: entry '{name:>40}' has partial data ({float(pct):.2f}%)"
 
 
 @dataclass
@@ -166,3 +177,29 @@ def atomic_write(path: str | os.PathLike[str], dump: Callable[[BinaryIO], None],
         except OSError as e:
             raise OutputError(f"{os.fspath(path)}: cannot write the output: {e.strerror or e}",
                               path=os.fspath(path)) from None
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """An imatrix file format as its decoder and writer; files and bytes go through them alike."""
+
+    decode: Callable[[bytes | memoryview, str], ImatrixData]
+    dump: Callable[[ImatrixData, BinaryIO, Warn], None]  # warn: where the writer's warnings go
+
+    def read(self, path: str | os.PathLike[str]) -> ImatrixData:
+        """Read a file (whole: imatrix files are small, and a memory map could not be closed
+        while an error's traceback still holds a view of it)."""
+        src = os.fspath(path)
+        with open(src, "rb") as f:
+            return self.decode(f.read(), src)
+
+    def encode(self, data: ImatrixData, warn: Warn | None = None) -> bytes:
+        """The bytes of `data` in this format."""
+        b = io.BytesIO()
+        self.dump(data, b, default_warn if warn is None else warn)
+        return b.getvalue()
+
+    def write(self, data: ImatrixData, path: str | os.PathLike[str], warn: Warn | None = None,
+              inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
+        """Write a file (a temporary file in the target folder, renamed when complete)."""
+        atomic_write(path, lambda f: self.dump(data, f, default_warn if warn is None else warn), inputs)

@@ -38,7 +38,8 @@ KEY_FILE = "quantize.imatrix.file"
 KEY_DATASET = "quantize.imatrix.dataset"
 KEY_N_ENTRIES = "quantize.imatrix.entries_count"
 KEY_N_CHUNKS = "quantize.imatrix.chunks_count"
-_BLK = re.compile(r"blk\.([0-9]+)\.")
+# the layer number in a tensor name, as llama-quant.cpp's std::regex "blk\\.(\\d+)\\." finds it
+BLK_LAYER = re.compile(r"blk\.([0-9]+)\.")
 _TOKEN_EMBD = ("token_embd.weight", "per_layer_token_embd.weight")
 
 
@@ -65,7 +66,7 @@ def remap_imatrix(name: str, mapped: dict[int, str] | None) -> str:
     """
     if not mapped:
         return name
-    m = _BLK.search(name)
+    m = BLK_LAYER.search(name)
     if not m:
         return name
     blk = m.group(1)

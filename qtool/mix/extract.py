@@ -13,6 +13,7 @@ type: `^blk\\.(?:[0-2]|1[0-5])\\.ffn_down\\.weight$`.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,7 +123,7 @@ class Rule:
     tensors: list[str]
 
 
-def recipe_toml(base: str, flavour: str, description: str, rules: list[Rule], header: list[str] = (),
+def recipe_toml(base: str, flavour: str, description: str, rules: list[Rule], header: Sequence[str] = (),
                 options: dict[str, object] | None = None) -> str:
     lines = [f"# {h}" for h in header]
     lines += [f"base = {_toml_str(base)}", f"flavour = {_toml_str(flavour)}",

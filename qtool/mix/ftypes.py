@@ -15,10 +15,9 @@ import re
 from dataclasses import dataclass
 
 from ..errors import QtoolError
+from ..quants.types import FLAVOURS, IK, MAINLINE
 
-MAINLINE = "mainline"
-IK = "ik"
-FLAVOURS = (MAINLINE, IK)
+__all__ = ["FLAVOURS", "IK", "MAINLINE", "FType", "FTypeError", "ftype_names", "ftype_table", "parse_ftype"]
 
 
 class FTypeError(QtoolError, ValueError):
@@ -188,7 +187,7 @@ _IK: tuple[FType, ...] = _rows(IK, [
 # ik_llama.cpp ftypes that exist in its enum but are not offered by its llama-quantize
 # (Q1_0_G128 = 41 has a default type but no QUANT_OPTIONS row): not accepted here either.
 
-_TABLES = {MAINLINE: _MAINLINE, IK: _IK}
+_TABLES: dict[str, tuple[FType, ...]] = {MAINLINE: _MAINLINE, IK: _IK}
 
 
 def ftype_table(flavour: str = MAINLINE) -> list[FType]:
@@ -229,10 +228,3 @@ def parse_ftype(name: str | int, flavour: str = MAINLINE) -> FType:
     raise FTypeError(f"invalid ftype {text!r} for {flavour} llama-quantize; valid types: "
                      f"{', '.join(ftype_names(flavour))} (or their numeric ids)")
 
-
-def ftype_by_key(key: str, flavour: str = MAINLINE) -> FType:
-    """The first table row with this enum key (e.g. "Q4_K_M")."""
-    for f in _TABLES[flavour]:
-        if f.key == key:
-            return f
-    raise KeyError(key)

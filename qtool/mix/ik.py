@@ -3,136 +3,243 @@
 ik_llama.cpp's rules differ from mainline's even for the ftypes both have (for example attn_v
 of a 4-to-8-expert model becomes Q8_0, n_gqa >= 4 bumps attn_v one step, the fallback table
 maps Q5_K to Q6_0), so this is a separate port: `change_type_if_necessary`,
-`llama_tensor_get_type` (with `--custom-q` applied after the mix rules and before the fallback)
-and the per-tensor part of `llama_model_quantize_internal`. Tensors are visited in file order.
+`llama_tensor_get_type` (one helper per branch of its if-chain, `--custom-q` applied after the
+mix rules and before the fallback) and the per-tensor part of `llama_model_quantize_internal`.
+Tensors are visited in file order. The counters and shared helpers are in state.py.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from ..quants.types import IK, QK_K, get_type
 from .decision import Decision, Plan
-from .ftypes import IK, FType
-from .model import ModelInfo, TensorSpec, sscanf_layer
+from .ftypes import FType
+from .model import ModelInfo, TensorSpec
 from .options import MixError, MixOptions, TypeRule
+from .state import QuantizeState, is_quantized, name_ends_with_weight, plain_type, use_more_bits
 
-QK_K = 256
-QK_IQ1BN = 64
+EMBD_NAMES = ("token_embd.weight", "per_layer_token_embd.weight")
 
-# types whose blocks span QK_K values (change_type_if_necessary's first list)
-_QK_K_TYPES = {
-    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS", "IQ2_XS", "IQ2_XXS", "IQ2_S", "IQ3_XXS", "IQ1_S",
-    "IQ3_S", "IQ1_M", "IQ4_K", "IQ2_K", "IQ5_K", "IQ3_K", "Q4_K_R4", "IQ6_K", "IQ4_KS", "IQ4_XS_R8",
-    "IQ2_KS", "IQ4_KSS", "Q6_K_R4", "Q5_K_R4", "Q3_K_R4", "Q2_K_R4", "IQ4_K_R4", "Q8_K_R8",
-    "IQ3_K_R4", "IQ2_K_R4", "IQ5_K_R4", "IQ4_KS_R4", "IQ3_XXS_R4", "IQ2_XXS_R4", "IQ2_XS_R4",
-    "IQ2_S_R4", "IQ3_S_R4", "IQ3_KS", "IQ2_KT", "IQ3_KT", "IQ4_KT", "IQ5_KS", "IQ5_KS_R4", "IQ2_KL",
-    "IQ1_KT",
+# change_type_if_necessary's switch: the fallback of a type whose block does not fit the row
+_FALLBACK: dict[str, str] = {
+    **dict.fromkeys((
+        "IQ2_XXS", "IQ2_XXS_R4", "IQ2_XS", "IQ2_XS_R4", "IQ2_KS", "IQ2_S", "IQ2_S_R4", "IQ3_XXS",
+        "IQ3_XXS_R4", "IQ3_S", "IQ3_S_R4", "IQ1_S", "IQ1_M", "Q2_K", "Q2_K_R4", "Q3_K", "Q3_K_R4",
+        "IQ2_K", "IQ2_K_R4", "IQ2_KL", "IQ3_KS", "IQ3_K", "IQ3_K_R4", "IQ4_KSS", "IQ4_KS", "IQ4_KS_R4",
+        "IQ4_XS_R8", "IQ1_KT", "IQ2_KT", "IQ3_KT", "IQ4_KT", "IQ4_XS"), "IQ4_NL"),
+    **dict.fromkeys(("IQ4_K", "IQ4_K_R4", "Q4_K_R4", "IQ5_KS", "IQ5_KS_R4", "Q4_K"), "Q5_0"),
+    **dict.fromkeys(("IQ5_K", "IQ5_K_R4", "Q5_K_R4", "Q5_K"), "Q6_0"),
+    **dict.fromkeys(("IQ6_K", "Q6_K_R4", "Q8_K_R8", "Q6_K"), "Q8_0"),
 }
-_BN_TYPES = {"IQ1_BN", "IQ2_BN", "IQ2_BN_R4"}
-_TO_IQ4_NL = {
-    "IQ2_XXS", "IQ2_XXS_R4", "IQ2_XS", "IQ2_XS_R4", "IQ2_KS", "IQ2_S", "IQ2_S_R4", "IQ3_XXS",
-    "IQ3_XXS_R4", "IQ3_S", "IQ3_S_R4", "IQ1_S", "IQ1_M", "Q2_K", "Q2_K_R4", "Q3_K", "Q3_K_R4",
-    "IQ2_K", "IQ2_K_R4", "IQ2_KL", "IQ3_KS", "IQ3_K", "IQ3_K_R4", "IQ4_KSS", "IQ4_KS", "IQ4_KS_R4",
-    "IQ4_XS_R8", "IQ1_KT", "IQ2_KT", "IQ3_KT", "IQ4_KT", "IQ4_XS",
-}
-_TO_Q5_0 = {"IQ4_K", "IQ4_K_R4", "Q4_K_R4", "IQ5_KS", "IQ5_KS_R4", "Q4_K"}
-_TO_Q6_0 = {"IQ5_K", "IQ5_K_R4", "Q5_K_R4", "Q5_K"}
-_TO_Q8_0 = {"IQ6_K", "Q6_K_R4", "Q8_K_R8", "Q6_K"}
-
-# interleaved_properties: row-interleaved type -> (plain type, rows interleaved)
-INTERLEAVED: dict[str, tuple[str, int]] = {
-    "Q4_0_4_4": ("Q4_0", 4), "Q4_0_4_8": ("Q4_0", 4), "Q4_0_8_8": ("Q4_0", 8),
-    "Q4_0_R8": ("Q4_0", 8), "Q5_0_R4": ("Q5_0", 4), "Q6_0_R4": ("Q6_0", 4), "Q8_0_R8": ("Q8_0", 8),
-    "Q2_K_R4": ("Q2_K", 4), "Q3_K_R4": ("Q3_K", 4), "Q4_K_R4": ("Q4_K", 4), "Q5_K_R4": ("Q5_K", 4),
-    "Q6_K_R4": ("Q6_K", 4), "IQ2_XXS_R4": ("IQ2_XXS", 4), "IQ2_XS_R4": ("IQ2_XS", 4),
-    "IQ2_S_R4": ("IQ2_S", 4), "IQ3_XXS_R4": ("IQ3_XXS", 4), "IQ3_S_R4": ("IQ3_S", 4),
-    "IQ4_XS_R8": ("IQ4_XS", 8), "IQ4_NL_R4": ("IQ4_NL", 4), "IQ1_S_R4": ("IQ1_S", 4),
-    "IQ1_M_R4": ("IQ1_M", 4), "IQ2_BN_R4": ("IQ2_BN", 4), "IQ2_K_R4": ("IQ2_K", 4),
-    "IQ3_K_R4": ("IQ3_K", 4), "IQ4_K_R4": ("IQ4_K", 4), "IQ4_KS_R4": ("IQ4_KS", 4),
-    "IQ5_KS_R4": ("IQ5_KS", 4), "IQ5_K_R4": ("IQ5_K", 4), "MXFP4_R8": ("MXFP4", 8),
-    "Q8_KV_R8": ("Q8_KV", 8), "Q8_K_R8": ("Q8_0", 8), "BF16_R16": ("BF16", 16),
-}
-
-_NOT_QUANTIZED_TYPES = {"F32", "F16", "BF16", "BF16_R16", "I8", "I16", "I32", "I64", "F64"}
-
-
-def interleaved_properties(t: str) -> tuple[str, int]:
-    return INTERLEAVED.get(t, (t, 1))
-
-
-def is_quantized(t: str) -> bool:
-    return t not in _NOT_QUANTIZED_TYPES
+# checked like the types above (rows of QK_IQ1BN) but without a fallback: an error
+_BITNET = ("IQ1_BN", "IQ2_BN", "IQ2_BN_R4")
 
 
 def change_type_if_necessary(new_type: str, nx: int) -> str:
-    """ik's fallback when the row length does not fit the block (QK_K = 256, QK_IQ1BN = 64)."""
-    bad = (new_type in _QK_K_TYPES and nx % QK_K != 0) or (new_type in _BN_TYPES and nx % QK_IQ1BN != 0)
-    if not bad:
+    """ik's fallback when the row length nx is not a multiple of the type's block.
+
+    Only the types of its two lists are checked (every type of the switch has blocks of QK_K,
+    the Bitnet ones of QK_IQ1BN); block sizes come from the type table.
+    """
+    if new_type not in _FALLBACK and new_type not in _BITNET:
         return new_type
-    if new_type in _TO_IQ4_NL:
-        return "IQ4_NL"
-    if new_type in _TO_Q5_0:
-        return "Q5_0"
-    if new_type in _TO_Q6_0:
-        return "Q6_0"
-    if new_type in _TO_Q8_0:
-        return "Q8_0"
+    if nx % get_type(new_type).block_size == 0:
+        return new_type
+    if new_type in _FALLBACK:
+        return _FALLBACK[new_type]
     raise MixError(f"Unsupported tensor size encountered: row length {nx} for {new_type.lower()}")
 
 
-@dataclass
-class _State:
-    info: ModelInfo
-    opts: MixOptions
-    ftype: str
-    ftype_name: str
-    custom: list[tuple[re.Pattern[str], TypeRule]] = field(default_factory=list)
-    n_attention_wv: int = 0
-    n_ffn_down: int = 0
-    n_ffn_gate: int = 0
-    n_ffn_up: int = 0
-    i_attention_wv: int = 0
-    i_ffn_down: int = 0
-    i_ffn_gate: int = 0
-    i_ffn_up: int = 0
-    n_fallback: int = 0
-    has_imatrix: bool = False
-    has_output: bool = False
-    output_name: str | None = "output.weight"
+def _fallback(qs: QuantizeState, new_type: str, nx: int) -> tuple[str, str | None]:
+    """change_type_if_necessary, counted in qs.n_fallback: (type, fallback note or None)."""
+    working = change_type_if_necessary(new_type, nx)
+    if working == new_type:
+        return new_type, None
+    qs.n_fallback += 1
+    return working, f"fallback: row length {nx} does not fit {new_type.lower()} -> {working.lower()}"
 
 
-def use_more_bits(i_layer: int, n_layers: int) -> bool:
-    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
+def _large_vocab_8b_70b(qs: QuantizeState) -> bool:
+    """n_vocab >= 127999 && (model.type == MODEL_8B || model.type == MODEL_70B)."""
+    return qs.info.n_vocab >= 127999 and qs.info.ik_model_type() in ("8B", "70B")
 
 
-def _layer_info(qs: _State, i_layer: int, n_layer: int, name: str) -> tuple[int, int]:
-    if max(1, qs.info.n_expert) > 1:
-        il = sscanf_layer(name)
-        if il is None:
-            raise MixError(f"Failed to determine layer for tensor {name}")
-        if il < 0 or il >= n_layer:
-            raise MixError(f"Bad layer {il} for tensor {name}. Must be in [0, {n_layer})")
-        i_layer = il
-    return i_layer, n_layer
+# --- llama_tensor_get_type (src/llama-quantize.cpp), one helper per branch of its if-chain ------
+# Each docstring quotes the branch's condition. A helper takes (state, the type so far, tensor)
+# and returns (type, reason or None for "the ftype's default"); those of a per-tensor branch
+# advance its counter as the C++ does.
 
+Choice = tuple[str, str | None]
 
 _OUT_IQ_LOW = {"IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M", "IQ2_K", "IQ3_K",
                "IQ2_KS", "IQ3_K_R4", "IQ3_KS", "IQ2_K_R4", "IQ3_XXS_R4", "IQ2_KL", "IQ2_M_R4",
                "IQ1_S_R4", "IQ1_M_R4", "IQ2_KT", "IQ3_KT", "IQ1_KT"}
 _OUT_IQ5 = {"IQ3_S", "IQ3_M", "IQ3_KL", "IQ4_XS", "IQ3_S_R4", "IQ4_KS", "IQ4_KSS", "IQ4_KS_R4"}
 _OUT_KEEP = {"Q8_0", "Q8_0_R8", "IQ6_K", "Q6_K_R4", "Q8_K_R8", "Q8_KV", "Q8_KV_R8"}
-_EMB_Q2_K = {"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ2_XXS_R4", "IQ2_XS_R4", "IQ1_S_R4", "IQ1_M_R4"}
-_EMB_IQ3_S = {"IQ2_S", "IQ2_M", "IQ2_M_R4", "IQ3_XXS", "IQ3_KT"}
-_EMB_IQ4_NL = {"IQ1_BN", "IQ2_BN", "IQ2_BN_R4"}
-_IQ2_FAMILY = {"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M", "IQ2_KS", "IQ2_XXS_R4",
-               "IQ2_XS_R4", "IQ2_M_R4"}
-_ATTN_OUT_EXPERT = {
-    "Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ3_S", "IQ3_M",
-    "IQ4_XS", "IQ4_K", "IQ4_KSS", "IQ4_KS", "IQ4_KS_R4", "IQ5_KS", "IQ5_KS_R4", "IQ2_K", "IQ3_K",
-    "IQ3_KL", "Q4_K_R4", "IQ4_NL_R4", "IQ4_XS_R8", "Q3_K_R4", "IQ3_KT", "IQ3_KS", "Q2_K_R4",
-    "IQ4_K_R4", "IQ3_K_R4", "IQ2_K_R4", "IQ3_XXS_R4", "IQ3_S_R4",
+
+
+def _output(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """`name == tn(LLM_TENSOR_OUTPUT, "weight") || (!qs.has_output && name == token_embd)`."""
+    what = "output" if t.name == "output.weight" else "token_embd (tied: no output.weight)"
+    ft, fn = qs.ftype, qs.ftype_name
+    if qs.opts.output_tensor_type is not None:
+        return qs.opts.output_tensor_type, f"{what}: --output-tensor-type"
+    if qs.info.arch == "falcon" or t.shape[0] % QK_K != 0:
+        return "Q8_0", f"{what}: falcon or row length not a multiple of 256 -> Q8_0"
+    if ft in _OUT_IQ_LOW:
+        new_type = "IQ4_K" if not qs.has_output else "Q5_K"
+        return new_type, f"{what}: {fn} uses {new_type}"
+    if ft in ("IQ2_XXS_R4", "IQ2_XS_R4"):
+        new_type = "IQ4_K_R4" if not qs.has_output else "Q5_K_R4"
+        return new_type, f"{what}: {fn} uses {new_type}"
+    if ft in _OUT_IQ5 and not qs.has_output:
+        return "IQ5_K", f"{what}: {fn} uses IQ5_K"
+    if new_type not in _OUT_KEEP:
+        return "Q6_K", f"{what}: uses Q6_K"
+    return new_type, None
+
+
+_EMBD_TYPE = {
+    **dict.fromkeys(("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M", "IQ2_XXS_R4", "IQ2_XS_R4", "IQ1_S_R4", "IQ1_M_R4"),
+                    "Q2_K"),
+    **dict.fromkeys(("IQ2_S", "IQ2_M", "IQ2_M_R4", "IQ3_XXS", "IQ3_KT"), "IQ3_S"),
+    "IQ3_XXS_R4": "IQ3_K",
+    **dict.fromkeys(("IQ1_BN", "IQ2_BN", "IQ2_BN_R4"), "IQ4_NL"),
 }
+
+
+def _token_embd(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """`name == "token_embd.weight"` and `name == "per_layer_token_embd.weight"` (same rules)."""
+    if t.name == "token_embd.weight":
+        opt, flag = qs.opts.token_embedding_type, "--token-embedding-type"
+    else:
+        opt, flag = qs.opts.per_layer_token_embedding_type, "--per-layer-token-embedding-type"
+    if opt is not None:
+        return opt, f"{flag} {opt.lower()}"
+    r = _EMBD_TYPE.get(qs.ftype)
+    if r is not None:
+        return r, f"{t.name.split('.')[0]}: {qs.ftype_name} uses {r}"
+    return new_type, None
+
+
+@dataclass(frozen=True)
+class _LowBitTypes:
+    """The types of one of the IQ1_S_R4 / IQ1_M_R4 and IQ2_KT branches (same structure)."""
+
+    attn_v: tuple[str, str, str]  # n_expert >= 4 or n_gqa >= 4; n_gqa >= 2; else
+    attn_k_q: str  # attn_k / attn_q with >= 8 experts
+    layer0_ffn: str  # blk.0.ffn_down / ffn_gate / ffn_up with >= 8 experts
+    attn_qkv: str
+    shexp: str
+    ffn_down: str  # the first 1/8 of the layers
+    attn_output: tuple[str, str]  # >= 4 experts; else
+
+
+_IQ1_R4 = _LowBitTypes(("IQ4_K_R4", "IQ3_K_R4", "Q2_K_R4"), "Q4_K_R4", "IQ3_K_R4", "IQ2_K_R4", "IQ4_K_R4",
+                       "Q2_K_R4", ("Q5_K_R4", "IQ2_K_R4"))
+_LOW_BIT = {"IQ1_S_R4": _IQ1_R4, "IQ1_M_R4": _IQ1_R4,
+            "IQ2_KT": _LowBitTypes(("IQ4_K", "IQ3_K", "Q2_K"), "Q4_K", "IQ3_K", "IQ3_K", "IQ4_K", "IQ3_K",
+                                   ("Q5_K", "IQ3_K"))}
+
+
+def _low_bit_ftype(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """`ftype == IQ1_S_R4 || ftype == IQ1_M_R4` and `ftype == IQ2_KT`: every role in one branch."""
+    lt, name, fn = _LOW_BIT[qs.ftype], t.name, qs.ftype_name
+    n_exp, n_gqa = qs.info.n_expert, qs.info.n_gqa
+    if "attn_v.weight" in name:
+        qs.next_attention_wv()
+        new_type = lt.attn_v[0] if n_exp >= 4 or n_gqa >= 4 else lt.attn_v[1] if n_gqa >= 2 else lt.attn_v[2]
+        return new_type, f"attn_v: {fn} uses {new_type}"
+    if n_exp >= 8 and "attn_k" in name:
+        return lt.attn_k_q, f"attn_k: {fn} with >= 8 experts"
+    if n_exp >= 8 and any(f"blk.0.{s}" in name for s in ("ffn_down", "ffn_gate", "ffn_up")):
+        return lt.layer0_ffn, f"layer 0 ffn: {fn} with >= 8 experts"
+    if n_exp >= 8 and "attn_q" in name:
+        return lt.attn_k_q, f"attn_q: {fn} with >= 8 experts"
+    if "attn_qkv.weight" in name:
+        return lt.attn_qkv, f"attn_qkv: {fn}"
+    if "_shexp.weight" in name:
+        return lt.shexp, f"shared expert: {fn}"
+    if "ffn_down" in name:
+        i_layer, n_layer = qs.next_ffn_down(name)
+        if qs.opts.ffn_down_type is not None:
+            return qs.opts.ffn_down_type, "--ffn-down-type"
+        if i_layer < n_layer // 8:
+            return lt.ffn_down, f"ffn_down layer {i_layer} of {n_layer}: first 1/8 -> {lt.ffn_down}"
+        return new_type, None
+    if "attn_output.weight" in name:
+        new_type = lt.attn_output[0] if n_exp >= 4 else lt.attn_output[1]
+        return new_type, f"attn_output: {fn} uses {new_type}"
+    return new_type, None
+
+
+_IQ1_IQ2 = {"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M", "IQ2_KS", "IQ2_XXS_R4", "IQ2_XS_R4",
+            "IQ2_M_R4"}
+
+
+def _iq1_iq2_ftype(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """`ftype == IQ2_XXS || ... || ftype == IQ2_M_R4` (the IQ1 / IQ2 ftypes): every role in one branch."""
+    ft, fn, name = qs.ftype, qs.ftype_name, t.name
+    n_exp, n_gqa = qs.info.n_expert, qs.info.n_gqa
+    s_or_m = ft in ("IQ2_S", "IQ2_M", "IQ2_M_R4")
+    if "attn_v.weight" in name:
+        qs.next_attention_wv()
+        if n_gqa >= 4 or n_exp >= 4:
+            new_type = "IQ4_K"
+        elif n_gqa >= 2 or n_exp >= 2:
+            new_type = "IQ3_K"
+        else:
+            new_type = "IQ3_S" if s_or_m else "Q2_K"
+        return new_type, f"attn_v: {fn} uses {new_type} (n_gqa {n_gqa}, n_expert {n_exp})"
+    if n_exp >= 8 and "attn_k" in name:
+        return "Q4_K", f"attn_k: {fn} with >= 8 experts"
+    if n_exp >= 8 and "attn_q" in name:
+        return "Q4_K", f"attn_q: {fn} with >= 8 experts"
+    if "attn_qkv.weight" in name:
+        new_type = "IQ3_XXS" if s_or_m else "IQ2_K"
+        return new_type, f"attn_qkv: {fn} uses {new_type}"
+    if "ffn_down" in name:
+        i, n = qs.next_ffn_down()
+        if i < n // 8:
+            new_type = "IQ3_S" if s_or_m else "Q2_K"
+            return new_type, f"ffn_down #{i} in the first 1/8 of {n}: {fn} uses {new_type}"
+        return new_type, None
+    if "attn_output.weight" in name:
+        if qs.opts.attn_output_type is not None:
+            return qs.opts.attn_output_type, "--attn-output-type"
+        if n_exp >= 4:
+            return "Q5_K", f"attn_output: {fn} with >= 4 experts"
+        if ft in ("IQ1_S", "IQ1_M"):
+            return "IQ2_K", f"attn_output: {fn} uses IQ2_K"
+        if s_or_m:
+            return "IQ3_S", f"attn_output: {fn} uses IQ3_S"
+    return new_type, None
+
+
+# attn_v: ftype -> type for n_gqa >= 4, n_gqa >= 2, else without an imatrix, else with one
+_ATTN_V_BY_GQA = {
+    "Q2_K": ("Q4_K", "Q3_K", "Q3_K", "Q3_K"),
+    "IQ2_K": ("IQ4_K", "IQ4_K", "IQ3_K", "IQ3_K"),
+    "IQ2_K_R4": ("IQ4_K_R4", "IQ4_K_R4", "IQ3_K_R4", "IQ3_K_R4"),
+    "IQ3_XXS": ("Q4_K", "IQ3_K", "IQ3_S", "IQ3_XXS"),
+    "IQ3_KT": ("IQ4_K", "IQ3_K", "IQ3_K", "IQ3_K"),
+    "IQ4_KT": ("IQ5_K", "IQ4_K", "IQ4_K", "IQ4_K"),
+    "IQ3_XXS_R4": ("Q4_K_R4", "IQ3_K_R4", "IQ3_K_R4", "IQ3_XXS_R4"),
+    "IQ3_KL": ("IQ5_K", "IQ5_K", "IQ4_K", "IQ4_K"),
+    "IQ3_M": ("IQ5_K", "IQ5_K", "IQ4_K", "IQ4_K"),
+    "Q3_K_L": ("Q5_K", "Q5_K", "Q5_K", "Q5_K"),
+}
+# attn_v: ftype -> (least n_gqa, type); below it the branch does not apply (the chain goes on)
+_ATTN_V_MIN_GQA = {
+    "Q2_K_S": (4, "Q4_K"), "Q2_K_R4": (4, "Q4_K_R4"),
+    "IQ3_XS": (2, "IQ4_K"), "IQ3_S": (2, "IQ4_K"), "IQ3_S_R4": (2, "IQ4_K_R4"), "IQ3_K": (2, "IQ4_K"),
+    "IQ3_KS": (2, "IQ4_KS"), "IQ2_KL": (2, "IQ4_KS"), "IQ3_K_R4": (2, "IQ4_K_R4"),
+    **dict.fromkeys(("IQ4_NL", "IQ4_XS", "IQ4_NL_R4", "IQ4_XS_R8", "IQ4_KS", "IQ4_KSS"), (2, "IQ5_K")),
+    "IQ4_KS_R4": (2, "IQ5_K_R4"), "IQ4_K": (2, "IQ5_K"), "IQ4_K_R4": (2, "IQ5_K"),
+}
+# attn_v with n_gqa >= 4, for the ftypes the chain above leaves alone: one step up
 _GQA4_BUMP = {
     "Q2_K": "IQ3_S", "IQ3_XXS": "IQ3_S", "Q2_K_R4": "IQ3_K_R4", "IQ3_XXS_R4": "IQ3_K_R4",
     "Q3_K": "Q4_K", "IQ3_S": "Q4_K", "IQ3_K": "IQ4_K", "IQ3_KS": "IQ4_KS", "IQ2_KL": "IQ4_KS",
@@ -142,375 +249,228 @@ _GQA4_BUMP = {
 }
 
 
-def _embd_rule(ft: str) -> str | None:
-    if ft in _EMB_Q2_K:
-        return "Q2_K"
-    if ft in _EMB_IQ3_S:
-        return "IQ3_S"
-    if ft == "IQ3_XXS_R4":
-        return "IQ3_K"
-    if ft in _EMB_IQ4_NL:
-        return "IQ4_NL"
+# attn_v of ik's MODEL_70B (8 heads share attn_v: more bits for little size)
+_ATTN_V_70B = {"Q3_K": "Q5_K", "Q4_K": "Q5_K", "IQ3_K": "IQ5_K"}
+
+
+def _attn_v_ftype(qs: QuantizeState, new_type: str, i: int, n: int, tag: str) -> Choice | None:
+    """The ftype tests of the attn_v branch; None where none applies (the n_gqa >= 4 bump follows)."""
+    ft, fn, n_gqa = qs.ftype, qs.ftype_name, qs.info.n_gqa
+    by_gqa = _ATTN_V_BY_GQA.get(ft)
+    if by_gqa is not None:
+        return by_gqa[0 if n_gqa >= 4 else 1 if n_gqa >= 2 else 3 if qs.has_imatrix else 2], None
+    least = _ATTN_V_MIN_GQA.get(ft)
+    if least is not None:
+        return (least[1], None) if n_gqa >= least[0] else None
+    if ft == "Q3_K_M":
+        return ("Q5_K" if i < 2 else "Q4_K"), None
+    if ft in ("Q4_K_M", "Q5_K_M"):
+        return ("Q6_K", f"{tag}: {fn} uses Q6_K for use_more_bits layers") if use_more_bits(i, n) else None
+    if ft in ("Q4_K_S", "Q4_K_R4"):
+        return ("Q5_K", f"{tag}: {fn} uses Q5_K for the first four") if i < 4 else None
+    if ft == "Q5_K_S":
+        return ("Q6_K" if _large_vocab_8b_70b(qs) else new_type), None
+    if ft in ("IQ5_K", "IQ5_KS"):
+        return ("IQ6_K" if _large_vocab_8b_70b(qs) else new_type), None
     return None
 
 
-def llama_tensor_get_type(qs: _State, new_type: str, t: TensorSpec) -> tuple[str, str, str | None]:
-    """(type, reason, fallback note): ik's mix rules, then --custom-q, then the fallback."""
-    name = t.name
-    arch = qs.info.arch
+def _attn_v(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """`name.find("attn_v.weight") != npos`."""
+    i, n = qs.next_attention_wv()
+    tag = f"attn_v #{i} of {n}"
+    n_gqa = qs.info.n_gqa
+    if qs.opts.attn_v_type is not None:
+        return qs.opts.attn_v_type, "--attn-v-type"
+    if qs.info.n_expert >= 4:
+        return "Q8_0", f"{tag}: model with >= 4 experts uses Q8_0"
+    if qs.info.ik_model_type() == "70B":
+        return _ATTN_V_70B.get(new_type, new_type), f"{tag}: 70B model bumps attn_v"
+    chosen = _attn_v_ftype(qs, new_type, i, n, tag)
+    if chosen is not None:
+        out, why = chosen
+    elif (n_gqa >= 4 and not (qs.info.arch == "dflash-draft" and qs.ftype in ("Q4_K_M", "Q5_K_M"))
+          and new_type in _GQA4_BUMP):
+        out = _GQA4_BUMP[new_type]
+        why = f"{tag}: n_gqa {n_gqa} >= 4 bumps {new_type.lower()} to {out.lower()}"
+    else:
+        out, why = new_type, None
+    if why is None and out != new_type:
+        why = f"{tag}: {qs.ftype_name} uses {out} (n_gqa {n_gqa})"
+    return out, why
+
+
+def _attn_k(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """`name.find("attn_k") != npos`."""
     ft = qs.ftype
-    fn = qs.ftype_name
-    hp = qs.info
-    p = qs.opts
-    n_gqa = hp.n_gqa
-    n_exp = hp.n_expert
-    mtype = hp.ik_model_type()
-    why: str | None = None
+    if qs.opts.attn_k_type is not None:
+        return qs.opts.attn_k_type, "--attn-k-type"
+    if qs.info.n_expert >= 4:
+        return "Q8_0", "attn_k: model with >= 4 experts uses Q8_0"
+    if ft == "IQ3_XS":
+        return "IQ3_XXS", "attn_k: IQ3_XS uses IQ3_XXS"
+    if ft in ("IQ3_XXS", "IQ3_XXS_R4"):
+        return "IQ2_S", f"attn_k: {qs.ftype_name} uses IQ2_S"
+    return new_type, None
 
-    custom: TypeRule | None = None
-    for pat, rule in qs.custom:
-        if pat.search(name):
-            custom = rule
-            break
 
-    def has(s: str) -> bool:
-        return s in name
+_ATTN_Q_LARGE_VOCAB = {"Q5_K_S": "Q4_K", "IQ5_K": "IQ4_K", "IQ5_KS": "IQ4_KS"}
 
+
+def _attn_q(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """`name.find("attn_q") != npos` (attn_qkv.weight too: ik's attn_qkv branch is never reached)."""
+    ft = qs.ftype
+    if qs.opts.attn_q_type is not None:
+        return qs.opts.attn_q_type, "--attn-q-type"
+    if ft == "IQ3_XS":
+        return "IQ3_XXS", "attn_q: IQ3_XS uses IQ3_XXS"
+    if ft in ("IQ3_XXS", "IQ3_XXS_R4"):
+        return "IQ2_S", f"attn_q: {qs.ftype_name} uses IQ2_S"
+    if ft in _ATTN_Q_LARGE_VOCAB and _large_vocab_8b_70b(qs):
+        return _ATTN_Q_LARGE_VOCAB[ft], f"attn_q: {ft} on an 8B/70B model with a large vocab"
+    return new_type, None
+
+
+_FFN_DOWN_IQ4 = ("IQ4_NL", "IQ4_XS", "IQ4_KS", "IQ4_KSS", "IQ4_NL_R4", "IQ4_XS_R8")
+
+
+def _ffn_down_ftype(qs: QuantizeState, new_type: str, i_layer: int, n_layer: int) -> str:
+    """The ftype tests of the ffn_down branch, in the C++ order."""
+    ft, arch, im = qs.ftype, qs.info.arch, qs.has_imatrix
+    first8 = i_layer < n_layer // 8
+    umb = use_more_bits(i_layer, n_layer)
+    if ft == "Q2_K":
+        return "Q3_K"
+    if ft in ("Q2_K_S", "Q2_K_R4"):
+        return ("Q4_K" if ft == "Q2_K_S" else "Q4_K_R4") if first8 else new_type
+    if ft == "IQ3_XXS" and not im:
+        return "Q4_K" if first8 else "Q3_K"
+    if ft == "IQ3_KT" and not im:
+        return "IQ4_K" if first8 else "IQ3_K"
+    if ft == "IQ3_XXS_R4" and not im:
+        return "Q4_K_R4" if first8 else "IQ3_K_R4"
+    if ft == "Q3_K_M":
+        return "Q5_K" if i_layer < n_layer // 16 else "Q4_K" if arch != "falcon" or umb else "Q3_K"
+    if ft == "IQ3_M" and (first8 or (qs.info.n_expert >= 4 and umb)):
+        return "IQ4_K"
+    if ft == "Q3_K_L":
+        return "Q4_K" if arch == "falcon" else "Q5_K"
+    if ft == "IQ3_KL":
+        return "IQ4_KS" if umb else "IQ3_K"
+    if ft == "Q4_K_M":
+        if arch == "falcon":
+            return "Q6_K" if i_layer < n_layer // 16 else "Q5_K" if umb else "Q4_K"
+        return "Q6_K" if umb else new_type
+    if first8 and not im and ft in _FFN_DOWN_IQ4:
+        return "Q5_K"
+    if ft == "IQ4_KS_R4" and first8 and not im:
+        return "Q5_K_R4"
+    if ft == "Q5_K_M" and umb:
+        return "Q6_K"
+    if ft in ("Q4_K_S", "Q4_K_R4") and arch != "falcon" and first8:
+        return "Q5_K"
+    if ft in ("Q4_0", "Q5_0") and im and first8:
+        return "Q4_1" if ft == "Q4_0" else "Q5_1"
+    if ft == "Q4_0_R8" and im and first8:
+        return "IQ4_NL_R4"
+    return new_type
+
+
+def _ffn_down(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """`name.find("ffn_down") != npos`."""
+    i_layer, n_layer = qs.next_ffn_down(t.name)
+    if qs.opts.ffn_down_type is not None:
+        return qs.opts.ffn_down_type, "--ffn-down-type"
+    out = _ffn_down_ftype(qs, new_type, i_layer, n_layer)
+    if out == new_type:
+        return new_type, None
+    return out, f"ffn_down layer {i_layer} of {n_layer}: {qs.ftype_name} uses {out}"
+
+
+_ATTN_OUT_EXPERT = {
+    "Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ3_S", "IQ3_M",
+    "IQ4_XS", "IQ4_K", "IQ4_KSS", "IQ4_KS", "IQ4_KS_R4", "IQ5_KS", "IQ5_KS_R4", "IQ2_K", "IQ3_K",
+    "IQ3_KL", "Q4_K_R4", "IQ4_NL_R4", "IQ4_XS_R8", "Q3_K_R4", "IQ3_KT", "IQ3_KS", "Q2_K_R4",
+    "IQ4_K_R4", "IQ3_K_R4", "IQ2_K_R4", "IQ3_XXS_R4", "IQ3_S_R4",
+}
+_ATTN_OUT = {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "IQ3_XXS_R4": "IQ3_K_R4", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K",
+             "IQ3_M": "IQ4_K", "IQ2_K": "IQ3_K", "IQ2_K_R4": "IQ3_K_R4", "IQ3_KL": "IQ4_KS"}
+
+
+def _attn_output(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """`name.find("attn_output.weight") != npos`."""
+    ft = qs.ftype
+    if qs.opts.attn_output_type is not None:
+        return qs.opts.attn_output_type, "--attn-output-type"
+    out = new_type
+    if qs.info.arch != "falcon":
+        if qs.info.n_expert >= 4:
+            out = "Q5_K" if ft in _ATTN_OUT_EXPERT else "IQ4_KS" if ft == "IQ2_KL" else new_type
+        elif ft == "IQ3_KT" and qs.info.n_gqa >= 4:
+            out = "IQ3_K"
+        else:
+            out = _ATTN_OUT.get(ft, new_type)
+    elif ft == "Q3_K_L":
+        out = "Q4_K"
+    return out, (f"attn_output: {qs.ftype_name} uses {out}" if out != new_type else None)
+
+
+def _ffn_gate_up(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """`name.find("ffn_gate") != npos` and `name.find("ffn_up") != npos` (same rules, own counters)."""
+    gate = "ffn_gate" in t.name
+    i_layer, n_layer = qs.next_ffn_gate(t.name) if gate else qs.next_ffn_up(t.name)
+    opt, role = (qs.opts.ffn_gate_type, "gate") if gate else (qs.opts.ffn_up_type, "up")
+    tag = f"ffn_{role} layer {i_layer} of {n_layer}"
+    if opt is not None:
+        return opt, f"--ffn-{role}-type"
+    if qs.ftype == "IQ3_XS" and n_layer // 8 <= i_layer < 7 * n_layer // 8:
+        return "IQ3_XXS", f"{tag}: IQ3_XS uses IQ3_XXS in the middle layers"
+    if qs.ftype == "IQ3_KL" and use_more_bits(i_layer, n_layer):
+        return "IQ4_KS", f"{tag}: IQ3_KL uses IQ4_KS for use_more_bits layers"
+    return new_type, None
+
+
+# the per-role branches after the ftype-wide ones, in the C++ order (first substring found wins).
+# Its attn_qkv.weight branch is left out: such names contain "attn_q" and take that branch.
+_ROLE_BRANCHES: tuple[tuple[str, Callable[[QuantizeState, str, TensorSpec], Choice]], ...] = (
+    ("attn_v.weight", _attn_v), ("attn_k", _attn_k), ("attn_q", _attn_q), ("ffn_down", _ffn_down),
+    ("attn_output.weight", _attn_output), ("ffn_gate", _ffn_gate_up), ("ffn_up", _ffn_gate_up),
+)
+
+
+def _mix_rule(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
+    """The if-chain of llama_tensor_get_type: the first branch that applies decides."""
+    name = t.name
     if (qs.output_name is not None and name == qs.output_name) or (not qs.has_output and name == "token_embd.weight"):
-        what = "output" if name == "output.weight" else "token_embd (tied: no output.weight)"
-        if p.output_tensor_type is not None:
-            new_type, why = p.output_tensor_type, f"{what}: --output-tensor-type"
-        elif arch == "falcon" or t.shape[0] % QK_K != 0:
-            new_type, why = "Q8_0", f"{what}: falcon or row length not a multiple of 256 -> Q8_0"
-        elif ft in _OUT_IQ_LOW:
-            new_type = "IQ4_K" if not qs.has_output else "Q5_K"
-            why = f"{what}: {fn} uses {new_type}"
-        elif ft in ("IQ2_XXS_R4", "IQ2_XS_R4"):
-            new_type = "IQ4_K_R4" if not qs.has_output else "Q5_K_R4"
-            why = f"{what}: {fn} uses {new_type}"
-        elif ft in _OUT_IQ5 and not qs.has_output:
-            new_type, why = "IQ5_K", f"{what}: {fn} uses IQ5_K"
-        elif new_type not in _OUT_KEEP:
-            new_type, why = "Q6_K", f"{what}: uses Q6_K"
-    elif name in ("token_embd.weight", "per_layer_token_embd.weight"):
-        opt = p.token_embedding_type if name == "token_embd.weight" else p.per_layer_token_embedding_type
-        if opt is not None:
-            flag = "--token-embedding-type" if name == "token_embd.weight" else "--per-layer-token-embedding-type"
-            new_type, why = opt, f"{flag} {opt.lower()}"
-        else:
-            r = _embd_rule(ft)
-            if r is not None:
-                new_type, why = r, f"{name.split('.')[0]}: {fn} uses {r}"
-    elif ft in ("IQ1_S_R4", "IQ1_M_R4"):
-        if has("attn_v.weight"):
-            new_type = "IQ4_K_R4" if n_exp >= 4 or n_gqa >= 4 else "IQ3_K_R4" if n_gqa >= 2 else "Q2_K_R4"
-            why = f"attn_v: {fn} uses {new_type}"
-            qs.i_attention_wv += 1
-        elif n_exp >= 8 and has("attn_k"):
-            new_type, why = "Q4_K_R4", f"attn_k: {fn} with >= 8 experts"
-        elif n_exp >= 8 and (has("blk.0.ffn_down") or has("blk.0.ffn_gate") or has("blk.0.ffn_up")):
-            new_type, why = "IQ3_K_R4", f"layer 0 ffn: {fn} with >= 8 experts"
-        elif n_exp >= 8 and has("attn_q"):
-            new_type, why = "Q4_K_R4", f"attn_q: {fn} with >= 8 experts"
-        elif has("attn_qkv.weight"):
-            new_type, why = "IQ2_K_R4", f"attn_qkv: {fn}"
-        elif has("_shexp.weight"):
-            new_type, why = "IQ4_K_R4", f"shared expert: {fn}"
-        elif has("ffn_down"):
-            i_layer, n_layer = _layer_info(qs, qs.i_ffn_down, qs.n_ffn_down, name)
-            if p.ffn_down_type is not None:
-                new_type, why = p.ffn_down_type, "--ffn-down-type"
-            elif i_layer < n_layer // 8:
-                new_type, why = "Q2_K_R4", f"ffn_down layer {i_layer} of {n_layer}: first 1/8 -> Q2_K_R4"
-            qs.i_ffn_down += 1
-        elif has("attn_output.weight"):
-            new_type = "Q5_K_R4" if n_exp >= 4 else "IQ2_K_R4"
-            why = f"attn_output: {fn} uses {new_type}"
-    elif ft == "IQ2_KT":
-        if has("attn_v.weight"):
-            new_type = "IQ4_K" if n_exp >= 4 or n_gqa >= 4 else "IQ3_K" if n_gqa >= 2 else "Q2_K"
-            why = f"attn_v: IQ2_KT uses {new_type}"
-            qs.i_attention_wv += 1
-        elif n_exp >= 8 and has("attn_k"):
-            new_type, why = "Q4_K", "attn_k: IQ2_KT with >= 8 experts"
-        elif n_exp >= 8 and (has("blk.0.ffn_down") or has("blk.0.ffn_gate") or has("blk.0.ffn_up")):
-            new_type, why = "IQ3_K", "layer 0 ffn: IQ2_KT with >= 8 experts"
-        elif n_exp >= 8 and has("attn_q"):
-            new_type, why = "Q4_K", "attn_q: IQ2_KT with >= 8 experts"
-        elif has("attn_qkv.weight"):
-            new_type, why = "IQ3_K", "attn_qkv: IQ2_KT"
-        elif has("_shexp.weight"):
-            new_type, why = "IQ4_K", "shared expert: IQ2_KT"
-        elif has("ffn_down"):
-            i_layer, n_layer = _layer_info(qs, qs.i_ffn_down, qs.n_ffn_down, name)
-            if p.ffn_down_type is not None:
-                new_type, why = p.ffn_down_type, "--ffn-down-type"
-            elif i_layer < n_layer // 8:
-                new_type, why = "IQ3_K", f"ffn_down layer {i_layer} of {n_layer}: first 1/8 -> IQ3_K"
-            qs.i_ffn_down += 1
-        elif has("attn_output.weight"):
-            new_type = "Q5_K" if n_exp >= 4 else "IQ3_K"
-            why = f"attn_output: IQ2_KT uses {new_type}"
-    elif ft in _IQ2_FAMILY:
-        is_iq2_m = ft in ("IQ2_M", "IQ2_M_R4")
-        s_or_m = ft == "IQ2_S" or is_iq2_m
-        if has("attn_v.weight"):
-            if n_gqa >= 4 or n_exp >= 4:
-                new_type = "IQ4_K"
-            elif n_gqa >= 2 or n_exp >= 2:
-                new_type = "IQ3_K"
-            else:
-                new_type = "IQ3_S" if s_or_m else "Q2_K"
-            why = f"attn_v: {fn} uses {new_type} (n_gqa {n_gqa}, n_expert {n_exp})"
-            qs.i_attention_wv += 1
-        elif n_exp >= 8 and has("attn_k"):
-            new_type, why = "Q4_K", f"attn_k: {fn} with >= 8 experts"
-        elif n_exp >= 8 and has("attn_q"):
-            new_type, why = "Q4_K", f"attn_q: {fn} with >= 8 experts"
-        elif has("attn_qkv.weight"):
-            new_type = "IQ3_XXS" if s_or_m else "IQ2_K"
-            why = f"attn_qkv: {fn} uses {new_type}"
-        elif has("ffn_down"):
-            if qs.i_ffn_down < qs.n_ffn_down // 8:
-                new_type = "IQ3_S" if s_or_m else "Q2_K"
-                why = f"ffn_down #{qs.i_ffn_down} in the first 1/8 of {qs.n_ffn_down}: {fn} uses {new_type}"
-            qs.i_ffn_down += 1
-        elif has("attn_output.weight"):
-            if p.attn_output_type is not None:
-                new_type, why = p.attn_output_type, "--attn-output-type"
-            elif n_exp >= 4:
-                new_type, why = "Q5_K", f"attn_output: {fn} with >= 4 experts"
-            elif ft in ("IQ1_S", "IQ1_M"):
-                new_type, why = "IQ2_K", f"attn_output: {fn} uses IQ2_K"
-            elif s_or_m:
-                new_type, why = "IQ3_S", f"attn_output: {fn} uses IQ3_S"
-    elif has("attn_v.weight"):
-        i, n = qs.i_attention_wv, qs.n_attention_wv
-        tag = f"attn_v #{i} of {n}"
-        before = new_type
-        if p.attn_v_type is not None:
-            new_type, why = p.attn_v_type, "--attn-v-type"
-        elif n_exp >= 4:
-            new_type, why = "Q8_0", f"{tag}: model with >= 4 experts uses Q8_0"
-        elif mtype == "70B":
-            if new_type in ("Q3_K", "Q4_K"):
-                new_type = "Q5_K"
-            if new_type == "IQ3_K":
-                new_type = "IQ5_K"
-            why = f"{tag}: 70B model bumps attn_v"
-        elif ft == "Q2_K":
-            new_type = "Q4_K" if n_gqa >= 4 else "Q3_K"
-        elif ft == "IQ2_K":
-            new_type = "IQ4_K" if n_gqa >= 2 else "IQ3_K"
-        elif ft == "IQ2_K_R4":
-            new_type = "IQ4_K_R4" if n_gqa >= 2 else "IQ3_K_R4"
-        elif ft == "Q2_K_S" and n_gqa >= 4:
-            new_type = "Q4_K"
-        elif ft == "Q2_K_R4" and n_gqa >= 4:
-            new_type = "Q4_K_R4"
-        elif ft == "IQ3_XXS":
-            new_type = ("Q4_K" if n_gqa >= 4 else "IQ3_K" if n_gqa >= 2
-                        else "IQ3_S" if not qs.has_imatrix else "IQ3_XXS")
-        elif ft == "IQ3_KT":
-            new_type = "IQ4_K" if n_gqa >= 4 else "IQ3_K"
-        elif ft == "IQ4_KT":
-            new_type = "IQ5_K" if n_gqa >= 4 else "IQ4_K"
-        elif ft == "IQ3_XXS_R4":
-            new_type = ("Q4_K_R4" if n_gqa >= 4 else "IQ3_K_R4" if n_gqa >= 2
-                        else "IQ3_K_R4" if not qs.has_imatrix else "IQ3_XXS_R4")
-        elif ft in ("IQ3_XS", "IQ3_S") and n_gqa >= 2:
-            new_type = "IQ4_K"
-        elif ft == "IQ3_S_R4" and n_gqa >= 2:
-            new_type = "IQ4_K_R4"
-        elif ft == "IQ3_K" and n_gqa >= 2:
-            new_type = "IQ4_K"
-        elif ft == "IQ3_KS" and n_gqa >= 2:
-            new_type = "IQ4_KS"
-        elif ft == "IQ2_KL" and n_gqa >= 2:
-            new_type = "IQ4_KS"
-        elif ft == "IQ3_K_R4" and n_gqa >= 2:
-            new_type = "IQ4_K_R4"
-        elif ft in ("IQ3_KL", "IQ3_M"):
-            new_type = "IQ5_K" if n_gqa >= 2 else "IQ4_K"
-        elif ft == "Q3_K_M":
-            new_type = "Q5_K" if i < 2 else "Q4_K"
-        elif ft == "Q3_K_L":
-            new_type = "Q5_K"
-        elif ft in ("IQ4_NL", "IQ4_XS", "IQ4_NL_R4", "IQ4_XS_R8", "IQ4_KS", "IQ4_KSS") and n_gqa >= 2:
-            new_type = "IQ5_K"
-        elif ft == "IQ4_KS_R4" and n_gqa >= 2:
-            new_type = "IQ5_K_R4"
-        elif ft in ("IQ4_K", "IQ4_K_R4") and n_gqa >= 2:
-            new_type = "IQ5_K"
-        elif ft in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
-            new_type, why = "Q6_K", f"{tag}: {fn} uses Q6_K for use_more_bits layers"
-        elif ft in ("Q4_K_S", "Q4_K_R4") and i < 4:
-            new_type, why = "Q5_K", f"{tag}: {fn} uses Q5_K for the first four"
-        elif ft == "Q5_K_S":
-            if hp.n_vocab >= 127999 and mtype in ("8B", "70B"):
-                new_type = "Q6_K"
-        elif ft in ("IQ5_K", "IQ5_KS"):
-            if hp.n_vocab >= 127999 and mtype in ("8B", "70B"):
-                new_type = "IQ6_K"
-        elif n_gqa >= 4 and not (arch == "dflash-draft" and ft in ("Q4_K_M", "Q5_K_M")):
-            if new_type in _GQA4_BUMP:
-                new_type = _GQA4_BUMP[new_type]
-                why = f"{tag}: n_gqa {n_gqa} >= 4 bumps {before.lower()} to {new_type.lower()}"
-        if why is None and new_type != before:
-            why = f"{tag}: {fn} uses {new_type} (n_gqa {n_gqa})"
-        qs.i_attention_wv += 1
-    elif has("attn_k"):
-        if p.attn_k_type is not None:
-            new_type, why = p.attn_k_type, "--attn-k-type"
-        elif n_exp >= 4:
-            new_type, why = "Q8_0", "attn_k: model with >= 4 experts uses Q8_0"
-        elif ft == "IQ3_XS":
-            new_type, why = "IQ3_XXS", "attn_k: IQ3_XS uses IQ3_XXS"
-        elif ft in ("IQ3_XXS", "IQ3_XXS_R4"):
-            new_type, why = "IQ2_S", f"attn_k: {fn} uses IQ2_S"
-    elif has("attn_q"):
-        if p.attn_q_type is not None:
-            new_type, why = p.attn_q_type, "--attn-q-type"
-        elif ft == "IQ3_XS":
-            new_type, why = "IQ3_XXS", "attn_q: IQ3_XS uses IQ3_XXS"
-        elif ft in ("IQ3_XXS", "IQ3_XXS_R4"):
-            new_type, why = "IQ2_S", f"attn_q: {fn} uses IQ2_S"
-        elif ft == "Q5_K_S":
-            if hp.n_vocab >= 127999 and mtype in ("8B", "70B"):
-                new_type, why = "Q4_K", "attn_q: Q5_K_S on an 8B/70B model with a large vocab"
-        elif ft == "IQ5_K":
-            if hp.n_vocab >= 127999 and mtype in ("8B", "70B"):
-                new_type, why = "IQ4_K", "attn_q: IQ5_K on an 8B/70B model with a large vocab"
-        elif ft == "IQ5_KS":
-            if hp.n_vocab >= 127999 and mtype in ("8B", "70B"):
-                new_type, why = "IQ4_KS", "attn_q: IQ5_KS on an 8B/70B model with a large vocab"
-    elif has("ffn_down"):
-        i_layer, n_layer = _layer_info(qs, qs.i_ffn_down, qs.n_ffn_down, name)
-        first8 = i_layer < n_layer // 8
-        umb = use_more_bits(i_layer, n_layer)
-        before = new_type
-        if p.ffn_down_type is not None:
-            new_type, why = p.ffn_down_type, "--ffn-down-type"
-        elif ft == "Q2_K":
-            new_type = "Q3_K"
-        elif ft == "Q2_K_S":
-            if first8:
-                new_type = "Q4_K"
-        elif ft == "Q2_K_R4":
-            if first8:
-                new_type = "Q4_K_R4"
-        elif ft == "IQ3_XXS" and not qs.has_imatrix:
-            new_type = "Q4_K" if first8 else "Q3_K"
-        elif ft == "IQ3_KT" and not qs.has_imatrix:
-            new_type = "IQ4_K" if first8 else "IQ3_K"
-        elif ft == "IQ3_XXS_R4" and not qs.has_imatrix:
-            new_type = "Q4_K_R4" if first8 else "IQ3_K_R4"
-        elif ft == "Q3_K_M":
-            new_type = ("Q5_K" if i_layer < n_layer // 16
-                        else "Q4_K" if arch != "falcon" or umb else "Q3_K")
-        elif ft == "IQ3_M" and (first8 or (n_exp >= 4 and umb)):
-            new_type = "IQ4_K"
-        elif ft == "Q3_K_L":
-            new_type = "Q4_K" if arch == "falcon" else "Q5_K"
-        elif ft == "IQ3_KL":
-            new_type = "IQ4_KS" if umb else "IQ3_K"
-        elif ft == "Q4_K_M":
-            if arch == "falcon":
-                new_type = "Q6_K" if i_layer < n_layer // 16 else "Q5_K" if umb else "Q4_K"
-            elif umb:
-                new_type = "Q6_K"
-        elif first8 and not qs.has_imatrix and ft in ("IQ4_NL", "IQ4_XS", "IQ4_KS", "IQ4_KSS",
-                                                       "IQ4_NL_R4", "IQ4_XS_R8"):
-            new_type = "Q5_K"
-        elif ft == "IQ4_KS_R4" and first8 and not qs.has_imatrix:
-            new_type = "Q5_K_R4"
-        elif ft == "Q5_K_M" and umb:
-            new_type = "Q6_K"
-        elif ft in ("Q4_K_S", "Q4_K_R4") and arch != "falcon" and first8:
-            new_type = "Q5_K"
-        elif ft in ("Q4_0", "Q5_0") and qs.has_imatrix and first8:
-            new_type = "Q4_1" if ft == "Q4_0" else "Q5_1"
-        elif ft == "Q4_0_R8" and qs.has_imatrix and first8:
-            new_type = "IQ4_NL_R4"
-        if why is None and new_type != before:
-            why = f"ffn_down layer {i_layer} of {n_layer}: {fn} uses {new_type}"
-        qs.i_ffn_down += 1
-    elif has("attn_output.weight"):
-        before = new_type
-        if p.attn_output_type is not None:
-            new_type, why = p.attn_output_type, "--attn-output-type"
-        elif arch != "falcon":
-            if n_exp >= 4:
-                if ft in _ATTN_OUT_EXPERT:
-                    new_type = "Q5_K"
-                elif ft == "IQ2_KL":
-                    new_type = "IQ4_KS"
-            else:
-                m = {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "IQ3_XXS_R4": "IQ3_K_R4", "Q3_K_M": "Q4_K",
-                     "Q3_K_L": "Q5_K", "IQ3_M": "IQ4_K", "IQ2_K": "IQ3_K", "IQ2_K_R4": "IQ3_K_R4",
-                     "IQ3_KL": "IQ4_KS"}
-                if ft == "IQ3_KT" and n_gqa >= 4:
-                    new_type = "IQ3_K"
-                elif ft in m:
-                    new_type = m[ft]
-        elif ft == "Q3_K_L":
-            new_type = "Q4_K"
-        if why is None and new_type != before:
-            why = f"attn_output: {fn} uses {new_type}"
-    elif has("attn_qkv.weight"):  # reached only by names without "attn_q" (none): kept as in ik
-        if p.attn_qkv_type is not None:
-            new_type = p.attn_qkv_type
-        elif ft in ("Q3_K_M", "Q3_K_L"):
-            new_type = "Q4_K"
-        elif ft == "IQ3_M":
-            new_type = "IQ4_K"
-        elif ft == "Q4_K_M":
-            new_type = "Q5_K"
-        elif ft == "Q5_K_M":
-            new_type = "Q6_K"
-    elif has("ffn_gate") or has("ffn_up"):
-        gate = has("ffn_gate")
-        if gate:
-            i_layer, n_layer = _layer_info(qs, qs.i_ffn_gate, qs.n_ffn_gate, name)
-            opt = p.ffn_gate_type
-        else:
-            i_layer, n_layer = _layer_info(qs, qs.i_ffn_up, qs.n_ffn_up, name)
-            opt = p.ffn_up_type
-        tag = f"{'ffn_gate' if gate else 'ffn_up'} layer {i_layer} of {n_layer}"
-        if opt is not None:
-            new_type, why = opt, f"--ffn-{'gate' if gate else 'up'}-type"
-        elif ft == "IQ3_XS" and n_layer // 8 <= i_layer < 7 * n_layer // 8:
-            new_type, why = "IQ3_XXS", f"{tag}: IQ3_XS uses IQ3_XXS in the middle layers"
-        elif ft == "IQ3_KL" and use_more_bits(i_layer, n_layer):
-            new_type, why = "IQ4_KS", f"{tag}: IQ3_KL uses IQ4_KS for use_more_bits layers"
-        if gate:
-            qs.i_ffn_gate += 1
-        else:
-            qs.i_ffn_up += 1
+        return _output(qs, new_type, t)
+    if name in EMBD_NAMES:
+        return _token_embd(qs, new_type, t)
+    if qs.ftype in _LOW_BIT:
+        return _low_bit_ftype(qs, new_type, t)
+    if qs.ftype in _IQ1_IQ2:
+        return _iq1_iq2_ftype(qs, new_type, t)
+    for sub, branch in _ROLE_BRANCHES:
+        if sub in name:
+            return branch(qs, new_type, t)
+    return new_type, None
 
+
+def llama_tensor_get_type(qs: QuantizeState, new_type: str, t: TensorSpec) -> tuple[str, str, str | None]:
+    """(type, reason, fallback note): ik's mix rules, then --custom-q, then the fallback, then
+    no row-interleaved type for the token embeddings."""
+    custom = qs.first_rule(t.name)
+    new_type, why = _mix_rule(qs, new_type, t)
     if why is None:
-        why = f"{fn} default type {new_type.lower()}"
+        why = f"{qs.ftype_name} default type {new_type.lower()}"
     if custom is not None:
         new_type, why = custom.type, custom.describe()
-
-    note = None
-    working = change_type_if_necessary(new_type, t.shape[0])
-    if working != new_type:
-        qs.n_fallback += 1
-        note = f"fallback: row length {t.shape[0]} does not fit {new_type.lower()} -> {working.lower()}"
-        new_type = working
-
-    if name in ("token_embd.weight", "per_layer_token_embd.weight"):
-        plain = interleaved_properties(new_type)[0]
+    new_type, note = _fallback(qs, new_type, t.shape[0])
+    if t.name in EMBD_NAMES:
+        plain = plain_type(new_type)[0]
         if plain != new_type:
             why += f"; token embeddings cannot use row-interleaved {new_type.lower()} -> {plain.lower()}"
             new_type = plain
     return new_type, why, note
-
-
-def _ends_with_weight(name: str) -> bool:
-    pos = name.rfind("weight")
-    return (pos if pos >= 0 else (1 << 64) - 1) == (len(name) - 6) % (1 << 64)
 
 
 def tensor_allows_quantization(t: TensorSpec, opts: MixOptions, only_copy: bool,
@@ -519,7 +479,7 @@ def tensor_allows_quantization(t: TensorSpec, opts: MixOptions, only_copy: bool,
     name = t.name
     if t.type in ("I32", "I64", "I16", "I8"):
         return False, "integer tensor"
-    if not _ends_with_weight(name):
+    if not name_ends_with_weight(name):
         return False, "name does not end in 'weight'"
     if t.n_dims < 2:
         return False, "1-D tensor (only 2-D and 3-D tensors are quantized)"
@@ -584,83 +544,90 @@ IK_FTYPES_NEED_IMATRIX = {"IQ2_XS", "IQ2_XXS", "IQ2_S", "IQ2_XXS_R4", "Q2_K_S", 
                           "IQ1_S_R4", "IQ1_M_R4", "IQ1_M"}
 
 
-def plan_ik(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts: MixOptions,
-            rules: list[TypeRule]) -> Plan:
-    """Decide every tensor's type as ik_llama.cpp's llama_model_quantize_internal does."""
-    if opts.prune_layers:
-        raise MixError("--prune-layers is a mainline llama-quantize option; ik_llama.cpp has none")
-    qs = _State(info=info, opts=opts, ftype=ftype.key, ftype_name=ftype.name,
-                custom=[(r.compile(), r) for r in rules], has_imatrix=opts.uses_imatrix,
-                output_name=ik_output_name(info.arch))
-    default_type = ftype.default_type
-    only_copy = ftype.is_copy
-    plan = Plan(ftype=ftype, flavour=IK, default_type=default_type)
-    ordered = list(tensors)
-    if opts.keep_split:
-        ordered = sorted(tensors, key=lambda t: (t.split, t.offset))
+def _count_tensors(qs: QuantizeState, ordered: list[TensorSpec]) -> None:
+    """llama_model_quantize_internal's first pass: n_attention_wv, has_output and its sanity check."""
     for t in ordered:
         if "attn_v.weight" in t.name or "attn_qkv.weight" in t.name:
             qs.n_attention_wv += 1
         elif qs.output_name is not None and t.name == qs.output_name:
             qs.has_output = True
+    info = qs.info
     qs.n_ffn_down = qs.n_ffn_gate = qs.n_ffn_up = info.n_layer
     n_wv, n_l = qs.n_attention_wv, info.n_layer
     if not (n_wv in (0, n_l, 3 * n_l) or info.arch in ("deci", "gemma4") or info.arch not in IK_ARCHS):
         raise MixError(f"n_attention_wv is unexpected: {n_wv} attn_v/attn_qkv tensors for {n_l} layers "
                        f"(ik_llama.cpp's sanity check)")
-    plan.file_type = int(info.kv.get("general.file_type", 0)) if only_copy else ftype.id
 
-    for t in ordered:
-        name = t.name
-        allows, why_not = tensor_allows_quantization(t, opts, only_copy, info.arch)
-        new_type, reason, note = t.type, "", None
-        quantize = allows
-        if allows:
-            new_type = default_type
-            if opts.pure:
-                reason = f"--pure: {ftype.name} default type {new_type.lower()}"
-                working = change_type_if_necessary(new_type, t.shape[0])
-                if working != new_type:
-                    qs.n_fallback += 1
-                    note = f"fallback: row length {t.shape[0]} does not fit {new_type.lower()} -> {working.lower()}"
-                    new_type = working
-            elif is_quantized(default_type):
-                new_type, reason, note = llama_tensor_get_type(qs, new_type, t)
-            else:
-                reason = f"{ftype.name}: every quantizable tensor becomes {new_type.lower()}"
-            for opt, applies, what in (
-                (opts.token_embedding_type, name == "token_embd.weight", "--token-embedding-type"),
-                (opts.per_layer_token_embedding_type, name == "per_layer_token_embd.weight",
-                 "--per-layer-token-embedding-type"),
-                (opts.output_tensor_type, name == "output.weight", "--output-tensor-type"),
-                (opts.ffn_gate_inp_type, "ffn_gate_inp.weight" in name, "--ffn-gate-inp-type"),
-            ):
-                if opt is not None and applies:
-                    new_type, reason, note = opt, f"{what} {opt.lower()}", None
-            if name == "token_embd.weight":
-                plain = interleaved_properties(new_type)[0]
-                if plain != new_type:
-                    reason += f"; token embeddings cannot use row-interleaved {new_type.lower()}"
-                    new_type = plain
-            quantize = t.type != new_type
-        if not quantize:
-            if allows:
-                reason = f"kept as {t.type.lower()}: chosen type equals the input type ({reason})"
-            else:
-                reason = f"kept as {t.type.lower()}: {why_not}"
-            new_type = t.type
-        else:
-            working, num_rows = interleaved_properties(new_type)
-            if t.ne(1) % num_rows != 0:
-                reason += f"; {t.ne(1)} rows not a multiple of {num_rows} -> {working.lower()}"
-                new_type = working
-        if note:
-            reason = f"{reason}; {note}"
-        plan.decisions.append(Decision(
-            name=name, source_name=name, shape=tuple(t.shape), src_type=t.type, type=new_type,
-            reason=reason, allows_quantization=allows, category="", fallback=note is not None,
-            requires_imatrix=quantize and tensor_requires_imatrix(name, new_type, ftype.key),
-            imatrix_name=name))
+
+def _choose_type(qs: QuantizeState, t: TensorSpec, ftype: FType) -> tuple[str, str, str | None]:
+    """The type of a tensor that allows quantization: (type, reason, fallback note).
+
+    --pure or the mix rules, then the options llama_model_quantize_internal applies after them,
+    then no row-interleaved token embeddings.
+    """
+    opts, name = qs.opts, t.name
+    new_type, note = ftype.default_type, None
+    if opts.pure:
+        reason = f"--pure: {ftype.name} default type {new_type.lower()}"
+        new_type, note = _fallback(qs, new_type, t.shape[0])
+    elif is_quantized(new_type):
+        new_type, reason, note = llama_tensor_get_type(qs, new_type, t)
+    else:
+        reason = f"{ftype.name}: every quantizable tensor becomes {new_type.lower()}"
+    for opt, applies, what in (
+        (opts.token_embedding_type, name == "token_embd.weight", "--token-embedding-type"),
+        (opts.per_layer_token_embedding_type, name == "per_layer_token_embd.weight",
+         "--per-layer-token-embedding-type"),
+        (opts.output_tensor_type, name == "output.weight", "--output-tensor-type"),
+        (opts.ffn_gate_inp_type, "ffn_gate_inp.weight" in name, "--ffn-gate-inp-type"),
+    ):
+        if opt is not None and applies:
+            new_type, reason, note = opt, f"{what} {opt.lower()}", None
+    if name == "token_embd.weight":
+        plain = plain_type(new_type)[0]
+        if plain != new_type:
+            reason += f"; token embeddings cannot use row-interleaved {new_type.lower()}"
+            new_type = plain
+    return new_type, reason, note
+
+
+def _decide(qs: QuantizeState, t: TensorSpec, ftype: FType) -> Decision:
+    """One tensor of llama_model_quantize_internal's main loop."""
+    allows, why_not = tensor_allows_quantization(t, qs.opts, ftype.is_copy, qs.info.arch)
+    new_type, reason, note = t.type, "", None
+    if allows:
+        new_type, reason, note = _choose_type(qs, t, ftype)
+    quantize = allows and new_type != t.type
+    if not quantize:
+        reason = (f"kept as {t.type.lower()}: chosen type equals the input type ({reason})" if allows
+                  else f"kept as {t.type.lower()}: {why_not}")
+        new_type = t.type
+    else:
+        working, num_rows = plain_type(new_type)
+        if t.ne(1) % num_rows != 0:
+            reason += f"; {t.ne(1)} rows not a multiple of {num_rows} -> {working.lower()}"
+            new_type = working
+    if note:
+        reason = f"{reason}; {note}"
+    return Decision(name=t.name, source_name=t.name, shape=tuple(t.shape), src_type=t.type, type=new_type,
+                    reason=reason, allows_quantization=allows, category="", fallback=note is not None,
+                    requires_imatrix=quantize and tensor_requires_imatrix(t.name, new_type, ftype.key),
+                    imatrix_name=t.name)
+
+
+def plan_ik(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts: MixOptions,
+            rules: list[TypeRule]) -> Plan:
+    """Decide every tensor's type as ik_llama.cpp's llama_model_quantize_internal does."""
+    if opts.prune_layers:
+        raise MixError("--prune-layers is a mainline llama-quantize option; ik_llama.cpp has none")
+    qs = QuantizeState(info=info, opts=opts, ftype=ftype.key, ftype_name=ftype.name,
+                       rules=[(r.compile(), r) for r in rules], has_imatrix=opts.uses_imatrix,
+                       output_name=ik_output_name(info.arch))
+    plan = Plan(ftype=ftype, flavour=IK, default_type=ftype.default_type)
+    ordered = sorted(tensors, key=lambda t: (t.split, t.offset)) if opts.keep_split else list(tensors)
+    _count_tensors(qs, ordered)
+    plan.file_type = int(info.kv.get("general.file_type", 0)) if ftype.is_copy else ftype.id
+    plan.decisions = [_decide(qs, t, ftype) for t in ordered]
     if qs.n_fallback:
         plan.warnings.append(f"{qs.n_fallback} tensor(s) required fallback quantization")
     return plan

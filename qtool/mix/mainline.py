@@ -12,14 +12,15 @@ first), or by split index and offset with --keep-split. That is also the order i
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
-from ..quants.types import get_type
+from ..imatrix.weights import BLK_LAYER, remap_imatrix
+from ..quants.types import MAINLINE, get_type
 from .decision import Decision, Plan
-from .ftypes import MAINLINE, FType
+from .ftypes import FType, parse_ftype
 from .model import ModelInfo, TensorSpec, sscanf_layer
 from .options import MixError, MixOptions, TypeRule
+from .state import QuantizeState, is_quantized, name_ends_with_weight, use_more_bits, use_more_bits_reason
 
 # ---------------------------------------------------------------------------------------------
 # categories
@@ -64,8 +65,6 @@ def category_is_attn_v(cat: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # which tensors are quantized at all
 
-_SIZE_T = 1 << 64
-
 _NOT_QUANTIZED_SUBSTRINGS: tuple[tuple[str, str], ...] = (
     ("ffn_gate_inp.weight", "expert gating (router) tensor"),
     ("ffn_gate_tid2eid.weight", "token-id -> expert-id routing table"),
@@ -99,9 +98,7 @@ def tensor_allows_quantization(t: TensorSpec, arch: str, opts: MixOptions,
     if t.n_dims < 2:
         return False, "1-D tensor (only 2-D and 3-D tensors are quantized)"
     name = t.name
-    # name.rfind("weight") == name.size() - 6, with size_t arithmetic
-    pos = name.rfind("weight")
-    if (pos if pos >= 0 else _SIZE_T - 1) != (len(name) - 6) % _SIZE_T:
+    if not name_ends_with_weight(name):
         return False, "name does not end in 'weight'"
     if "_norm.weight" in name:
         return False, "norm tensor"
@@ -142,18 +139,10 @@ _FALLBACK_Q4_0 = {"Q2_0", "Q2_K", "Q3_K", "TQ1_0", "TQ2_0"}
 _FALLBACK_OTHER = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
-def block_size(type_name: str) -> int:
-    return get_type(type_name).block_size
-
-
-def is_quantized(type_name: str) -> bool:
-    return get_type(type_name).quantized
-
-
 def tensor_type_fallback(t: TensorSpec, target: str) -> tuple[str, str | None]:
     """(type, fallback note or None): a type whose block fits the row length (ne[0])."""
     ncols = t.shape[0]
-    qk = block_size(target)
+    qk = get_type(target).block_size
     if ncols % qk == 0:
         return target, None
     if target in _FALLBACK_IQ4_NL:
@@ -168,278 +157,279 @@ def tensor_type_fallback(t: TensorSpec, target: str) -> tuple[str, str | None]:
         raise MixError(f"no tensor type fallback is defined for type {target.lower()} "
                        f"(tensor {t.name}, row length {ncols} not divisible by {qk})")
     note = f"fallback: row length {ncols} not divisible by {qk} ({target.lower()})"
-    if ncols % block_size(ret) != 0:
+    if ncols % get_type(ret).block_size != 0:
         ret = "F16"
         note += ", must use F16 due to unusual shape"
     return ret, note + f" -> {ret.lower()}"
 
 
 # ---------------------------------------------------------------------------------------------
-# type choice
+# type choice: llama_tensor_get_type_impl (src/llama-quant.cpp), one helper per branch of its
+# if-chain; each docstring quotes the branch's condition. A helper takes (state, the type so far,
+# tensor, category) and returns (type, reason or None for "the ftype's default"); those of a
+# per-tensor branch advance its counter as the C++ does.
 
-
-@dataclass
-class _State:
-    """quantize_state_impl: counters that advance tensor by tensor."""
-
-    info: ModelInfo
-    opts: MixOptions
-    ftype: str  # enum key, e.g. "Q4_K_M"
-    ftype_name: str
-    rules: list[tuple[re.Pattern[str], TypeRule]] = field(default_factory=list)
-    n_attention_wv: int = 0
-    n_ffn_down: int = 0
-    n_ffn_gate: int = 0
-    n_ffn_up: int = 0
-    i_attention_wv: int = 0
-    i_ffn_down: int = 0
-    i_ffn_gate: int = 0
-    i_ffn_up: int = 0
-    has_imatrix: bool = False
-    has_tied_embeddings: bool = True
-
-
-def use_more_bits(i_layer: int, n_layers: int) -> bool:
-    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
-
+Choice = tuple[str, str | None]
 
 _IQ_LOW_OUT = {"IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"}
 _IQ_LOW = {"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"}
+
+
+def _glm5_next_q8(qs: QuantizeState, new_type: str, name: str) -> bool:
+    """glm5-next keeps attn_q_a / attn_q_b / nextn.eh_proj at Q8_0 (or a float type)."""
+    return (qs.info.arch == "glm5-next" and ("attn_q_a" in name or "attn_q_b" in name or "nextn.eh_proj" in name)
+            and new_type not in ("F32", "BF16", "F16"))
+
+
+def _output(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> Choice:
+    """`category == OUTPUT || (qs.has_tied_embeddings && category == TOKEN_EMBD)` (tied: no output.weight)."""
+    what = "output" if cat == OUTPUT else "token_embd (tied to the output: no output.weight)"
+    ft = qs.ftype
+    if qs.opts.output_tensor_type is not None:
+        out = qs.opts.output_tensor_type
+        return out, f"{what}: --output-tensor-type {out.lower()}"
+    nx, qk = t.shape[0], get_type(new_type).block_size
+    if ft == "MXFP4_MOE":
+        return "Q8_0", f"{what}: MXFP4_MOE uses Q8_0"
+    if qs.info.arch == "falcon":
+        return "Q8_0", f"{what}: falcon uses Q8_0"
+    if nx % qk != 0:
+        return "Q8_0", f"{what}: row length {nx} not divisible by {qk} ({new_type.lower()}), uses Q8_0"
+    if ft in _IQ_LOW_OUT:
+        return "Q5_K", f"{what}: {qs.ftype_name} uses Q5_K"
+    if new_type != "Q8_0":
+        return "Q6_K", f"{what}: uses Q6_K"
+    return new_type, f"{what}: stays Q8_0"
+
+
+def _mxfp4_moe(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> Choice:
+    """`ftype == LLAMA_FTYPE_MOSTLY_MXFP4_MOE`: 3-D expert tensors MXFP4, the rest Q8_0."""
+    arch = qs.info.arch
+    is_bailing_expert = arch == "bailingmoe3" and cat in (FFN_UP, FFN_GATE, FFN_DOWN)
+    if t.ne(2) > 1 and (arch != "bailingmoe3" or is_bailing_expert):
+        return "MXFP4", "MXFP4_MOE: expert tensor (3-D) -> MXFP4"
+    return "Q8_0", "MXFP4_MOE: non-expert tensor -> Q8_0"
+
+
+_EMBD_TYPE = {
+    **dict.fromkeys(("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"), "Q2_K"),
+    **dict.fromkeys(("IQ2_S", "IQ2_M", "IQ3_XXS"), "IQ3_S"),
+    **dict.fromkeys(("TQ1_0", "TQ2_0", "Q2_0"), "Q4_K"),
+}
+
+
+def _token_embd(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> Choice:
+    """`category == TOKEN_EMBD` (token_embd and per_layer_token_embd, not tied to the output)."""
+    if qs.opts.token_embedding_type is not None:
+        out = qs.opts.token_embedding_type
+        return out, f"--token-embedding-type {out.lower()}"
+    out = _EMBD_TYPE.get(qs.ftype, new_type)
+    return out, (f"token_embd: {qs.ftype_name} uses {out}" if qs.ftype in _EMBD_TYPE else None)
+
+
+def _iq1_iq2_ftype(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> Choice:
+    """`ftype == IQ2_XXS || IQ2_XS || IQ1_S || IQ2_S || IQ2_M || IQ1_M`: every role in one branch."""
+    ft, fn = qs.ftype, qs.ftype_name
+    n_gqa, n_exp = qs.info.n_gqa, qs.info.n_expert
+    iq2sm = ft in ("IQ2_S", "IQ2_M")
+    if category_is_attn_v(cat):
+        qs.next_attention_wv()
+        if n_gqa >= 4 or n_exp >= 4:
+            return "Q4_K", (f"{cat}: {fn} uses Q4_K when n_gqa >= 4 or n_expert >= 4 "
+                            f"(n_gqa {n_gqa}, n_expert {n_exp})")
+        out = "IQ3_S" if iq2sm else "Q2_K"
+        return out, f"{cat}: {fn} uses {out} (n_gqa {n_gqa} < 4)"
+    if n_exp == 8 and cat == ATTENTION_K:
+        return "Q4_K", f"attn_k: {fn} with 8 experts uses Q4_K"
+    if cat == FFN_DOWN:
+        i, n = qs.next_ffn_down()
+        if i < n // 8:
+            out = "IQ3_S" if iq2sm else "Q2_K"
+            return out, f"ffn_down #{i} in the first 1/8 of {n} layers: {fn} uses {out}"
+        return new_type, None
+    if cat == ATTENTION_OUTPUT:
+        if n_exp == 8:
+            return "Q5_K", f"attn_output: {fn} with 8 experts uses Q5_K"
+        if ft in ("IQ1_S", "IQ1_M"):
+            return "IQ2_XXS", f"attn_output: {fn} uses IQ2_XXS"
+        if iq2sm:
+            return "IQ3_S", f"attn_output: {fn} uses IQ3_S"
+    return new_type, None
+
+
+def _attn_v_ftype(qs: QuantizeState, new_type: str, i: int, n: int, tag: str) -> Choice:
+    """The ftype tests of the attn_v branch, before its 70B and 8-expert overrides."""
+    ft, fn, n_gqa, im = qs.ftype, qs.ftype_name, qs.info.n_gqa, qs.has_imatrix
+    if ft == "Q2_K":
+        out = "Q4_K" if n_gqa >= 4 else "Q3_K"
+        return out, f"{tag}: Q2_K uses {out} (n_gqa {n_gqa})"
+    if ft == "Q2_K_S" and n_gqa >= 4:
+        return "Q4_K", f"{tag}: Q2_K_S uses Q4_K when n_gqa >= 4"
+    if ft == "IQ3_XXS":
+        out = "Q4_K" if n_gqa >= 4 else ("IQ3_S" if not im else "IQ3_XXS")
+        return out, f"{tag}: IQ3_XXS uses {out} (n_gqa {n_gqa}, {'with' if im else 'no'} imatrix)"
+    if ft in ("IQ3_XS", "IQ3_S") and n_gqa >= 4:
+        return "Q4_K", f"{tag}: {fn} uses Q4_K when n_gqa >= 4"
+    if ft == "IQ3_M":
+        return "Q4_K", f"{tag}: IQ3_M uses Q4_K"
+    if ft == "Q3_K_M":
+        out = "Q5_K" if i < 2 else "Q4_K"
+        return out, f"{tag}: Q3_K_M uses {out} ({'first two' if i < 2 else 'after the first two'})"
+    if ft == "Q3_K_L":
+        return "Q5_K", f"{tag}: Q3_K_L uses Q5_K"
+    if ft in ("IQ4_NL", "IQ4_XS") and n_gqa >= 4:
+        return "Q5_K", f"{tag}: {fn} uses Q5_K when n_gqa >= 4"
+    if ft in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
+        return "Q6_K", f"{tag}: {fn} uses Q6_K {use_more_bits_reason(i, n)}"
+    if ft == "Q4_K_S" and i < 4:
+        return "Q5_K", f"{tag}: Q4_K_S uses Q5_K for the first four"
+    if ft in ("Q4_K_M", "Q5_K_M"):
+        return new_type, f"{tag}: not a use_more_bits layer, {fn} default {new_type.lower()}"
+    return new_type, None
+
+
+def _attn_v(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> Choice:
+    """`category_is_attn_v(category)` (attn_v, attn_qkv, attn_kv_b)."""
+    i, n = qs.next_attention_wv()
+    tag = f"{cat} #{i} of {n}"
+    out, why = _attn_v_ftype(qs, new_type, i, n, tag)
+    if qs.info.is_70b_mainline() and out in ("Q3_K", "Q4_K"):
+        out, why = "Q5_K", f"{tag}: 70B model (8 heads share attn_v) bumps Q3_K/Q4_K to Q5_K"
+    if qs.info.n_expert == 8:
+        out, why = "Q8_0", f"{tag}: 8-expert model uses Q8_0"
+    return out, why
+
+
+def _attn_k(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> Choice:
+    """`category == ATTENTION_K`."""
+    if qs.info.n_expert == 8:
+        return "Q8_0", "attn_k: 8-expert model uses Q8_0"
+    if qs.ftype == "IQ3_XS":
+        return "IQ3_XXS", "attn_k: IQ3_XS uses IQ3_XXS"
+    if qs.ftype == "IQ3_XXS":
+        return "IQ2_S", "attn_k: IQ3_XXS uses IQ2_S"
+    return new_type, None
+
+
+def _attn_q(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> Choice:
+    """`category == ATTENTION_Q`."""
+    if qs.ftype == "IQ3_XS":
+        return "IQ3_XXS", "attn_q: IQ3_XS uses IQ3_XXS"
+    if qs.ftype == "IQ3_XXS":
+        return "IQ2_S", "attn_q: IQ3_XXS uses IQ2_S"
+    return new_type, None
+
+
+def _ffn_down_ftype(qs: QuantizeState, new_type: str, i_layer: int, n_layer: int, tag: str) -> Choice:
+    """The ftype tests of the ffn_down branch, in the C++ order."""
+    ft, fn, arch, im = qs.ftype, qs.ftype_name, qs.info.arch, qs.has_imatrix
+    first8 = i_layer < n_layer // 8
+    umb = use_more_bits(i_layer, n_layer)
+    if ft == "Q2_K":
+        return "Q3_K", f"{tag}: Q2_K uses Q3_K"
+    if ft == "Q2_K_S":
+        return ("Q4_K", f"{tag}: Q2_K_S uses Q4_K in the first 1/8 of layers") if first8 else (new_type, None)
+    if ft == "IQ3_XXS" and not im:
+        out = "Q4_K" if first8 else "Q3_K"
+        return out, f"{tag}: IQ3_XXS without imatrix uses {out}" + (" in the first 1/8 of layers" if first8 else "")
+    if ft == "Q3_K_M":
+        if i_layer < n_layer // 16:
+            return "Q5_K", f"{tag}: Q3_K_M uses Q5_K in the first 1/16 of layers"
+        if arch != "falcon" or umb:
+            return "Q4_K", f"{tag}: Q3_K_M uses Q4_K"
+        return "Q3_K", f"{tag}: Q3_K_M on falcon uses Q3_K outside use_more_bits layers"
+    if ft == "IQ3_M" and (first8 or (qs.info.n_expert == 8 and umb)):
+        return "Q4_K", f"{tag}: IQ3_M uses Q4_K " + ("in the first 1/8 of layers" if first8
+                                                    else "for use_more_bits layers of 8-expert models")
+    if ft == "Q3_K_L":
+        out = "Q4_K" if arch == "falcon" else "Q5_K"
+        return out, f"{tag}: Q3_K_L uses {out}"
+    if ft == "Q4_K_M":
+        if arch == "falcon":
+            out = "Q6_K" if i_layer < n_layer // 16 else "Q5_K" if umb else "Q4_K"
+            return out, f"{tag}: Q4_K_M on falcon uses {out}"
+        if umb:
+            return "Q6_K", f"{tag}: Q4_K_M uses Q6_K {use_more_bits_reason(i_layer, n_layer)}"
+        return new_type, f"{tag}: not a use_more_bits layer, Q4_K_M default q4_k"
+    if first8 and ft in ("IQ4_NL", "IQ4_XS") and not im:
+        return "Q5_K", f"{tag}: {fn} without imatrix uses Q5_K in the first 1/8 of layers"
+    if ft == "Q5_K_M" and umb:
+        return "Q6_K", f"{tag}: Q5_K_M uses Q6_K {use_more_bits_reason(i_layer, n_layer)}"
+    if ft == "Q4_K_S" and arch != "falcon" and first8:
+        return "Q5_K", f"{tag}: Q4_K_S uses Q5_K in the first 1/8 of layers"
+    if ft in ("Q4_0", "Q5_0") and im and first8:
+        out = "Q4_1" if ft == "Q4_0" else "Q5_1"
+        return out, f"{tag}: {fn} with imatrix uses {out} in the first 1/8 of layers"
+    return new_type, None
+
+
+def _ffn_down(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> Choice:
+    """`category == FFN_DOWN`."""
+    i_layer, n_layer = qs.next_ffn_down(t.name)
+    return _ffn_down_ftype(qs, new_type, i_layer, n_layer, f"ffn_down layer {i_layer} of {n_layer}")
+
+
 _EXPERT8_ATTN_OUT = {"Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M",
                      "IQ3_S", "IQ3_M", "IQ4_XS"}
+_ATTN_OUT = {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}
 
 
-def _layer_info(qs: _State, i_layer: int, n_layer: int, name: str) -> tuple[int, int]:
-    """layer_info: with experts, the layer comes from the name (experts are not in order)."""
-    if max(1, qs.info.n_expert) > 1:
-        il = sscanf_layer(name)
-        if il is None:
-            raise MixError(f"Failed to determine layer for tensor {name}")
-        if il < 0 or il >= n_layer:
-            raise MixError(f"Bad layer {il} for tensor {name}. Must be in [0, {n_layer})")
-        i_layer = il
-    return i_layer, n_layer
+def _attn_output(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> Choice:
+    """`category == ATTENTION_OUTPUT`."""
+    ft, fn = qs.ftype, qs.ftype_name
+    if qs.info.arch == "falcon":
+        return ("Q4_K", "attn_output: Q3_K_L on falcon uses Q4_K") if ft == "Q3_K_L" else (new_type, None)
+    if qs.info.n_expert == 8:
+        return ("Q5_K", f"attn_output: {fn} with 8 experts uses Q5_K") if ft in _EXPERT8_ATTN_OUT else (new_type, None)
+    if ft in _ATTN_OUT:
+        return _ATTN_OUT[ft], f"attn_output: {fn} uses {_ATTN_OUT[ft]}"
+    return new_type, None
 
 
-def _umb(i: int, n: int) -> str:
-    """Why use_more_bits(i, n) holds."""
-    if i < n // 8:
-        return "in the first 1/8 of layers"
-    if i >= 7 * n // 8:
-        return "in the last 1/8 of layers"
-    return "every third layer in between"
+def _ffn_gate_up(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> Choice:
+    """`category == FFN_GATE || category == FFN_UP` (same rules, own counters)."""
+    i_layer, n_layer = qs.next_ffn_gate(t.name) if cat == FFN_GATE else qs.next_ffn_up(t.name)
+    if qs.ftype == "IQ3_XS" and n_layer // 8 <= i_layer < 7 * n_layer // 8:
+        return "IQ3_XXS", (f"{cat} layer {i_layer} of {n_layer}: IQ3_XS uses IQ3_XXS outside the first/last 1/8 "
+                           "of layers")
+    return new_type, None
 
 
-def llama_tensor_get_type_impl(qs: _State, new_type: str, t: TensorSpec, cat: str) -> tuple[str, str]:
-    """The ftype's mix rules for one tensor: (type, reason). Advances the counters."""
-    name = t.name
-    arch = qs.info.arch
-    ft = qs.ftype
-    fn = qs.ftype_name
-    hp = qs.info
-    n_gqa = hp.n_gqa
-    default = new_type
-    why: str | None = None
+# the per-category branches after the ftype-wide ones. llama.cpp's ATTENTION_QKV branch after
+# ffn_down is unreachable (attn_qkv is attn_v-like) and left out.
+_CATEGORY_BRANCHES: dict[str, Callable[[QuantizeState, str, TensorSpec, str], Choice]] = {
+    ATTENTION_V: _attn_v, ATTENTION_QKV: _attn_v, ATTENTION_KV_B: _attn_v, ATTENTION_K: _attn_k,
+    ATTENTION_Q: _attn_q, FFN_DOWN: _ffn_down, ATTENTION_OUTPUT: _attn_output, FFN_GATE: _ffn_gate_up,
+    FFN_UP: _ffn_gate_up,
+}
 
-    if arch == "glm5-next" and ("attn_q_a" in name or "attn_q_b" in name or "nextn.eh_proj" in name):
-        if new_type not in ("F32", "BF16", "F16"):
-            return "Q8_0", "glm5-next: attn_q_a / attn_q_b / nextn.eh_proj are kept at Q8_0 or above"
 
-    if cat == OUTPUT or (qs.has_tied_embeddings and cat == TOKEN_EMBD):
-        what = "output" if cat == OUTPUT else "token_embd (tied to the output: no output.weight)"
-        if qs.opts.output_tensor_type is not None:
-            new_type = qs.opts.output_tensor_type
-            why = f"{what}: --output-tensor-type {new_type.lower()}"
-        else:
-            nx = t.shape[0]
-            qk = block_size(new_type)
-            if ft == "MXFP4_MOE":
-                new_type, why = "Q8_0", f"{what}: MXFP4_MOE uses Q8_0"
-            elif arch == "falcon" or nx % qk != 0:
-                new_type = "Q8_0"
-                why = (f"{what}: falcon uses Q8_0" if arch == "falcon"
-                       else f"{what}: row length {nx} not divisible by {qk} ({default.lower()}), uses Q8_0")
-            elif ft in _IQ_LOW_OUT:
-                new_type, why = "Q5_K", f"{what}: {fn} uses Q5_K"
-            elif new_type != "Q8_0":
-                new_type, why = "Q6_K", f"{what}: uses Q6_K"
-            else:
-                why = f"{what}: stays Q8_0"
-    elif ft == "MXFP4_MOE":
-        is_bailing_expert = arch == "bailingmoe3" and cat in (FFN_UP, FFN_GATE, FFN_DOWN)
-        if t.ne(2) > 1 and (arch != "bailingmoe3" or is_bailing_expert):
-            new_type, why = "MXFP4", "MXFP4_MOE: expert tensor (3-D) -> MXFP4"
-        else:
-            new_type, why = "Q8_0", "MXFP4_MOE: non-expert tensor -> Q8_0"
+def llama_tensor_get_type_impl(qs: QuantizeState, new_type: str, t: TensorSpec, cat: str) -> tuple[str, str]:
+    """The ftype's mix rules for one tensor: (type, reason); the first branch that applies decides."""
+    if _glm5_next_q8(qs, new_type, t.name):
+        return "Q8_0", "glm5-next: attn_q_a / attn_q_b / nextn.eh_proj are kept at Q8_0 or above"
+    if cat == OUTPUT or (not qs.has_output and cat == TOKEN_EMBD):
+        out, why = _output(qs, new_type, t, cat)
+    elif qs.ftype == "MXFP4_MOE":
+        out, why = _mxfp4_moe(qs, new_type, t, cat)
     elif cat == TOKEN_EMBD:
-        if qs.opts.token_embedding_type is not None:
-            new_type = qs.opts.token_embedding_type
-            why = f"--token-embedding-type {new_type.lower()}"
-        elif ft in ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ1_M"):
-            new_type, why = "Q2_K", f"token_embd: {fn} uses Q2_K"
-        elif ft in ("IQ2_S", "IQ2_M", "IQ3_XXS"):
-            new_type, why = "IQ3_S", f"token_embd: {fn} uses IQ3_S"
-        elif ft in ("TQ1_0", "TQ2_0", "Q2_0"):
-            new_type, why = "Q4_K", f"token_embd: {fn} uses Q4_K"
-    elif ft in _IQ_LOW:
-        iq2sm = ft in ("IQ2_S", "IQ2_M")
-        if category_is_attn_v(cat):
-            if n_gqa >= 4 or hp.n_expert >= 4:
-                new_type = "Q4_K"
-                why = f"{cat}: {fn} uses Q4_K when n_gqa >= 4 or n_expert >= 4 (n_gqa {n_gqa}, n_expert {hp.n_expert})"
-            else:
-                new_type = "IQ3_S" if iq2sm else "Q2_K"
-                why = f"{cat}: {fn} uses {new_type} (n_gqa {n_gqa} < 4)"
-            qs.i_attention_wv += 1
-        elif hp.n_expert == 8 and cat == ATTENTION_K:
-            new_type, why = "Q4_K", f"attn_k: {fn} with 8 experts uses Q4_K"
-        elif cat == FFN_DOWN:
-            if qs.i_ffn_down < qs.n_ffn_down // 8:
-                new_type = "IQ3_S" if iq2sm else "Q2_K"
-                why = f"ffn_down #{qs.i_ffn_down} in the first 1/8 of {qs.n_ffn_down} layers: {fn} uses {new_type}"
-            qs.i_ffn_down += 1
-        elif cat == ATTENTION_OUTPUT:
-            if hp.n_expert == 8:
-                new_type, why = "Q5_K", f"attn_output: {fn} with 8 experts uses Q5_K"
-            elif ft in ("IQ1_S", "IQ1_M"):
-                new_type, why = "IQ2_XXS", f"attn_output: {fn} uses IQ2_XXS"
-            elif iq2sm:
-                new_type, why = "IQ3_S", f"attn_output: {fn} uses IQ3_S"
-    elif category_is_attn_v(cat):
-        i, n = qs.i_attention_wv, qs.n_attention_wv
-        tag = f"{cat} #{i} of {n}"
-        if ft == "Q2_K":
-            new_type = "Q4_K" if n_gqa >= 4 else "Q3_K"
-            why = f"{tag}: Q2_K uses {new_type} (n_gqa {n_gqa})"
-        elif ft == "Q2_K_S" and n_gqa >= 4:
-            new_type, why = "Q4_K", f"{tag}: Q2_K_S uses Q4_K when n_gqa >= 4"
-        elif ft == "IQ3_XXS":
-            new_type = "Q4_K" if n_gqa >= 4 else ("IQ3_S" if not qs.has_imatrix else "IQ3_XXS")
-            why = f"{tag}: IQ3_XXS uses {new_type} (n_gqa {n_gqa}, {'with' if qs.has_imatrix else 'no'} imatrix)"
-        elif ft in ("IQ3_XS", "IQ3_S") and n_gqa >= 4:
-            new_type, why = "Q4_K", f"{tag}: {fn} uses Q4_K when n_gqa >= 4"
-        elif ft == "IQ3_M":
-            new_type, why = "Q4_K", f"{tag}: IQ3_M uses Q4_K"
-        elif ft == "Q3_K_M":
-            new_type = "Q5_K" if i < 2 else "Q4_K"
-            why = f"{tag}: Q3_K_M uses {new_type} ({'first two' if i < 2 else 'after the first two'})"
-        elif ft == "Q3_K_L":
-            new_type, why = "Q5_K", f"{tag}: Q3_K_L uses Q5_K"
-        elif ft in ("IQ4_NL", "IQ4_XS") and n_gqa >= 4:
-            new_type, why = "Q5_K", f"{tag}: {fn} uses Q5_K when n_gqa >= 4"
-        elif ft in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
-            new_type, why = "Q6_K", f"{tag}: {fn} uses Q6_K {_umb(i, n)}"
-        elif ft == "Q4_K_S" and i < 4:
-            new_type, why = "Q5_K", f"{tag}: Q4_K_S uses Q5_K for the first four"
-        elif ft in ("Q4_K_M", "Q5_K_M"):
-            why = f"{tag}: not a use_more_bits layer, {fn} default {new_type.lower()}"
-        if hp.is_70b_mainline() and new_type in ("Q3_K", "Q4_K"):
-            new_type = "Q5_K"
-            why = f"{tag}: 70B model (8 heads share attn_v) bumps Q3_K/Q4_K to Q5_K"
-        if hp.n_expert == 8:
-            new_type, why = "Q8_0", f"{tag}: 8-expert model uses Q8_0"
-        qs.i_attention_wv += 1
-    elif cat == ATTENTION_K:
-        if hp.n_expert == 8:
-            new_type, why = "Q8_0", "attn_k: 8-expert model uses Q8_0"
-        elif ft == "IQ3_XS":
-            new_type, why = "IQ3_XXS", "attn_k: IQ3_XS uses IQ3_XXS"
-        elif ft == "IQ3_XXS":
-            new_type, why = "IQ2_S", "attn_k: IQ3_XXS uses IQ2_S"
-    elif cat == ATTENTION_Q:
-        if ft == "IQ3_XS":
-            new_type, why = "IQ3_XXS", "attn_q: IQ3_XS uses IQ3_XXS"
-        elif ft == "IQ3_XXS":
-            new_type, why = "IQ2_S", "attn_q: IQ3_XXS uses IQ2_S"
-    elif cat == FFN_DOWN:
-        i_layer, n_layer = _layer_info(qs, qs.i_ffn_down, qs.n_ffn_down, name)
-        tag = f"ffn_down layer {i_layer} of {n_layer}"
-        if ft == "Q2_K":
-            new_type, why = "Q3_K", f"{tag}: Q2_K uses Q3_K"
-        elif ft == "Q2_K_S":
-            if i_layer < n_layer // 8:
-                new_type, why = "Q4_K", f"{tag}: Q2_K_S uses Q4_K in the first 1/8 of layers"
-        elif ft == "IQ3_XXS" and not qs.has_imatrix:
-            new_type = "Q4_K" if i_layer < n_layer // 8 else "Q3_K"
-            why = f"{tag}: IQ3_XXS without imatrix uses {new_type}" + (
-                " in the first 1/8 of layers" if i_layer < n_layer // 8 else "")
-        elif ft == "Q3_K_M":
-            if i_layer < n_layer // 16:
-                new_type, why = "Q5_K", f"{tag}: Q3_K_M uses Q5_K in the first 1/16 of layers"
-            elif arch != "falcon" or use_more_bits(i_layer, n_layer):
-                new_type, why = "Q4_K", f"{tag}: Q3_K_M uses Q4_K"
-            else:
-                new_type, why = "Q3_K", f"{tag}: Q3_K_M on falcon uses Q3_K outside use_more_bits layers"
-        elif ft == "IQ3_M" and (i_layer < n_layer // 8 or (hp.n_expert == 8 and use_more_bits(i_layer, n_layer))):
-            new_type = "Q4_K"
-            why = f"{tag}: IQ3_M uses Q4_K " + ("in the first 1/8 of layers" if i_layer < n_layer // 8
-                                                else "for use_more_bits layers of 8-expert models")
-        elif ft == "Q3_K_L":
-            new_type = "Q4_K" if arch == "falcon" else "Q5_K"
-            why = f"{tag}: Q3_K_L uses {new_type}"
-        elif ft == "Q4_K_M":
-            if arch == "falcon":
-                new_type = ("Q6_K" if i_layer < n_layer // 16
-                            else "Q5_K" if use_more_bits(i_layer, n_layer) else "Q4_K")
-                why = f"{tag}: Q4_K_M on falcon uses {new_type}"
-            elif use_more_bits(i_layer, n_layer):
-                new_type, why = "Q6_K", f"{tag}: Q4_K_M uses Q6_K {_umb(i_layer, n_layer)}"
-            else:
-                why = f"{tag}: not a use_more_bits layer, Q4_K_M default q4_k"
-        elif i_layer < n_layer // 8 and ft in ("IQ4_NL", "IQ4_XS") and not qs.has_imatrix:
-            new_type, why = "Q5_K", f"{tag}: {fn} without imatrix uses Q5_K in the first 1/8 of layers"
-        elif ft == "Q5_K_M" and use_more_bits(i_layer, n_layer):
-            new_type, why = "Q6_K", f"{tag}: Q5_K_M uses Q6_K {_umb(i_layer, n_layer)}"
-        elif ft == "Q4_K_S" and arch != "falcon" and i_layer < n_layer // 8:
-            new_type, why = "Q5_K", f"{tag}: Q4_K_S uses Q5_K in the first 1/8 of layers"
-        elif ft in ("Q4_0", "Q5_0") and qs.has_imatrix and i_layer < n_layer // 8:
-            new_type = "Q4_1" if ft == "Q4_0" else "Q5_1"
-            why = f"{tag}: {fn} with imatrix uses {new_type} in the first 1/8 of layers"
-        qs.i_ffn_down += 1
-    elif cat == ATTENTION_OUTPUT:
-        if arch != "falcon":
-            if hp.n_expert == 8:
-                if ft in _EXPERT8_ATTN_OUT:
-                    new_type, why = "Q5_K", f"attn_output: {fn} with 8 experts uses Q5_K"
-            else:
-                m = {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}
-                if ft in m:
-                    new_type, why = m[ft], f"attn_output: {fn} uses {m[ft]}"
-        elif ft == "Q3_K_L":
-            new_type, why = "Q4_K", "attn_output: Q3_K_L on falcon uses Q4_K"
-    elif cat == ATTENTION_QKV:  # unreachable: attn_qkv is attn_v-like above (kept as in llama.cpp)
-        if ft in ("Q3_K_M", "Q3_K_L", "IQ3_M"):
-            new_type = "Q4_K"
-        elif ft == "Q4_K_M":
-            new_type = "Q5_K"
-        elif ft == "Q5_K_M":
-            new_type = "Q6_K"
-    elif cat in (FFN_GATE, FFN_UP):
-        if cat == FFN_GATE:
-            i_layer, n_layer = _layer_info(qs, qs.i_ffn_gate, qs.n_ffn_gate, name)
-        else:
-            i_layer, n_layer = _layer_info(qs, qs.i_ffn_up, qs.n_ffn_up, name)
-        if ft == "IQ3_XS" and n_layer // 8 <= i_layer < 7 * n_layer // 8:
-            new_type = "IQ3_XXS"
-            why = f"{cat} layer {i_layer} of {n_layer}: IQ3_XS uses IQ3_XXS outside the first/last 1/8 of layers"
-        if cat == FFN_GATE:
-            qs.i_ffn_gate += 1
-        else:
-            qs.i_ffn_up += 1
-
-    if why is None:
-        why = f"{fn} default type {new_type.lower()}"
-    return new_type, why
+        out, why = _token_embd(qs, new_type, t, cat)
+    elif qs.ftype in _IQ_LOW:
+        out, why = _iq1_iq2_ftype(qs, new_type, t, cat)
+    elif cat in _CATEGORY_BRANCHES:
+        out, why = _CATEGORY_BRANCHES[cat](qs, new_type, t, cat)
+    else:
+        out, why = new_type, None
+    return out, why if why is not None else f"{qs.ftype_name} default type {out.lower()}"
 
 
-def llama_tensor_get_type(qs: _State, t: TensorSpec, default_type: str, cat: str) -> tuple[str, str, str | None]:
+def llama_tensor_get_type(qs: QuantizeState, t: TensorSpec, default_type: str, cat: str) -> tuple[str, str, str | None]:
     """(type, reason, fallback note) for a tensor that allows quantization."""
     opts = qs.opts
     name = t.name
     if opts.token_embedding_type is not None and cat == TOKEN_EMBD:
         # per_layer_token_embd follows --token-embedding-type unless a --tensor-type names it
-        named = name == "per_layer_token_embd.weight" and any(p.search(name) for p, _ in qs.rules)
-        if not named:
+        if name != "per_layer_token_embd.weight" or qs.first_rule(name) is None:
             return opts.token_embedding_type, f"--token-embedding-type {opts.token_embedding_type.lower()}", None
     if opts.output_tensor_type is not None and cat == OUTPUT:
         return opts.output_tensor_type, f"--output-tensor-type {opts.output_tensor_type.lower()}", None
@@ -448,19 +438,13 @@ def llama_tensor_get_type(qs: _State, t: TensorSpec, default_type: str, cat: str
     if not is_quantized(default_type):
         return new_type, f"{qs.ftype_name}: every quantizable tensor becomes {new_type.lower()}", None
 
-    reason = ""
-    manual = False
-    for pat, rule in qs.rules:
-        if pat.search(name):
-            new_type = rule.type
-            reason = rule.describe()
-            manual = True
-            break
-    if not manual:
-        if opts.pure:
-            reason = f"--pure: {qs.ftype_name} default type {new_type.lower()}"
-        else:
-            new_type, reason = llama_tensor_get_type_impl(qs, new_type, t, cat)
+    rule = qs.first_rule(name)
+    if rule is not None:
+        new_type, reason = rule.type, rule.describe()
+    elif opts.pure:
+        reason = f"--pure: {qs.ftype_name} default type {new_type.lower()}"
+    else:
+        new_type, reason = llama_tensor_get_type_impl(qs, new_type, t, cat)
     new_type, note = tensor_type_fallback(t, new_type)
     return new_type, reason, note
 
@@ -486,14 +470,11 @@ def _name_key(name: str) -> tuple[int, bytes]:
     return (-1 if il is None else il, name.encode())
 
 
-_BLK_ANY = re.compile(r"blk\.(\d+)\.")
-
-
 def remap_layer(name: str, prune: list[int], mapped: dict[int, str], next_id: list[int]) -> str:
     """--prune-layers renaming; "" means the tensor is pruned. next_id is a one-element box."""
     if not prune:
         return name
-    m = _BLK_ANY.search(name)
+    m = BLK_LAYER.search(name)
     if not m:
         return name
     blk = int(m.group(1))
@@ -512,27 +493,13 @@ def remap_layer(name: str, prune: list[int], mapped: dict[int, str], next_id: li
     return name[:m.start(1)] + mapped[blk] + name[m.end(1):]
 
 
-def remap_imatrix(name: str, mapped: dict[int, str]) -> str:
-    """The imatrix entry name of a renamed tensor: its original layer number."""
-    if not mapped:
-        return name
-    m = _BLK_ANY.search(name)
-    if not m:
-        return name
-    blk = m.group(1)
-    for orig in sorted(mapped):
-        if mapped[orig] == blk:
-            return name[:m.start(1)] + str(orig) + name[m.end(1):]
-    raise MixError(f"imatrix mapping error for {name}")
-
-
-# llama_model_loader: the file type guessed from the most common tensor type
-_GUESS_FTYPE = {
-    "F32": 0, "F16": 1, "BF16": 32, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q8_0": 7,
-    "Q2_K": 10, "Q3_K": 12, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "TQ1_0": 36, "TQ2_0": 37,
-    "IQ2_XXS": 19, "IQ2_XS": 20, "IQ2_S": 28, "IQ3_XXS": 23, "IQ1_S": 24, "IQ1_M": 31,
-    "IQ4_NL": 25, "IQ4_XS": 30, "IQ3_S": 26, "NVFP4": 39, "Q1_0": 40, "Q2_0": 41,
-}
+# llama_model_loader's guess when general.file_type is absent: the most common tensor type T gives
+# LLAMA_FTYPE_MOSTLY_T (Q3_K / Q4_K / Q5_K: their _M mix, F32: ALL_F32), ids from the ftype table;
+# a type not listed gives ALL_F32
+_GUESSABLE = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+              "Q6_K", "TQ1_0", "TQ2_0", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ1_S", "IQ1_M", "IQ4_NL",
+              "IQ4_XS", "IQ3_S", "NVFP4", "Q1_0", "Q2_0")
+LLAMA_FTYPE_MOSTLY_NVFP4 = 39  # in enum llama_ftype, not in llama-quantize's table
 LLAMA_FTYPE_GUESSED = 1024
 
 
@@ -546,7 +513,11 @@ def loader_ftype(ordered: list[TensorSpec], kv: dict[str, object]) -> int:
         counts[t.type] = counts.get(t.type, 0) + 1
         if best_n < counts[t.type]:
             best_n, best = counts[t.type], t.type
-    return _GUESS_FTYPE.get(best, 0) | LLAMA_FTYPE_GUESSED
+    if best == "NVFP4":
+        guess = LLAMA_FTYPE_MOSTLY_NVFP4
+    else:
+        guess = parse_ftype(best, MAINLINE).id if best in _GUESSABLE else 0
+    return guess | LLAMA_FTYPE_GUESSED
 
 
 def order_tensors(tensors: list[TensorSpec], keep_split: bool) -> list[TensorSpec]:
@@ -556,16 +527,10 @@ def order_tensors(tensors: list[TensorSpec], keep_split: bool) -> list[TensorSpe
     return sorted(tensors, key=lambda t: _name_key(t.name))
 
 
-def plan_mainline(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts: MixOptions,
-                  rules: list[TypeRule]) -> Plan:
-    """Decide every tensor's type as llama_model_quantize_impl does (rules: --tensor-type order)."""
-    compiled = [(r.compile(), r) for r in rules]
-    qs = _State(info=info, opts=opts, ftype=ftype.key, ftype_name=ftype.name, rules=compiled,
-                has_imatrix=opts.uses_imatrix)
-    default_type = ftype.default_type
-    only_copy = ftype.is_copy
-    plan = Plan(ftype=ftype, flavour=MAINLINE, default_type=default_type)
-
+def _kept_tensors(tensors: list[TensorSpec], opts: MixOptions,
+                  plan: Plan) -> tuple[list[tuple[str, TensorSpec]], dict[int, str]]:
+    """(source name, renamed tensor) of those --prune-layers keeps, in processing order; and the
+    layer mapping (original layer -> new layer string, "" when pruned)."""
     prune = sorted(set(opts.prune_layers))
     mapped: dict[int, str] = {}
     next_id = [0]
@@ -575,41 +540,47 @@ def plan_mainline(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts
         if not new_name:
             plan.pruned.append(t.name)
             continue
-        kept.append((new_name, t))
+        kept.append((t.name, TensorSpec(new_name, tuple(t.shape), t.type, t.split, t.offset)))
     if prune:
         plan.block_count = next_id[0]
     if opts.keep_split:  # keep_split sorts the weights by split index, then offset
-        kept.sort(key=lambda nt: (nt[1].split, nt[1].offset))
+        kept.sort(key=lambda st: (st[1].split, st[1].offset))
+    return kept, mapped
 
-    cats = []
-    for new_name, _t in kept:
-        cat = tensor_get_category(new_name)
-        cats.append(cat)
-        if category_is_attn_v(cat):
-            qs.n_attention_wv += 1
-        if cat == OUTPUT:
-            qs.has_tied_embeddings = False
-    qs.n_ffn_down = qs.n_ffn_gate = qs.n_ffn_up = info.n_layer
 
-    plan.file_type = loader_ftype(order_tensors(tensors, False), info.kv) if only_copy else ftype.id
+def _count_tensors(qs: QuantizeState, kept: list[tuple[str, TensorSpec]]) -> list[str]:
+    """llama_model_quantize_impl's first pass: the categories, n_attention_wv and tied embeddings."""
+    cats = [tensor_get_category(t.name) for _, t in kept]
+    qs.n_attention_wv = sum(category_is_attn_v(c) for c in cats)
+    qs.has_output = OUTPUT in cats
+    qs.n_ffn_down = qs.n_ffn_gate = qs.n_ffn_up = qs.info.n_layer
+    return cats
 
-    for (new_name, src), cat in zip(kept, cats, strict=True):
-        t = TensorSpec(new_name, tuple(src.shape), src.type, src.split, src.offset)
-        allows, why_not = tensor_allows_quantization(t, info.arch, opts, only_copy)
-        fallback = False
+
+def plan_mainline(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts: MixOptions,
+                  rules: list[TypeRule]) -> Plan:
+    """Decide every tensor's type as llama_model_quantize_impl does (rules: --tensor-type order)."""
+    qs = QuantizeState(info=info, opts=opts, ftype=ftype.key, ftype_name=ftype.name,
+                       rules=[(r.compile(), r) for r in rules], has_imatrix=opts.uses_imatrix)
+    plan = Plan(ftype=ftype, flavour=MAINLINE, default_type=ftype.default_type)
+    kept, mapped = _kept_tensors(tensors, opts, plan)
+    cats = _count_tensors(qs, kept)
+    plan.file_type = loader_ftype(order_tensors(tensors, False), info.kv) if ftype.is_copy else ftype.id
+
+    for (src_name, t), cat in zip(kept, cats, strict=True):
+        allows, why_not = tensor_allows_quantization(t, info.arch, opts, ftype.is_copy)
+        note = None
         if allows:
-            new_type, reason, note = llama_tensor_get_type(qs, t, default_type, cat)
+            new_type, reason, note = llama_tensor_get_type(qs, t, ftype.default_type, cat)
             if note:
-                fallback = True
                 reason = f"{reason}; {note}"
         else:
-            new_type, reason = src.type, f"kept as {src.type.lower()}: {why_not}"
-        d = Decision(name=new_name, source_name=src.name, shape=tuple(src.shape), src_type=src.type,
-                     type=new_type, reason=reason, allows_quantization=allows, category=cat,
-                     fallback=fallback,
-                     requires_imatrix=tensor_requires_imatrix(new_name, new_type, ftype.key),
-                     imatrix_name=remap_imatrix(new_name, mapped) if opts.uses_imatrix else new_name)
-        plan.decisions.append(d)
+            new_type, reason = t.type, f"kept as {t.type.lower()}: {why_not}"
+        plan.decisions.append(Decision(
+            name=t.name, source_name=src_name, shape=tuple(t.shape), src_type=t.type, type=new_type,
+            reason=reason, allows_quantization=allows, category=cat, fallback=note is not None,
+            requires_imatrix=tensor_requires_imatrix(t.name, new_type, ftype.key),
+            imatrix_name=remap_imatrix(t.name, mapped) if opts.uses_imatrix else t.name))
 
     if plan.n_fallback:
         plan.warnings.append(f"{plan.n_fallback} of {len(tensors)} tensor(s) required fallback quantization")

@@ -149,7 +149,7 @@ def sscanf_layer(name: str) -> int | None:
 def specs_from_gguf(model: Any) -> tuple[list[TensorSpec], ModelInfo]:
     """TensorSpecs and ModelInfo of an opened qtool.gguf_io.GGUFModel (duck-typed: `.kvs` with
     `.key` / `.value`, `.tensors` with `.name`, `.shape`, `.qtype.name`, `.part`, `.offset`)."""
-    kv = {}
+    kv: dict[str, Any] = {}
     for e in model.kvs:
         kv.setdefault(e.key, e.value)
     tensors = [TensorSpec(t.name, tuple(int(x) for x in t.shape), t.qtype.name, int(t.part), int(t.offset))
