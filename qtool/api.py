@@ -43,11 +43,12 @@ from .gguf_io.reader import (
 from .imatrix import ImatrixError, QuantizeImatrix, prepare_imatrix, read_imatrix
 from .mix import MixError, MixOptions, Plan, check_plan, specs_from_gguf
 from .mix import plan as mix_plan
-from .mix.ftypes import FType, FTypeError, parse_ftype
+from .mix.ftypes import FType, FTypeError, implied_flavour, parse_ftype
 from .mix.model import ModelInfo
 from .mix.options import MIX_OPTIONS, OPTIONS, build_options
 from .pool import resolve_workers
 from .quants import can_quantize, get_type
+from .quants.types import IK, MAINLINE
 from .runner import QuantizeError, RunResult, TensorJob, output_kvs, run_jobs, work_items
 
 __all__ = ["OPTIONS", "KVOverride", "QuantizeError", "QuantizeResult", "build_options", "default_output",
@@ -64,9 +65,13 @@ class KVOverride:
     tag: str  # "int" | "float" | "bool" | "str"
     value: int | float | bool | str
 
-    def to_kv(self) -> KV:
-        """The pair llama-quantize writes (gguf_set_val_*): int as u32 of |v|, float as f32."""
+    def to_kv(self, flavour: str = MAINLINE) -> KV:
+        """The pair llama-quantize writes (gguf_set_val_*): int as u32 of |v| (mainline) or as i32 of
+        v (ik_llama.cpp: gguf_set_val_i32(val_i64)), float as f32."""
         if self.tag == "int":
+            if flavour == IK:
+                v = int(self.value) & 0xFFFFFFFF
+                return kv_i32(self.key, v - (1 << 32) if v >= 1 << 31 else v)
             return kv_u32(self.key, abs(int(self.value)) & 0xFFFFFFFF)
         if self.tag == "float":
             return kv_f32(self.key, float(self.value))
@@ -228,6 +233,15 @@ def plan_model(model: GGUFModel, ftype: str | int | FType | None, opts: MixOptio
 
 
 @_option_keywords
+def _implied(ftype: str | int | None, options: MixOptions | None, kw: dict[str, Any]) -> dict[str, Any]:
+    """option_kwargs with flavour="ik" added when no flavour was given (neither as a keyword nor
+    through `options`) and FTYPE is, by name, an ftype only ik_llama.cpp has (IQ4_K, ...)."""
+    if "flavour" in kw or options is not None or not isinstance(ftype, str):
+        return kw
+    fl = implied_flavour([ftype])
+    return {**kw, "flavour": fl} if fl else kw
+
+
 def plan(model: str | os.PathLike[str], ftype: str | int | None = None, *, imatrix: str | None = None,
          options: MixOptions | None = None, override_kv: Sequence[str | KVOverride] = (),
          **option_kwargs: Any) -> Plan:
@@ -240,7 +254,7 @@ def plan(model: str | os.PathLike[str], ftype: str | int | None = None, *, imatr
     (its `option` names the offending option).
     """
     try:
-        opts = dataclasses.replace(build_options(options, **option_kwargs), dry_run=True)
+        opts = dataclasses.replace(build_options(options, **_implied(ftype, options, option_kwargs)), dry_run=True)
         overrides = _as_overrides(override_kv)
         if imatrix is not None:
             qi = _load_imatrix(imatrix, (), ())
@@ -337,7 +351,7 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
     """
     src = os.fspath(input)
     try:
-        opts = build_options(options, **option_kwargs)
+        opts = build_options(options, **_implied(ftype, options, option_kwargs))
         overrides = _as_overrides(override_kv)
         if ftype is None:
             if opts.recipe is None or opts.recipe.base is None:
@@ -368,6 +382,10 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             warnings = check_plan(p, opts)
             if qi is None and any(d.requires_imatrix and d.allows_quantization for d in p):  # dry run only
                 warnings.append("quantizing with this plan will require an imatrix")
+            ik_only = sorted({d.type.lower() for d in p if d.quantize and get_type(d.type).flavour == IK})
+            if ik_only:
+                warnings.append(f"the output uses ik_llama.cpp's own type(s) {', '.join(ik_only)}: it needs "
+                                "ik_llama.cpp to run (mainline llama.cpp cannot load it)")
             n = resolve_workers(nthreads, None, warnings.append)
             res = QuantizeResult(src, out, ft.name, p, n, warnings=warnings, imatrix=imatrix,
                                  imatrix_entries=len(qi.weights) if qi else 0, dry_run=dry_run)
@@ -389,13 +407,13 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
                 return res
             jobs = _jobs(model, p, qi, warn)
             n = res.nthreads = min(n, max(1, work_items(jobs)))
-            kv_over = [o.to_kv() for o in overrides]
+            kv_over = [o.to_kv(p.flavour) for o in overrides]
             if qi is not None:
                 # the counts are u32 in mainline's file, i32 in ik_llama.cpp's (its quantize.cpp)
                 kv_int = kv_i32 if p.flavour == "ik" else kv_u32
                 kv_over += [kv_str(k, str(v)) if t == "str" else kv_int(k, cast(int, v)) for k, t, v in qi.kv()]
             block = (f"{model.arch}.block_count", p.block_count) if p.block_count is not None else None
-            kvs = output_kvs(model.kvs, p.file_type, kv_over, block)
+            kvs = output_kvs(model.kvs, p.file_type, kv_over, block, p.flavour)
             res.run = run_jobs(model, out, jobs, kvs, n, p.flavour, on_progress, inputs)
             return res
     except (MixError, FTypeError, ImatrixError, GGUFError) as e:

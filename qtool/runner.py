@@ -24,7 +24,7 @@ from .errors import OutputError, QtoolError, WorkerError
 from .gguf_io import KV, GGUFModel, GGUFStreamWriter, OutTensor, TensorInfo, kv_u32, remove_kv, set_kv
 from .pool import InFlight, WorkerPool
 from .quants import dequantize, quantize
-from .quants.types import MAINLINE, QType
+from .quants.types import IK, MAINLINE, QType
 
 SLAB_ELEMENTS = 1 << 20  # values per work item
 GGML_QNT_VERSION = 2
@@ -72,20 +72,33 @@ class RunResult:
         return 8.0 * self.size_out / max(1, self.n_elements)
 
 
-def output_kvs(kvs: list[KV], ftype_id: int, overrides: list[KV] = (), block_count: tuple[str, int] | None = None
-               ) -> list[KV]:
+def output_kvs(kvs: list[KV], ftype_id: int, overrides: Sequence[KV] = (),
+               block_count: tuple[str, int] | None = None, flavour: str = MAINLINE) -> list[KV]:
     """The output's key/value pairs in llama-quantize's order: the input's, then
-    quantization_version and file_type (re-appended), split keys removed, overrides appended."""
+    quantization_version and file_type (re-appended), split keys removed, overrides appended.
+    ik_llama.cpp's llama-quantize sets file_type last, after the overrides (llama-quantize.cpp),
+    and its older gguf code updates a key that exists in place (gguf_get_or_add_key)."""
+    put = set_kv_in_place if flavour == IK else set_kv
     out = list(kvs)
-    out = set_kv(out, kv_u32("general.quantization_version", GGML_QNT_VERSION))
-    out = set_kv(out, kv_u32("general.file_type", ftype_id))
+    out = put(out, kv_u32("general.quantization_version", GGML_QNT_VERSION))
+    if flavour != IK:
+        out = put(out, kv_u32("general.file_type", ftype_id))
     for k in ("split.no", "split.count", "split.tensors.count"):
         out = remove_kv(out, k)
     for kv in overrides:
-        out = set_kv(out, kv)
+        out = put(out, kv)
     if block_count is not None:
-        out = set_kv(out, kv_u32(*block_count))
+        out = put(out, kv_u32(*block_count))
+    if flavour == IK:
+        out = put(out, kv_u32("general.file_type", ftype_id))
     return out
+
+
+def set_kv_in_place(kvs: list[KV], kv: KV) -> list[KV]:
+    """ik_llama.cpp's gguf_set_val_*: replace the value where the key is, else append it."""
+    if any(k.key == kv.key for k in kvs):
+        return [kv if k.key == kv.key else k for k in kvs]
+    return [*kvs, kv]
 
 
 def rows_to_float(model: GGUFModel, t: TensorInfo, start: int, stop: int) -> np.ndarray:

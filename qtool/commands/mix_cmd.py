@@ -12,10 +12,12 @@ import json
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
 from ..mix import Plan, check_plan, ftype_table, plan, specs_from_gguf
+from ..mix.ftypes import implied_flavour
 from .common import flavour_option, mix_options, options_from_cli
 
 
@@ -117,6 +119,8 @@ def show(model: str, ftype: str | None, imatrix: str | None, changed: bool, as_j
     """
     from ..gguf_io import GGUFModel
 
+    if click.get_current_context().get_parameter_source("flavour") == ParameterSource.DEFAULT:
+        kw["flavour"] = implied_flavour([ftype]) or kw["flavour"]  # an ik-only ftype implies --flavour ik
     opts = dataclasses.replace(options_from_cli(**kw), dry_run=True, has_imatrix=imatrix is not None)
     with GGUFModel(model, flavour=opts.flavour) as m:
         tensors, info = specs_from_gguf(m)

@@ -8,13 +8,14 @@ import sys
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..api import QuantizeResult, quantize_file
 from ..mix import Plan
-from ..mix.ftypes import FTypeError, parse_ftype
+from ..mix.ftypes import FTypeError, implied_flavour, parse_ftype
 from .common import debug_enabled, mix_options, options_from_cli, run_options, threads_option, usage_error
 from .mix_cmd import render_plan
 
@@ -106,6 +107,11 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
     them). Without OUTPUT the file is `ggml-model-TYPE.gguf` beside INPUT. NTHREADS (or
     -t/--threads): worker processes (default: all cores); the output is the same for every count.
     """
+    implied = None
+    if click.get_current_context().get_parameter_source("flavour") == ParameterSource.DEFAULT:
+        implied = implied_flavour(args[1:3])  # an ik-only ftype (IQ4_K, ...) implies --flavour ik
+        if implied:
+            kw["flavour"] = implied
     opts = options_from_cli(**kw)
     inp, out, ftype, nthreads = split_positionals(args, opts.flavour, opts.recipe is not None)
     if nthreads is None:

@@ -12,6 +12,7 @@ that id (so "15" prints as "Q4_K", the alias listed before "Q4_K_M"), as `try_pa
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import QtoolError
@@ -202,6 +203,18 @@ def ftype_names(flavour: str = MAINLINE) -> list[str]:
 
 
 _INT_PREFIX = re.compile(r"\s*([+-]?\d+)")
+
+
+def implied_flavour(words: Iterable[str | None]) -> str | None:
+    """IK when one of the words is, by name, an ftype only ik_llama.cpp's llama-quantize knows
+    (IQ4_K, IQ2_KS, IQ1_BN, ...): such a TYPE implies --flavour ik. None otherwise (numeric
+    ids mean different ftypes in the two trees, so they imply nothing)."""
+    main = set(ftype_names(MAINLINE))
+    ik_only = set(ftype_names(IK)) - main
+    for w in words:
+        if w is not None and w.upper() in ik_only:
+            return IK
+    return None
 
 
 def parse_ftype(name: str | int, flavour: str = MAINLINE) -> FType:

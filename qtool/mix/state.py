@@ -117,12 +117,7 @@ def plain_type(type_name: str) -> tuple[str, int]:
     qt = get_type(type_name)
     if qt.repack_of is not None:
         return qt.repack_of, qt.rows_interleaved
-    return _UNMARKED_REPACKS.get(qt.name, (qt.name, 1))
-
-
-# in ik's interleaved_properties map but not marked repack_of in the type table (it is marked
-# an activation type there)
-_UNMARKED_REPACKS = {"Q8_KV_R8": ("Q8_KV", 8)}
+    return qt.name, 1
 
 
 def is_quantized(type_name: str) -> bool:

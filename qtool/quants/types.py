@@ -113,7 +113,7 @@ _ALL: tuple[QType, ...] = (
     _t("Q6_0", 133, 32, 26, IK),
     _t("IQ1_BN", 134, 64, 13, IK, row_meta=2),
     _t("IQ2_BN", 135, 64, 16, IK, row_meta=4),
-    _t("Q8_K64", 136, 64, 68, IK),
+    _t("Q8_K64", 136, 64, 68, IK, internal=True),
     _t("IQ2_K", 137, QK_K, 76, IK),
     _t("IQ3_K", 138, QK_K, 110, IK),
     _t("IQ4_K", 139, QK_K, 144, IK),
@@ -122,7 +122,7 @@ _ALL: tuple[QType, ...] = (
     _t("IQ4_KS", 144, QK_K, 136, IK, row_meta=4),
     _t("IQ2_KS", 145, QK_K, 70, IK, row_meta=2),
     _t("IQ4_KSS", 146, QK_K, 128, IK, row_meta=4),
-    _t("Q8_K128", 150, 128, 140, IK),
+    _t("Q8_K128", 150, 128, 140, IK, internal=True),
     _t("IQ5_KS", 152, QK_K, 168, IK, row_meta=4),
     _t("IQ2_KT", 153, QK_K, 68, IK, row_meta=4),
     _t("IQ3_KT", 154, QK_K, 100, IK, row_meta=4),
@@ -138,7 +138,7 @@ _ALL: tuple[QType, ...] = (
     _t("Q8_K16", 147, 64, 64, IK, row_meta=20, internal=True),
     _t("Q8_K32", 148, QK_K, 296, IK, internal=True),
     _t("Q8_KR8", 149, QK_K, 296, IK, internal=True),
-    _t("Q8_KV", 151, 32, 32, IK, row_meta=8, internal=True),
+    _t("Q8_KV", 151, 32, 32, IK, row_meta=8),  # also an ftype of ik's llama-quantize
     # ik_llama.cpp's row-interleaved repacks (ids and sizes from its ggml_type_size / ggml_row_size)
     _t("Q4_0_4_4", 31, 32, 18, IK, repack_of="Q4_0", rows_interleaved=4),
     _t("Q4_0_4_8", 32, 32, 18, IK, repack_of="Q4_0", rows_interleaved=4),
@@ -160,7 +160,7 @@ _ALL: tuple[QType, ...] = (
     _t("IQ2_S_R4", 222, QK_K, 82, IK, repack_of="IQ2_S", rows_interleaved=4),
     _t("IQ4_XS_R8", 223, QK_K, 136, IK, repack_of="IQ4_XS", rows_interleaved=8),
     _t("IQ1_M_R4", 229, 32, 7, IK, row_meta=2, repack_of="IQ1_M", rows_interleaved=4),
-    _t("BF16_R16", 230, 1, 2, IK, repack_of="BF16", rows_interleaved=16),
+    _t("BF16_R16", 230, 1, 2, IK, quantized=False, repack_of="BF16", rows_interleaved=16),
     _t("Q6_0_R4", 233, 32, 26, IK, repack_of="Q6_0", rows_interleaved=4),
     _t("IQ2_BN_R4", 335, 64, 16, IK, row_meta=4, repack_of="IQ2_BN", rows_interleaved=4),
     _t("IQ2_K_R4", 337, QK_K, 76, IK, repack_of="IQ2_K", rows_interleaved=4),
@@ -171,7 +171,7 @@ _ALL: tuple[QType, ...] = (
     _t("IQ5_KS_R4", 352, QK_K, 168, IK, row_meta=4, repack_of="IQ5_KS", rows_interleaved=4),
     _t("MXFP4_R8", 353, 32, 17, IK, repack_of="MXFP4", rows_interleaved=8),
     _t("Q8_K_R16", 397, QK_K, 258, IK, internal=True, rows_interleaved=16),
-    _t("Q8_KV_R8", 398, 32, 32, IK, row_meta=4, internal=True, rows_interleaved=8),
+    _t("Q8_KV_R8", 398, 32, 32, IK, row_meta=4, repack_of="Q8_KV", rows_interleaved=8),
     _t("Q8_K_R8", 399, QK_K, 258, IK, repack_of="Q8_0", rows_interleaved=8),
 )
 
