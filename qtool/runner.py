@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,7 +144,7 @@ def _work_at(tensor_index: int, start: int, stop: int, out_type: QType, imatrix:
              flavour: str, path: str, offset: int) -> int:
     """Convert rows and write them straight into the output's temporary file at offset: no copy
     through the parent (pickling the results cost more than the two cores gained)."""
-    out = memoryview(_convert(tensor_index, start, stop, out_type, imatrix, flavour)).cast("B")
+    out = memoryview(_convert(tensor_index, start, stop, out_type, imatrix, flavour).data).cast("B")
     fd = _W_FD.get(path)
     if fd is None:
         fd = _W_FD[path] = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
@@ -188,12 +188,12 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
     outs = [OutTensor(j.out_name, j.info.shape, j.out_type) for j in jobs]
     index = {id(t): i for i, t in enumerate(model.tensors)}
 
-    def report(done: list[tuple[tuple[str, int], object]]) -> None:
+    def report(done: Iterable[tuple[tuple[str, int], object]]) -> None:
         for (name, n), _ in done:
             if on_progress:
                 on_progress(name, n)
 
-    tensors_report = []
+    tensors_report: list[dict] = []
     with contextlib.ExitStack() as stack:
         w = stack.enter_context(GGUFStreamWriter(output, kvs, outs, model.alignment, inputs=inputs))
         pool: WorkerPool | None = None
@@ -218,7 +218,7 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
 def _run(model: GGUFModel, w: GGUFStreamWriter, pool: WorkerPool | None, inflight: InFlight[tuple[str, int]],
          jobs: list[TensorJob], index: dict[int, int], flavour: str, tensors_report: list[dict],
          on_progress: Callable[[str, int], None] | None,
-         report: Callable[[list[tuple[tuple[str, int], object]]], None]) -> None:
+         report: Callable[[Iterable[tuple[tuple[str, int], object]]], None]) -> None:
     """Every tensor in order: copied, converted here, or handed to the pool's workers."""
     nthreads = pool.workers if pool is not None else 1
     for job in jobs:
@@ -247,8 +247,8 @@ def _run(model: GGUFModel, w: GGUFStreamWriter, pool: WorkerPool | None, infligh
             report(inflight.drain())
             pending: InFlight[tuple[str, int]] = InFlight(2 * nthreads)
             for start, stop, imx in _slabs(job):
-                f = pool.submit(_work, index[id(t)], start, stop, job.out_type, imx, flavour)
-                for tag, data in pending.add(f, (job.out_name, (stop - start) * t.n_per_row)):
+                fb = pool.submit(_work, index[id(t)], start, stop, job.out_type, imx, flavour)
+                for tag, data in pending.add(fb, (job.out_name, (stop - start) * t.n_per_row)):
                     w.write_tensor_chunk(data)
                     report([(tag, None)])
             for tag, data in pending.drain():

@@ -115,7 +115,7 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_parts(folder: str) -> list[str]:
     """Remove `.NAME.qtool-PID-RANDOM.part` files in folder whose process no longer runs (left by a
     run killed with SIGKILL or a power cut); returns the removed paths."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(folder)
     except OSError:

@@ -34,5 +34,5 @@ def _d_bf16(d: np.ndarray, n: int) -> np.ndarray:
 
 QUANTIZE = {"F32": _q_f32, "F16": _q_f16, "BF16": _q_bf16}
 DEQUANTIZE = {"F32": _d_f32, "F16": _d_f16, "BF16": _d_bf16}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], DEQUANTIZE[_n])  # the same bytes in both trees
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], DEQUANTIZE[_name])  # the same bytes in both trees

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,7 @@ def first_zero_signbit(xt: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.signbit(sub[first, np.arange(sub.shape[1])])
 
 
+_c_einsum: Any
 try:  # np.einsum(optimize=False) hands its arguments to this; calling it directly saves ~1.5 us a call
     from numpy._core.multiarray import c_einsum as _c_einsum  # the one use of numpy's private API
 except ImportError:  # pragma: no cover - other numpy layouts: the public function, same results
@@ -59,7 +61,8 @@ except ImportError:  # pragma: no cover - other numpy layouts: the public functi
 def c_einsum(*args: object, **kwargs: object) -> np.ndarray:
     """numpy's einsum kernel without the Python dispatch (np.einsum when the private name moves).
     Callers must check `einsum_is_sequential` before relying on its summation order."""
-    return _c_einsum(*args, **kwargs)  # type: ignore[no-any-return]
+    out: np.ndarray = _c_einsum(*args, **kwargs)
+    return out
 
 
 def absmax_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

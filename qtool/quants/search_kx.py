@@ -385,6 +385,7 @@ def make_qp_quants(x: np.ndarray, weights: np.ndarray, nmax: int) -> tuple[np.nd
 
     Returns (scale float32 (n_blocks,), L uint8 (n_blocks, n)).
     """
-    x, weights = _blocks(x, weights)
-    s, lt = make_qp_quants_t(np.ascontiguousarray(x.T), np.ascontiguousarray(weights.T), nmax)
+    x, w = _blocks(x, weights)
+    assert w is not None  # make_qp_quants always has weights
+    s, lt = make_qp_quants_t(np.ascontiguousarray(x.T), np.ascontiguousarray(w.T), nmax)
     return s, np.ascontiguousarray(lt.T)

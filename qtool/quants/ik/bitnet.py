@@ -270,5 +270,5 @@ def dequantize_iq2_bn_scaled(data: np.ndarray, n: int) -> np.ndarray:
 QUANTIZE: dict = {"IQ1_BN": quantize_iq1_bn, "IQ2_BN": quantize_iq2_bn}
 DEQUANTIZE: dict = {"IQ1_BN": dequantize_iq1_bn, "IQ2_BN": dequantize_iq2_bn}
 DEQUANTIZE_SCALED: dict = {"IQ1_BN": dequantize_iq1_bn_scaled, "IQ2_BN": dequantize_iq2_bn_scaled}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())  # ik_llama.cpp's own type
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], DEQUANTIZE[_name], mainline=())  # ik_llama.cpp's own type

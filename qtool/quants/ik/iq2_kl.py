@@ -314,5 +314,5 @@ def dequantize_iq2_kl(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"IQ2_KL": quantize_iq2_kl}
 DEQUANTIZE: dict = {"IQ2_KL": dequantize_iq2_kl}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())  # ik_llama.cpp's own type
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], DEQUANTIZE[_name], mainline=())  # ik_llama.cpp's own type

@@ -40,6 +40,8 @@ Row layout: fp16 d, then per super-block of 256 block_iq2_ks {extra u16, scales[
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..numeric import F32, QK_K, blocks_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int
@@ -524,7 +526,11 @@ def _fast_blocks(xs: np.ndarray, ws: np.ndarray, s: np.ndarray, w: np.ndarray) -
     # products normal (sq >= W32, sq <= 961*W32) and their d = sqrt(R/sq) far from subnormal
     ok &= (rmax * Wsafe > 2.0**-110) & (rmax * 961 * Wsafe < 2.0**120) & (rmax > 961 * Wsafe * 2.0**-100)
     kappa1 = (np.sqrt(tau) + e_sx / np.sqrt(Wsafe)) ** 2 / ((1 - 7 * _U) - e_sq / Wsafe) * (1 + 6 * _U) * (1 + 1e-12)
-    blk, j1, j2, j3, var = [], [], [], [], []
+    blk: Any = []  # lists of per-variant arrays, then their concatenation
+    j1: Any = []
+    j2: Any = []
+    j3: Any = []
+    var: Any = []
     parts = _irregular_parts(S, W)
     for v in range(4):
         ok &= _irregular_max(parts, v) < tau
@@ -751,5 +757,5 @@ def dequantize_iq2_ks(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"IQ2_KS": quantize_iq2_ks}
 DEQUANTIZE: dict = {"IQ2_KS": dequantize_iq2_ks}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())  # ik_llama.cpp's own type
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], DEQUANTIZE[_name], mainline=())  # ik_llama.cpp's own type

@@ -334,5 +334,5 @@ def dequantize_iq3_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE = {"IQ3_K": quantize_iq3_k}
 DEQUANTIZE = {"IQ3_K": dequantize_iq3_k}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())  # ik_llama.cpp's own type
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], DEQUANTIZE[_name], mainline=())  # ik_llama.cpp's own type

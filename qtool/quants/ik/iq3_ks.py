@@ -60,7 +60,7 @@ def flip_point(a: int, b: int) -> np.float32:
 
     def val(k: int) -> np.float32:
         u = k if k >= 0 else ((-k) | -0x80000000)
-        return np.array(u, np.int32).view(F32)[()]
+        return F32(np.array(u, np.int32).view(F32)[()])
 
     lo, hi = key(fa), key(fb)
     while hi - lo > 1:
@@ -335,5 +335,5 @@ def dequantize_iq3_ks(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"IQ3_KS": quantize_iq3_ks}
 DEQUANTIZE: dict = {"IQ3_KS": dequantize_iq3_ks}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())  # ik_llama.cpp's own type
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], DEQUANTIZE[_name], mainline=())  # ik_llama.cpp's own type

@@ -354,7 +354,7 @@ def scale_search_t(xt: np.ndarray, wt: np.ndarray, bi: BestIndex, bis: BestIndex
     d = dn[win, np.arange(nb)]
     shifted = flags[win] & ~skip
     d = np.where(skip, F32(0), d)
-    bad = np.isnan(sx).any(axis=0) if fast else np.zeros(nb, bool)
+    bad = np.asarray(np.isnan(sx).any(axis=0)) if fast else np.zeros(nb, bool)
     return d, shifted, bad
 
 
@@ -487,7 +487,7 @@ def _quantize(rows: np.ndarray, imatrix: np.ndarray | None, kind: str) -> np.nda
         rows, imatrix, 4 + n // QK_K * blk.itemsize,
         lambda xt, wt: scale_search_t(xt, wt, bi, bis, ntry),
         lambda xt, wt: exact_search_t(xt, wt, bi, bis, ntry),
-        lambda *a: _finish(*a, is5=is5), _CHUNK_BLOCKS)
+        functools.partial(_finish, is5=is5), _CHUNK_BLOCKS)
 
 
 def quantize_iq4_ks(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
@@ -547,5 +547,5 @@ QUANTIZE: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {
     "IQ4_KS": quantize_iq4_ks, "IQ5_KS": quantize_iq5_ks}
 DEQUANTIZE: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
     "IQ4_KS": dequantize_iq4_ks, "IQ5_KS": dequantize_iq5_ks}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())  # ik_llama.cpp's own type
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], DEQUANTIZE[_name], mainline=())  # ik_llama.cpp's own type

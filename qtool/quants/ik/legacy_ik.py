@@ -35,5 +35,5 @@ def _quantizer(name: str):  # noqa: ANN202
 
 
 QUANTIZE: dict = {name: _quantizer(name) for name in ("Q4_0", "Q5_0")}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], mainline=(), ik=(True,))  # without an imatrix: mainline's kernel
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], mainline=(), ik=(True,))  # without an imatrix: mainline's kernel
