@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from qtool.cli import cli
 from qtool.imatrix import compute_statistics, read_imatrix
 from qtool.imatrix.stats import layer_statistics
-from tests.test_imatrix_common import dat_bytes, ref, ref_bytes
+from tests.imatrix_helpers import dat_bytes, ref, ref_bytes
 
 TENSOR_KEYS = {"name", "layer", "tensor", "block", "total", "min", "max", "mean", "stddev", "active", "elements",
                "entropy", "entropy_norm", "zd", "cossim", "n_mat", "n_mat_used"}

@@ -24,7 +24,7 @@ from qtool.imatrix import (
     read_imatrix,
     write_imatrix,
 )
-from tests.test_imatrix_common import (
+from tests.imatrix_helpers import (
     F16,
     F32,
     T_ARR,

@@ -28,7 +28,8 @@ from qtool.imatrix import (
     tensor_weights,
 )
 from qtool.imatrix.weights import filter_names
-from tests.test_imatrix_common import Warnings, imatrix_gguf, parse_dat, read_gguf_py, ref, ref_bytes
+from tests.imatrix_helpers import Warnings, imatrix_gguf, parse_dat, read_gguf_py, ref, ref_bytes
+from tests.refs import ref_out
 
 
 def gguf_data(entries: dict[str, tuple[list | np.ndarray, list]], datasets: tuple[str, ...] = ("d",),
@@ -283,12 +284,12 @@ def test_prepare_imatrix_requires_gguf_metadata_and_finite_weights() -> None:
         prepare_imatrix(bad, "z.gguf")
 
 
-REF_MODEL_IMATRIX = Path("/work/ref/models/smollm2.imatrix.gguf")
-REF_QUANTIZED = Path("/work/ref/out/smollm2-Q4_0-im.gguf")
+REF_MODEL_IMATRIX = ref_out("smollm2.imatrix.gguf") or Path("/nonexistent/QTOOL_REF_OUT")
+REF_QUANTIZED = ref_out("smollm2-Q4_0-im.gguf") or Path("/nonexistent/QTOOL_REF_OUT")
 
 
 @pytest.mark.reference
-@pytest.mark.skipif(not (REF_MODEL_IMATRIX.exists() and REF_QUANTIZED.exists()), reason="no local reference outputs")
+@pytest.mark.skipif(not (REF_MODEL_IMATRIX.exists() and REF_QUANTIZED.exists()), reason="set QTOOL_REF_OUT")
 def test_quantize_kv_match_llama_quantize_output() -> None:
     """The quantize.imatrix.* keys llama-quantize wrote into a model quantized with --imatrix."""
     from qtool.gguf_io import GGUFModel

@@ -29,8 +29,7 @@ from qtool.imatrix import (
 )
 from qtool.imatrix.data import name_bytes
 from qtool.imatrix.stats import format_llama
-from tests.test_imatrix_common import LLAMA_IMATRIX, Warnings, dat_bytes, imatrix_gguf, quiet, ref_bytes
-from tests.test_imatrix_reference import parse_llama_log
+from tests.imatrix_helpers import LLAMA_IMATRIX, Warnings, dat_bytes, imatrix_gguf, parse_llama_log, quiet, ref_bytes
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -274,7 +273,7 @@ def merge_inputs(draw: st.DrawFn) -> list[tuple[str, bytes]]:
 
 
 @pytest.mark.reference
-@pytest.mark.skipif(not LLAMA_IMATRIX.exists(), reason="no local llama-imatrix build")
+@pytest.mark.skipif(not LLAMA_IMATRIX.exists(), reason="set QTOOL_LLAMA_BIN to run llama-imatrix")
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(inputs=merge_inputs(), chunk=st.sampled_from([512, 256, 1000, 3]), fmt=st.sampled_from(["gguf", "dat"]))
 def test_random_merges_match_llama_imatrix(inputs: list[tuple[str, bytes]], chunk: int, fmt: str,
@@ -350,7 +349,7 @@ def same_up_to_ties(mine: str, theirs: str) -> bool:
 
 
 @pytest.mark.reference
-@pytest.mark.skipif(not LLAMA_IMATRIX.exists(), reason="no local llama-imatrix build")
+@pytest.mark.skipif(not LLAMA_IMATRIX.exists(), reason="set QTOOL_LLAMA_BIN to run llama-imatrix")
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(src=stats_input())
 def test_random_statistics_match_llama_imatrix(src: tuple[str, bytes],

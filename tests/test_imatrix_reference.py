@@ -26,7 +26,7 @@ from qtool.imatrix import (
     write_imatrix,
 )
 from qtool.imatrix.stats import format_llama
-from tests.test_imatrix_common import DATA, Warnings, parse_dat, quiet, read_gguf_py, ref, ref_bytes
+from tests.imatrix_helpers import DATA, Warnings, parse_dat, parse_llama_log, quiet, read_gguf_py, ref, ref_bytes
 
 # (output, inputs, llama-imatrix -c): `llama-imatrix --in-file IN1 [--in-file IN2] [-c N] -o OUT`
 TABLE = [
@@ -51,18 +51,12 @@ WRITTEN_BY_LLAMA = sorted({t[0] for t in TABLE} | {"smol-imatrix.gguf", "smol-im
 ALL_FILES = sorted(p.name for p in DATA.iterdir() if p.suffix in (".dat", ".gguf"))
 STATS = [("smol-imatrix-stats.txt", "smol-imatrix.gguf"), ("moe-a-stats.txt", "moe-a.gguf"),
          ("odd-stats.txt", "odd.dat"), ("moe-ba-stats.txt", "moe-ba.gguf")]
-_LOG = re.compile(r"^\d+\.\d+\.\d+\.\d+ ([IWED]) ", re.M)
 
 
 def llama_log(name: str) -> tuple[str, list[str]]:
     """(the info text without log prefixes, the error / warning lines) of a --show-statistics log."""
     return parse_llama_log(ref(name).read_text(encoding="utf-8"))
 
-
-def parse_llama_log(text: str) -> tuple[str, list[str]]:
-    parts = _LOG.split(text)
-    recs = list(zip(parts[1::2], parts[2::2], strict=True))
-    return "".join(t for lv, t in recs if lv == "I"), [t.rstrip("\n") for lv, t in recs if lv != "I"]
 
 
 # ---------------------------------------------------------------- reading

@@ -38,7 +38,7 @@ from qtool.imatrix import (
     read_imatrix,
     write_imatrix,
 )
-from tests.test_imatrix_common import Warnings, quiet, ref, ref_bytes
+from tests.imatrix_helpers import Warnings, quiet, ref, ref_bytes
 
 
 def ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -2,22 +2,24 @@
 
 `dat_bytes` / `parse_dat` and `gguf_bytes` / `imatrix_gguf` encode and parse both formats with
 struct alone (independent of qtool.imatrix), so the tests can build well-formed and malformed
-files and check qtool's reader against a second reading. The tests here check those helpers
-against the files llama-imatrix wrote.
+files and check qtool's reader against a second reading. tests/test_imatrix_helpers.py checks
+those helpers against the files llama-imatrix wrote.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
+
+from .refs import llama_bin
 
 DATA = Path(__file__).parent / "data" / "imatrix"
-LLAMA_IMATRIX = Path("/work/ref/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-imatrix")
+LLAMA_IMATRIX = llama_bin("llama-imatrix") or Path("/nonexistent/QTOOL_LLAMA_BIN/llama-imatrix")
 
 # GGUF value types
 T_U8, T_I8, T_U16, T_I16, T_U32, T_I32, T_F32, T_BOOL, T_STR, T_ARR, T_U64, T_I64, T_F64 = range(13)
@@ -183,19 +185,12 @@ def read_gguf_py(path: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], 
 
 # ---------------------------------------------------------------- the helpers against llama-imatrix's files
 
-@pytest.mark.parametrize("name", ["odd-rt.dat", "odd-resave.dat", "moe-a-conv.dat", "moe-a-c256.dat",
-                                  "smol-imatrix-conv.dat", "smol-imatrix-b-native.dat", "odd.dat"])
-def test_dat_helpers_rebuild_reference(name: str) -> None:
-    raw = ref_bytes(name)
-    entries, chunk, dataset = parse_dat(raw)
-    assert chunk is not None and dataset is not None
-    assert dat_bytes([(n, c, v) for n, c, v in entries], (chunk, dataset)) == raw
+
+_LOG = re.compile(r"^\d+\.\d+\.\d+\.\d+ ([IWED]) ", re.M)
 
 
-@pytest.mark.parametrize("name", ["moe-a-resave.gguf", "moe-ba.gguf", "odd-moe.gguf", "odd-c1000.gguf",
-                                  "smol-imatrix.gguf", "smol-imatrix-merged.gguf"])
-def test_gguf_helpers_rebuild_reference(name: str) -> None:
-    entries, kv = read_gguf_py(ref(name))
-    assert kv["general.type"] == "imatrix"
-    raw = imatrix_gguf(entries, kv["imatrix.datasets"], kv["imatrix.chunk_count"], kv["imatrix.chunk_size"])
-    assert raw == ref_bytes(name)
+def parse_llama_log(text: str) -> tuple[str, list[str]]:
+    """(the info text without log prefixes, the error / warning lines) of a llama.cpp log."""
+    parts = _LOG.split(text)
+    recs = list(zip(parts[1::2], parts[2::2], strict=True))
+    return "".join(t for lv, t in recs if lv == "I"), [t.rstrip("\n") for lv, t in recs if lv != "I"]
