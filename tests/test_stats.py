@@ -23,7 +23,7 @@ from qtool.stats import ErrorStats, run_stats
 from qtool.stats import report as report_mod
 from qtool.stats.metrics import HISTOGRAM_BUCKETS, normalized_weights
 from qtool.stats.plot import POINTS_KEY, Point, plot_png, plot_text, report_points
-from tests.test_stats_fixtures import quantizable, small_model, write_gguf
+from tests.stats_helpers import quantizable, small_model, write_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 

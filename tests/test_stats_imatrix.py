@@ -14,7 +14,7 @@ from qtool.cli import cli
 from qtool.gguf_io import GGUFModel, GGUFStreamWriter, OutTensor, kv_str
 from qtool.quants import get_type
 from qtool.stats.imatrix_weights import ImatrixError, load_weights, read_dat_imatrix, read_gguf_imatrix
-from tests.test_stats_fixtures import small_model
+from tests.stats_helpers import small_model
 
 
 def write_gguf_imatrix(path: Path, entries: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:

@@ -12,7 +12,7 @@ from qtool.quants import get_type
 from qtool.stats import run_stats
 from qtool.stats.metrics import normalized_weights
 from qtool.stats.svd import GramAccumulator, extra_bits, lowrank_residuals
-from tests.test_stats_fixtures import small_model
+from tests.stats_helpers import small_model
 
 
 def _best_rank(a: np.ndarray, r: int) -> np.ndarray:
@@ -79,7 +79,7 @@ def test_full_rank_correction_removes_the_error(tmp_path: Path) -> None:
 
 def test_expert_tensors_are_studied_per_matrix(tmp_path: Path) -> None:
     """A 3-D tensor holds one matrix per expert; each gets its own correction."""
-    from tests.test_stats_fixtures import write_gguf
+    from tests.stats_helpers import write_gguf
 
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((3, 16, 32)) * 0.1).astype(np.float32)  # 3 experts of 16 x 32
