@@ -407,3 +407,113 @@ def test_non_finite_rows_match_scalar_c(qtype: str) -> None:
         got = QUANTIZE[qtype](x, imx)
         for r in range(3):
             assert np.array_equal(got[r], _scalar_row(qtype, x[r], imx)), r
+
+
+# ---- the fast search (shared ids, record gathers, einsum sums, C's choice on views) -----------------
+
+def _reference_sums(qtype: str, xt: np.ndarray, wt: np.ndarray, mx: np.ndarray, id0: np.ndarray, plan
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate's (sumqx, sumq2) (ncand, nb) in C's order, from C's level function (best_index_c)
+    and sums accumulated j by j from +0."""
+    ids = np.empty((plan.nums.size + 1, xt.shape[1]), F)
+    ids[0] = id0
+    ids[1:] = plan.nums[:, None] / mx
+    sx = np.zeros((plan.ncand, xt.shape[1]), F)
+    s2 = np.zeros((plan.ncand, xt.shape[1]), F)
+    for c in range(plan.ncand):
+        al = ids[plan.crow[c]] * xt
+        kind = KINDS[qtype][plan.ckind[c]]
+        q = kind.values[best_index_c(-al if plan.cneg[c] else al, kind)]
+        for j in range(16):
+            wq = wt[j] * q[j]
+            sx[c] += wq * xt[j]
+            s2[c] += wq * q[j]
+    return sx, s2
+
+
+def _search_inputs(qtype: str, seed: int, with_im: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Blocks (16, nb) of varied kinds (see _random_rows) plus gaussian and half-integer ones (their
+    al = id*x hits level midpoints exactly), and their weights."""
+    from qtool.quants.ik import iqk_k456 as mod
+
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([_random_rows(rng, 2, 1024).ravel(), rng.standard_normal(16 * 304).astype(F),
+                        (np.round(rng.standard_normal(16 * 304) * 4) / 2).astype(F)])
+    x = x.reshape(-1, QK_K)
+    xt, qwt, sig, _ = mod._prepare(x, _random_imatrix(rng, QK_K) if with_im else None, qtype == "IQ4_K")
+    return xt, mod._block_weights(xt, qwt, sig, qtype == "IQ4_K")
+
+
+QK_K = 256
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_fast_sums_equal_c_levels_and_sums(qtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """_fast_sums (first-float records, chance hits, straddling keys, partial sub-batches, and the
+    multiply + reduce fallback) gives every candidate C's sums bit for bit; _choose picks C's winner."""
+    from qtool.quants.ik import iqk_k456 as mod
+    from qtool.quants.numeric import absmax_t
+
+    ntry = 7 if qtype == "IQ4_K" else 5
+    plan = mod._fast_plan(qtype, ntry)
+    for seed, (sub, ein) in enumerate(((256, True), (37, True), (64, False))):
+        xt, wt = _search_inputs(qtype, 40 + seed, seed == 1)
+        amax, mx = absmax_t(xt)
+        mx = np.where(amax < F(1e-16), F(1), mx)
+        id0 = F(1) / (-mx / KINDS[qtype][0].values[0])
+        monkeypatch.setattr(mod, "_FAST_SUB", sub)
+        monkeypatch.setattr(mod, "einsum_sums_ok", lambda e=ein: e)
+        groups = mod._fast_sums(xt, wt, mx, id0, plan, qtype)
+        nb = xt.shape[1]
+        sx = np.empty((plan.ncand, nb), F)
+        s2 = np.empty((plan.ncand, nb), F)
+        for rx, r2, cmap in groups:
+            r = cmap.shape[1]
+            sx[cmap.T] = rx.reshape(-1, nb, r).transpose(2, 0, 1)
+            s2[cmap.T] = r2.reshape(-1, nb, r).transpose(2, 0, 1)
+        with np.errstate(all="ignore"):
+            want_x, want_2 = _reference_sums(qtype, xt, wt, mx, id0, plan)
+        same = (sx.view(np.uint32) == want_x.view(np.uint32)) & (s2.view(np.uint32) == want_2.view(np.uint32))
+        assert same.all(), f"{qtype}: {(~same).sum()} candidate sums differ"
+        last, d = mod._choose(groups, nb)
+        want_last = np.zeros(nb, np.intp)
+        with np.errstate(all="ignore"):
+            best = want_x[0] / want_2[0] * want_x[0]
+            for c in range(1, plan.ncand):  # C's scan
+                take = (want_2[c] > 0) & (want_x[c] * want_x[c] > best * want_2[c])
+                best = np.where(take, want_x[c] / want_2[c] * want_x[c], best)
+                want_last = np.where(take, c, want_last)
+            want_d = want_x[want_last, np.arange(nb)] / want_2[want_last, np.arange(nb)]
+        assert np.array_equal(last, want_last)
+        assert np.array_equal(d.view(np.uint32), want_d.view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_fast_search_equals_reference_search(qtype: str) -> None:
+    """_search with the fast sums and with the per-table reference sums: the same scales and tables."""
+    from qtool.quants.ik import iqk_k456 as mod
+
+    ntry = 7 if qtype == "IQ4_K" else 5
+    xt, wt = _search_inputs(qtype, 77, True)
+    with np.errstate(all="ignore"):
+        d1, s1 = mod._search(xt, wt, qtype, ntry, qtype != "IQ4_K", False, fast=True)
+        d2, s2 = mod._search(xt, wt, qtype, ntry, qtype != "IQ4_K", False, fast=False)
+    assert np.array_equal(d1.view(np.uint32), d2.view(np.uint32)) and np.array_equal(s1, s2)
+
+
+def test_loop_sums_in_order_on_fancy_indexed_columns() -> None:
+    """_loop_sums adds j by j whatever the memory order: an F-ordered (16, n) array, as xt[:, cols]
+    gives, is what numpy's reduce would sum pairwise (the straddling-key redo path passes those)."""
+    from qtool.quants.ik import iqk_k456 as mod
+
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((16, 64)) * np.exp(rng.uniform(-6, 6, (16, 64)))).astype(F)
+    cols = rng.integers(0, 64, 5)
+    a, q = x[:, cols], np.ones((16, cols.size), F)
+    assert not a.flags.c_contiguous
+    sx, s2 = mod._loop_sums(a, np.ones_like(a), q)
+    want = np.zeros(cols.size, F)
+    for j in range(16):
+        want += a[j]
+    assert np.array_equal(sx.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(s2.view(np.uint32), want.view(np.uint32))

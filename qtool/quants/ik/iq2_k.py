@@ -223,7 +223,7 @@ def _search_direct(sx: np.ndarray, sw: np.ndarray, sabs: np.ndarray) -> tuple[np
     thr = M * (F32(1) - _NEAR)
     near = SC >= thr[None, :]
     near[:, ~safe] = False
-    ci, bi = np.nonzero(near)
+    ci, bi = np.divmod(np.flatnonzero(near), near.shape[1])
     floor = np.where(safe, thr.astype(np.float64), np.inf)
     d, cb, ok = _inset_replay(bi, ci, SX[ci, bi], S2[ci, bi], SC[ci, bi], floor, n)
     fb = np.flatnonzero(~ok)
@@ -493,7 +493,7 @@ def _hull(ks: np.ndarray, vp: np.ndarray, v2: np.ndarray, a15: np.ndarray, b15: 
     """The states (sums vp + a15, v2 + b15, all (46, n); float32 scores sc, >= floor32 (n,) where the
     exact score is >= theta) with 2*|d|*vp - d^2*v2 >= theta for some |d| in their piece ->
     (block, lowest, highest such |d|)."""
-    p, b = np.nonzero(sc >= floor32)
+    p, b = np.divmod(np.flatnonzero(sc >= floor32), sc.shape[1])  # (2-D np.nonzero is slow)
     tlo, thi = _piece(ks, b, p, side)
     vpb, v2b, th = vp[p, b] + a15[b], v2[p, b] + b15[b], theta[b]
     with np.errstate(all="ignore"):
@@ -733,5 +733,5 @@ def dequantize_iq2_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE = {"IQ2_K": quantize_iq2_k}
 DEQUANTIZE = {"IQ2_K": dequantize_iq2_k}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())  # ik_llama.cpp's own type
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], DEQUANTIZE[_name], mainline=())  # ik_llama.cpp's own type

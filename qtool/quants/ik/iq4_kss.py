@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..numeric import F32, QK_K, absmax_t, ieee, nearest_int, recip
+from ..numeric import F32, QK_K, absmax_t, c_einsum, ieee, nearest_int, recip
 from ..registry import register
 from .iq45_ks import (
     CELL_SCALE,
@@ -46,6 +46,7 @@ from .iq45_ks import (
     row_order,
     seq_sum,
 )
+from .iqk_k456 import einsum_sums_ok
 from .iqk_tables import IQ4K_VALUES
 
 __all__ = ["DEQUANTIZE", "QUANTIZE", "SCRAMBLE_TABLE", "dequantize_iq4_kss", "exact_search_t", "prune_t",
@@ -120,9 +121,9 @@ def prune_t(q: np.ndarray, xg: np.ndarray, wg: np.ndarray, dl: np.ndarray, shift
         d1 *= d1
         d1 -= d0
         np.multiply(wo, d1, out=scores[:, s])
-    scores = scores.reshape(12, -1)
-    scores[np.isnan(scores)] = np.inf  # no alternative: never chosen (C: score < best_score)
-    c = np.argmin(scores, axis=0)  # the first of the smallest: C's strict < in j, iq order
+    flat = scores.reshape(12, -1)
+    flat[np.isnan(flat)] = np.inf  # no alternative: never chosen (C: score < best_score)
+    c = np.argmin(flat, axis=0)  # the first of the smallest: C's strict < in j, iq order
     j, s = np.divmod(c, 3)
     cols = np.arange(ks.size)
     q[ks, j, bs] = _ALT[s, qo[j, cols]]
@@ -151,7 +152,7 @@ def _records(bi: BestIndex, shifted: bool, side: np.ndarray) -> np.ndarray:
     idx = side[ok].astype(np.intp)
     f = np.full((65536, 4), np.nan, F32)
     f[ok, 0] = bi.values[idx] + F32(0.5) * _PARITY[idx]
-    f[ok, 1:4] = np.nan_to_num(_ALTV[shifted][:, idx].T, nan=_NO_ALT)
+    f[ok, 1:4] = np.nan_to_num(_ALTV[shifted][:, idx].T, nan=float(_NO_ALT))
     return f.view(np.complex128).reshape(-1)
 
 
@@ -219,6 +220,8 @@ def _fast_side(k: np.ndarray, rec: np.ndarray, shifted: bool, xp: np.ndarray, wp
         nv = np.where(scs[0].reshape(-1).take(el, mode="wrap") == bh, rh[:, 1],
                       np.where(scs[1].reshape(-1).take(el, mode="wrap") == bh, rh[:, 2], rh[:, 3]))
         q.reshape(-1)[el] = nv
+    if nb > 1 and einsum_sums_ok():  # one pass per sum, C's loop (see iqk_k456.einsum_sums_ok)
+        return c_einsum("kjb,jb,jb->kb", q[None], wp, xp)[0], c_einsum("kjb,jb,kjb->kb", q[None], wp, q[None])[0]
     wq = np.multiply(wp, q)
     q2 = np.multiply(wq, q)
     wq *= xp
@@ -277,7 +280,7 @@ def scale_search_t(xt: np.ndarray, wt: np.ndarray) -> tuple[np.ndarray, np.ndarr
                 sx[c], s2[c] = _fast_side(keys[neg], recs[shifted, neg], shifted, xp, wp, this_d)
                 c += 1
     d = _scan(sx, s2, d)
-    return np.where(skip, F32(0), d), np.zeros(nb, bool), np.isnan(sx).any(axis=0)
+    return np.where(skip, F32(0), d), np.zeros(nb, bool), np.asarray(np.isnan(sx).any(axis=0))
 
 
 def exact_search_t(xt: np.ndarray, wt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -345,9 +348,9 @@ def _finish(xr: np.ndarray, xt: np.ndarray, wt: np.ndarray, scale: np.ndarray, _
         qs.append(q)
         mse.append(seq_sum(e))
     use_s = mse[1] < mse[0]
-    q = np.where(use_s, qs[1], qs[0]).reshape(BLOCK, nb)
+    qb = np.where(use_s, qs[1], qs[0]).reshape(BLOCK, nb)
     ivals = np.concatenate([IQ4K_VALUES[:16], IQ4K_VALUES[16:]]).astype(np.int32)
-    qv = (ivals[q.astype(np.intp) + (use_s * 16)] * li).astype(F32)
+    qv = (ivals[qb.astype(np.intp) + (use_s * 16)] * li).astype(F32)
     wq = wp * qv
     tx = wq * xp
     wq *= qv
@@ -356,7 +359,7 @@ def _finish(xr: np.ndarray, xt: np.ndarray, wt: np.ndarray, scale: np.ndarray, _
     dfin = np.where(s2 > 0, (sx / s2) * F32(1.01), d).astype(F32)
     # storage
     lb = (li + 127) | use_s  # (nb,)
-    v = q.reshape(8, 4, nb).astype(np.uint16)
+    v = qb.reshape(8, 4, nb).astype(np.uint16)
     v16 = v[:, 0] | (v[:, 1] << 4) | (v[:, 2] << 8) | (v[:, 3] << 12)  # (8, nb)
     code = SCRAMBLE_TABLE.take(v16 & 0x7FFF, mode="wrap").astype(np.uint16) << 1
     code |= ((lb[None, :] >> np.arange(8)[:, None]) & 1).astype(np.uint16)
@@ -392,5 +395,5 @@ def dequantize_iq4_kss(data: np.ndarray, n: int) -> np.ndarray:
 
 QUANTIZE: dict[str, Callable[[np.ndarray, np.ndarray | None], np.ndarray]] = {"IQ4_KSS": quantize_iq4_kss}
 DEQUANTIZE: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"IQ4_KSS": dequantize_iq4_kss}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())  # ik_llama.cpp's own type
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], DEQUANTIZE[_name], mainline=())  # ik_llama.cpp's own type

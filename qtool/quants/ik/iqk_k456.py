@@ -17,13 +17,19 @@ Porting notes (what decides the bytes):
   is that function, exactly, on arrays.
 - Measured on every float near every level midpoint, C's level is monotone in x and changes only
   at the midpoints (x = m goes up), except one shifted threshold of IQ4_K (-0.5 - 2.4e-7) and of
-  IQ5_K (-1.5 - 1.2e-7). So the search reads levels from a 65536-entry table keyed by the float's
-  high 16 bits (one ulp less for negative floats, see `keys`): keys never straddle a midpoint,
-  and the few that straddle a threshold are marked (NaN) and their blocks recomputed with
-  `best_index_c`. Rows holding NaN run `best_index_c` throughout (NaN payloads can share a key).
-- Every candidate of the search (p: best_index(al), m: best_index(-al) = al of -id) is one row of a
-  (candidates, 16, blocks) array; sums are np.add.reduce down the in-block axis (C's order); the
-  comparisons then run over the candidates in C's order (strict >, the p/m/shifted order).
+  IQ5_K (-1.5 - 1.2e-7). So levels are read from 65536-entry tables keyed by the float's high 16
+  bits: `keys` (one ulp less for negative floats) never straddle a midpoint, and the few keys that
+  straddle a threshold are marked (NaN) and resolved exactly. Rows holding NaN run `best_index_c`
+  throughout (NaN payloads can share a key).
+- The search (`_search`) has 2 + 4*(2*ntry + 1) candidates (IQ4_K 62) but only 2*ntry + 2 + DELTA
+  distinct ids (IQ4_K 20): plain itry + DELTA and shifted itry divide the same integer by max.
+  `_fast_sums` computes al = id*x once per id, reads per value one record holding the levels of
+  +al and -al in one or both tables (a gather on the unadjusted 16-bit key, with the keys' first
+  floats looked up apart), and sums sum_j (w*q)*x and (w*q)*q with one einsum pass each (numpy's
+  einsum runs C's loop: products left to right, added to +0 in j order; checked once per process,
+  `einsum_sums_ok`). `_choose` then runs C's comparisons over the candidates in C's order (strict
+  >, the p/m/shifted order) on views of those sums. The per-table path (`_cand_sums`, the exact
+  level function on NaN rows) is the reference the tests hold the fast one to.
 - float32 throughout as in C, no fused multiply-add, nearest_int as ggml's magic-number trick,
   fp16 as astype(float16).
 
@@ -33,6 +39,7 @@ row-major block order (row, super-block, block); super-block quantities are (nsb
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +50,7 @@ from ..numeric import (
     QK_K,
     absmax_t,
     blocks_t,
+    c_einsum,
     fp16_bits,
     fp16_bits_to_fp32,
     ieee,
@@ -54,7 +62,7 @@ from .iqk_tables import IQ4K_VALUES, IQ5NL_VALUES, IQ6NL_VALUES
 
 __all__ = ["BLOCK_IQ4_K", "BLOCK_IQ5_K", "BLOCK_IQ6_K", "DEQUANTIZE", "IQ4NL_INDEX", "IQ5NL_INDEX",
            "IQ6NL_INDEX", "IQ6_K_VALUES", "KINDS", "QUANTIZE", "best_index_c", "dequantize_iq4_k",
-           "dequantize_iq5_k", "dequantize_iq6_k", "keys", "level_index", "level_values", "luts",
+           "dequantize_iq5_k", "dequantize_iq6_k", "einsum_sums_ok", "keys", "level_index", "level_values", "luts",
            "quantize_iq4_k", "quantize_iq5_k", "quantize_iq6_k"]
 
 BLOCK_IQ4_K = np.dtype([("d", "<u2"), ("extra", "<u2"), ("scales_h", "u1", (4,)), ("scales_l", "u1", (8,)),
@@ -175,7 +183,7 @@ def keys(al: np.ndarray) -> np.ndarray:
     return b
 
 
-def _key_floats(k: np.ndarray, low: int) -> np.ndarray:
+def _key_floats(k: np.ndarray, low: int | np.ndarray) -> np.ndarray:
     """The float with key k and low 16 bits `low` of (bits - 1 for negative floats)."""
     b = (k.astype(np.uint64) << 16) + low
     b = np.where(b >= (1 << 31), b + 1, b)
@@ -213,6 +221,16 @@ def level_values(al: np.ndarray, lut: _Lut, exact: bool = False) -> np.ndarray:
     if exact:
         return lut.kind.values[best_index_c(al, lut.kind)]
     return np.take(lut.q, keys(al))
+
+
+def _exact_values(al: np.ndarray, lut: _Lut) -> np.ndarray:
+    """Level values of C's best_index on float32 al (any shape, kept), ambiguous keys resolved."""
+    k = keys(np.array(al, dtype=F32, order="C"))
+    q = np.take(lut.q, k)
+    amb = np.isnan(q)
+    if amb.any():
+        q[amb] = lut.kind.values[lut.resolve(al[amb], k[amb])]
+    return q
 
 
 def level_index(al: np.ndarray, lut: _Lut, exact: bool = False) -> np.ndarray:
@@ -330,9 +348,8 @@ def _cand_sums(xt: np.ndarray, wt: np.ndarray, ids: np.ndarray, lut: _Lut, exact
 
 
 def _loop_sums(wq: np.ndarray, x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """sum_j wq[j]*x[j] and wq[j]*q[j] from +0 down axis 0 in order (any column count)."""
-    if wq.shape[1] >= 2:
-        return np.add.reduce(wq * x, axis=0) + F32(0), np.add.reduce(wq * q, axis=0) + F32(0)
+    """sum_j wq[j]*x[j] and wq[j]*q[j] from +0 down axis 0 in order (any column count, any memory
+    order: np.add.reduce would sum an F-ordered array, e.g. a fancy-indexed xt[:, cols], pairwise)."""
     sx = np.zeros(wq.shape[1:], F32)
     s2 = np.zeros(wq.shape[1:], F32)
     for j in range(wq.shape[0]):
@@ -341,10 +358,299 @@ def _loop_sums(wq: np.ndarray, x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray
     return sx, s2
 
 
-def _search(xt: np.ndarray, wt: np.ndarray, qtype: str, ntry: int, refine: bool, exact: bool
-            ) -> tuple[np.ndarray, np.ndarray]:
+# ---- fast candidate sums ---------------------------------------------------------------------------
+# The search's 2 + 4*(2*ntry + 1) candidates share their ids: C's id = (itry + values[0])/max, and the
+# shifted table's values[0] is the plain one's + DELTA (IQ4_K 4, IQ5_K 2, IQ6_K 1), so plain itry +
+# DELTA and shifted itry give the same float. al = id*x is computed once per distinct id ("row";
+# IQ4_K: 20 rows for 62 candidates) and one gather reads, per value, a record of the levels of +al
+# and -al in one or both tables (complex64 or complex128: 2 or 4 float32 side by side).
+# The key is the float's high 16 bits (one shift), a range of 2^16 consecutive bit patterns on which
+# C's level is constant except at the range's first float (low 16 bits zero): no midpoint lies
+# strictly inside (see `keys`), but x = m exactly goes up, which for -al and for negative al is the
+# other end. So the values with low 16 bits zero read a second table, of the first floats' levels,
+# where that level differs ("bad" keys). Such values are rare except in two known places, handled in
+# advance: each block's largest value (id*max often comes out an integer) and zeros. A sub-batch
+# counts its zero low halves and looks for their positions only when the count is off (a chance hit,
+# about 2^-16 of the values). The few keys straddling an odd threshold hold NaN: those (candidate,
+# block) sums come out NaN and are recomputed with the exact level function.
+# The sums sum_j (w*q)*x and (w*q)*q are one einsum pass each, which numpy runs as C's loop (products
+# left to right, added to +0 in j order, no fused multiply-add); that is checked once per process
+# (`einsum_sums_ok`), with multiply + np.add.reduce as the fallback.
+
+_FAST_SUB = 256  # blocks per sub-batch of the fast sums
+
+
+@dataclass(frozen=True)
+class _FastPlan:
+    """The distinct ids of a type's search and how their records map to C's candidates."""
+
+    nums: np.ndarray  # float32 (nk - 1,): numerators of rows 1.. (row 0 is id0 = 1/d0)
+    groups: tuple[tuple[int, int, np.ndarray, np.ndarray, np.ndarray], ...]
+    # (row lo, row hi, records, first-float records, C index of each record slot (rows, r))
+    bad: np.ndarray  # bool (65536,): keys whose first float has another level in some table/side
+    crow: np.ndarray  # per C candidate: its row,
+    ckind: np.ndarray  # its table (0 plain, 1 shifted)
+    cneg: np.ndarray  # and whether it is the -al side
+    ncand: int
+
+
+def _side_table(kind: _Kind, neg: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per unadjusted 16-bit key: the level value of C's best_index(kind, +-f) common to the key's
+    floats with nonzero low bits (NaN where they straddle a threshold), and the level value of the
+    key's first float (low bits zero)."""
+    k = np.arange(1 << 16, dtype=np.uint32) << 16
+    sgn = F32(-1) if neg else F32(1)
+    with np.errstate(invalid="ignore"):  # (NaN bit patterns)
+        lo = best_index_c(sgn * (k + 1).view(F32), kind)
+        hi = best_index_c(sgn * (k + 0xFFFF).view(F32), kind)
+        base = best_index_c(sgn * k.view(F32), kind)
+    same = lo == hi
+    val = np.where(same, kind.values[lo], F32(np.nan)).astype(F32)
+    return val, kind.values[base].astype(F32)
+
+
+@functools.cache
+def _fast_plan(qtype: str, ntry: int) -> _FastPlan:
+    """Rows, record tables and candidate map of the fast sums for a type (built once, ~50 ms)."""
+    ku, ks = KINDS[qtype]
+    v0, s0 = int(ku.values[0]), int(ks.values[0])
+    tabs = {}
+    first = {}
+    bad = np.zeros(1 << 16, bool)
+    for t, kind in enumerate((ku, ks)):
+        for neg in (False, True):
+            tabs[t, neg], first[t, neg] = _side_table(kind, neg)
+            bad |= tabs[t, neg] != first[t, neg]  # (NaN keys too: harmless)
+    tries = range(-ntry, ntry + 1)
+    nums = sorted({v0 + i for i in tries} | {s0 + i for i in tries})
+    sets = [(0,)] + [tuple(t for t, b in ((0, v0), (1, s0)) if k - b in tries) for k in nums]
+    row_of = {(t, k): 1 + i for i, k in enumerate(nums) for t in sets[1 + i]}
+    cands = [(0, 0, False), (0, 0, True)]
+    for itry in tries:
+        cands += [(row_of[0, v0 + itry], 0, False), (row_of[0, v0 + itry], 0, True),
+                  (row_of[1, s0 + itry], 1, False), (row_of[1, s0 + itry], 1, True)]
+    index = {c: i for i, c in enumerate(cands)}
+    groups = []
+    lo = 0
+    for hi in range(1, len(sets) + 1):
+        if hi < len(sets) and sets[hi] == sets[lo]:
+            continue
+        slots = [(t, neg) for t in sets[lo] for neg in (False, True)]
+        ctype = np.complex64 if len(slots) == 2 else np.complex128
+        rec = np.stack([tabs[s] for s in slots], axis=1).view(ctype).reshape(-1)
+        recf = np.stack([first[s] for s in slots], axis=1).view(ctype).reshape(-1)
+        cmap = np.array([[index[r, t, neg] for t, neg in slots] for r in range(lo, hi)], np.intp)
+        assert rec[0] == rec[0x8000] and recf[0] == recf[0x8000] and not bad[0] | bad[0x8000]  # +-0 alike
+        groups.append((lo, hi, rec, recf, cmap))
+        lo = hi
+    crow, ckind, cneg = (np.array(v) for v in zip(*cands, strict=True))
+    return _FastPlan(np.array(nums, F32), tuple(groups), bad, crow, ckind, cneg.astype(bool), len(cands))
+
+
+@functools.cache
+def einsum_sums_ok() -> bool:
+    """Whether c_einsum("kjb,jb,jb->kb", q, w, x) and ("kjb,jb,kjb->kb", q, w, q) are C's
+    `s += w*q*x` / `s += w*q*q` loops bit for bit (float32 products left to right, no fused
+    multiply-add, added to +0 in j order), on data where another order, pairing or fusion shows,
+    with operands and outputs laid out as `_fast_sums` passes them (column slices of wider arrays)."""
+    rng = np.random.default_rng(20240612)
+    for nk, nj, nb in ((1, 16, 2), (3, 16, 4), (5, 16, 6), (2, 16, 514), (11, 16, 1024), (4, 32, 512), (2, 32, 7)):
+        q = rng.integers(-127, 128, (nk, nj, nb)).astype(F32)
+        w = (rng.uniform(0, 3, (nj, nb + 3)) * np.exp(rng.uniform(-10, 10, (nj, nb + 3)))).astype(F32)[:, 1:nb + 1]
+        x = (rng.standard_normal((nj, nb + 3)) * np.exp(rng.uniform(-10, 10, (nj, nb + 3)))).astype(F32)[:, 2:nb + 2]
+        x[0, 0] = -0.0
+        wx = np.zeros((nk, nb), F32)
+        w2 = np.zeros((nk, nb), F32)
+        for j in range(nj):
+            wq = w[j] * q[:, j]
+            wx += wq * x[j]
+            w2 += wq * q[:, j]
+        out = np.full((2, nk, nb + 5), np.nan, F32)
+        c_einsum("kjb,jb,jb->kb", q, w, x, out=out[0, :, 3:nb + 3])
+        c_einsum("kjb,jb,kjb->kb", q, w, q, out=out[1, :, 3:nb + 3])
+        if not (np.array_equal(out[0, :, 3:nb + 3].view(np.uint32), wx.view(np.uint32))
+                and np.array_equal(out[1, :, 3:nb + 3].view(np.uint32), w2.view(np.uint32))):
+            return False
+        prod = c_einsum("kb,jb->kjb", w[:min(nk, nj)], x)  # products exact; -0 comes out +0 (harmless: keys
+        if not np.array_equal(prod, w[:min(nk, nj), None, :] * x[None]):  # of +-0 hold the same records)
+            return False
+    return True
+
+
+def _repeat_cols(a: np.ndarray, r: int) -> np.ndarray:
+    """np.repeat(a, r, axis=1) for float32 a (n, m) and r in (1, 2, 4), through 64-bit copies: a
+    float's bits times 2^32 + 1 are two copies of it."""
+    if r == 1:
+        return a
+    u = np.ascontiguousarray(a).view(np.uint32).astype(np.uint64)
+    u *= np.uint64(0x100000001)
+    if r == 4:
+        u = np.repeat(u, 2, axis=1)
+    return u.view(F32)
+
+
+def _fast_sums(xt: np.ndarray, wt: np.ndarray, mx: np.ndarray, id0: np.ndarray, plan: _FastPlan,
+               qtype: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(sumqx, sumq2) of every candidate of the search, per group of ids as einsum writes them:
+    [(sumqx, sumq2 (rows, nb*r): the r record slots of each block side by side, C index of each
+    (row, slot) (rows, r))].
+
+    Values whose al has low 16 bits zero need the first-float record where their key is `bad`. Each
+    block's largest value gives such an al in most rows (id*max comes out an integer) and zeros give
+    +-0: those are known in advance, so a sub-batch only counts its zero low halves and looks for the
+    positions of the others when the count is off (a chance hit, about 2^-16 of the values)."""
+    nb = xt.shape[1]
+    nk = plan.nums.size + 1
+    ids = np.empty((nk, nb), F32)
+    ids[0] = id0
+    np.divide(plan.nums[:, None], mx[None, :], out=ids[1:])
+    cols = np.arange(nb)
+    jmax = np.argmax(np.abs(xt), axis=0)
+    alm = ids * xt[jmax, cols]  # (nk, nb): al of each block's largest value
+    bm = alm.view(np.uint32)
+    lowm = (bm << 16) == 0
+    fb, fk = np.divmod(np.flatnonzero((lowm & plan.bad[bm >> 16]).T), nk)  # largest values to fix, by block
+    zero = xt == 0
+    zero[jmax, cols] = False
+    expect = lowm + zero.sum(axis=0)  # (nk, nb): values with low 16 bits zero known in advance
+    cexp = np.zeros((nk, nb + 1), np.int64)
+    np.cumsum(expect, axis=1, out=cexp[:, 1:])
+    rs = sorted({g[4].shape[1] for g in plan.groups})
+    wr = {r: _repeat_cols(wt, r) for r in rs}  # w and x repeated for the r record slots of each block
+    xr = {r: _repeat_cols(xt, r) for r in rs}
+    raw = [(np.empty((g[1] - g[0], nb * g[4].shape[1]), F32), np.empty((g[1] - g[0], nb * g[4].shape[1]), F32))
+           for g in plan.groups]
+    sub = min(_FAST_SUB, nb)
+    n_al = nk * 16 * sub
+    buf_al = np.empty(n_al, F32)
+    buf_k = np.empty(n_al, np.int64)
+    buf_t = np.empty(n_al, np.uint32)
+    qbufs = [np.empty((g[1] - g[0]) * 16 * sub * g[4].shape[1], F32) for g in plan.groups]
+    ein = einsum_sums_ok()
+    for b0 in range(0, nb, sub):
+        m = min(sub, nb - b0)
+        sl = slice(b0, b0 + m)
+        xs = xt[:, sl]
+        al = buf_al[:nk * 16 * m].reshape(nk, 16, m)
+        if ein:
+            c_einsum("kb,jb->kjb", ids[:, sl], xs, out=al)  # (faster than the broadcast multiply)
+        else:
+            np.multiply(ids[:, None, sl], xs[None], out=al)
+        bits = al.view(np.uint32)
+        key = buf_k[:al.size].reshape(al.shape)
+        np.right_shift(bits, 16, out=key, casting="unsafe")  # (take's wrap mode is slow on < 0)
+        low = np.left_shift(bits.reshape(nk, 16 * m), 16, out=buf_t[:al.size].reshape(nk, 16 * m))
+        f0, f1 = np.searchsorted(fb, (b0, b0 + m))
+        pos = (fk[f0:f1] * 16 + jmax[fb[f0:f1]]) * m + (fb[f0:f1] - b0)
+        want = cexp[:, b0 + m] - cexp[:, b0]
+        if low.size - np.count_nonzero(low) != want.sum():  # a chance hit (2^-16 of the values): which rows
+            odd = [k for k in range(nk) if low.shape[1] - np.count_nonzero(low[k]) != want[k]]
+            more = np.concatenate([np.flatnonzero(low[k] == 0) + k * 16 * m for k in odd])
+            pos = np.union1d(pos, more[plan.bad.take(key.reshape(-1).take(more))])
+        for (lo, hi, rec, recf, cmap), qb, (rx, r2) in zip(plan.groups, qbufs, raw, strict=True):
+            r = cmap.shape[1]
+            q = qb[:(hi - lo) * 16 * m * r].view(rec.dtype).reshape(hi - lo, 16, m)
+            np.take(rec, key[lo:hi], out=q, mode="clip")
+            if pos.size:
+                p = pos[(pos >= lo * 16 * m) & (pos < hi * 16 * m)]
+                if p.size:
+                    q.reshape(-1)[p - lo * 16 * m] = recf.take(key.reshape(-1).take(p))
+            qf = q.view(F32).reshape(hi - lo, 16, m * r)
+            ox = rx[:, b0 * r:(b0 + m) * r]
+            w = wr[r][:, b0 * r:(b0 + m) * r]
+            x = xr[r][:, b0 * r:(b0 + m) * r]
+            o2 = r2[:, b0 * r:(b0 + m) * r]
+            if ein:
+                c_einsum("kjb,jb,jb->kb", qf, w, x, out=ox)
+                c_einsum("kjb,jb,kjb->kb", qf, w, qf, out=o2)
+            else:
+                wq = qf * w
+                np.add.reduce(wq * qf, axis=1, out=o2)
+                wq *= x
+                np.add.reduce(wq, axis=1, out=ox)
+    if not ein:
+        for rx, r2 in raw:
+            rx += F32(0)
+            r2 += F32(0)
+    for (_, _, _, _, cmap), (rx, r2) in zip(plan.groups, raw, strict=True):
+        redo = np.flatnonzero(np.isnan(r2))
+        if not redo.size:  # else a straddling key: C's level function on those candidates
+            continue
+        r = cmap.shape[1]
+        k, bs = np.divmod(redo, nb * r)
+        bi, sl_ = np.divmod(bs, r)
+        ci = cmap[k, sl_]
+        x = xt[:, bi]
+        al = ids[plan.crow[ci], bi] * x
+        al = np.where(plan.cneg[ci], -al, al)
+        q = np.empty_like(al)
+        for t, lut in enumerate(luts(qtype)):
+            c = plan.ckind[ci] == t
+            q[:, c] = _exact_values(al[:, c], lut)
+        rx.reshape(-1)[redo], r2.reshape(-1)[redo] = _loop_sums(wt[:, bi] * q, x, q)
+    return [(rx, r2, g[4]) for (rx, r2), g in zip(raw, plan.groups, strict=True)]
+
+
+def _choose(groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]], nb: int) -> tuple[np.ndarray, np.ndarray]:
+    """C's choice over the candidates -> (the winner's C index (nb,), its d = sumqx/sumq2 (nb,)).
+
+    groups: [(sumqx, sumq2 (rows, nb*r), C index of each (row, slot) (rows, r))] covering every
+    candidate once. C: candidate 0 unconditionally (d = sumqx/sumq2, best = d*sumqx), then in C's
+    order each one with `sumq2 > 0 && sumqx*sumqx > best*sumq2`. The sequential loop runs on
+    (nb,) views of the groups (no reordering copy); best and the winner's index are one complex64
+    per block, so each step is three numpy calls."""
+    ncand = sum(g[2].size for g in groups)
+    s2v: list[np.ndarray] = [np.empty(0, F32)] * ncand
+    sxxv: list[np.ndarray] = [np.empty(0, F32)] * ncand
+    candv: list[np.ndarray] = [np.empty(0, np.complex64)] * ncand
+    dns = []
+    for rx, r2, cmap in groups:
+        rows, r = cmap.shape
+        with np.errstate(all="ignore"):
+            dn = rx / r2
+            cand = np.empty(rx.shape, np.complex64)
+            cv = cand.view(F32).reshape(rows, nb, r, 2)
+            cv[..., 0] = (dn * rx).reshape(rows, nb, r)
+            cv[..., 1] = cmap[:, None, :].astype(F32)
+            sxx = rx * rx
+            off = ~(r2 > 0)
+            if off.any():
+                sxx[off] = -np.inf
+        dns.append(dn)
+        for k in range(rows):
+            for j in range(r):
+                c = cmap[k, j]
+                s2v[c] = r2[k, j::r]
+                sxxv[c] = sxx[k, j::r]
+                candv[c] = cand[k, j::r]
+    state = candv[0].copy()
+    best = state.view(F32)[0::2]
+    upd = np.empty(nb, bool)
+    tmp = np.empty(nb, F32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for c in range(1, ncand):
+            np.multiply(best, s2v[c], out=tmp)
+            np.greater(sxxv[c], tmp, out=upd)
+            np.putmask(state, upd, candv[c])
+    last = state.view(F32)[1::2].astype(np.intp)
+    d = np.empty(nb, F32)
+    for (_, _, cmap), dn in zip(groups, dns, strict=True):
+        rows, r = cmap.shape
+        where = np.full(ncand, -1, np.intp)
+        where[cmap.reshape(-1)] = np.arange(cmap.size)
+        pos = where[last]
+        sel = np.flatnonzero(pos >= 0)
+        kk, jj = np.divmod(pos[sel], r)
+        d[sel] = dn[kk, sel * r + jj]
+    return last, d
+
+
+def _search(xt: np.ndarray, wt: np.ndarray, qtype: str, ntry: int, refine: bool, exact: bool,
+            fast: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The per-block search of quantize_row_iq{4,5,6}_k_impl on xt, wt (16, nb) -> (scale float32
-    (nb,), is_shifted bool (nb,)); blocks with max |x| < 1e-16 get 0, not shifted."""
+    (nb,), is_shifted bool (nb,)); blocks with max |x| < 1e-16 get 0, not shifted. fast: the
+    candidates' sums from `_fast_sums` (not with exact, i.e. NaN data), else per table through
+    `_cand_sums` (the reference path)."""
     lut_u, lut_s = luts(qtype)
     v0 = lut_u.kind.values[0]
     s0 = lut_s.kind.values[0]
@@ -354,37 +660,29 @@ def _search(xt: np.ndarray, wt: np.ndarray, qtype: str, ntry: int, refine: bool,
     d0 = -mx / v0
     id0 = F32(1) / d0
     tries = range(-ntry, ntry + 1)
-    ids_u = np.empty((2 + 2 * len(tries), mx.size), F32)
-    ids_s = np.empty((2 * len(tries), mx.size), F32)
-    ids_u[0] = id0
-    for i, itry in enumerate(tries):
-        ids_u[2 + 2 * i] = (F32(itry) + v0) / mx
-        ids_s[2 * i] = (F32(itry) + s0) / mx
-    ids_u[1::2] = -ids_u[0::2]
-    ids_s[1::2] = -ids_s[0::2]
-    sxu, s2u = _cand_sums(xt, wt, ids_u, lut_u, exact)
-    sxs, s2s = _cand_sums(xt, wt, ids_s, lut_s, exact)
-
     # C's order: p0, m0, then per itry: plain p, plain m, shifted p, shifted m
-    nu = sxu.shape[0]
-    order = [1] + [r for i in range(len(tries)) for r in (2 + 2 * i, 3 + 2 * i, nu + 2 * i, nu + 2 * i + 1)]
-    sx = np.concatenate([sxu, sxs])
-    s2 = np.concatenate([s2u, s2s])
-    dn = sx / s2
-    bn = dn * sx
-    sxx = np.where(s2 > 0, sx * sx, F32(-np.inf))  # C: sumq2 > 0 && sumqx*sumqx > best*sumq2
-    best = bn[0].copy()  # C takes candidate 0 unconditionally
-    last = np.zeros(mx.size, np.intp)
-    upd = np.empty(mx.size, bool)
-    tmp = np.empty(mx.size, F32)
-    for c in order:
-        np.multiply(best, s2[c], out=tmp)
-        np.greater(sxx[c], tmp, out=upd)
-        np.putmask(best, upd, bn[c])  # (putmask: several times faster than copyto(where=) here)
-        np.putmask(last, upd, c)
-    cols = np.arange(mx.size)
-    d = dn[last, cols]
-    shifted = last >= nu
+    if fast and not exact:
+        plan = _fast_plan(qtype, ntry)
+        last, d = _choose(_fast_sums(xt, wt, mx, id0, plan, qtype), mx.size)
+        shifted_c = plan.ckind == 1
+    else:
+        ids_u = np.empty((2 + 2 * len(tries), mx.size), F32)
+        ids_s = np.empty((2 * len(tries), mx.size), F32)
+        ids_u[0] = id0
+        for i, itry in enumerate(tries):
+            ids_u[2 + 2 * i] = (F32(itry) + v0) / mx
+            ids_s[2 * i] = (F32(itry) + s0) / mx
+        ids_u[1::2] = -ids_u[0::2]
+        ids_s[1::2] = -ids_s[0::2]
+        sxu, s2u = _cand_sums(xt, wt, ids_u, lut_u, exact)
+        sxs, s2s = _cand_sums(xt, wt, ids_s, lut_s, exact)
+        nu = sxu.shape[0]
+        order = [0, 1] + [r for i in range(len(tries)) for r in (2 + 2 * i, 3 + 2 * i, nu + 2 * i, nu + 2 * i + 1)]
+        sx = np.concatenate([sxu, sxs])[order]
+        s2 = np.concatenate([s2u, s2s])[order]
+        shifted_c = np.array(order) >= nu
+        last, d = _choose([(sx, s2, np.arange(len(order))[:, None])], mx.size)
+    shifted = shifted_c[last]
 
     if refine:  # IQ5_K / IQ6_K: one more pass at id = 1/d with the chosen table
         nz = d != 0
@@ -484,11 +782,25 @@ def _final_levels(xt: np.ndarray, idl: np.ndarray, shifted: np.ndarray, qtype: s
     """Levels best_index(block_values, idl*x) with each block's table: (index uint8, value float32)."""
     lut_u, lut_s = luts(qtype)
     al = idl * xt
-    iu = level_index(al, lut_u, exact)
-    is_ = level_index(al, lut_s, exact)
-    L = np.where(shifted, is_, iu)
     vals = np.concatenate([lut_u.kind.values, lut_s.kind.values])
+    if exact:
+        L = np.where(shifted, level_index(al, lut_s, True), level_index(al, lut_u, True))
+    else:  # both tables' indices in one uint16 per key
+        k = keys(al.copy())
+        both = _both_idx(qtype).take(k)
+        L = np.where(shifted, both >> 8, both & 0xFF).astype(np.uint8)
+        amb = L == _AMBIGUOUS
+        if amb.any():
+            sh = np.broadcast_to(shifted, L.shape)[amb]
+            L[amb] = np.where(sh, lut_s.resolve(al[amb], k[amb]), lut_u.resolve(al[amb], k[amb]))
     return L, vals[L.astype(np.intp) + np.where(shifted, lut_u.kind.n, 0)]
+
+
+@functools.cache
+def _both_idx(qtype: str) -> np.ndarray:
+    """uint16 per key of `keys`: the plain table's level index | the shifted table's << 8."""
+    lut_u, lut_s = luts(qtype)
+    return (lut_u.idx.astype(np.uint16) | (lut_s.idx.astype(np.uint16) << 8)).astype(np.uint16)
 
 
 @ieee
@@ -608,12 +920,13 @@ def _levels_56(b: np.ndarray, six: bool) -> np.ndarray:
     ib32, half = _IB // 2, _IB % 2
     qs = b["qs"].reshape(-1, 4, 2, 16)  # pair, half, j
     low = (qs[:, ib32 // 2, half, :] >> (4 * (ib32 % 2)).astype(np.uint8)[None, :, None]) & 0xF
+    hi: np.ndarray
     if six:
-        qh = b["qh"].reshape(-1, 2, 2, 16)  # ib32/4, half, j
-        hi = (qh[:, ib32 // 4, half, :] >> (2 * (ib32 % 4)).astype(np.uint8)[None, :, None]) & 3
+        qh6 = b["qh"].reshape(-1, 2, 2, 16)  # ib32/4, half, j
+        hi = (qh6[:, ib32 // 4, half, :] >> (2 * (ib32 % 4)).astype(np.uint8)[None, :, None]) & 3
     else:
-        qh = b["qh"].reshape(-1, 2, 16)  # half, j
-        hi = (qh[:, half, :] >> ib32.astype(np.uint8)[None, :, None]) & 1
+        qh5 = b["qh"].reshape(-1, 2, 16)  # half, j
+        hi = (qh5[:, half, :] >> ib32.astype(np.uint8)[None, :, None]) & 1
     return low | (hi << 4)
 
 
@@ -667,5 +980,5 @@ def dequantize_iq6_k(data: np.ndarray, n: int) -> np.ndarray:
 
 QUANTIZE = {"IQ4_K": quantize_iq4_k, "IQ5_K": quantize_iq5_k, "IQ6_K": quantize_iq6_k}
 DEQUANTIZE = {"IQ4_K": dequantize_iq4_k, "IQ5_K": dequantize_iq5_k, "IQ6_K": dequantize_iq6_k}
-for _n in QUANTIZE:
-    register(_n, QUANTIZE[_n], DEQUANTIZE[_n], mainline=())
+for _name in QUANTIZE:
+    register(_name, QUANTIZE[_name], DEQUANTIZE[_name], mainline=())
