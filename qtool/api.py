@@ -232,7 +232,6 @@ def plan_model(model: GGUFModel, ftype: str | int | FType | None, opts: MixOptio
     return mix_plan(tensors, info, ftype, opts)
 
 
-@_option_keywords
 def _implied(ftype: str | int | None, options: MixOptions | None, kw: dict[str, Any]) -> dict[str, Any]:
     """option_kwargs with flavour="ik" added when no flavour was given (neither as a keyword nor
     through `options`) and FTYPE is, by name, an ftype only ik_llama.cpp has (IQ4_K, ...)."""
@@ -242,6 +241,7 @@ def _implied(ftype: str | int | None, options: MixOptions | None, kw: dict[str, 
     return {**kw, "flavour": fl} if fl else kw
 
 
+@_option_keywords
 def plan(model: str | os.PathLike[str], ftype: str | int | None = None, *, imatrix: str | None = None,
          options: MixOptions | None = None, override_kv: Sequence[str | KVOverride] = (),
          **option_kwargs: Any) -> Plan:
