@@ -90,3 +90,14 @@ def test_cli_implies_flavour_and_says_once_that_ik_is_needed(models: dict[str, P
     r = CliRunner().invoke(cli, ["mix", "show", str(models["tiny-256"]), "IQ2_KS", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["flavour"] == "ik"
     assert os.listdir(tmp_path) == ["o.gguf"]
+
+
+def test_stats_rmse_with_an_ik_type_implies_flavour_ik(models: dict[str, Path]) -> None:
+    """`qtool stats model.gguf --rmse -t q4_k -t iq4_k`: one `TYPE BPW RMSE` line per type."""
+    r = CliRunner().invoke(cli, ["stats", str(models["tiny-256"]), "--rmse", "-t", "q4_k", "-t", "iq4_k"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.split("\n")[:2]
+    assert [ln.split()[0] for ln in lines] == ["q4_k", "iq4_k"]
+    assert all(float(ln.split()[2]) > 0 for ln in lines)
+    r = CliRunner().invoke(cli, ["stats", str(models["tiny-256"]), "--rmse", "-t", "iq4_k", "--flavour", "mainline"])
+    assert r.exit_code == 2 and "cannot quantize to IQ4_K (mainline)" in r.output

@@ -10,11 +10,12 @@ import re
 import sys
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
 from ..quants import can_quantize, get_type, quantizable_types
-from ..quants.types import QType
+from ..quants.types import IK, QType
 from ..stats.metrics import ErrorStats
 from ..stats.report import StatsError, StatsReport, TypeResult, run_stats
 from .common import THREADS_HELP, flavour_option, threads_option
@@ -37,6 +38,18 @@ def _parse_ranks(value: str | None) -> list[int]:
             raise click.BadParameter(f"rank {r} must be at least 1", param_hint="--svd-rank")
         out.append(r)
     return sorted(set(out))
+
+
+def _names_ik_only_type(names: tuple[str, ...]) -> bool:
+    """Whether a -t / --type list names a type only ik_llama.cpp defines (IQ4_K, IQ2_KS, Q6_0, ...)."""
+    for n in names:
+        for piece in n.split(","):
+            try:
+                if get_type(piece.strip()).flavour == IK:
+                    return True
+            except KeyError:
+                pass
+    return False
 
 
 def _types(names: tuple[str, ...], flavour: str, have_imatrix: bool) -> list[QType]:
@@ -169,7 +182,10 @@ def stats(ctx: click.Context, model: str, type_names: tuple[str, ...], imatrix: 
     if not os.path.exists(model):
         raise click.BadParameter(f"{model}: no such file", param_hint="MODEL")
     ranks = _parse_ranks(svd_rank)
-    types = _types(type_names + tuple(ctx.meta.get("stats_types", ())), flavour, imatrix is not None)
+    names = type_names + tuple(ctx.meta.get("stats_types", ()))
+    if ctx.get_parameter_source("flavour") == ParameterSource.DEFAULT and _names_ik_only_type(names):
+        flavour = IK  # an ik_llama.cpp type (-t iq4_k) implies --flavour ik, as for quantize
+    types = _types(names, flavour, imatrix is not None)
     if not types:
         raise StatsError("no type to test")
     if plot and plot != "-":  # before any work: matplotlib there, the file writable, never an input
