@@ -3,6 +3,7 @@ Tests that need one skip when it is unset or missing.
 
 - QTOOL_GGML_LIB: mainline llama.cpp's libggml-base.so (llama-cpp-python 0.3.36's vendor tree).
 - QTOOL_LLAMA_BIN: the folder with mainline's llama-quantize, llama-imatrix, llama-perplexity.
+- QTOOL_GGML_SRC: mainline's ggml/src folder (tables read from its C source).
 - QTOOL_IK_LIB: ik_llama.cpp's libggml.so built with -ffp-contract=off.
 - QTOOL_IK_BIN: the folder with ik_llama.cpp's llama-quantize.
 - QTOOL_IK_SRC: an ik_llama.cpp source checkout (for tables read from its C source).
@@ -25,6 +26,10 @@ def _path(var: str, *parts: str) -> Path | None:
 
 def ggml_lib() -> Path | None:
     return _path("QTOOL_GGML_LIB")
+
+
+def ggml_source(*parts: str) -> Path | None:
+    return _path("QTOOL_GGML_SRC", *parts)
 
 
 def llama_bin(tool: str) -> Path | None:
