@@ -17,6 +17,8 @@ _COMMANDS = {
     "imatrix": ("imatrix_cmd:imatrix", "Importance matrices: convert, merge, show statistics."),
     "stats": ("stats_cmd:stats", "Quantization error of a model's tensors per type (quantize-stats)."),
     "types": ("types_cmd:types", "List GGML types: id, block size, bytes per block, bits per weight."),
+    "perplexity": ("eval_cmd:perplexity_cmd", "Perplexity of a model on a text, like llama-perplexity."),
+    "kld": ("eval_cmd:kld_cmd", "KL divergence of a model from a base model (llama-perplexity --kl-divergence)."),
 }
 
 

@@ -89,6 +89,16 @@ def imatrix() -> None:
     """Importance matrices: convert between .dat and .gguf, merge, show statistics (llama-imatrix)."""
 
 
+def _attach_collect() -> None:
+    """`qtool imatrix collect` lives in collect_cmd (the forward pass is imported only when used)."""
+    from .collect_cmd import collect
+
+    imatrix.add_command(collect)
+
+
+_attach_collect()
+
+
 @imatrix.command()
 @click.argument("in_file", metavar="IN", type=click.Path(dir_okay=False))
 @click.argument("out", metavar="OUT")

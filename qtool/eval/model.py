@@ -1,0 +1,401 @@
+"""A numpy forward pass over GGUF models, as llama.cpp's CPU backend computes it.
+
+Architectures (llama.cpp src/models/*.cpp): `llama` (dense, and Mixtral-style MoE with
+`ffn_gate_inp` + `ffn_{gate,up,down}_exps`, softmax gating, top-k, normalized weights), `qwen2`
+(q/k/v biases), `qwen3` (per-head Q/K RMS norms), `gemma3` (embedding scale sqrt(n_embd), Q/K
+norms, post-attention and post-FFN norms, GELU gate, sliding-window layers with their own RoPE
+base, query scale 1/sqrt(head_dim)).
+
+One batch of sequences (each its own causal context, positions from 0) runs through the model
+one layer at a time; every weight is dequantized by the engine when its layer needs it and kept
+in a bounded cache (`cache_bytes`), so memory stays bounded by the activations plus the cache.
+
+Numerics (`exact=True`, the default): the activations entering each weight matmul are rounded
+to the weight type's vec_dot_type (numerics.round_for_dot), K and V are stored as F16 as in
+llama.cpp's KV cache, attention is computed in float32 from F32 Q as ggml's tiled flash-attention
+path does. `exact=False` keeps float32 activations everywhere (the model's "true" value).
+
+An `observer` sees the input of every weight matmul before rounding, as llama-imatrix's
+collect_imatrix sees src1: `dense(name, x)` with x float32[n_tokens, n_in] and
+`experts(name, x, ids, n_expert)` for MUL_MAT_ID with x float32[n_tokens, n_slots, n_in]
+(n_slots 1 when the input is broadcast over the selected experts) and ids int[n_tokens, n_used].
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import QtoolError
+from ..gguf_io import GGUFModel, TensorInfo
+from ..quants import dequantize
+from ..quants.types import QType
+from .numerics import dot_type, gelu_f16, rms_norm, rope, rope_cache, round_f16, round_for_dot, silu
+
+F32 = np.float32
+ARCHES = ("llama", "qwen2", "qwen3", "gemma3")
+DEFAULT_CACHE_BYTES = 4 << 30
+
+
+class ModelError(QtoolError):
+    """A model qtool's forward pass cannot run (architecture, missing tensor, bad shape)."""
+
+
+class Observer(Protocol):
+    def dense(self, name: str, x: np.ndarray) -> None: ...
+
+    def experts(self, name: str, x: np.ndarray, ids: np.ndarray, n_expert: int) -> None: ...
+
+
+@dataclass
+class HParams:
+    """The hyper-parameters the forward pass needs (llama_model::load_hparams)."""
+
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_k: int
+    head_v: int
+    n_ff: int
+    eps: float
+    n_vocab: int
+    rope_base: float
+    rope_scale: float
+    n_rot: int
+    neox: bool
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_swa: int = 0
+    swa_layers: list[bool] = field(default_factory=list)
+    rope_base_swa: float = 10000.0
+    rope_scale_swa: float = 1.0
+    kq_scale: float = 1.0
+    q_scale: float = 1.0
+    embd_scale: float = 1.0
+    n_ctx_train: int = 0
+
+    @classmethod
+    def from_model(cls, m: GGUFModel) -> HParams:
+        arch = m.arch
+        if arch not in ARCHES:
+            raise ModelError(f"{m.path}: architecture {arch!r} is not supported by the forward pass "
+                             f"(supported: {', '.join(ARCHES)})", path=m.path)
+
+        def k(key: str, default: object = None) -> object:
+            v = m.kv(f"{arch}.{key}", default)
+            if v is None:
+                raise ModelError(f"{m.path}: missing key {arch}.{key}", path=m.path)
+            return v
+
+        def ki(key: str, default: int | None = None) -> int:
+            return int(k(key, default))  # type: ignore[call-overload]
+
+        def kf(key: str, default: float | None = None) -> float:
+            return float(k(key, default))  # type: ignore[arg-type]
+
+        n_embd = ki("embedding_length")
+        n_head = ki("attention.head_count")
+        n_head_kv = ki("attention.head_count_kv", n_head)
+        head_k = ki("attention.key_length", n_embd // n_head)
+        head_v = ki("attention.value_length", n_embd // n_head)
+        toks = m.kv("tokenizer.ggml.tokens")
+        emb = next((t for t in m.tensors if t.name == "token_embd.weight"), None)
+        n_vocab = len(toks) if toks is not None else (emb.shape[1] if emb is not None else 0)
+        scale_type = str(m.kv(f"{arch}.rope.scaling.type", "none"))
+        factor = float(m.kv(f"{arch}.rope.scaling.factor", 0.0) or 0.0)
+        rope_scale = 1.0 / factor if scale_type == "linear" and factor > 0 else 1.0
+        hp = cls(arch=arch, n_layer=ki("block_count"), n_embd=n_embd, n_head=n_head,
+                 n_head_kv=n_head_kv, head_k=head_k, head_v=head_v, n_ff=ki("feed_forward_length", 0),
+                 eps=kf("attention.layer_norm_rms_epsilon"), n_vocab=n_vocab,
+                 rope_base=kf("rope.freq_base", 10000.0), rope_scale=rope_scale,
+                 n_rot=ki("rope.dimension_count", head_k), neox=arch != "llama",
+                 n_expert=ki("expert_count", 0), n_expert_used=ki("expert_used_count", 0),
+                 n_ctx_train=ki("context_length", 0))
+        hp.kq_scale = 1.0 / float(np.sqrt(F32(head_k)))
+        hp.swa_layers = [False] * hp.n_layer
+        if arch == "gemma3":
+            hp.embd_scale = float(np.sqrt(F32(n_embd)))
+            # llama_model_gemma3::load_arch_hparams: 27B scales by n_embd/n_head, the rest by head_k
+            hp.q_scale = float(F32(1) / np.sqrt(F32(n_embd // n_head if hp.n_layer == 62 else head_k)))
+            hp.kq_scale = 1.0
+            hp.n_swa = int(m.kv("gemma3.attention.sliding_window", 0) or 0)
+            if hp.n_swa > 0:
+                pattern = m.kv("gemma3.attention.sliding_window_pattern", 6)
+                if isinstance(pattern, (list, np.ndarray)):
+                    hp.swa_layers = [bool(v) for v in pattern][: hp.n_layer]
+                else:
+                    p = int(pattern)
+                    hp.swa_layers = [p == 0 or (il % p < p - 1) for il in range(hp.n_layer)]
+                hp.rope_base_swa = float(m.kv("gemma3.rope.freq_base_swa", 10000.0))
+        return hp
+
+
+class Weights:
+    """Dequantized weights on demand, float32[rows, n_per_row] (3-D: [n_mat, rows, n_per_row]),
+    kept in an LRU cache of at most `cache_bytes`."""
+
+    def __init__(self, model: GGUFModel, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.model = model
+        self.infos: dict[str, TensorInfo] = {t.name: t for t in model.tensors}
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._held = 0
+
+    def has(self, name: str) -> bool:
+        return name in self.infos
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of dequantized weights the cache holds."""
+        return self._held
+
+    def info(self, name: str) -> TensorInfo:
+        t = self.infos.get(name)
+        if t is None:
+            raise ModelError(f"{self.model.path}: tensor {name!r} is missing", path=self.model.path)
+        return t
+
+    def qtype(self, name: str) -> QType:
+        return self.info(name).qtype
+
+    def get(self, name: str) -> np.ndarray:
+        a = self._cache.get(name)
+        if a is not None:
+            self._cache.move_to_end(name)
+            return a
+        t = self.info(name)
+        self.model.check_size(t)
+        data = np.asarray(self.model.tensor_data(t)).reshape(t.n_rows, -1)
+        if t.qtype.name == "F32":
+            a = data.view(F32).reshape(t.n_rows, t.n_per_row).copy()
+        elif t.qtype.name == "F16":
+            a = data.view(np.float16).astype(F32).reshape(t.n_rows, t.n_per_row)
+        else:
+            a = dequantize(data, t.qtype, t.n_per_row)
+        if len(t.shape) == 1:
+            a = a.reshape(-1)
+        elif len(t.shape) == 3:
+            a = a.reshape(t.shape[2], t.shape[1], t.shape[0])
+        if a.nbytes <= self.cache_bytes:
+            self._cache[name] = a
+            self._held += a.nbytes
+            while self._held > self.cache_bytes and self._cache:
+                _, old = self._cache.popitem(last=False)
+                self._held -= old.nbytes
+        return a
+
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """get_rows: the rows `ids` of a 2-D tensor, dequantizing only those."""
+        if name in self._cache:
+            return self._cache[name][ids]
+        t = self.info(name)
+        self.model.check_size(t)
+        data = np.asarray(self.model.tensor_data(t)).reshape(t.n_rows, -1)
+        uniq, inv = np.unique(ids.reshape(-1), return_inverse=True)
+        sel = data[uniq]
+        if t.qtype.name == "F32":
+            r = sel.view(F32).reshape(len(uniq), t.n_per_row)
+        elif t.qtype.name == "F16":
+            r = sel.view(np.float16).astype(F32).reshape(len(uniq), t.n_per_row)
+        else:
+            r = dequantize(sel, t.qtype, t.n_per_row)
+        return r[inv].reshape(*ids.shape, t.n_per_row)
+
+
+def _softmax_rows(s: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in place (rows of -inf only give NaN-free zeros)."""
+    m = s.max(axis=-1, keepdims=True)
+    m[~np.isfinite(m)] = 0
+    np.subtract(s, m, out=s)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return s
+
+
+class Forward:
+    """Run token batches through a GGUF model (see the module docstring)."""
+
+    def __init__(self, model: GGUFModel, *, exact: bool = True, cache_bytes: int | None = None,
+                 observer: Observer | None = None) -> None:
+        self.model = model
+        self.hp = HParams.from_model(model)
+        if cache_bytes is None:
+            cache_bytes = int(os.environ.get("QTOOL_EVAL_CACHE_BYTES", DEFAULT_CACHE_BYTES))
+        self.w = Weights(model, cache_bytes)
+        self.exact = exact
+        self.observer = observer
+        self.output_name = "output.weight" if self.w.has("output.weight") else "token_embd.weight"
+        self._rounded: tuple[np.ndarray, str, np.ndarray] | None = None
+        self._check()
+
+    def _check(self) -> None:
+        hp = self.hp
+        for name in ("token_embd.weight", "output_norm.weight"):
+            self.w.info(name)
+        if hp.n_head % hp.n_head_kv:
+            raise ModelError(f"{self.model.path}: {hp.n_head} heads do not split into {hp.n_head_kv} KV heads")
+        if hp.n_rot > hp.head_k or hp.n_rot % 2:
+            raise ModelError(f"{self.model.path}: rope dimension {hp.n_rot} does not fit head size {hp.head_k}")
+
+    # -- pieces -----------------------------------------------------------------------------------
+
+    def mm(self, name: str, x: np.ndarray, observe: bool = True) -> np.ndarray:
+        """x float32[n, n_in] @ W^T (+ bias), activations rounded to W's dot type."""
+        if observe and self.observer is not None:
+            self.observer.dense(name, x)
+        w = self.w.get(name)
+        if w.ndim != 2 or w.shape[1] != x.shape[1]:
+            raise ModelError(f"{name}: shape {w.shape} does not take inputs of {x.shape[1]}")
+        xr = x
+        if self.exact:
+            kind = dot_type(self.w.qtype(name))
+            last = self._rounded
+            if last is not None and last[0] is x and last[1] == kind:  # Q, K, V (up, gate) share an input
+                xr = last[2]
+            else:
+                xr = round_for_dot(x, kind)
+                self._rounded = (x, kind, xr)
+        y = xr @ w.T
+        bias = name.replace(".weight", ".bias")
+        if self.w.has(bias):
+            y += self.w.get(bias)
+        return y
+
+    def norm(self, x: np.ndarray, name: str) -> np.ndarray:
+        return (rms_norm(x, self.hp.eps) * self.w.get(name)).astype(F32)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        x = self.w.rows("token_embd.weight", tokens.reshape(-1)).astype(F32)
+        if self.hp.embd_scale != 1.0:
+            x *= F32(self.hp.embd_scale)
+        return x
+
+    def attention(self, il: int, cur: np.ndarray, n_seq: int, n_ctx: int) -> np.ndarray:
+        hp = self.hp
+        p = f"blk.{il}."
+        q = self.mm(p + "attn_q.weight", cur).reshape(n_seq, n_ctx, hp.n_head, hp.head_k)
+        k = self.mm(p + "attn_k.weight", cur).reshape(n_seq, n_ctx, hp.n_head_kv, hp.head_k)
+        v = self.mm(p + "attn_v.weight", cur).reshape(n_seq, n_ctx, hp.n_head_kv, hp.head_v)
+        if self.w.has(p + "attn_q_norm.weight"):
+            q = self.norm(q, p + "attn_q_norm.weight")
+            k = self.norm(k, p + "attn_k_norm.weight")
+        swa = hp.swa_layers[il] if hp.swa_layers else False
+        base, scale = (hp.rope_base_swa, hp.rope_scale_swa) if swa else (hp.rope_base, hp.rope_scale)
+        cos, sin = rope_cache(np.arange(n_ctx), hp.n_rot, base, scale)
+        cos, sin = cos[:, None, :], sin[:, None, :]
+        q = rope(q, cos, sin, hp.neox)
+        k = rope(k, cos, sin, hp.neox)
+        if hp.q_scale != 1.0:
+            q = q * F32(hp.q_scale)
+        if self.exact:  # the KV cache is F16
+            k = round_f16(k)
+            v = round_f16(v)
+        pos = np.arange(n_ctx)
+        masked = pos[None, :] > pos[:, None]
+        if swa and hp.n_swa > 0:
+            masked |= (pos[:, None] - pos[None, :]) >= hp.n_swa
+        mask = np.where(masked, F32(-np.inf), F32(0))
+        group = hp.n_head // hp.n_head_kv
+        out = np.empty((n_seq, n_ctx, hp.n_head, hp.head_v), F32)
+        for s in range(n_seq):
+            qs = q[s].transpose(1, 0, 2).reshape(hp.n_head_kv, group * n_ctx, hp.head_k)
+            ks = k[s].transpose(1, 2, 0)  # (kv, head_k, T)
+            sc = np.matmul(qs, ks).reshape(hp.n_head_kv, group, n_ctx, n_ctx)
+            if hp.kq_scale != 1.0:
+                sc *= F32(hp.kq_scale)
+            sc += mask
+            pr = _softmax_rows(sc).reshape(hp.n_head_kv, group * n_ctx, n_ctx)
+            o = np.matmul(pr, v[s].transpose(1, 0, 2))  # (kv, group*T, head_v)
+            out[s] = o.reshape(hp.n_head, n_ctx, hp.head_v).transpose(1, 0, 2)
+        return self.mm(p + "attn_output.weight", out.reshape(n_seq * n_ctx, hp.n_head * hp.head_v))
+
+    def ffn(self, il: int, cur: np.ndarray) -> np.ndarray:
+        p = f"blk.{il}."
+        if self.w.has(p + "ffn_gate_inp.weight"):
+            return self.moe(il, cur)
+        up = self.mm(p + "ffn_up.weight", cur)
+        gate = self.mm(p + "ffn_gate.weight", cur)
+        act = gelu_f16(gate) if self.hp.arch == "gemma3" else silu(gate)
+        return self.mm(p + "ffn_down.weight", (act * up).astype(F32))
+
+    def moe(self, il: int, cur: np.ndarray) -> np.ndarray:
+        """llm_graph_context::build_moe_ffn with softmax gating, top-k, normalized weights."""
+        hp = self.hp
+        p = f"blk.{il}."
+        n_tok = cur.shape[0]
+        logits = self.mm(p + "ffn_gate_inp.weight", cur)
+        probs = _softmax_rows(logits)
+        k = hp.n_expert_used
+        sel = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        wts = np.take_along_axis(probs, sel, axis=1)
+        wts = (wts / np.maximum(wts.sum(axis=1, keepdims=True), F32(6.103515625e-5))).astype(F32)
+        names = {t: p + f"ffn_{t}_exps.weight" for t in ("up", "gate", "down")}
+        if self.observer is not None:
+            self.observer.experts(names["up"], cur[:, None, :], sel, hp.n_expert)
+            self.observer.experts(names["gate"], cur[:, None, :], sel, hp.n_expert)
+        w_up, w_gate, w_down = (self.w.get(names[t]) for t in ("up", "gate", "down"))
+        dt_up, dt_gate, dt_down = (dot_type(self.w.qtype(names[t])) for t in ("up", "gate", "down"))
+        n_ff = w_up.shape[1]
+        par = np.zeros((n_tok, k, n_ff), F32)
+        for e in np.unique(sel):
+            tok, slot = np.nonzero(sel == e)
+            xe = cur[tok]
+            up = (round_for_dot(xe, dt_up) if self.exact else xe) @ w_up[e].T
+            gate = (round_for_dot(xe, dt_gate) if self.exact else xe) @ w_gate[e].T
+            par[tok, slot] = silu(gate) * up
+        if self.observer is not None:
+            self.observer.experts(names["down"], par, sel, hp.n_expert)
+        out = np.zeros((n_tok, hp.n_embd), F32)
+        for e in np.unique(sel):
+            tok, slot = np.nonzero(sel == e)
+            xe = par[tok, slot]
+            y = (round_for_dot(xe, dt_down) if self.exact else xe) @ w_down[e].T
+            np.add.at(out, tok, y * wts[tok, slot][:, None])
+        return out
+
+    def layer(self, il: int, x: np.ndarray, n_seq: int, n_ctx: int, keep: np.ndarray | None = None) -> np.ndarray:
+        """One transformer block; `keep` (row indices) trims the rows after attention, as
+        llama.cpp's inp_out_ids does in the last layer."""
+        p = f"blk.{il}."
+        cur = self.norm(x, p + "attn_norm.weight")
+        cur = self.attention(il, cur, n_seq, n_ctx)
+        if keep is not None:
+            cur, x = cur[keep], x[keep]
+        if self.hp.arch == "gemma3":
+            cur = self.norm(cur, p + "post_attention_norm.weight")
+            sa = cur + x
+            cur = self.ffn(il, self.norm(sa, p + "ffn_norm.weight"))
+            cur = self.norm(cur, p + "post_ffw_norm.weight")
+            return (cur + sa).astype(F32)
+        ffn_inp = cur + x
+        cur = self.ffn(il, self.norm(ffn_inp, p + "ffn_norm.weight"))
+        return (cur + ffn_inp).astype(F32)
+
+    # -- whole passes -------------------------------------------------------------------------------
+
+    def hidden(self, tokens: np.ndarray, first: int = 0, progress: object = None) -> np.ndarray:
+        """The output-normalized hidden states of positions >= first, float32[n_seq, n_ctx-first, n_embd],
+        for tokens int[n_seq, n_ctx] (one causal sequence per row)."""
+        n_seq, n_ctx = tokens.shape
+        x = self.embed(tokens)
+        keep = None
+        if first > 0:
+            keep = (np.arange(n_seq)[:, None] * n_ctx + np.arange(first, n_ctx)[None, :]).reshape(-1)
+        for il in range(self.hp.n_layer):
+            x = self.layer(il, x, n_seq, n_ctx, keep if il == self.hp.n_layer - 1 else None)
+            self._rounded = None
+            if callable(progress):
+                progress()
+        x = self.norm(x, "output_norm.weight")
+        return x.reshape(n_seq, -1, self.hp.n_embd)
+
+    def logits(self, h: np.ndarray, observe: bool = True) -> np.ndarray:
+        """Logits float32[n, n_vocab] of hidden rows h float32[n, n_embd] (the output matmul)."""
+        obs = observe and self.output_name == "output.weight"
+        return self.mm(self.output_name, h, observe=obs)

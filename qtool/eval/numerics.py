@@ -1,0 +1,223 @@
+"""The numeric steps of llama.cpp's CPU backend that the forward pass mirrors.
+
+- `round_for_dot(x, qtype)`: ggml_compute_forward_mul_mat converts the activations (src1) to the
+  weight type's `vec_dot_type` before the dot products (ggml-cpu.c type_traits_cpu): F16 for F16
+  weights, Q8_0 for Q4_0 / Q5_0 / Q8_0 / IQ4_NL / MXFP4 (and Q8_1, whose values are Q8_0's, for
+  Q4_1 / Q5_1), Q8_K for the k-quants, i-quants and ternary types, BF16 for BF16, none for F32.
+  The product of the rounded activations with the dequantized weights is the value the integer
+  dot product computes, up to float32 summation order. The Q8 round trips here are fused
+  (quantize + dequantize in one expression) and tested against the engine's kernels; Q8_0 uses
+  the x86 SIMD variant (quantize_row_q8_0 in ggml-cpu/arch/x86/quants.c), which llama.cpp runs
+  on the machines qtool is compared on.
+- `rms_norm`: ggml_compute_forward_rms_norm_f32 (sum of squares in double, 1/sqrtf in float).
+- `geglu`: ggml_vec_geglu_f32 with GGML_GELU_FP16: GELU (tanh form) looked up by the fp16 of x,
+  the result an fp16 value.
+- `rope_cache`: ggml rope_cache_init, theta advanced by repeated float multiplication.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..quants.types import QType
+
+F32 = np.float32
+_Q8_0_DOT = {"Q4_0", "Q5_0", "Q8_0", "IQ4_NL", "MXFP4", "Q4_1", "Q5_1", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8"}
+_NO_ROUND = {"F32", "F64"}
+
+
+def dot_type(qtype: QType) -> str:
+    """The activation type llama.cpp's CPU matmul rounds to for weights of qtype."""
+    n = qtype.name
+    if n in _NO_ROUND:
+        return "F32"
+    if n in ("F16", "BF16"):
+        return n
+    if n in _Q8_0_DOT:
+        return "Q8_0"
+    return "Q8_K"
+
+
+def round_f16(x: np.ndarray) -> np.ndarray:
+    """x rounded to float16 and back (GGML_FP32_TO_FP16, round to nearest even), on float32 bits:
+    numpy's float16 casts are several times slower. Normal range: the mantissa rounded to 10 bits;
+    below 2^-14: to a multiple of 2^-24; 65520 and beyond: inf (NaN stays NaN)."""
+    x = np.ascontiguousarray(x, dtype=F32)
+    u = x.view(np.uint32)
+    t = u >> np.uint32(13)
+    t &= np.uint32(1)
+    t += np.uint32(0x0FFF)
+    t += u
+    t &= np.uint32(0xFFFFE000)
+    r = t.view(F32)
+    e = t & np.uint32(0x7F800000)
+    big = e >= np.uint32(0x47800000)  # rounded to 65536 or more, inf or NaN
+    if big.any():
+        i = np.flatnonzero(big.reshape(-1) & ~np.isnan(x.reshape(-1)))
+        r.reshape(-1)[i] = np.copysign(F32(np.inf), x.reshape(-1)[i])
+    np.bitwise_and(u, np.uint32(0x7F800000), out=e)
+    small = e < np.uint32(0x38800000)  # |x| < 2^-14: float16 subnormals, steps of 2^-24
+    if small.any():
+        i = np.flatnonzero(small.reshape(-1))
+        r.reshape(-1)[i] = np.rint(x.reshape(-1)[i] * F32(16777216.0)) * F32(5.9604644775390625e-08)
+    return r
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """GGML_FP32_TO_BF16 (round to nearest even; NaN kept quiet) and back."""
+    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
+    r = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint32)
+    r = np.where((u & 0x7FFFFFFF) > 0x7F800000, (u >> 16) | 64, r)
+    return (r.astype(np.uint32) << 16).view(F32)
+
+
+def round_q8_0(x: np.ndarray) -> np.ndarray:
+    """quantize_row_q8_0_ref then dequantize_row_q8_0, fused: d = amax/127 stored as fp16,
+    q = roundf(x / d) (half away from zero)."""
+    b = np.ascontiguousarray(x, dtype=F32).reshape(-1, 32)
+    amax = np.abs(b).max(axis=1, keepdims=True)
+    d = amax / F32(127)
+    with np.errstate(divide="ignore"):
+        idv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
+    q = _roundf(b * idv)
+    return (q * d.astype(np.float16).astype(F32)).reshape(x.shape)
+
+
+def round_q8_0_x86(x: np.ndarray) -> np.ndarray:
+    """quantize_row_q8_0 of ggml-cpu's x86 (AVX/AVX2) build then dequantize, fused: the same
+    d = amax/127 (stored as fp16), but q = round-half-even(x * (127/amax)), which differs from the
+    reference in the last bit of a few values."""
+    b = np.ascontiguousarray(x, dtype=F32).reshape(-1, 32)
+    amax = np.abs(b).max(axis=1, keepdims=True)
+    d = amax / F32(127)
+    with np.errstate(divide="ignore"):
+        idv = np.where(amax != 0, F32(127) / amax, F32(0)).astype(F32)
+    return (np.rint(b * idv) * d.astype(np.float16).astype(F32)).reshape(x.shape)
+
+
+def _roundf(v: np.ndarray) -> np.ndarray:
+    """C roundf: half away from zero, exact."""
+    t = np.trunc(v)
+    frac = np.abs(v - t)
+    return np.where(frac >= F32(0.5), t + np.sign(v), t).astype(F32)
+
+
+def round_q8_k(x: np.ndarray) -> np.ndarray:
+    """quantize_row_q8_K_ref then dequantize_row_q8_K, fused: the value of largest magnitude
+    (first one on ties) gives iscale = -127/max, q = min(127, nearest_int(iscale*x)), d = 1/iscale."""
+    b = np.ascontiguousarray(x, dtype=F32).reshape(-1, 256)
+    idx = np.argmax(np.abs(b), axis=1)
+    mx = b[np.arange(b.shape[0]), idx][:, None]
+    zero = mx == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = np.where(zero, F32(0), F32(-127) / np.where(zero, F32(1), mx)).astype(F32)
+        q = np.minimum(np.rint(iscale * b), F32(127))
+        d = np.where(zero, F32(0), F32(1) / np.where(zero, F32(1), iscale)).astype(F32)
+    return (d * q).astype(F32).reshape(x.shape)
+
+
+def round_for_dot(x: np.ndarray, kind: str) -> np.ndarray:
+    """x (rows, k) as the CPU backend feeds it to a dot product of vec_dot_type `kind`."""
+    if kind == "F32":
+        return x
+    if kind == "F16":
+        return round_f16(x)
+    if kind == "BF16":
+        return round_bf16(x)
+    if kind == "Q8_0":
+        return round_q8_0_x86(x)
+    if kind == "Q8_K":
+        return round_q8_k(x)
+    raise ValueError(f"unknown dot type {kind}")
+
+
+def rms_norm(x: np.ndarray, eps: float) -> np.ndarray:
+    """ggml rms_norm over the last axis (no weight)."""
+    ss = np.einsum("...i,...i->...", x, x, dtype=np.float64)
+    mean = ss / x.shape[-1]
+    scale = (F32(1) / np.sqrt((mean + eps).astype(F32))).astype(F32)
+    return x * scale[..., None]
+
+
+def _gelu_table() -> np.ndarray:
+    f = np.arange(65536, dtype=np.uint16).view(np.float16).astype(F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        g = F32(0.5) * f * (F32(1) + np.tanh(F32(0.79788456080286535587989211986876) * f
+                                               * (F32(1) + F32(0.044715) * f * f)))
+    return g.astype(F32).astype(np.float16).astype(F32)
+
+
+_GELU = _gelu_table()
+
+
+def gelu_f16(x: np.ndarray) -> np.ndarray:
+    """ggml_vec_gelu_f32 with GGML_GELU_FP16 (0 below -10, x above 10, else the fp16 table)."""
+    t = _GELU[np.clip(x, F32(-10), F32(10)).astype(np.float16).view(np.uint16)]
+    t[x <= -10] = 0
+    big = x >= 10
+    t[big] = x[big]
+    return t
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return (x / (F32(1) + np.exp(-x))).astype(F32)
+
+
+def rope_cache(pos: np.ndarray, n_dims: int, freq_base: float,
+               freq_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin float32[len(pos), n_dims/2] as ggml's rope_cache_init builds them (ext_factor 0)."""
+    theta_scale = F32(np.power(F32(freq_base), F32(-2.0) / F32(n_dims), dtype=F32))
+    th = pos.astype(F32)
+    out = np.empty((pos.size, n_dims // 2), F32)
+    for i in range(n_dims // 2):
+        out[:, i] = th
+        th = (th * theta_scale).astype(F32)
+    theta = (F32(freq_scale) * out).astype(F32)
+    return np.cos(theta).astype(F32), np.sin(theta).astype(F32)
+
+
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> np.ndarray:
+    """Rotate x (..., T, head_dim) by the cache (T, n_dims/2); NORM pairs (2i, 2i+1), NEOX (i, i+n/2)."""
+    n = cos.shape[-1] * 2
+    y = x.copy()
+    if neox:
+        a, b = x[..., : n // 2], x[..., n // 2: n]
+        y[..., : n // 2] = a * cos - b * sin
+        y[..., n // 2: n] = a * sin + b * cos
+    else:
+        a, b = x[..., 0:n:2], x[..., 1:n:2]
+        y[..., 0:n:2] = a * cos - b * sin
+        y[..., 1:n:2] = a * sin + b * cos
+    return y
+
+
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_",
+                 "openblas_set_num_threads64_", "openblas_set_num_threads", "MKL_Set_Num_Threads")
+
+
+def set_blas_threads(n: int | None) -> bool:
+    """Limit the BLAS threads numpy's matmuls use (the forward pass's only parallelism) to n
+    (None or <= 0: leave BLAS's default, all cores). Finds the OpenBLAS / MKL library numpy loaded;
+    returns False when it cannot (then BLAS keeps its own setting)."""
+    if n is None or n <= 0:
+        return True
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if ("blas" in ln.lower() or "mkl" in ln.lower())
+                            and ln.split()[-1].startswith("/")})
+    except OSError:
+        return False
+    for p in paths:
+        try:
+            lib = ctypes.CDLL(p)
+        except OSError:
+            continue
+        for name in _BLAS_SETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(int(n))
+                return True
+    return False

@@ -1,0 +1,231 @@
+"""Perplexity as llama-perplexity computes it (tools/perplexity/perplexity.cpp `perplexity`).
+
+The tokens are cut into chunks of n_ctx; each chunk is one causal sequence whose first token is
+replaced by BOS when the vocabulary adds one; the second half of each chunk is scored: the
+negative log-likelihood of token j+1 from the logits at j, for j in [n_ctx/2, n_ctx-2]. Chunks
+run n_batch/n_ctx at a time (llama.cpp's n_seq). PPL = exp(mean nll), with llama.cpp's ± estimate
+sqrt(var(nll)/(count-1)) * PPL.
+
+Also here: llama-perplexity's `--kl-divergence-base` file ("_logits_", n_ctx, n_vocab, n_chunk,
+the tokens, then per scored token the log-probabilities packed as uint16 with a float scale and
+minimum), written by `LogitsWriter` and read by `read_logits_header` / `LogitsReader`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+
+from ..errors import QtoolError
+from .model import Forward
+
+F32 = np.float32
+LOGITS_MAGIC = b"_logits_"
+SLICE_ROWS = 64
+
+
+class EvalError(QtoolError):
+    """Bad evaluation input: too little text, a bad logits file, mismatched models."""
+
+
+def n_seq_for(n_ctx: int, n_batch: int) -> int:
+    """Sequences per batch (llama.cpp: max(1, n_batch / n_ctx), n_batch a multiple of n_ctx or smaller)."""
+    if n_batch >= n_ctx and n_batch % n_ctx:
+        raise EvalError(f"the batch size {n_batch} must be smaller than or a multiple of the context {n_ctx}",
+                        option="--batch-size")
+    return max(1, n_batch // n_ctx)
+
+
+def chunk_count(n_tokens: int, n_ctx: int, n_chunks: int | None, what: str = "evaluate perplexity") -> int:
+    """llama.cpp's chunk count: tokens // n_ctx, capped by --chunks; at least 2*n_ctx tokens needed."""
+    if n_ctx < 4:
+        raise EvalError(f"context size {n_ctx} is too small", option="-c")
+    if n_tokens < 2 * n_ctx:
+        raise EvalError(f"you need at least {2 * n_ctx} tokens to {what} with a context of {n_ctx}; "
+                        f"the text tokenizes to only {n_tokens}", option="-f")
+    n_max = n_tokens // n_ctx
+    return n_max if n_chunks is None or n_chunks < 0 else min(n_chunks, n_max)
+
+
+def chunk_batches(tokens: np.ndarray, n_ctx: int, n_chunk: int, n_seq: int,
+                  bos: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first chunk index, tokens int32[n_seq_batch, n_ctx]) with BOS in front of every chunk."""
+    for i in range(0, n_chunk, n_seq):
+        k = min(n_seq, n_chunk - i)
+        b = tokens[i * n_ctx:(i + k) * n_ctx].reshape(k, n_ctx).astype(np.int32)
+        if bos is not None:
+            b[:, 0] = bos
+        yield i, b
+
+
+@dataclass
+class TokenScores:
+    """Per scored token: nll (float64), logit and probability of the target, and the arg max."""
+
+    nll: np.ndarray
+    logit: np.ndarray
+    prob: np.ndarray
+    top: np.ndarray
+
+
+def log_softmax_rows(logits: np.ndarray, targets: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(nll float64[n], logsumexp float64[n]) as perplexity.cpp log_softmax: max, then
+    sum of expf(l - max) in double. inplace: logits is overwritten (no temporary of its size)."""
+    mx = logits.max(axis=1)
+    tl = logits[np.arange(logits.shape[0]), targets].astype(np.float64)
+    e = logits if inplace else np.empty_like(logits)
+    np.subtract(logits, mx[:, None], out=e)
+    np.exp(e, out=e)
+    s = e.sum(axis=1, dtype=np.float64)
+    lse = mx.astype(np.float64) + np.log(s)
+    return lse - tl, lse
+
+
+def pack_log_probs(logits: np.ndarray, nv: int) -> np.ndarray:
+    """perplexity.cpp log_softmax(..., uint16_t * log_prob, ...): rows of nv uint16, the first four
+    holding float scale and min_log_prob, then nearest_int((l - min_logit)/scale) per token."""
+    n, n_vocab = logits.shape
+    mx = logits.max(axis=1)
+    mn = np.maximum(logits.min(axis=1), (mx - F32(16)).astype(F32))
+    s = np.exp(logits - mx[:, None]).sum(axis=1, dtype=np.float64)
+    lse = np.log(s).astype(F32)
+    min_log_prob = ((mn - mx).astype(F32) - lse).astype(F32)
+    scale = ((mx - mn).astype(F32) / F32(65535)).astype(F32)
+    out = np.zeros((n, nv), np.uint16)
+    hdr = np.stack([scale, min_log_prob], axis=1).astype(F32)
+    out[:, :4] = hdr.view(np.uint16)
+    with np.errstate(divide="ignore"):
+        inv = np.where(scale != 0, F32(1) / scale, F32(0)).astype(F32)
+    q = np.rint((inv[:, None] * (logits - mn[:, None])).astype(F32))
+    q = np.where(logits > mn[:, None], q, 0)
+    out[:, 4:4 + n_vocab] = np.where(scale[:, None] != 0, q, 0).astype(np.uint16)
+    return out
+
+
+def n_packed(n_vocab: int) -> int:
+    return 2 * ((n_vocab + 1) // 2) + 4
+
+
+class LogitsWriter:
+    """Writes llama-perplexity's --kl-divergence-base file as chunks are scored."""
+
+    def __init__(self, f: BinaryIO, n_ctx: int, n_vocab: int, n_chunk: int, tokens: np.ndarray) -> None:
+        self.f = f
+        self.nv = n_packed(n_vocab)
+        f.write(LOGITS_MAGIC)
+        f.write(struct.pack("<iii", n_ctx, n_vocab, n_chunk))
+        f.write(np.ascontiguousarray(tokens[:n_chunk * n_ctx], dtype="<i4").tobytes())
+
+    def add(self, logits: np.ndarray) -> None:
+        self.f.write(pack_log_probs(logits, self.nv).tobytes())
+
+
+@dataclass
+class LogitsHeader:
+    n_ctx: int
+    n_vocab: int
+    n_chunk: int
+    tokens: np.ndarray
+    data_offset: int
+
+
+def read_logits_header(f: BinaryIO, path: str) -> LogitsHeader:
+    magic = f.read(8)
+    if magic != LOGITS_MAGIC:
+        raise EvalError(f"{path} does not look like a file containing log-probabilities", path=path)
+    hdr = f.read(12)
+    if len(hdr) != 12:
+        raise EvalError(f"{path}: truncated header", path=path)
+    n_ctx, n_vocab, n_chunk = struct.unpack("<iii", hdr)
+    if n_ctx < 4 or n_vocab < 1 or n_chunk < 1:
+        raise EvalError(f"{path}: bad header (n_ctx {n_ctx}, n_vocab {n_vocab}, n_chunk {n_chunk})", path=path)
+    raw = f.read(4 * n_ctx * n_chunk)
+    if len(raw) != 4 * n_ctx * n_chunk:
+        raise EvalError(f"{path}: failed reading evaluation tokens", path=path)
+    toks = np.frombuffer(raw, dtype="<i4").astype(np.int32)
+    return LogitsHeader(n_ctx, n_vocab, n_chunk, toks, 20 + len(raw))
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    ppl_error: float
+    tokens: int
+    chunks: int
+    n_ctx: int
+    running: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"ppl": self.ppl, "ppl_error": self.ppl_error, "tokens": self.tokens, "chunks": self.chunks,
+                "n_ctx": self.n_ctx, "running": self.running}
+
+
+class NllAccumulator:
+    """nll / nll2 / count and the final estimate, as perplexity.cpp sums them."""
+
+    def __init__(self) -> None:
+        self.nll = 0.0
+        self.nll2 = 0.0
+        self.count = 0
+
+    def add(self, v: np.ndarray) -> None:
+        self.nll += float(v.sum())
+        self.nll2 += float((v * v).sum())
+        self.count += int(v.size)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll / self.count) if self.count else float("nan")
+
+    def estimate(self) -> tuple[float, float]:
+        nll = self.nll / self.count
+        nll2 = self.nll2 / self.count - nll * nll
+        ppl = math.exp(nll)
+        err = math.sqrt(nll2 / (self.count - 1)) * ppl if nll2 > 0 and self.count > 1 else float("nan")
+        return ppl, err
+
+
+def score_sequence(fwd: Forward, h: np.ndarray, targets: np.ndarray,
+                   each: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
+    """nll float64[n] of targets[n] from hidden rows h[n, n_embd], the logits computed SLICE_ROWS
+    rows at a time (bounded memory for large vocabularies); `each(logits, rows)` sees each slice."""
+    out = np.empty(len(targets), np.float64)
+    for a in range(0, len(targets), SLICE_ROWS):
+        b = min(a + SLICE_ROWS, len(targets))
+        lg = fwd.logits(h[a:b], observe=False)
+        if each is not None:
+            each(lg, np.arange(a, b))
+        out[a:b] = log_softmax_rows(lg, targets[a:b], inplace=True)[0]
+    return out
+
+
+def perplexity(fwd: Forward, tokens: np.ndarray, n_ctx: int, n_chunks: int | None = None, n_batch: int = 2048,
+               bos: int | None = None, on_chunk: Callable[[int, int, float], None] | None = None,
+               on_layer: Callable[[], None] | None = None, writer: LogitsWriter | None = None) -> PerplexityResult:
+    """llama-perplexity's perplexity() over `tokens` (bos: the id put first in every chunk, None
+    when the vocabulary adds none). on_chunk(chunk_index, n_chunk, running_ppl) after each chunk."""
+    n_chunk = chunk_count(len(tokens), n_ctx, n_chunks)
+    n_seq = n_seq_for(n_ctx, n_batch)
+    first = n_ctx // 2
+    acc = NllAccumulator()
+    running: list[float] = []
+    for i, batch in chunk_batches(tokens, n_ctx, n_chunk, n_seq, bos):
+        h = fwd.hidden(batch, first, progress=on_layer)
+        for s in range(batch.shape[0]):
+            start = (i + s) * n_ctx
+            targets = tokens[start + first + 1:start + n_ctx].astype(np.int64)
+            each = None
+            if writer is not None:
+                def each(lg: np.ndarray, rows: np.ndarray, w: LogitsWriter = writer) -> None:
+                    w.add(lg)
+            acc.add(score_sequence(fwd, h[s, : n_ctx - 1 - first], targets, each))
+            running.append(acc.ppl)
+            if on_chunk is not None:
+                on_chunk(i + s, n_chunk, acc.ppl)
+    ppl, err = acc.estimate()
+    return PerplexityResult(ppl, err, acc.count, n_chunk, n_ctx, running)

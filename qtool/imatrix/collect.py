@@ -1,0 +1,167 @@
+"""`imatrix collect`: llama-imatrix's collection (tools/imatrix/imatrix.cpp) on qtool's forward pass.
+
+`Collector` is IMatrixCollector::collect_imatrix: it is the forward pass's observer and sums
+the squares of every weight matmul's input activations per column:
+
+- dense MUL_MAT: only weights named `blk.*` (and `output.weight` with process_output), only
+  batches of at least 16 tokens; one count per tensor, + the number of rows.
+- MUL_MAT_ID (stacked experts): always; per expert, the rows of the tokens routed to it (each
+  (token, slot) pair once; a broadcast input uses the token's row for every slot); counts per
+  expert. Experts no token reached keep a zero count (partial data).
+- m_last_chunk: after each matmul, the largest count // chunk_size; reaching a multiple of
+  save_frequency writes `OUT.at_N`.
+
+`collect_imatrix` runs llama-imatrix's compute_imatrix: chunks of n_ctx tokens (BOS first when
+the vocabulary adds one), n_batch / n_ctx chunks per batch, every position's logits (the
+running PPL of the chunks' second halves unless compute_ppl is False).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..eval.model import Forward
+from ..eval.perplexity import NllAccumulator, chunk_batches, chunk_count, n_seq_for, score_sequence
+from .data import ImatrixData, ImatrixEntry, ImatrixError
+
+MIN_ROWS = 16
+
+
+class Collector:
+    """Per-tensor sums of squared activations (float64 while collecting) and counts."""
+
+    def __init__(self, chunk_size: int, process_output: bool = False,
+                 on_chunk: Callable[[int], None] | None = None) -> None:
+        self.chunk_size = chunk_size
+        self.process_output = process_output
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, np.ndarray] = {}
+        self.last_chunk = 0
+        self.datasets: list[str] = []
+        self.on_chunk = on_chunk
+
+    def wants(self, name: str) -> bool:
+        return name.startswith("blk.") or (self.process_output and name == "output.weight")
+
+    def load(self, data: ImatrixData) -> None:
+        """Start from collected data (IMatrixCollector::load_imatrix of --in-file inputs)."""
+        for name, e in data.entries.items():
+            self.sums[name] = e.sums.astype(np.float64).copy()
+            self.counts[name] = e.counts.astype(np.int64).copy()
+        self.datasets = list(data.datasets)
+        mx = max((int(c.max()) for c in self.counts.values() if c.size), default=0)
+        self.last_chunk = mx // self.chunk_size
+
+    def _step(self, counts: np.ndarray) -> None:
+        n = int(counts.max()) // self.chunk_size if counts.size else 0
+        if n > self.last_chunk:
+            step = n - self.last_chunk
+            self.last_chunk = n
+            if self.on_chunk is not None:
+                self.on_chunk(step)
+
+    def dense(self, name: str, x: np.ndarray) -> None:
+        if x.shape[0] < MIN_ROWS or not self.wants(name):
+            return
+        s = self.sums.get(name)
+        if s is None:
+            s = self.sums[name] = np.zeros((1, x.shape[1]), np.float64)
+            self.counts[name] = np.zeros(1, np.int64)
+        elif s.size != x.shape[1]:
+            raise ImatrixError(f"inconsistent size for {name} ({s.size} vs {x.shape[1]})")
+        c = self.counts[name]
+        if c.size > 1 and (c == c[0]).all():
+            c = self.counts[name] = c[:1].copy()
+            s = self.sums[name] = s.reshape(1, -1)
+        s[0] += np.einsum("ij,ij->j", x, x, dtype=np.float64)
+        c += x.shape[0]
+        self._check(name)
+        self._step(c)
+
+    def experts(self, name: str, x: np.ndarray, ids: np.ndarray, n_expert: int) -> None:
+        n_tok, n_slots, n_in = x.shape
+        s = self.sums.get(name)
+        c = self.counts.get(name)
+        if c is not None and c.size == 1 and n_expert > 1:
+            c = self.counts[name] = np.full(n_expert, c[0], np.int64)
+        if s is None or s.size == 0:
+            s = self.sums[name] = np.zeros((n_expert, n_in), np.float64)
+            c = self.counts[name] = np.zeros(n_expert, np.int64)
+        elif s.size != n_in * n_expert:
+            raise ImatrixError(f"inconsistent size for {name} ({s.size} vs {n_in * n_expert})")
+        s = s.reshape(n_expert, n_in)
+        self.sums[name] = s
+        assert c is not None
+        if c.size != n_expert:
+            raise ImatrixError(f"inconsistent expert count for {name} ({c.size} vs {n_expert})")
+        if ids.min() < 0 or ids.max() >= n_expert:
+            raise ImatrixError(f"{name}: expert id out of range")
+        for e in np.unique(ids):
+            tok, slot = np.nonzero(ids == e)
+            rows = x[tok, slot % n_slots]
+            s[e] += np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
+            c[e] += len(tok)
+        self._check(name)
+        self._step(c)
+
+    def _check(self, name: str) -> None:
+        if not np.isfinite(self.sums[name]).all():
+            raise ImatrixError(f"non-finite values detected in {name}")
+
+    def result(self, datasets: list[str]) -> ImatrixData:
+        """The collected form (entries in sorted order, as save_imatrix writes them)."""
+        entries = {n: ImatrixEntry(self.sums[n].astype(np.float32).reshape(self.counts[n].size, -1),
+                                   self.counts[n].copy()) for n in sorted(self.sums)}
+        return ImatrixData(entries, self.datasets + datasets, self.last_chunk, self.chunk_size,
+                           legacy=False, has_metadata=True)
+
+
+@dataclass
+class CollectResult:
+    data: ImatrixData
+    ppl: float | None
+    ppl_error: float | None
+    chunks: int
+    tokens: int
+    running: list[float]
+
+
+def collect_imatrix(fwd: Forward, collector: Collector, tokens: np.ndarray, n_ctx: int,
+                    n_chunks: int | None = None, n_batch: int = 2048, bos: int | None = None,
+                    compute_ppl: bool = True, datasets: list[str] | None = None,
+                    on_chunk: Callable[[int, int, float | None], None] | None = None,
+                    on_layer: Callable[[], None] | None = None) -> CollectResult:
+    """compute_imatrix: run the chunks with `collector` observing `fwd` (it must be fwd.observer)."""
+    if fwd.observer is not collector:
+        raise ValueError("the collector must observe the forward pass")
+    n_chunk = chunk_count(len(tokens), n_ctx, n_chunks, what="collect an imatrix")
+    n_seq = n_seq_for(n_ctx, n_batch)
+    first = n_ctx // 2
+    acc = NllAccumulator()
+    running: list[float] = []
+    for i, batch in chunk_batches(tokens, n_ctx, n_chunk, n_seq, bos):
+        h = fwd.hidden(batch, 0, progress=on_layer)
+        k = batch.shape[0]
+        if fwd.output_name == "output.weight" and collector.process_output:
+            collector.dense("output.weight", h.reshape(k * n_ctx, -1))
+        for s in range(k):
+            if compute_ppl:
+                start = (i + s) * n_ctx
+                targets = tokens[start + first + 1:start + n_ctx].astype(np.int64)
+                acc.add(score_sequence(fwd, h[s, first:n_ctx - 1], targets))
+                running.append(acc.ppl)
+            if on_chunk is not None:
+                on_chunk(i + s, n_chunk, acc.ppl if compute_ppl else None)
+    ppl = err = None
+    if compute_ppl and acc.count > 1:
+        ppl, err = acc.estimate()
+    return CollectResult(collector.result(datasets or []), ppl, err, n_chunk, n_chunk * n_ctx, running)
+
+
+def dataset_name(path: str) -> str:
+    """The dataset string llama-imatrix stores: the -f argument as given."""
+    return os.fspath(path)
