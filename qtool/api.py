@@ -391,9 +391,14 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
                                  imatrix_entries=len(qi.weights) if qi else 0, dry_run=dry_run)
             if not dry_run:
                 _check_rows(p)
-            # with an imatrix, tensors it has no entry for go without one: both variants must exist
-            im_variants = None if qi is not None else False
-            missing = sorted({d.type for d in p if d.quantize and not can_quantize(d.type, p.flavour, im_variants)})
+            # with an imatrix, tensors it has no entry for go without one: both variants must exist,
+            # except for types that need an imatrix (check_plan refused them without one)
+            def _has_kernel(t: str) -> bool:
+                if get_type(t).needs_imatrix:
+                    return can_quantize(t, p.flavour, True)
+                return can_quantize(t, p.flavour, None if qi is not None else False)
+
+            missing = sorted({d.type for d in p if d.quantize and not _has_kernel(d.type)})
             if missing and not dry_run:
                 names = ", ".join(t.lower() + (" (with an imatrix)" if can_quantize(t, p.flavour, False) else "")
                                   for t in missing)
