@@ -16,5 +16,7 @@ qtool quantize models/smollm2-f16.gguf models/smollm2-Q8_0.gguf Q8_0
 qtool quantize models/smollm2-f16.gguf models/smollm2-Q4_K_M.gguf Q4_K_M
 qtool quantize models/smollm2-f16.gguf models/smollm2-IQ4_XS.gguf IQ4_XS \
     --imatrix tests/data/imatrix/smol-imatrix.gguf
+qtool quantize models/smollm2-f16.gguf models/smollm2-IQ4_K.gguf IQ4_K \
+    --imatrix tests/data/imatrix/smol-imatrix.gguf          # ik_llama.cpp's IQ4_K (--flavour ik implied)
 qtool stats models/smollm2-f16.gguf -t q4_0,q4_k,iq4_xs,q6_k --include 'blk\.0\.'
 ls -l models/
