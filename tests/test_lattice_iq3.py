@@ -323,3 +323,34 @@ def test_against_ggml(qtype, monkeypatch):
     im[::9] = 0
     for qw in (None, im):
         assert mismatched_rows(iq3.QUANTIZE[qtype](x, qw), ggml_ref.quantize_chunk(tid, x, qw)) == []
+
+
+# --- the bucketed neighbour search against the plain one ------------------------------------------
+
+@pytest.mark.parametrize("grid_size", [256, 512])
+def test_bucketed_search_matches_exact(grid_size):
+    tab = grids_d4.iq3_tables(grid_size)
+    rng = np.random.default_rng(5)
+    off = np.nonzero(tab.nb_count > 0)[0]
+    u = np.concatenate([off, rng.choice(off, 20000)])  # every list length, every bucket
+    m = u.size
+    xv = (rng.standard_normal((m, 4)) * rng.uniform(0.01, 5, (m, 1))).astype(F32)
+    wa = rng.uniform(0, 3, (m, 4)).astype(F32)
+    wa[::7, 1] = 0
+    scale = rng.uniform(0.005, 1.5, m).astype(F32)
+    ties = slice(0, m, 11)  # equal coordinates: d2 ties between candidates (the first must win)
+    xv[ties] = F32(2) * scale[ties, None]
+    want = iq3.best_neighbour_exact(tab, u, xv, wa, scale)
+    got = iq3.best_neighbour(tab, u, xv, wa, scale)
+    assert np.array_equal(got, want)
+    # and against C's scan, scalar, on a sample
+    for k in range(0, m, 997):
+        assert got[k] == _find_best(tab, int(u[k]), xv[k], wa[k], scale[k])
+
+
+def test_refinement_sums_in_order():
+    """A super-block whose refinement once summed a gathered (non C-contiguous) column subset
+    pairwise: scales 1 ulp off, d's fp16 one step off (found against ggml)."""
+    x = np.random.default_rng(0).standard_normal((64, 4096), dtype=F32)[36:37, 2560:2816]
+    for qtype in TYPES:
+        assert iq3.QUANTIZE[qtype](x, None).tobytes() == _scalar_superblock(qtype, x[0], None)

@@ -536,15 +536,16 @@ def test_override_kv_checked_against_the_model(kv: str, msg: str, m256: Path, tm
 
 
 def test_engine_lacks_type(m256: Path, tmp_path: Path) -> None:
-    """A type the engine has no kernel for yet is refused before anything is written (IQ1_S / IQ1_M
-    are not ported yet; pick another not-yet-ported type when they are)."""
+    """A type the engine has no kernel for yet is refused before anything is written (ik_llama.cpp's
+    trellis types are not ported yet; pick another not-yet-ported type when they are)."""
     from qtool.quants import can_quantize
 
-    assert not can_quantize("IQ1_S", "mainline", True) and not can_quantize("IQ1_M", "mainline", False)
-    r = invoke("--imatrix", IM256, str(m256), str(tmp_path / "o.gguf"), "IQ1_S")
-    assert_refused(r, r"cannot produce type\(s\) iq1_s\b.* yet", tmp_path, code=1)
-    r = invoke("--imatrix", IM256, "--tensor-type", "ffn_up=iq1_m", str(m256), str(tmp_path / "o.gguf"), "Q4_0")
-    assert_refused(r, r"cannot produce type\(s\) iq1_m yet", tmp_path, code=1)
+    assert not can_quantize("IQ2_KT", "ik", False) and not can_quantize("IQ4_KT", "ik", True)
+    r = invoke("--imatrix", IM256, str(m256), str(tmp_path / "o.gguf"), "IQ2_KT")  # ik-only: --flavour ik implied
+    assert_refused(r, r"cannot produce type\(s\) iq2_kt\b.* as ik_llama.cpp does yet", tmp_path, code=1)
+    r = invoke("--flavour", "ik", "--imatrix", IM256, "--tensor-type", "ffn_up=iq4_kt", str(m256),
+               str(tmp_path / "o.gguf"), "Q4_0")
+    assert_refused(r, r"cannot produce type\(s\) iq4_kt", tmp_path, code=1)
 
 
 def test_forced_type_with_an_incompatible_block_size(models: dict[str, Path], tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import floats, fp4, ik, kquants, legacy, lowbit, nonlinear, ternary  # noqa: F401  (each registers its kernels)
-from .lattice import iq2, iq3  # noqa: F401
+from .lattice import iq1, iq2, iq3  # noqa: F401
 from .registry import dequantizer, quantizer, registered_types, support
 from .types import IK, MAINLINE, QType, get_type
 

@@ -24,9 +24,12 @@ Per super-block of 256 (sigma2 = (2 * sequential sum of x^2) / 256) and per bloc
   scale l = clamp(nearest_int(0.5f*((1/d)*scale - 1)), 0, 15). XXS zeroes the whole
   block when max_scale == 0; S leaves its bytes and writes d = 0, scales 0.
 
-Vectorization: chunks of super-blocks laid out (32, n_blocks) (in-block index down axis 0), the
-candidate loop vectorized over blocks; off-grid groups gathered and searched against their padded
-neighbour lists in one (M, maxn) array.
+Vectorization: chunks of 256 super-blocks laid out (32, n_blocks) (in-block index down axis 0),
+the candidate loop vectorized over blocks; off-grid groups gathered by flat index (one coordinate
+column each), sorted into buckets by neighbour-list length, and each bucket searched on
+transposed (width, m) arrays from precomputed per-width candidate tables (candidate j of every
+group one contiguous row). Column subsets are gathered with np.take(axis=1), which keeps them
+C-contiguous: seq_sum_t sums a non-contiguous (32, m) gather pairwise, not in C's order.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from .grids_d4 import Iq3Tables, dequant_grid, iq3_tables
 
 F32 = np.float32
 EPS_IQ3_XXS = F32(1e-8)
-_CHUNK_SB = 64  # super-blocks per chunk
+_CHUNK_SB = 512  # super-blocks per chunk
 _SHIFT4 = np.array([0, 3, 6, 9], dtype=np.int32)[None, :, None]
 
 BLOCK_IQ3_XXS = np.dtype([("d", "<u2"), ("qs", "u1", (64,)), ("sas", "<u4", (8,))])
@@ -53,60 +56,137 @@ assert BLOCK_IQ3_XXS.itemsize == 98 and BLOCK_IQ3_S.itemsize == 110
 
 def best_neighbour(tab: Iq3Tables, u: np.ndarray, xv: np.ndarray, wa: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """iq3_find_best_neighbour for M off-grid points u (M,), xv / wa float32 (M, 4), scale (M,)
-    -> grid index (M,). Points are searched in buckets by list length (padded lists cut to the
-    bucket's width: a list's padding only repeats its first entry)."""
-    cnt = tab.nb_count[u]
-    out = np.empty(u.shape[0], np.int32)
-    gridf = _grid_cols(tab.grid_size)
-    lo = 0
-    for width in _WIDTHS + (tab.nb_pad.shape[1],):
-        if width <= lo:
-            continue
-        sel = np.nonzero((cnt > lo) & (cnt <= width))[0]
-        lo = width
-        if sel.size == 0:
-            continue
-        nbs = tab.nb_pad[u[sel], :width]  # (m, width)
-        sc = scale[sel, None]
-        d2 = None
-        for i in range(4):
-            diff = sc * gridf[i][nbs]
-            diff -= xv[sel, i:i + 1]
-            t = wa[sel, i:i + 1] * diff
-            t *= diff
-            d2 = t if d2 is None else d2 + t
-        assert d2 is not None
-        j = np.argmin(d2, axis=1)
-        out[sel] = nbs[np.arange(sel.size), j]
-    return out
+    -> grid index (M,)."""
+    xv = np.asarray(xv, F32)
+    wa = np.asarray(wa, F32)
+    return _search(tab, np.asarray(u, np.intp), [np.ascontiguousarray(xv[:, i]) for i in range(4)],
+                   [np.ascontiguousarray(wa[:, i]) for i in range(4)], np.asarray(scale, F32))
 
 
-_WIDTHS = (3, 5, 8, 12, 18)
+def best_neighbour_exact(tab: Iq3Tables, u: np.ndarray, xv: np.ndarray, wa: np.ndarray,
+                         scale: np.ndarray) -> np.ndarray:
+    """The plain form of best_neighbour (one padded (M, maxn) search, no buckets): the reference
+    the bucketed search is tested against."""
+    nbs = tab.nb_pad[u]
+    g = tab.grid.astype(F32)
+    d2 = None
+    for i in range(4):
+        diff = scale[:, None] * g[nbs, i]
+        diff -= xv[:, i:i + 1]
+        t = wa[:, i:i + 1] * diff
+        t *= diff
+        d2 = t if d2 is None else d2 + t
+    assert d2 is not None
+    return nbs[np.arange(u.size), np.argmin(d2, axis=1)]
+
+
+_WIDTHS = (3, 4, 5, 6, 8, 10, 12, 15, 18, 24)
 
 
 @functools.cache
-def _grid_cols(grid_size: int) -> tuple[np.ndarray, ...]:
-    """The quantization grid's coordinates as float32, one contiguous array per coordinate."""
-    g = iq3_tables(grid_size).grid.astype(F32)
-    return tuple(np.ascontiguousarray(g[:, i]) for i in range(4))
+def _width_tables(grid_size: int, width: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Neighbour lists cut to `width` (a list's padding repeats its first entry), transposed:
+    grid indices int32 (width, 4096) and the candidates' coordinates as float32, one
+    (width, 4096) table per coordinate: candidate j of a bucket's points is one gathered row."""
+    tab = iq3_tables(grid_size)
+    nb = np.ascontiguousarray(tab.nb_pad[:, :width].T)
+    g = tab.grid.astype(F32)
+    cq = tuple(np.ascontiguousarray(g[:, i][nb]) for i in range(4))
+    return nb, cq
+
+
+@functools.cache
+def _bucket_of(grid_size: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Bucket id (uint8) of every point of {0..7}^4 by list length, and the buckets' widths."""
+    tab = iq3_tables(grid_size)
+    widths = tuple(w for w in _WIDTHS if w < tab.nb_pad.shape[1]) + (tab.nb_pad.shape[1],)
+    bid = np.searchsorted(np.array(widths), tab.nb_count, side="left").astype(np.uint8)
+    return bid, widths
+
+
+def _search(tab: Iq3Tables, u: np.ndarray, xs: list[np.ndarray], ws: list[np.ndarray],
+            scale: np.ndarray) -> np.ndarray:
+    """best_neighbour on coordinate columns: points sorted by bucket (list length); each bucket is
+    searched on (width, m) arrays (candidate j of every point in one contiguous row) with C's
+    d2 = sum_i (waux*diff)*diff, diff = scale*q - xval, in order; the first least d2 wins, as in
+    C's strict-< scan (padding repeats the first entry)."""
+    bid_tab, widths = _bucket_of(tab.grid_size)
+    bid = bid_tab[u]
+    order = np.argsort(bid, kind="stable")
+    sizes = np.bincount(bid, minlength=len(widths))
+    us = u[order]
+    sc = scale[order]
+    xo = [x[order] for x in xs]
+    wo = [w[order] for w in ws]
+    res = np.empty(u.size, np.int32)
+    a = 0
+    for k, width in enumerate(widths):
+        m = int(sizes[k])
+        if m == 0:
+            continue
+        b = a + m
+        nbt, cq = _width_tables(tab.grid_size, width)
+        uu = us[a:b]
+        s = sc[a:b]
+        d2 = np.empty((width, m), F32)
+        t = np.empty((width, m), F32)
+        for i in range(4):
+            diff = cq[i].take(uu, axis=1)
+            diff *= s
+            diff -= xo[i][a:b]
+            np.multiply(wo[i][a:b], diff, out=t)
+            t *= diff
+            if i == 0:
+                d2, t = t, d2
+            else:
+                d2 += t
+        jj = np.argmin(d2, axis=0)  # first least d2 (finite d2: C's strict-< scan from FLT_MAX)
+        res[a:b] = nbt.reshape(-1).take(jj * 4096 + uu)
+        a = b
+    out = np.empty(u.size, np.int32)
+    out[order] = res
+    return out
+
+
+@functools.cache
+def _level_cols(grid_size: int) -> tuple[np.ndarray, ...]:
+    lv = iq3_tables(grid_size).levels.astype(np.int32)
+    return tuple(np.ascontiguousarray(lv[:, i]) for i in range(4))
+
+
+def _codes(lv: np.ndarray) -> np.ndarray:
+    """Levels (32, nb) -> codes u (8, nb) = sum l_i << 3i."""
+    l4 = lv.reshape(8, 4, lv.shape[1])
+    u = l4[:, 3] << 9
+    u |= l4[:, 2] << 6
+    u |= l4[:, 1] << 3
+    u |= l4[:, 0]
+    return u
 
 
 def _snap(tab: Iq3Tables, lv: np.ndarray, sel: np.ndarray | None, xval: np.ndarray, waux: np.ndarray,
           scale: np.ndarray) -> np.ndarray:
-    """Levels lv int32 (32, nb) -> grid levels in place for the groups in sel (8, nb) (all when None):
-    groups off the grid take their best neighbour at `scale` (nb,). Returns off-grid mask (8, nb)."""
+    """Levels lv int32 (32, nb) C-contiguous -> grid levels in place for the groups in sel (8, nb)
+    (all when None): groups off the grid take their best neighbour at `scale` (nb,). Returns the
+    off-grid mask (8, nb)."""
     nb = lv.shape[1]
-    l4 = lv.reshape(8, 4, nb)
-    u = (l4 << _SHIFT4).sum(axis=1)  # (8, nb)
+    u = _codes(lv)
     off = tab.kmap[u] < 0
     if sel is not None:
         off &= sel
-    if off.any():
-        gk, bk = np.nonzero(off)
-        xv = xval.reshape(8, 4, nb)[gk, :, bk]
-        wa = waux.reshape(8, 4, nb)[gk, :, bk]
-        gi = best_neighbour(tab, u[gk, bk], xv, wa, scale[bk])
-        l4[gk, :, bk] = tab.levels[gi]
+    f = np.flatnonzero(off)
+    if f.size:
+        g = f // nb
+        base = f + (3 * nb) * g  # flat index of element 4g (coordinate 0) of the group
+        bcol = f - g * nb
+        xf = xval.reshape(-1)
+        wf = waux.reshape(-1)
+        idx = [base + i * nb for i in range(4)]
+        gi = _search(tab, u.reshape(-1).take(f), [xf.take(ix) for ix in idx], [wf.take(ix) for ix in idx],
+                     scale.take(bcol))
+        lf = lv.reshape(-1)
+        for i, col in enumerate(_level_cols(tab.grid_size)):
+            lf.put(idx[i], col.take(gi))
     return off
 
 
@@ -155,15 +235,16 @@ def block_search(tab: Iq3Tables, xxs: bool, wt: np.ndarray, xval: np.ndarray, sk
     if need.any():
         cols = np.nonzero(need)[0]
         sc = scale[cols]
-        xv = xval[:, cols]
-        lsub = lv[:, cols]
+        # np.take keeps the (32, m) gathers C-contiguous: seq_sum_t's in-order sums need that
+        xv = np.take(xval, cols, axis=1)
+        lsub = np.take(lv, cols, axis=1)
         lnew = _levels(F32(1) / sc, xv)
-        sel = ~ongrid[:, cols] if xxs else None
-        _snap(tab, lnew, sel, xv, waux[:, cols], sc)
+        sel = ~np.take(ongrid, cols, axis=1) if xxs else None
+        _snap(tab, lnew, sel, xv, np.take(waux, cols, axis=1), sc)
         if xxs:
-            keep = np.repeat(ongrid[:, cols], 4, axis=0)
+            keep = np.repeat(np.take(ongrid, cols, axis=1), 4, axis=0)
             lnew = np.where(keep, lsub, lnew)
-        sumqx, sumq2 = _sums(wt[:, cols], xv, lnew)
+        sumqx, sumq2 = _sums(np.take(wt, cols, axis=1), xv, lnew)
         scale[cols] = np.where(sumq2 > 0, sumqx / sumq2, sc)
         lv[:, cols] = lnew
     lv[:, skip] = 0

@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MANIFEST = os.path.join(HERE, "llama_quantize_lattice_sha256.json")
 MODELS = ("tiny-256", "tiny-320")
 FTYPES = ["TQ1_0", "TQ2_0", "Q1_0", "Q2_0", "MXFP4_MOE", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS",
-          "IQ3_XS", "IQ3_S", "IQ3_M"]
+          "IQ3_XS", "IQ3_S", "IQ3_M", "IQ1_S", "IQ1_M"]
 
 
 def cases() -> dict[str, tuple[str, list[str]]]:
