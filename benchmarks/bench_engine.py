@@ -100,7 +100,7 @@ def run_case(name: str, rows: np.ndarray, imat: np.ndarray | None, repeat: int, 
     res: dict = {"type": name, "imatrix": imat is not None, "weights": nw,
                  "qtool_mws": None, "ggml_mws": None, "ratio": None, "status": "ok", "mismatched_rows": None}
     q_out = g_out = None
-    if engine.can_quantize(name):
+    if engine.can_quantize(name, imatrix=imat is not None):
         try:
             t, q_out = best_time(lambda: engine.quantize(rows, name, imat), repeat)
             res["qtool_mws"] = nw / t / 1e6
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"type": qt.name, "imatrix": None,
                             "status": f"skipped: row length {rows.shape[1]} not a multiple of {qt.block_size}"})
             continue
-        if not engine.can_quantize(qt.name) and not (use_ggml and args.ggml_all):
+        if not engine.can_quantize(qt.name, imatrix=True) and not (use_ggml and args.ggml_all):
             results.append({"type": qt.name, "imatrix": None, "status": "skipped: not implemented in qtool"})
             continue
         needs = qt.needs_imatrix or (use_ggml and ggml_ref.requires_imatrix(ggml_ref.type_id(qt.name)))
