@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..numeric import F32, QK_K, absmax_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int
+from ..numeric import F32, absmax_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int
 from ..registry import register
-from .iq3_k import guarded_imatrix_t, superblock_sigma2, thresholds, weights_t
+from .iq3_k import guarded_imatrix_t, quantize_superblocks, superblock_sigma2, thresholds, weights_t
 from .iqk_tables import IQ2NL_VALUES
 
 __all__ = ["BLOCK_IQ2_K", "DEQUANTIZE", "QUANTIZE", "best_index_iq2nl_t", "dequantize_iq2_k",
@@ -694,23 +694,7 @@ def _quantize_chunk(xs: np.ndarray, qwt_row: np.ndarray | None) -> np.ndarray:
 @ieee
 def quantize_iq2_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """quantize_iq2_k: rows float32 (nrows, n) [, imatrix (n,)] -> uint8 (nrows, n/256*76)."""
-    rows = np.ascontiguousarray(rows, dtype=F32)
-    nrows, n = rows.shape
-    if n % QK_K:
-        raise ValueError(f"IQ2_K needs rows of a multiple of {QK_K} values, got {n}")
-    nsb_row = n // QK_K
-    xs = rows.reshape(-1, QK_K)
-    total = xs.shape[0]
-    out = np.empty(total, BLOCK_IQ2_K)
-    imt = None
-    if imatrix is not None:
-        imt = np.ascontiguousarray(np.asarray(imatrix, F32).reshape(n // BLOCK, BLOCK).T)
-    step = max(1, _CHUNK_SB // nsb_row) * nsb_row if nsb_row <= _CHUNK_SB else nsb_row
-    for s0 in range(0, total, step):
-        s1 = min(total, s0 + step)
-        qwt = None if imt is None else np.tile(imt, (1, (s1 - s0) // nsb_row))
-        out[s0:s1] = _quantize_chunk(xs[s0:s1], qwt)
-    return out.view(np.uint8).reshape(nrows, -1)
+    return quantize_superblocks(rows, imatrix, "IQ2_K", BLOCK_IQ2_K, _quantize_chunk, _CHUNK_SB)
 
 
 def dequantize_iq2_k(data: np.ndarray, n_per_row: int) -> np.ndarray:

@@ -31,6 +31,8 @@ down axis 0, which adds rows in order); candidates p and m are summed in one red
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..numeric import F32, QK_K, absmax_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int
@@ -287,26 +289,34 @@ def _quantize_chunk(xs: np.ndarray, qwt_row: np.ndarray | None) -> np.ndarray:
     return out
 
 
-@ieee
-def quantize_iq3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    """quantize_iq3_k: rows float32 (nrows, n) [, imatrix (n,)] -> uint8 (nrows, n/256*110)."""
+def quantize_superblocks(rows: np.ndarray, imatrix: np.ndarray | None, name: str, block: np.dtype,
+                         chunk: Callable[[np.ndarray, np.ndarray | None], np.ndarray], chunk_sb: int) -> np.ndarray:
+    """The row driver of IQ2_K / IQ3_K: rows (nrows, n) cut into super-blocks of 256, handed to
+    `chunk(x (m, 256), imatrix (16, m*16/16) or None) -> structured (m,)` about `chunk_sb` at a time
+    (whole rows each, so the imatrix columns tile), bytes (nrows, n/256*block.itemsize) back."""
     rows = np.ascontiguousarray(rows, dtype=F32)
     nrows, n = rows.shape
     if n % QK_K:
-        raise ValueError(f"IQ3_K needs rows of a multiple of {QK_K} values, got {n}")
+        raise ValueError(f"{name} needs rows of a multiple of {QK_K} values, got {n}")
     nsb_row = n // QK_K
     xs = rows.reshape(-1, QK_K)
     total = xs.shape[0]
-    out = np.empty(total, BLOCK_IQ3_K)
+    out = np.empty(total, block)
     imt = None
     if imatrix is not None:
         imt = np.ascontiguousarray(np.asarray(imatrix, F32).reshape(n // BLOCK, BLOCK).T)  # (16, blocks per row)
-    step = max(1, _CHUNK_SB // nsb_row) * nsb_row if nsb_row <= _CHUNK_SB else nsb_row
+    step = max(1, chunk_sb // nsb_row) * nsb_row if nsb_row <= chunk_sb else nsb_row
     for s0 in range(0, total, step):
         s1 = min(total, s0 + step)
         qwt = None if imt is None else np.tile(imt, (1, (s1 - s0) // nsb_row))
-        out[s0:s1] = _quantize_chunk(xs[s0:s1], qwt)
+        out[s0:s1] = chunk(xs[s0:s1], qwt)
     return out.view(np.uint8).reshape(nrows, -1)
+
+
+@ieee
+def quantize_iq3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+    """quantize_iq3_k: rows float32 (nrows, n) [, imatrix (n,)] -> uint8 (nrows, n/256*110)."""
+    return quantize_superblocks(rows, imatrix, "IQ3_K", BLOCK_IQ3_K, _quantize_chunk, _CHUNK_SB)
 
 
 def dequantize_iq3_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
