@@ -41,7 +41,7 @@ from .iqk_tables import IQ3NL_VALUES
 
 __all__ = ["BLOCK_IQ3_K", "DEQUANTIZE", "QUANTIZE", "best_index_iq3nl_t", "dequantize_iq3_k",
            "guarded_imatrix_t", "quantize_iq3_k", "scale_search_iq3_k_t", "superblock_sigma2",
-           "thresholds", "weights_t"]
+           "quantize_superblocks", "thresholds", "weights_t"]
 
 BLOCK = 16
 NTRY = 3
