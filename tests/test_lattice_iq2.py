@@ -152,3 +152,59 @@ def test_extra_and_edge_rows_match_ggml(name: str) -> None:
         got = q(x, imv)
         assert mismatched_rows(got, want) == []
         assert not dq(got, x.shape[1])[0].any()  # a zero row dequantizes to zeros
+
+
+# --- the shared neighbour search (neighbours.py), also used by IQ1_S / IQ1_M --------------------
+
+def _search_case(name: str):
+    from qtool.quants.lattice import grids_iq1
+    from qtool.quants.lattice.iq1 import XX
+    if name == "IQ1":
+        return grids_iq1.tables(), np.asarray(XX, np.float32)
+    return tables(name), np.array([[1, 3, 5]], np.float32)
+
+
+def _scalar_search(t, u: int, x: np.ndarray, w: np.ndarray, s: np.float32, xg: np.ndarray) -> int:
+    """iq2_find_best_neighbour / iq1_find_best_neighbour2 line by line (float32, strict <)."""
+    off = -int(t.kmap[u]) - 1
+    best, gi = np.float32(np.finfo(np.float32).max), -1
+    for j in range(1, int(t.neighbours[off]) + 1):
+        c = int(t.neighbours[off + j])
+        d2 = np.float32(0)
+        for i in range(8):
+            diff = np.float32(s * xg[t.levels[c, i]]) - x[i]
+            d2 = np.float32(d2 + np.float32(np.float32(w[i] * diff) * diff))
+        if d2 < best:
+            best, gi = d2, c
+    return gi
+
+
+@pytest.mark.parametrize("name", ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1"])
+def test_bucketed_search_matches_flat(name: str) -> None:
+    """The bucketed neighbour search, the dispatching one and the flat (former) one agree on many
+    random off-grid groups (ties provoked: values on the lattice, zero weights), and a scalar port
+    of C's loop agrees on a sample."""
+    from qtool.quants.lattice import neighbours as nbm
+    t, qsets = _search_case(name)
+    rng = np.random.default_rng(7)
+    offgrid = np.flatnonzero(np.asarray(t.kmap) < 0)
+    m = 30000
+    u = rng.choice(offgrid, m)
+    # put long-list codes in, so that every bucket width is exercised
+    cnt = np.asarray(t.neighbours)[-np.asarray(t.kmap)[offgrid].astype(np.int64) - 1]
+    u[: m // 3] = rng.choice(offgrid[cnt >= np.percentile(cnt, 90)], m // 3)
+    qsel = rng.integers(0, qsets.shape[0], m)
+    sc = rng.uniform(0.05, 2, m).astype(np.float32)
+    x = rng.normal(0, 2, (m, 8)).astype(np.float32)
+    tie = rng.random(m) < 0.3  # on-lattice values: many equal distances
+    lvx = rng.integers(0, 3, (m, 8))
+    x[tie] = (sc[:, None] * qsets[qsel][np.arange(m)[:, None], lvx])[tie]
+    w = rng.exponential(1, (m, 8)).astype(np.float32)
+    w[rng.random((m, 8)) < 0.1] = 0
+    ref = nbm.best_neighbours_flat(t, u, x, w, sc, qsets, qsel)
+    got_b = nbm.best_neighbours_bucketed(t, u, x, w, sc, qsets, qsel)
+    got = nbm.best_neighbours(t, u, x, w, sc, qsets, qsel)
+    assert np.array_equal(got_b, ref)
+    assert np.array_equal(got, ref)
+    for k in rng.choice(m, 300, replace=False):
+        assert ref[k] == _scalar_search(t, int(u[k]), x[k], w[k], sc[k], qsets[qsel[k]])

@@ -27,6 +27,7 @@ import numpy as np
 from ..numeric import QK_K, blocks_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int, seq_sum_t
 from ..registry import register
 from .grids_iq1 import Iq1Tables, tables
+from .neighbours import best_neighbours
 
 F32 = np.float32
 EPS_IQ1_S = F32(1e-12)
@@ -108,41 +109,6 @@ def safe_blocks(wx: np.ndarray, w: np.ndarray, xt: np.ndarray) -> np.ndarray:
     return (t1 > 1e-12) & (t1 < 1e14) & (t2 < 1e14) & (mx < 1e14)
 
 
-def best_neighbours(t: Iq1Tables, u: np.ndarray, x: np.ndarray, w: np.ndarray, sc: np.ndarray,
-                    xx: np.ndarray) -> np.ndarray:
-    """iq1_find_best_neighbour2 for m off-grid groups at once: codes u (m,), x and w (m, 8),
-    scale sc (m,), level values xx (m, 3) -> grid index (m,). d2 = sum_i (w*diff)*diff,
-    diff = sc*xx[level] - x, in order; the first neighbour with the least d2 wins (C's strict <)."""
-    m = u.size
-    off = -t.kmap[u].astype(np.int64) - 1
-    n = t.neighbours[off].astype(np.int64)
-    total = int(n.sum())
-    ends = np.cumsum(n)
-    begins = ends - n
-    pos = np.arange(total, dtype=np.int64)
-    pos += np.repeat(off + 1 - begins, n)
-    cand = t.neighbours[pos].astype(np.intp)
-    diff = (sc[:, None, None] * xx[:, None, :]) - x[:, :, None]  # (m, 8, 3)
-    terms = w[:, :, None] * diff
-    terms *= diff
-    flat = terms.reshape(-1)
-    base = np.repeat(np.arange(0, 24 * m, 24, dtype=np.intp), n)
-    d2 = np.zeros(total, F32)
-    for i in range(8):
-        d2 += flat[base + t.term_off[i][cand]]
-    mn = np.fmin.reduceat(d2, begins)
-    ok = mn < np.finfo(F32).max
-    if not ok.all():
-        raise RuntimeError("IQ1: no grid neighbour with a finite distance (ggml aborts here)")
-    hit = np.flatnonzero(d2 == np.repeat(mn, n))
-    hseg = np.searchsorted(ends, hit, side="right")
-    first = np.ones(hit.size, bool)
-    first[1:] = hseg[1:] != hseg[:-1]
-    out = np.empty(m, np.int64)
-    out[hseg[first]] = cand[hit[first]]
-    return out
-
-
 def _codes(L: np.ndarray) -> np.ndarray:
     """Levels (S, nb) -> codes (S/8, nb): level i of a group at bits 2i."""
     S, nb = L.shape
@@ -158,16 +124,15 @@ def _snap(t: Iq1Tables, L: np.ndarray, xt: np.ndarray, w: np.ndarray, scale: np.
     """Grid indices (G, nb) of the groups of levels L (S, nb) (sub-blocks `sel`), off-grid groups
     replaced by their best neighbour; gshift (G, nb): 0 = x_p, 1 = x_m. Returns (index, moved (nb,))."""
     S, nb = L.shape
-    G = S // 8
     u = _codes(L)
     gi = t.kmap[u].astype(np.int64)
     off = (gi < 0) & sel[None, :]
     kk, bb = np.nonzero(off)
     if kk.size:
-        x3 = xt.reshape(G, 8, nb)
-        w3 = w.reshape(G, 8, nb)
-        gi[kk, bb] = best_neighbours(t, u[kk, bb], x3[kk, :, bb], w3[kk, :, bb], scale[bb],
-                                     XX[gshift[kk, bb]])
+        x3 = xt.reshape(S // 8, 8, nb)
+        w3 = w.reshape(S // 8, 8, nb)
+        gi[kk, bb] = best_neighbours(t, u[kk, bb], x3[kk, :, bb], w3[kk, :, bb], scale[bb], XX,
+                                     gshift[kk, bb], strict=True)
     gi = np.where(sel[None, :], gi, 0)
     return gi, off.any(axis=0)
 

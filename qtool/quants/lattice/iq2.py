@@ -24,8 +24,8 @@ clamp(nearest_int(0.5f*(scale/d - 1)), 0, 15) (id*scale with id = 1/d).
 
 Layout of the work: chunks of whole rows; sub-blocks transposed to (S, nb) so that C's in-block
 reductions are reductions down axis 0 in order; groups are the (S/8, 8, nb) view. Off-grid
-groups are gathered and searched together over their ragged neighbour lists (one flat candidate
-array, a segmented min, the first index reaching it).
+groups are gathered and searched together by neighbours.best_neighbours (shared with IQ1_S /
+IQ1_M: a flat search over the ragged lists, long lists bucketed by length on (width, m) arrays).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 from ..numeric import GROUP_MAX_EPS, QK_K, blocks_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int, seq_sum_t
 from ..registry import register
 from .grids_e8 import Iq2Tables, tables
+from .neighbours import best_neighbours
 
 F32 = np.float32
 GROUP_MAX_EPS_IQ2_S = F32(1e-8)
@@ -49,44 +50,10 @@ assert BLOCK_IQ2_XXS.itemsize == 66 and BLOCK_IQ2_XS.itemsize == 74 and BLOCK_IQ
 # ksigns_iq2xs[i]: the 7 bits of i plus the parity bit at bit 7
 KSIGNS_IQ2XS = np.array([i | ((bin(i).count("1") & 1) << 7) for i in range(128)], dtype=np.uint8)
 _POW4 = (4 ** np.arange(8)).astype(np.int32)
+_QV = np.array([[1, 3, 5]], F32)  # grid values 2l+1 of levels 0..2 (one level-value set)
 
 
 # --- shared pieces ----------------------------------------------------------------------------
-
-def best_neighbours(t: Iq2Tables, u: np.ndarray, xv: np.ndarray, wa: np.ndarray, sc: np.ndarray) -> np.ndarray:
-    """iq2_find_best_neighbour for m off-grid groups at once: codes u (m,), xval and waux (8, m),
-    scale sc (m,) -> grid index (m,). d2 = sum_i (waux*diff)*diff, diff = sc*q - xval, in order;
-    the first neighbour with the least d2 wins (C's strict <). Grid values q are 1, 3 or 5, so the
-    terms are computed once per (group, i, level) (the same float32 operations as C's) and each
-    candidate's d2 is their sum in C's order."""
-    m = u.size
-    off = -t.kmap[u].astype(np.int64) - 1
-    n = t.neighbours[off].astype(np.int64)
-    total = int(n.sum())
-    ends = np.cumsum(n)
-    begins = ends - n
-    pos = np.arange(total, dtype=np.int64)
-    pos += np.repeat(off + 1 - begins, n)
-    cand = t.neighbours[pos].astype(np.intp)
-    # terms (m, 8, 3): level l of element i
-    qv = np.array([1, 3, 5], F32)
-    diff = (sc[:, None, None] * qv[None, None, :]) - xv.T[:, :, None]
-    terms = wa.T[:, :, None] * diff
-    terms *= diff
-    flat = terms.reshape(-1)
-    base = np.repeat(np.arange(0, 24 * m, 24, dtype=np.intp), n)
-    d2 = np.zeros(total, F32)
-    for i in range(8):
-        d2 += flat[base + t.term_off[i][cand]]
-    mn = np.fmin.reduceat(d2, begins)
-    hit = np.flatnonzero(d2 == np.repeat(mn, n))
-    hseg = np.searchsorted(ends, hit, side="right")
-    first = np.ones(hit.size, bool)
-    first[1:] = hseg[1:] != hseg[:-1]
-    out = np.empty(m, np.int64)
-    out[hseg[first]] = cand[hit[first]]
-    return out
-
 
 def group_codes(l3: np.ndarray) -> np.ndarray:
     """Levels (G, 8, nb) -> codes u (G, nb): level i at bits 2i."""
@@ -118,7 +85,7 @@ def snap_to_grid(t: Iq2Tables, L: np.ndarray, xval: np.ndarray, waux: np.ndarray
     if kk.size:
         x3 = xval.reshape(S // 8, 8, nb)
         w3 = waux.reshape(S // 8, 8, nb)
-        gi = best_neighbours(t, u[kk, bb], x3[kk, :, bb].T, w3[kk, :, bb].T, sc[bb])
+        gi = best_neighbours(t, u[kk, bb], x3[kk, :, bb], w3[kk, :, bb], sc[bb], _QV)
         L3[kk, :, bb] = t.levels[gi]
     return off
 
