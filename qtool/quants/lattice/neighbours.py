@@ -69,7 +69,6 @@ class _Layout:
         self.cand: dict[int, np.ndarray] = {}
         self.coords: dict[tuple[int, bytes], tuple[np.ndarray, ...]] = {}
         self.codes: dict[int, np.ndarray] = {}
-        self.term_off = (3 * np.arange(8)[:, None] + np.asarray(t.levels).T).astype(np.intp)  # (8, N)
 
     def candidates(self, k: int) -> np.ndarray:
         """Grid indices intp (width, P_k) of bucket k's lists, padded with their first entry."""
@@ -241,7 +240,7 @@ def best_neighbours_flat(t, u: np.ndarray, x: np.ndarray, w: np.ndarray, sc: np.
     terms *= diff
     flat = terms.reshape(-1)
     base = np.repeat(np.arange(0, 24 * m, 24, dtype=np.intp), n)
-    term_off = _layout(t).term_off
+    term_off = t.term_off  # (8, N): 3*i + level of element i, built with the tables
     d2 = np.zeros(total, F32)
     for i in range(8):
         d2 += flat[base + term_off[i][cand]]
