@@ -13,17 +13,15 @@ every case runs as `llama-quantize ARGS[:-1] MODEL OUT ARGS[-1] 2` in this folde
 
 from __future__ import annotations
 
-import hashlib
-import json
-import lzma
 import os
-import subprocess
 import sys
-import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_refs import run_cases  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MANIFEST = os.path.join(HERE, "ik_llama_quantize_sha256.json")
-MODELS = ("tiny-256", "tiny-320")
+MODELS = ("tiny-256", "tiny-320")  # make_refs.MODELS
 FTYPES = ["IQ4_K", "IQ4_KS", "IQ3_K", "IQ2_K", "IQ2_KS", "IQ5_K", "IQ6_K", "IQ4_KSS", "IQ2_KL", "IQ3_KS", "IQ3_KL",
           "IQ5_KS", "IQ1_BN", "IQ2_BN"]
 IK_ONLY_OPTIONS = ("--slow-iq2ks",)  # options of ik's llama-quantize that qtool's default already is
@@ -40,28 +38,7 @@ def cases() -> dict[str, tuple[str, list[str]]]:
 
 
 def main() -> None:
-    exe = sys.argv[1]
-    manifest = {}
-    with tempfile.TemporaryDirectory() as d:
-        for m in MODELS:
-            with lzma.open(os.path.join(HERE, f"{m}.gguf.xz")) as f, open(os.path.join(d, f"{m}.gguf"), "wb") as g:
-                g.write(f.read())
-        for name, (m, args) in cases().items():
-            out = os.path.join(d, "out.gguf")
-            r = subprocess.run([exe, *args[:-1], os.path.join(d, f"{m}.gguf"), out, args[-1], "2"], cwd=HERE,
-                               capture_output=True, text=True)
-            entry: dict = {"model": m, "args": args}
-            if r.returncode != 0:
-                entry["error"] = (r.stderr.strip().splitlines() or ["?"])[-1]
-            else:
-                data = open(out, "rb").read()
-                entry.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-                os.unlink(out)
-            manifest[name] = entry
-            print(name, entry.get("sha256", entry.get("error")), flush=True)
-    with open(MANIFEST, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-        f.write("\n")
+    run_cases(sys.argv[1], cases(), MANIFEST)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,34 @@ def cases() -> dict[str, tuple[str, list[str]]]:
     return out
 
 
+def run_cases(exe: str, cases: dict[str, tuple[str, list[str]]], manifest_path: str) -> None:
+    """Run `exe ARGS[:-1] MODEL OUT ARGS[-1] 2` in this folder for each case (model, args) on the
+    decompressed fixtures and write {"model", "args", "sha256", "size"} or {"model", "args", "error"}
+    (the last line the tool printed when it refused) per case name: the manifests of
+    make_ik_refs.py and make_lattice_refs.py."""
+    manifest: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        for m in MODELS:
+            with lzma.open(model_path(m)) as f, open(os.path.join(d, f"{m}.gguf"), "wb") as g:
+                g.write(f.read())
+        for name, (m, args) in cases.items():
+            out = os.path.join(d, "out.gguf")
+            r = subprocess.run([exe, *args[:-1], os.path.join(d, f"{m}.gguf"), out, args[-1], "2"], cwd=HERE,
+                               capture_output=True, text=True)
+            entry: dict[str, object] = {"model": m, "args": args}
+            if r.returncode != 0 or not os.path.exists(out):
+                lines = [ln for ln in (r.stderr + r.stdout).strip().splitlines() if ln.strip()]
+                entry["error"] = lines[-1] if lines else f"exit {r.returncode}"
+            else:
+                entry.update(sha256=sha256(out), size=os.path.getsize(out))
+                os.unlink(out)
+            manifest[name] = entry
+            print(name, entry.get("sha256", entry.get("error")), flush=True)
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
 def sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
