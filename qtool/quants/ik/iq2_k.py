@@ -44,7 +44,14 @@ import numpy as np
 
 from ..numeric import F32, absmax_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int
 from ..registry import register
-from .iq3_k import guarded_imatrix_t, quantize_superblocks, superblock_sigma2, thresholds, weights_t
+from .iq3_k import (
+    guarded_imatrix_t,
+    quantize_superblocks,
+    superblock_refit,
+    superblock_sigma2,
+    thresholds,
+    weights_t,
+)
 from .iqk_tables import IQ2NL_VALUES
 
 __all__ = ["BLOCK_IQ2_K", "DEQUANTIZE", "QUANTIZE", "best_index_iq2nl_t", "dequantize_iq2_k",
@@ -665,17 +672,7 @@ def _quantize_chunk(xs: np.ndarray, qwt_row: np.ndarray | None) -> np.ndarray:
     shb = sh.reshape(nb)
     lv = best_index_iq2nl_t(al, shb)
     q = _VALS[lv + np.where(shb, np.uint8(4), np.uint8(0))[None, :]] * ls.reshape(nb).astype(F32)
-    wq = wt * q
-    tx = wq * xt
-    t2 = wq * q
-    mask = ~use.reshape(nb)
-    tx[:, mask] = 0
-    t2[:, mask] = 0
-    tx = np.ascontiguousarray(tx.reshape(16, nsb, 16).transpose(2, 0, 1).reshape(256, nsb))
-    t2 = np.ascontiguousarray(t2.reshape(16, nsb, 16).transpose(2, 0, 1).reshape(256, nsb))
-    sumqx = np.cumsum(tx, axis=0)[-1] + F32(0)
-    sumq2 = np.cumsum(t2, axis=0)[-1] + F32(0)
-    dfin = F32(1.030) * np.where(sumq2 > 0, sumqx / np.where(sumq2 > 0, sumq2, F32(1)), d)
+    dfin = superblock_refit(xt, wt, q, use, d, F32(1.030))
 
     out = np.zeros(nsb, BLOCK_IQ2_K)
     lvb = np.ascontiguousarray(lv.T).reshape(nsb, 256)

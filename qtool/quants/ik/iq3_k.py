@@ -41,7 +41,7 @@ from .iqk_tables import IQ3NL_VALUES
 
 __all__ = ["BLOCK_IQ3_K", "DEQUANTIZE", "QUANTIZE", "best_index_iq3nl_t", "dequantize_iq3_k",
            "guarded_imatrix_t", "quantize_iq3_k", "scale_search_iq3_k_t", "superblock_sigma2",
-           "quantize_superblocks", "thresholds", "weights_t"]
+           "quantize_superblocks", "superblock_refit", "thresholds", "weights_t"]
 
 BLOCK = 16
 NTRY = 3
@@ -262,18 +262,7 @@ def _quantize_chunk(xs: np.ndarray, qwt_row: np.ndarray | None) -> np.ndarray:
     al = xt * idl_t
     lv = best_index_iq3nl_t(al, sh.reshape(nb))
     q = _VALS[lv + np.where(sh.reshape(nb), np.uint8(8), np.uint8(0))[None, :]] * lss.reshape(nb).astype(F32)
-    wq = wt * q
-    tx = wq * xt
-    t2 = wq * q
-    mask = ~use.reshape(nb)
-    tx[:, mask] = 0
-    t2[:, mask] = 0
-    # sequential over the super-block in (ib, j) order
-    tx = np.ascontiguousarray(tx.reshape(16, nsb, 16).transpose(2, 0, 1).reshape(256, nsb))
-    t2 = np.ascontiguousarray(t2.reshape(16, nsb, 16).transpose(2, 0, 1).reshape(256, nsb))
-    sumqx = np.cumsum(tx, axis=0)[-1] + F32(0)
-    sumq2 = np.cumsum(t2, axis=0)[-1] + F32(0)
-    dfin = F32(1.01) * np.where(sumq2 > 0, sumqx / np.where(sumq2 > 0, sumq2, F32(1)), d)
+    dfin = superblock_refit(xt, wt, q, use, d, F32(1.01))
 
     out = np.zeros(nsb, BLOCK_IQ3_K)
     lvb = np.ascontiguousarray(lv.T).reshape(nsb, 256)
@@ -286,6 +275,26 @@ def _quantize_chunk(xs: np.ndarray, qwt_row: np.ndarray | None) -> np.ndarray:
     out["scales_l"] = np.where(live[:, None], scl[:, 0::2] | (scl[:, 1::2] << np.uint8(4)), 0)
     out["qs"] = np.where(live[:, None], qs, 0)
     out["qh"] = np.where(live[:, None], qh, 0)
+    return out
+
+
+def superblock_refit(xt: np.ndarray, wt: np.ndarray, q: np.ndarray, use: np.ndarray, d: np.ndarray,
+                     factor: np.float32) -> np.ndarray:
+    """The final super-block scale of IQ2_K / IQ3_K: factor * sumqx/sumq2 (d where sumq2 is 0),
+    sums of (w*q)*x and (w*q)*q over the blocks in `use`, sequential over the super-block in (ib, j)
+    order. xt, wt, q (16, nsb*16) a block per column; use bool (nsb, 16); d (nsb,)."""
+    nsb = use.shape[0]
+    wq = wt * q
+    tx = wq * xt
+    t2 = wq * q
+    mask = ~use.reshape(-1)
+    tx[:, mask] = 0
+    t2[:, mask] = 0
+    tx = np.ascontiguousarray(tx.reshape(16, nsb, 16).transpose(2, 0, 1).reshape(256, nsb))
+    t2 = np.ascontiguousarray(t2.reshape(16, nsb, 16).transpose(2, 0, 1).reshape(256, nsb))
+    sumqx = np.cumsum(tx, axis=0)[-1] + F32(0)
+    sumq2 = np.cumsum(t2, axis=0)[-1] + F32(0)
+    out: np.ndarray = factor * np.where(sumq2 > 0, sumqx / np.where(sumq2 > 0, sumq2, F32(1)), d)
     return out
 
 
