@@ -45,15 +45,27 @@ DEFAULT_TYPES = [
 ]
 
 
-def best_time(fn: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.ndarray]:
-    """Run fn once untimed (table init, caches), then `repeat` times; best wall time and last result."""
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def best_time(fn: Callable[[], np.ndarray], repeat: int, clock: str = "wall") -> tuple[float, np.ndarray]:
+    """Run fn once untimed (table init, caches), then `repeat` times; best time on `clock` and last
+    result. "thread" counts the calling thread's CPU time only: steadier on a loaded machine, and
+    fair because ik's ggml_quantize_chunk is single-threaded C run in the calling thread (ctypes);
+    it would undercount a qtool kernel that hands work to BLAS threads (OPENBLAS_NUM_THREADS=1 rules
+    that out)."""
+    now = CLOCKS[clock]
     out = fn()
     best = float("inf")
     for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
+        t0 = now()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, now() - t0)
     return best, out
+
+
+class IkLib:
+    """ctypes access to ik_llama.cpp's ggml_quantize_chunk in libggml.so."""
 
 
 def make_rows(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -200,33 +212,38 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(doc: dict) -> None:
     """Render the results with rich (a qtool dependency)."""
+    render_results(doc, "ggml", "ggml_mws", "", doc["ggml_available"], "ggml reference not available")
+
+
+def render_results(doc: dict, ref: str, ref_key: str, title_extra: str, ref_available: bool, unavailable: str) -> None:
+    """The results table of bench_engine.py and bench_ik_types.py: one row per (type, imatrix) case,
+    then the skipped types grouped by reason; `ref` names the reference column."""
     from rich.console import Console
     from rich.table import Table
 
     def f(v: float | None, fmt: str = "{:.2f}") -> str:
         return "-" if v is None else fmt.format(v)
 
-    tab = Table(title=f"{doc['rows']} x {doc['n_per_row']} rows ({doc['source']}), best of {doc['repeat']}")
-    for col in ("type", "imatrix", "qtool M w/s", "ggml M w/s", "ratio", "status"):
+    tab = Table(title=f"{doc['rows']} x {doc['n_per_row']} rows ({doc['source']}), best of {doc['repeat']}"
+                      + title_extra)
+    for col in ("type", "imatrix", "qtool M w/s", f"{ref} M w/s", "ratio", "status"):
         tab.add_column(col, justify="right" if "w/s" in col or col == "ratio" else "left")
-    skipped = [r for r in doc["results"] if r.get("imatrix") is None]
     for r in doc["results"]:
         if r.get("imatrix") is None:
             continue
-        im = r.get("imatrix")
         st = r.get("status", "")
-        tab.add_row(r["type"], "-" if im is None else ("yes" if im else "no"), f(r.get("qtool_mws")),
-                    f(r.get("ggml_mws")), f(r.get("ratio"), "{:.3f}"),
-                    f"[bold red]{st}[/]" if st.startswith("MISMATCH") else st)
+        tab.add_row(r["type"], "yes" if r["imatrix"] else "no", f(r.get("qtool_mws")), f(r.get(ref_key)),
+                    f(r.get("ratio"), "{:.3f}"), f"[bold red]{st}[/]" if st.startswith("MISMATCH") else st)
     con = Console(width=None if sys.stdout.isatty() else 120)
     con.print(tab)
     reasons: dict[str, list[str]] = {}
-    for r in skipped:
-        reasons.setdefault(r["status"], []).append(r["type"])
+    for r in doc["results"]:
+        if r.get("imatrix") is None:
+            reasons.setdefault(r["status"], []).append(r["type"])
     for why, names in reasons.items():
         con.print(f"{why}: {' '.join(names)}", soft_wrap=True)
-    if not doc["ggml_available"]:
-        con.print("ggml reference not available: qtool figures only")
+    if not ref_available:
+        con.print(f"{unavailable}: qtool figures only")
 
 
 if __name__ == "__main__":

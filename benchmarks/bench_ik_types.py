@@ -29,17 +29,15 @@ import json
 import os
 import platform
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 try:
-    from benchmarks.bench_engine import synthetic_imatrix
+    from benchmarks.bench_engine import CLOCKS, best_time, render_results, synthetic_imatrix
 except ImportError:  # run as a script: benchmarks/ is not a package on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_engine import synthetic_imatrix  # type: ignore[no-redef]
+    from bench_engine import CLOCKS, best_time, render_results, synthetic_imatrix  # type: ignore[no-redef]
 
 from qtool.malloc_tuning import tune_malloc
 from qtool.quants import can_quantize, get_type, quantize
@@ -53,25 +51,6 @@ IK_IDS: dict[str, int] = {
 }
 DEFAULT_TYPES = ["IQ2_K", "IQ3_K", "IQ4_K", "IQ5_K", "IQ6_K", "IQ2_KS", "IQ3_KS", "IQ4_KS", "IQ5_KS",
                  "IQ4_KSS", "IQ2_KL", "IQ1_BN", "IQ2_BN"]
-
-
-CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
-
-
-def best_time(fn: Callable[[], np.ndarray], repeat: int, clock: str = "wall") -> tuple[float, np.ndarray]:
-    """Run fn once untimed (table init, caches), then `repeat` times; best time on `clock` and last
-    result. "thread" counts the calling thread's CPU time only: steadier on a loaded machine, and
-    fair because ik's ggml_quantize_chunk is single-threaded C run in the calling thread (ctypes);
-    it would undercount a qtool kernel that hands work to BLAS threads (OPENBLAS_NUM_THREADS=1 rules
-    that out)."""
-    now = CLOCKS[clock]
-    out = fn()
-    best = float("inf")
-    for _ in range(max(1, repeat)):
-        t0 = now()
-        out = fn()
-        best = min(best, now() - t0)
-    return best, out
 
 
 class IkLib:
@@ -229,33 +208,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(doc: dict) -> None:
-    """Render the results with rich (a qtool dependency)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    def f(v: float | None, fmt: str = "{:.2f}") -> str:
-        return "-" if v is None else fmt.format(v)
-
-    tab = Table(title=f"{doc['rows']} x {doc['n_per_row']} rows ({doc['source']}), best of {doc['repeat']}, "
-                      f"single thread, {doc['clock']} clock")
-    for col in ("type", "imatrix", "qtool M w/s", "ik M w/s", "ratio", "status"):
-        tab.add_column(col, justify="right" if "w/s" in col or col == "ratio" else "left")
-    for r in doc["results"]:
-        if r.get("imatrix") is None:
-            continue
-        st = r.get("status", "")
-        tab.add_row(r["type"], "yes" if r["imatrix"] else "no", f(r.get("qtool_mws")), f(r.get("ik_mws")),
-                    f(r.get("ratio"), "{:.3f}"), f"[bold red]{st}[/]" if st.startswith("MISMATCH") else st)
-    con = Console(width=None if sys.stdout.isatty() else 120)
-    con.print(tab)
-    reasons: dict[str, list[str]] = {}
-    for r in doc["results"]:
-        if r.get("imatrix") is None:
-            reasons.setdefault(r["status"], []).append(r["type"])
-    for why, names in reasons.items():
-        con.print(f"{why}: {' '.join(names)}", soft_wrap=True)
-    if not doc["ik_available"]:
-        con.print(f"ik_llama.cpp reference not available ({ENV_VAR} unset or unusable): qtool figures only")
+    """Render the results with rich (bench_engine's table, ik_llama.cpp as the reference)."""
+    render_results(doc, "ik", "ik_mws", f", single thread, {doc['clock']} clock", doc["ik_available"],
+                   f"ik_llama.cpp reference not available ({ENV_VAR} unset or unusable)")
 
 
 if __name__ == "__main__":
