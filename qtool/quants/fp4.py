@@ -224,5 +224,5 @@ def dequantize_nvfp4(data: np.ndarray, n: int) -> np.ndarray:
     return (lv * d).reshape(nrows, n)
 
 
-register("MXFP4", quantize_mxfp4, dequantize_mxfp4, ik=())
+register("MXFP4", quantize_mxfp4, dequantize_mxfp4)  # ik_llama.cpp: the same search (iqk quantize_mxfp4)
 register("NVFP4", quantize_nvfp4, dequantize_nvfp4, ik=())
