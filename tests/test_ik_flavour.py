@@ -249,13 +249,19 @@ def test_row_ref_functions_agree_with_dispatch() -> None:
 
 def test_unported_ik_variants_are_refused() -> None:
     x, imatrix, _ = inputs("ik_llama")
-    assert support("Q4_K", "ik") == (True, False)
-    assert can_quantize("Q4_K", "ik", imatrix=False) and not can_quantize("Q4_K", "ik", imatrix=True)
-    assert not can_quantize("Q4_K", "ik")  # both variants asked for
-    assert can_quantize("Q4_K", "mainline", imatrix=True)
+    # Q4_K is ported for ik in both variants now (ik/kquants_q45_ik.py); NVFP4 (absent from
+    # ik_llama.cpp) has no ik kernel
+    assert support("Q4_K", "ik") == (True, True)
+    assert support("NVFP4", "ik") == (False, False) and support("NVFP4", "mainline") == (True, True)
+    assert not can_quantize("NVFP4", "ik", imatrix=False) and not can_quantize("NVFP4", "ik", imatrix=True)
+    assert support("IQ1_S", "mainline") == (False, True)
+    assert not can_quantize("IQ1_S", "mainline") and can_quantize("IQ1_S", "mainline", imatrix=True)  # both asked for
+    assert can_quantize("NVFP4", "mainline", imatrix=True)
     assert all(can_quantize(t, "ik") for t in IK_TYPES)
-    assert "Q6_K" in quantizable_types("ik", True) and "Q4_K" not in quantizable_types("ik", True)
-    assert "Q4_K" in quantizable_types("ik", False)
-    with pytest.raises(NotImplementedType, match="Q4_K with an imatrix as ik does"):
-        engine.quantize(x[:2], "Q4_K", imatrix, flavour="ik")
-    engine.quantize(x[:2], "Q4_K", None, flavour="ik")  # ik's no-imatrix Q4_K is mainline's
+    assert "Q6_K" in quantizable_types("ik", True) and "NVFP4" not in quantizable_types("ik", True)
+    assert "Q4_K" in quantizable_types("ik", True) and "NVFP4" not in quantizable_types("ik", False)
+    with pytest.raises(NotImplementedType, match="NVFP4 with an imatrix as ik does"):
+        engine.quantize(x[:2], "NVFP4", imatrix, flavour="ik")
+    with pytest.raises(NotImplementedType, match="NVFP4 as ik does"):
+        engine.quantize(x[:2], "NVFP4", None, flavour="ik")
+    engine.quantize(x[:2], "Q4_K", imatrix, flavour="ik")

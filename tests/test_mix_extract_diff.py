@@ -22,7 +22,7 @@ import pytest
 import tomllib
 from click.testing import CliRunner
 
-from qtool.commands.mix_tools_cmd import diff, extract
+from qtool.cli import cli
 from qtool.gguf_io import GGUFStreamWriter, OutTensor, kv_f32, kv_str, kv_u32
 from qtool.mix import MixOptions, ModelInfo, TensorSpec, parse_ftype, parse_recipe, plan
 from qtool.mix.diff import diff_models, tensor_group
@@ -121,7 +121,7 @@ def test_extract_with_overrides_writes_folded_rules(tmp_path: Path) -> None:
     assert pats[r"^blk\.(?:[0-9]|1[0-5])\.ffn_down\.weight$"] == "q8_0"
     assert pats[r"^blk\.(?:[1-3]|12)\.attn_v\.weight$"] == "q5_k"
     # the CLI writes the same recipe and says it was checked
-    r = CliRunner().invoke(extract, [str(path), "-o", str(tmp_path / "r.toml")])
+    r = CliRunner().invoke(cli, ["mix", "extract", str(path), "-o", str(tmp_path / "r.toml")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "r.toml").read_text() == ex.toml
     assert "reproduces all" in r.output
@@ -174,7 +174,7 @@ def test_diff_lists_exactly_the_differing_tensors(model_name: str, tmp_path: Pat
 
 def test_diff_groups_and_cli(tmp_path: Path) -> None:
     pa, pb, want = _pair(tmp_path, "qwen3moe", "Q4_K_M", "Q3_K_M")
-    r = CliRunner().invoke(diff, [str(pa), str(pb), "--json"])
+    r = CliRunner().invoke(cli, ["mix", "diff", str(pa), str(pb), "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert doc["differing"] == want
@@ -183,9 +183,9 @@ def test_diff_groups_and_cli(tmp_path: Path) -> None:
     assert set(groups) <= {"embeddings", "attention", "dense layers", "moe layers", "other"}
     moe = [n for row in groups["moe layers"]["rows"] for n in row["names"]]
     assert moe and all("_exps" in n or "gate_inp" in n or "shexp" in n or "ffn" in n for n in moe)
-    r = CliRunner().invoke(diff, [str(pa), str(pb)])
+    r = CliRunner().invoke(cli, ["mix", "diff", str(pa), str(pb)])
     assert r.exit_code == 0 and f"{len(want)} tensor(s) differ" in r.output
-    r = CliRunner().invoke(diff, [str(pa)])
+    r = CliRunner().invoke(cli, ["mix", "diff", str(pa)])
     assert r.exit_code == 2
 
 

@@ -536,16 +536,16 @@ def test_override_kv_checked_against_the_model(kv: str, msg: str, m256: Path, tm
 
 
 def test_engine_lacks_type(m256: Path, tmp_path: Path) -> None:
-    """A type the engine has no kernel for yet is refused before anything is written (ik_llama.cpp's
-    trellis types are not ported yet; pick another not-yet-ported type when they are)."""
+    """A type the engine has no kernel for is refused before anything is written: ik_llama.cpp's
+    run-time repacks (Q4_K_R4, an ftype of ik's llama-quantize) and Q8_KV (a type it defines)."""
     from qtool.quants import can_quantize
 
-    assert not can_quantize("IQ2_KT", "ik", False) and not can_quantize("IQ4_KT", "ik", True)
-    r = invoke("--imatrix", IM256, str(m256), str(tmp_path / "o.gguf"), "IQ2_KT")  # ik-only: --flavour ik implied
-    assert_refused(r, r"cannot produce type\(s\) iq2_kt\b.* as ik_llama.cpp does yet", tmp_path, code=1)
-    r = invoke("--flavour", "ik", "--imatrix", IM256, "--tensor-type", "ffn_up=iq4_kt", str(m256),
+    assert not can_quantize("Q4_K_R4", "ik", False) and not can_quantize("Q8_KV", "ik", True)
+    r = invoke("--flavour", "ik", "--imatrix", IM256, str(m256), str(tmp_path / "o.gguf"), "Q4_K_R4")
+    assert_refused(r, r"cannot produce type\(s\) q4_k_r4\b.* as ik_llama.cpp does yet", tmp_path, code=1)
+    r = invoke("--flavour", "ik", "--imatrix", IM256, "--tensor-type", "ffn_up=q8_kv", str(m256),
                str(tmp_path / "o.gguf"), "Q4_0")
-    assert_refused(r, r"cannot produce type\(s\) iq4_kt", tmp_path, code=1)
+    assert_refused(r, r"cannot produce type\(s\) q8_kv", tmp_path, code=1)
 
 
 def test_forced_type_with_an_incompatible_block_size(models: dict[str, Path], tmp_path: Path) -> None:
@@ -671,13 +671,15 @@ def test_output_permissions_follow_umask(m256: Path, tmp_path: Path) -> None:
 
 
 def test_flavour_ik_refuses_unported_imatrix_variants(m256: Path, tmp_path: Path) -> None:
-    """ik_llama.cpp quantizes Q4_K with an imatrix its own way, which qtool has not ported: refused
-    by name (never mainline's bytes under the ik flavour); without an imatrix it runs, and the ik
-    types that are ported (Q6_K) run with one."""
-    with pytest.raises(QuantizeError, match=r"q4_k \(with an imatrix\).* as ik_llama.cpp does"):
-        quantize_file(m256, tmp_path / "o.gguf", "Q4_K_M", imatrix=IM256, flavour="ik", nthreads=1)
+    """Under the ik flavour a type qtool does not write (ik's run-time repacks such as Q4_K_R4) is
+    refused by name before anything is written, never replaced by something else; ik's own
+    algorithms for mainline types give other bytes than mainline's with the same imatrix."""
+    with pytest.raises(QuantizeError, match=r"q4_k_r4 as ik_llama.cpp does"):
+        quantize_file(m256, tmp_path / "o.gguf", "Q4_K_R4", flavour="ik", nthreads=1)
     assert os.listdir(tmp_path) == []
-    quantize_file(m256, tmp_path / "a.gguf", "Q4_K_M", flavour="ik", nthreads=1)
+    ik = quantize_file(m256, tmp_path / "a.gguf", "Q4_K_M", imatrix=IM256, flavour="ik", nthreads=1)
+    main = quantize_file(m256, tmp_path / "c.gguf", "Q4_K_M", imatrix=IM256, nthreads=1)
+    assert sha256(Path(ik.output)) != sha256(Path(main.output))
     quantize_file(m256, tmp_path / "b.gguf", "Q6_K", imatrix=IM256, flavour="ik", nthreads=1)
     mainline = quantize_file(m256, tmp_path / "d.gguf", "Q6_K", imatrix=IM256, nthreads=1)
     assert sha256(tmp_path / "b.gguf") != sha256(Path(mainline.output))

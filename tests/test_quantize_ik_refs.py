@@ -1,7 +1,9 @@
-"""ik_llama.cpp's own ftypes end to end: qtool's output equals ik_llama.cpp's llama-quantize
+"""ik_llama.cpp's ftypes end to end: qtool's output equals ik_llama.cpp's llama-quantize
 (commit 8337e4cd, -ffp-contract=off) on the tiny fixture models, without and with an imatrix,
-for every IQK ftype (manifest made by tests/data/quantize/make_ik_refs.py). An ik-only ftype
-implies --flavour ik, and the run says once that the file needs ik_llama.cpp.
+for every IQK and trellis ftype and ik's ftypes of mainline types (manifest made by
+tests/data/quantize/make_ik_refs.py); what ik refuses (an imatrix required) qtool refuses before
+writing anything. An ik-only ftype implies --flavour ik, and the run says once that the file
+needs ik_llama.cpp.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from qtool.api import QuantizeError, quantize_file
+from qtool.api import quantize_file
 from qtool.cli import cli
+from qtool.errors import QtoolError
 from qtool.gguf_io import GGUFModel
 
 DATA = Path(__file__).parent / "data" / "quantize"
 MANIFEST: dict[str, dict[str, Any]] = json.loads((DATA / "ik_llama_quantize_sha256.json").read_text())
 FTYPES = ["IQ4_K", "IQ4_KS", "IQ3_K", "IQ2_K", "IQ2_KS", "IQ5_K", "IQ6_K", "IQ4_KSS", "IQ2_KL", "IQ3_KS", "IQ3_KL",
           "IQ5_KS", "IQ1_BN", "IQ2_BN"]
+IK_ONLY = {*FTYPES, "IQ1_KT", "IQ2_KT", "IQ3_KT", "IQ4_KT", "Q6_0"}
 
 
 def sha256(path: Path) -> str:
@@ -47,26 +51,22 @@ def test_manifest_covers_every_iqk_ftype() -> None:
                 assert "sha256" in MANIFEST[f"{m}-{ft}{suffix}"]
 
 
-# These mixes give some tensors Q3_K / Q4_K / Q5_K, which ik_llama.cpp quantizes with its own
-# algorithm when there is an imatrix; qtool has not ported that variant yet (issue 15) and refuses
-# rather than write mainline's bytes. With rows of 320 the mixes fall back to other types.
-NEEDS_IK_KQUANTS_WITH_IMATRIX = {f"tiny-256-{ft}-imdat" for ft in ("IQ2_K", "IQ2_KL", "IQ2_KS", "IQ3_K", "IQ3_KS")}
-
-
 @pytest.mark.parametrize("case", sorted(MANIFEST))
 def test_case(case: str, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The API, flavour implied by the ftype (no flavour given), one process."""
+    """The API, flavour implied by an ik-only ftype (none given), one process."""
     ref = MANIFEST[case]
     args = [a for a in ref["args"] if a != "--slow-iq2ks"]  # qtool's IQ2_KS is ik's reference search
     kw = {"imatrix": args[1]} if args[0] == "--imatrix" else {}
     monkeypatch.chdir(DATA)
     out = tmp_path / "out.gguf"
-    if case in NEEDS_IK_KQUANTS_WITH_IMATRIX:
-        with pytest.raises(QuantizeError, match=r"cannot produce type\(s\) q[345]_k \(with an imatrix\)"):
-            quantize_file(models[ref["model"]], out, args[-1], nthreads=1, **kw)
+    # ik-only ftypes imply the flavour; ik's ftypes of mainline types need it said
+    flavour = {} if args[-1] in IK_ONLY else {"flavour": "ik"}
+    if "error" in ref:  # ik's llama-quantize refused: an imatrix is required for some tensor
+        with pytest.raises(QtoolError, match="(requires|needs) an importance matrix"):
+            quantize_file(models[ref["model"]], out, args[-1], nthreads=1, **flavour, **kw)
         assert os.listdir(tmp_path) == []
         return
-    r = quantize_file(models[ref["model"]], out, args[-1], nthreads=1, **kw)
+    r = quantize_file(models[ref["model"]], out, args[-1], nthreads=1, **flavour, **kw)
     assert r.plan.flavour == "ik"
     assert out.stat().st_size == ref["size"]
     assert sha256(out) == ref["sha256"], f"{case}: output differs from ik_llama.cpp's llama-quantize"

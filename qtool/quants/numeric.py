@@ -28,12 +28,13 @@ QK_K = 256
 
 
 def seq_sum_t(a: np.ndarray, axis: int = 0) -> np.ndarray:
-    """C's `s = 0; s += a[j]` down `axis`: np.add.reduce adds slices in order when the other axes
-    hold more than one element; a single column it would sum pairwise, so that one is accumulated.
+    """C's `s = 0; s += a[j]` down `axis`: np.add.reduce adds slices in order when the axes after
+    `axis` hold more than one element; when they do not (one column: a single block), it would sum
+    the contiguous run pairwise, so that case is accumulated.
     + 0 turns -0 into C's +0."""
     if not a.flags.c_contiguous:  # a strided view (columns picked with a[:, cols]) may be summed pairwise
         a = np.ascontiguousarray(a)
-    if a.ndim > 1 and a.size == a.shape[axis]:
+    if a.ndim > 1 and all(k == 1 for k in a.shape[axis % a.ndim + 1:]):  # the summed axis is innermost
         s = np.add.accumulate(a, axis=axis).take(-1, axis=axis)
     else:
         s = np.add.reduce(a, axis=axis)

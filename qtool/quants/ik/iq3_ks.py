@@ -144,7 +144,7 @@ def row_seq_sum(t: np.ndarray, nrows: int) -> np.ndarray:
 
 def superblock_sumx2(rows: np.ndarray) -> np.ndarray:
     """Sequential sum of x*x over each super-block of 256 -> (nrows*n/256,) float32."""
-    xs = np.ascontiguousarray(rows.reshape(-1, QK_K).T)
+    xs = np.array(rows.reshape(-1, QK_K).T, order="C")  # a copy: for one super-block .T is rows itself
     xs *= xs
     return seq_sum0(xs)
 

@@ -222,7 +222,7 @@ def seq_sum(a: np.ndarray) -> np.ndarray:
 
 def superblock_sigma2_t(rows: np.ndarray) -> np.ndarray:
     """sigma2 of each block of 32 (nb,): 2/256 * sequential sum of x*x over its super-block."""
-    xs = np.ascontiguousarray(rows.reshape(-1, QK_K).T)
+    xs = np.array(rows.reshape(-1, QK_K).T, order="C")  # a copy: for one super-block .T is rows itself
     xs *= xs
     s = seq_sum(xs)
     s *= F32(2) / F32(QK_K)

@@ -54,8 +54,7 @@ def quantize_q6_0(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     xb = rows.reshape(-1, QK6_0)
     qw = None
     if imatrix is not None:
-        x2 = np.ascontiguousarray(rows.T)
-        x2 *= x2
+        x2 = np.ascontiguousarray(rows.T * rows.T)  # a copy: rows.T of one row is rows itself, never square in place
         sigma2 = seq_sum0(x2) / F32(n)  # per row
         qw = np.asarray(imatrix, dtype=F32).reshape(nbr, QK6_0)
     out = np.empty(xb.shape[0], BLOCK_Q6_0)

@@ -117,4 +117,4 @@ def dequantize_q2_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"Q2_K": quantize_q2_k}
 DEQUANTIZE: dict = {"Q2_K": dequantize_q2_k}
-register("Q2_K", QUANTIZE["Q2_K"], DEQUANTIZE["Q2_K"], ik=(False,))  # ik: own imatrix search, not ported
+register("Q2_K", QUANTIZE["Q2_K"], DEQUANTIZE["Q2_K"], ik=())  # ik: its own algorithms (ik/kquants_q23_ik.py)

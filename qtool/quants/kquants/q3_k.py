@@ -216,4 +216,4 @@ def dequantize_q3_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"Q3_K": quantize_q3_k}
 DEQUANTIZE: dict = {"Q3_K": dequantize_q3_k}
-register("Q3_K", QUANTIZE["Q3_K"], DEQUANTIZE["Q3_K"], ik=(False,))  # ik: own imatrix search, not ported
+register("Q3_K", QUANTIZE["Q3_K"], DEQUANTIZE["Q3_K"], ik=(False,))  # ik: its imatrix variant in ik/kquants_q23_ik.py

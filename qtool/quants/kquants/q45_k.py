@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..numeric import seq_sum0
 from ..registry import register
 from ..rounding import fp32_to_fp16_bits, nearest_int
 from ..scratch import Workspace
@@ -85,7 +86,7 @@ def superblock_sum_sq(xt3: np.ndarray, ws: Workspace) -> np.ndarray:
     n, J, nb = xt3.shape
     seq = ws.get("k_sq", (J, n, nb))  # index j*n + i, C's order
     np.multiply(xt3.transpose(1, 0, 2), xt3.transpose(1, 0, 2), out=seq)
-    return np.add.reduce(seq.reshape(J * n, nb), axis=0)
+    return seq_sum0(seq.reshape(J * n, nb))  # np.add.reduce would sum a single super-block pairwise
 
 
 def running_max(v: np.ndarray) -> np.ndarray:
@@ -283,5 +284,5 @@ def dequantize_q5_k(data: np.ndarray, n_per_row: int) -> np.ndarray:
 
 QUANTIZE: dict = {"Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k}
 DEQUANTIZE: dict = {"Q4_K": dequantize_q4_k, "Q5_K": dequantize_q5_k}
-register("Q4_K", QUANTIZE["Q4_K"], DEQUANTIZE["Q4_K"], ik=(False,))  # ik: own imatrix search, not ported
-register("Q5_K", QUANTIZE["Q5_K"], DEQUANTIZE["Q5_K"], ik=(False,))  # ik: own imatrix search, not ported
+register("Q4_K", QUANTIZE["Q4_K"], DEQUANTIZE["Q4_K"], ik=())  # ik: its own kernels (ik/kquants_q45_ik.py)
+register("Q5_K", QUANTIZE["Q5_K"], DEQUANTIZE["Q5_K"], ik=())  # ik: its own kernels (ik/kquants_q45_ik.py)

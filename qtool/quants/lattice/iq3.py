@@ -449,4 +449,4 @@ def dequantize_iq3_s(data: np.ndarray, n: int) -> np.ndarray:
 QUANTIZE = {"IQ3_XXS": quantize_iq3_xxs, "IQ3_S": quantize_iq3_s}
 DEQUANTIZE = {"IQ3_XXS": dequantize_iq3_xxs, "IQ3_S": dequantize_iq3_s}
 register("IQ3_XXS", quantize_iq3_xxs, dequantize_iq3_xxs, ik=())
-register("IQ3_S", quantize_iq3_s, dequantize_iq3_s, ik=())
+register("IQ3_S", quantize_iq3_s, dequantize_iq3_s, ik=(False, True))  # ik's quantize_iq3_s is this algorithm

@@ -1,5 +1,6 @@
 """Rebuild `ik_llama_quantize_sha256.json`: ik_llama.cpp's llama-quantize on this folder's tiny
-fixture models for each of its own (IQK) ftypes, without and with the .dat importance matrix.
+fixture models for each of its ftypes that qtool writes (its own IQK and trellis types, and the
+mainline types it quantizes with its own algorithms), without and with the .dat importance matrix.
 
     python tests/data/quantize/make_ik_refs.py /path/to/ik_llama.cpp/build/bin/llama-quantize
 
@@ -23,7 +24,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MANIFEST = os.path.join(HERE, "ik_llama_quantize_sha256.json")
 MODELS = ("tiny-256", "tiny-320")  # make_refs.MODELS
 FTYPES = ["IQ4_K", "IQ4_KS", "IQ3_K", "IQ2_K", "IQ2_KS", "IQ5_K", "IQ6_K", "IQ4_KSS", "IQ2_KL", "IQ3_KS", "IQ3_KL",
-          "IQ5_KS", "IQ1_BN", "IQ2_BN"]
+          "IQ5_KS", "IQ1_BN", "IQ2_BN",
+          # the trellis types, and ik's ftypes of mainline types (its own algorithms for several)
+          "IQ1_KT", "IQ2_KT", "IQ3_KT", "IQ4_KT",
+          "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q6_0", "Q8_0", "Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
+          "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S",
+          "IQ1_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "MXFP4"]
 IK_ONLY_OPTIONS = ("--slow-iq2ks",)  # options of ik's llama-quantize that qtool's default already is
 
 
