@@ -41,18 +41,19 @@ from .gguf_io.reader import (
     T_UINT64,
 )
 from .imatrix import ImatrixError, QuantizeImatrix, prepare_imatrix, read_imatrix
+from .imatrix.check import ImatrixCheck, check_imatrix, preflight_warnings
 from .mix import MixError, MixOptions, Plan, check_plan, specs_from_gguf
 from .mix import plan as mix_plan
 from .mix.ftypes import FType, FTypeError, implied_flavour, parse_ftype
 from .mix.model import ModelInfo
-from .mix.options import MIX_OPTIONS, OPTIONS, build_options
+from .mix.options import MIX_OPTIONS, OPTIONS, build_options, filter_imatrix_names
 from .pool import resolve_workers
 from .quants import can_quantize, get_type
 from .quants.types import IK, MAINLINE
 from .runner import QuantizeError, RunResult, TensorJob, output_kvs, run_jobs, work_items
 
 __all__ = ["OPTIONS", "KVOverride", "QuantizeError", "QuantizeResult", "build_options", "default_output",
-           "parse_override_kv", "plan", "plan_model", "quantize_file", "split_output_path"]
+           "imatrix_check", "parse_override_kv", "plan", "plan_model", "quantize_file", "split_output_path"]
 
 
 # --- --override-kv --------------------------------------------------------------------------------
@@ -242,7 +243,8 @@ def _implied(ftype: str | int | None, options: MixOptions | None, kw: dict[str, 
 
 
 @_option_keywords
-def plan(model: str | os.PathLike[str], ftype: str | int | None = None, *, imatrix: str | None = None,
+def plan(model: str | os.PathLike[str], ftype: str | int | None = None, *,
+         imatrix: str | os.PathLike[str] | None = None,
          options: MixOptions | None = None, override_kv: Sequence[str | KVOverride] = (),
          **option_kwargs: Any) -> Plan:
     """What `qtool mix show` / `quantize --dry-run` print: the Plan for MODEL and FTYPE.
@@ -257,10 +259,41 @@ def plan(model: str | os.PathLike[str], ftype: str | int | None = None, *, imatr
         opts = dataclasses.replace(build_options(options, **_implied(ftype, options, option_kwargs)), dry_run=True)
         overrides = _as_overrides(override_kv)
         if imatrix is not None:
-            qi = _load_imatrix(imatrix, (), ())
+            qi = _load_imatrix(os.fspath(imatrix), (), ())
             opts = dataclasses.replace(opts, has_imatrix=qi.has_imatrix)
         with _open(model, opts.flavour) as m:
             return plan_model(m, ftype, opts, overrides)
+    except (MixError, FTypeError, ImatrixError) as e:
+        raise _quantize_error(e) from e
+
+
+@_option_keywords
+def imatrix_check(imatrix: str | os.PathLike[str], model: str | os.PathLike[str], ftype: str | int | None = None, *,
+                  include_weights: Sequence[str] = (), exclude_weights: Sequence[str] = (),
+                  options: MixOptions | None = None, override_kv: Sequence[str | KVOverride] = (),
+                  **option_kwargs: Any) -> ImatrixCheck:
+    """`qtool imatrix check`: does IMATRIX cover what quantizing MODEL to FTYPE needs?
+
+    The plan is made as `quantize --imatrix IMATRIX` would make it (FTYPE None and no recipe: Q8_0,
+    i.e. every tensor a quantized ftype converts). Returns an ImatrixCheck (qtool.imatrix.check):
+    errors (a type that requires an imatrix without an entry, size mismatches, missing metadata),
+    warnings (missing entries, experts never routed, with counts), the datasets and chunks. Raises
+    QuantizeError only for what stops the check itself (unreadable files, bad options).
+    """
+    path = os.fspath(imatrix)
+    try:
+        opts = build_options(options, **_implied(ftype, options, option_kwargs))
+        if not os.path.exists(path):
+            raise ImatrixError(f"{path}: no such imatrix file")
+        data = read_imatrix(path)
+        names = filter_imatrix_names(list(data.entries), list(include_weights), list(exclude_weights))
+        opts = dataclasses.replace(opts, dry_run=True, has_imatrix=bool(names), imatrix_names=frozenset(names))
+        auto = ftype is None and (opts.recipe is None or opts.recipe.base is None)
+        with _open(model, opts.flavour) as m:
+            p = plan_model(m, "Q8_0" if auto else ftype, opts, _as_overrides(override_kv))
+        res = check_imatrix(p, data, path, include_weights, exclude_weights)
+        res.ftype = None if auto else p.ftype.name
+        return res
     except (MixError, FTypeError, ImatrixError) as e:
         raise _quantize_error(e) from e
 
@@ -334,12 +367,14 @@ def _mapped_layers(p: Plan) -> dict[int, str] | None:
 
 @_option_keywords
 def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
-                  ftype: str | int | None = None, *, nthreads: int | None = None, imatrix: str | None = None,
+                  ftype: str | int | None = None, *, nthreads: int | None = None,
+                  imatrix: str | os.PathLike[str] | None = None,
                   include_weights: Sequence[str] = (), exclude_weights: Sequence[str] = (),
                   override_kv: Sequence[str | KVOverride] = (), options: MixOptions | None = None,
                   dry_run: bool = False, on_plan: Callable[[Plan, list[str]], None] | None = None,
                   on_progress: Callable[[str, int], None] | None = None,
-                  warn: Callable[[str], None] | None = None, **option_kwargs: Any) -> QuantizeResult:
+                  warn: Callable[[str], None] | None = None, recover_grid: bool = False,
+                  **option_kwargs: Any) -> QuantizeResult:
     """Quantize INPUT to OUTPUT as `llama-quantize [options] INPUT OUTPUT FTYPE NTHREADS` does.
 
     output None: llama-quantize's default name. nthreads None or <= 0: all cores. option_kwargs:
@@ -347,9 +382,12 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
     never changed). on_plan(plan, warnings) is called before anything is written (e.g. to size a
     progress bar); on_progress(tensor name, values done) while writing. Raises QuantizeError for
     user errors (its `option` names the offending option, if one); nothing is written then, and a
-    crash or KeyboardInterrupt leaves no output file.
+    crash or KeyboardInterrupt leaves no output file. recover_grid: where a float tensor lies on
+    its output type's grid (it was dequantized from that type), write the blocks it came from
+    (`quantize --recover-grid`, docs/dequantize.md).
     """
     src = os.fspath(input)
+    imatrix = os.fspath(imatrix) if imatrix is not None else None
     try:
         opts = build_options(options, **_implied(ftype, options, option_kwargs))
         overrides = _as_overrides(override_kv)
@@ -365,7 +403,10 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             check_output(out, [src] + ([imatrix] if imatrix else []))
         qi: QuantizeImatrix | None = None
         if imatrix is not None:
-            qi = _load_imatrix(imatrix, include_weights, exclude_weights)
+            if not os.path.exists(imatrix):
+                raise ImatrixError(f"{imatrix}: no such imatrix file")
+            im_data = read_imatrix(imatrix)  # kept for the pre-flight check (per-expert counts)
+            qi = prepare_imatrix(im_data, imatrix, include_weights, exclude_weights)
             opts = dataclasses.replace(opts, has_imatrix=qi.has_imatrix, imatrix_names=frozenset(qi.weights))
         elif include_weights or exclude_weights:
             raise QuantizeError("--include-weights / --exclude-weights need --imatrix",
@@ -380,6 +421,12 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
                                     "one file")
             p = plan_model(model, ft, opts, overrides)
             warnings = check_plan(p, opts)
+            if qi is not None:  # imatrix pre-flight, before any tensor is processed
+                pre = check_imatrix(p, im_data, qi.path, include_weights, exclude_weights)
+                if pre.errors and not dry_run:
+                    raise QuantizeError("imatrix pre-flight (`qtool imatrix check`): " + "; ".join(pre.errors),
+                                        option="--imatrix")
+                warnings += [f"imatrix: {e}" for e in pre.errors] + preflight_warnings(pre)
             if qi is None and any(d.requires_imatrix and d.allows_quantization for d in p):  # dry run only
                 warnings.append("quantizing with this plan will require an imatrix")
             ik_only = sorted({d.type.lower() for d in p if d.quantize and get_type(d.type).flavour == IK})
@@ -419,7 +466,7 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
                 kv_over += [kv_str(k, str(v)) if t == "str" else kv_int(k, cast(int, v)) for k, t, v in qi.kv()]
             block = (f"{model.arch}.block_count", p.block_count) if p.block_count is not None else None
             kvs = output_kvs(model.kvs, p.file_type, kv_over, block, p.flavour)
-            res.run = run_jobs(model, out, jobs, kvs, n, p.flavour, on_progress, inputs)
+            res.run = run_jobs(model, out, jobs, kvs, n, p.flavour, on_progress, inputs, recover_grid=recover_grid)
             return res
     except (MixError, FTypeError, ImatrixError, GGUFError) as e:
         raise _quantize_error(e) from e

@@ -19,6 +19,7 @@ _COMMANDS = {
     "types": ("types_cmd:types", "List GGML types: id, block size, bytes per block, bits per weight."),
     "perplexity": ("eval_cmd:perplexity_cmd", "Perplexity of a model on a text, like llama-perplexity."),
     "kld": ("eval_cmd:kld_cmd", "KL divergence of a model from a base model (llama-perplexity --kl-divergence)."),
+    "dequantize": ("dequantize_cmd:dequantize", "Dequantize a GGUF model to F16 / BF16 / F32 like llama-quantize."),
 }
 
 

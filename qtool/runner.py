@@ -107,8 +107,20 @@ def rows_to_float(model: GGUFModel, t: TensorInfo, start: int, stop: int) -> np.
     return dequantize(raw, t.qtype, t.n_per_row)
 
 
-def convert_rows(x: np.ndarray, out_type: QType, imatrix: np.ndarray | None, flavour: str) -> np.ndarray:
+def convert_rows(x: np.ndarray, out_type: QType, imatrix: np.ndarray | None, flavour: str,
+                 recover: str | None = None) -> np.ndarray:
+    """Quantize rows; recover: the input's float type (F16/BF16/F32) when grid recovery is on
+    (blocks whose values lie on out_type's grid get their exact encoding, qtool.quants.recover)."""
+    if recover is not None:
+        from .quants.recover import quantize_recovering
+
+        return quantize_recovering(x, out_type, imatrix, flavour=flavour, stored=recover)
     return quantize(x, out_type, imatrix, flavour=flavour)
+
+
+def _recover_for(t: TensorInfo, recover_grid: bool) -> str | None:
+    """The stored float type of an input tensor when grid recovery applies to it, else None."""
+    return t.qtype.name if recover_grid and t.qtype.name in ("F16", "BF16", "F32") else None
 
 
 # --- worker side -------------------------------------------------------------------------------
@@ -122,29 +134,29 @@ def _worker_init(path: str, flavour: str) -> None:
 
 
 def _convert(tensor_index: int, start: int, stop: int, out_type: QType, imatrix: np.ndarray | None,
-             flavour: str) -> np.ndarray:
+             flavour: str, recover: bool = False) -> np.ndarray:
     assert _W_MODEL is not None
     t = _W_MODEL.tensors[tensor_index]
     x = rows_to_float(_W_MODEL, t, start, stop)
-    out = convert_rows(x, out_type, imatrix, flavour)
+    out = convert_rows(x, out_type, imatrix, flavour, _recover_for(t, recover))
     _W_MODEL.release(t, start, stop)
     return out
 
 
 def _work(tensor_index: int, start: int, stop: int, out_type: QType, imatrix: np.ndarray | None,
-          flavour: str) -> bytes:
+          flavour: str, recover: bool = False) -> bytes:
     """Convert rows and send the bytes back (where os.pwrite is missing)."""
-    return _convert(tensor_index, start, stop, out_type, imatrix, flavour).tobytes()
+    return _convert(tensor_index, start, stop, out_type, imatrix, flavour, recover).tobytes()
 
 
 _W_FD: dict[str, int] = {}
 
 
 def _work_at(tensor_index: int, start: int, stop: int, out_type: QType, imatrix: np.ndarray | None,
-             flavour: str, path: str, offset: int) -> int:
+             flavour: str, path: str, offset: int, recover: bool = False) -> int:
     """Convert rows and write them straight into the output's temporary file at offset: no copy
     through the parent (pickling the results cost more than the two cores gained)."""
-    out = memoryview(_convert(tensor_index, start, stop, out_type, imatrix, flavour).data).cast("B")
+    out = memoryview(_convert(tensor_index, start, stop, out_type, imatrix, flavour, recover).data).cast("B")
     fd = _W_FD.get(path)
     if fd is None:
         fd = _W_FD[path] = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
@@ -181,9 +193,11 @@ _PWRITE = hasattr(os, "pwrite")
 
 def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV], nthreads: int = 1,
              flavour: str = MAINLINE, on_progress: Callable[[str, int], None] | None = None,
-             inputs: Sequence[str] = ()) -> RunResult:
+             inputs: Sequence[str] = (), recover_grid: bool = False) -> RunResult:
     """Write the output file for the given jobs (already in output order). `inputs`: files the
-    output must never be (checked again by the writer)."""
+    output must never be (checked again by the writer). recover_grid: recover the exact blocks of
+    float tensors that lie on their output type's grid (`quantize --recover-grid`)."""
+    recover = recover_grid
     t0 = time.perf_counter()
     outs = [OutTensor(j.out_name, j.info.shape, j.out_type) for j in jobs]
     index = {id(t): i for i, t in enumerate(model.tensors)}
@@ -202,7 +216,7 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
             pool = stack.enter_context(WorkerPool(nthreads, _worker_init, (model.path, flavour)))
         inflight: InFlight[tuple[str, int]] = InFlight(2 * nthreads)
         try:
-            _run(model, w, pool, inflight, jobs, index, flavour, tensors_report, on_progress, report)
+            _run(model, w, pool, inflight, jobs, index, flavour, tensors_report, on_progress, report, recover)
             report(inflight.drain())  # every worker write lands before the file is committed
         except WorkerError:
             model.check_files()  # a truncated input explains a dead worker better
@@ -218,7 +232,7 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
 def _run(model: GGUFModel, w: GGUFStreamWriter, pool: WorkerPool | None, inflight: InFlight[tuple[str, int]],
          jobs: list[TensorJob], index: dict[int, int], flavour: str, tensors_report: list[dict],
          on_progress: Callable[[str, int], None] | None,
-         report: Callable[[Iterable[tuple[tuple[str, int], object]]], None]) -> None:
+         report: Callable[[Iterable[tuple[tuple[str, int], object]]], None], recover: bool = False) -> None:
     """Every tensor in order: copied, converted here, or handed to the pool's workers."""
     nthreads = pool.workers if pool is not None else 1
     for job in jobs:
@@ -231,7 +245,7 @@ def _run(model: GGUFModel, w: GGUFStreamWriter, pool: WorkerPool | None, infligh
         elif pool is None:
             for start, stop, imx in _slabs(job):
                 x = rows_to_float(model, t, start, stop)
-                w.write_tensor_chunk(convert_rows(x, job.out_type, imx, flavour))
+                w.write_tensor_chunk(convert_rows(x, job.out_type, imx, flavour, _recover_for(t, recover)))
                 model.release(t, start, stop)
                 if on_progress:
                     on_progress(job.out_name, (stop - start) * t.n_per_row)
@@ -240,14 +254,14 @@ def _run(model: GGUFModel, w: GGUFStreamWriter, pool: WorkerPool | None, infligh
             row_bytes = job.out_type.row_bytes(t.n_per_row)
             for start, stop, imx in _slabs(job):
                 f = pool.submit(_work_at, index[id(t)], start, stop, job.out_type, imx, flavour,
-                                w.temp_path, base + start * row_bytes)
+                                w.temp_path, base + start * row_bytes, recover)
                 report(inflight.add(f, (job.out_name, (stop - start) * t.n_per_row)))
             w.skip_tensor()  # no wait: the next tensor's slabs keep every worker busy
         else:  # the parent writes each slab's bytes, in order
             report(inflight.drain())
             pending: InFlight[tuple[str, int]] = InFlight(2 * nthreads)
             for start, stop, imx in _slabs(job):
-                fb = pool.submit(_work, index[id(t)], start, stop, job.out_type, imx, flavour)
+                fb = pool.submit(_work, index[id(t)], start, stop, job.out_type, imx, flavour, recover)
                 for tag, data in pending.add(fb, (job.out_name, (stop - start) * t.n_per_row)):
                     w.write_tensor_chunk(data)
                     report([(tag, None)])

@@ -18,14 +18,9 @@ from click.testing import CliRunner
 
 from qtool.cli import cli
 from qtool.quants import engine
-from qtool.quants.ik.kquants_q23_ik import (
-    make_qkx3_quants_ik_t,
-    make_qp_quants_ik_t,
-    quantize_q2_k_ik,
-    quantize_q3_k_ik,
-    trinet_exact,
-    trinet_max,
-)
+from qtool.quants.ik.kquants_q23_ik import quantize_q2_k_ik, quantize_q3_k_ik, trinet_exact, trinet_max
+from qtool.quants.ik.search_kx_ik import make_qkx3_ik_t as make_qkx3_quants_ik_t
+from qtool.quants.ik.search_kx_ik import make_qp_quants_ik_t
 from qtool.quants.registry import support
 
 from . import refs
@@ -47,10 +42,10 @@ def test_golden_rows(qtype: str, variant: str) -> None:
 
 def test_double_sums_without_einsum(monkeypatch: pytest.MonkeyPatch) -> None:
     """The multiply + reduce fallback of the double sums (used where einsum is not sequential)."""
-    from qtool.quants.ik import kquants_q23_ik
+    from qtool.quants.ik import search_kx_ik
 
-    assert kquants_q23_ik.einsum64_is_sequential() in (True, False)
-    monkeypatch.setattr(kquants_q23_ik, "_EINSUM64", False)
+    assert search_kx_ik.einsum64_is_sequential() in (True, False)
+    monkeypatch.setattr(search_kx_ik, "_EINSUM64", False)
     x, imatrix, _ = inputs("ik_llama")
     assert mismatched_rows(quantize_q2_k_ik(x, imatrix), expected("Q2_K", "ik_llama")["q_im"]) == []
 

@@ -92,8 +92,10 @@ def imatrix() -> None:
 def _attach_collect() -> None:
     """`qtool imatrix collect` lives in collect_cmd (the forward pass is imported only when used)."""
     from .collect_cmd import collect
+    from .imatrix_check_cmd import check
 
     imatrix.add_command(collect)
+    imatrix.add_command(check)
 
 
 _attach_collect()

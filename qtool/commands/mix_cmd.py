@@ -14,9 +14,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..mix import Plan, check_plan, ftype_table, plan, specs_from_gguf
+from ..mix.diagnostics import rule_reports
 from ..mix.ftypes import implied_flavour
 from .common import flavour_option, mix_options, options_from_cli
 
@@ -65,11 +67,17 @@ def render_plan(p: Plan, as_json: bool, warnings: list[str], show_all: bool = Tr
               "fallbacks": p.n_fallback, "bytes_in": size_in, "bytes": size_out,
               "bpw_in": 8.0 * size_in / n_el if n_el else 0.0,
               "bpw": (8.0 * size_out / n_el if n_el else 0.0) if size_out is not None else None}
+    from ..mix.diagnostics import fallbacks
+
+    fb = fallbacks(p)
+    totals["fallback_extra_bytes"] = sum(f.extra_bytes for f in fb)
+    totals["fallback_extra_bpw"] = 8.0 * totals["fallback_extra_bytes"] / n_el if n_el else 0.0
     if as_json:
         click.echo(json.dumps({"ftype": p.ftype.name, "flavour": p.flavour, "file_type": p.file_type,
                                "default_type": p.default_type, "block_count": p.block_count,
                                "pruned": p.pruned, "tensors": rows, "totals": totals,
-                               "warnings": warnings}, indent=1))
+                               "rules": [r.to_json() for r in rule_reports(p)],
+                               "fallbacks": [f.to_json() for f in fb], "warnings": warnings}, indent=1))
         return
     con = Console()
     table = Table(title=f"{p.ftype.name} ({p.flavour}): default type {p.default_type}")
@@ -85,11 +93,20 @@ def render_plan(p: Plan, as_json: bool, warnings: list[str], show_all: bool = Tr
         t = r["type"].lower() if not r["quantize"] else f"{r['src_type'].lower()} → [bold]{r['type'].lower()}[/]"
         table.add_row(str(i), r["name"], "×".join(map(str, r["shape"])), t, _mib(r["bytes"]), r["reason"])
     con.print(table)
+    if p.rules:  # what each REGEX=TYPE rule did (first match wins)
+        rt = Table(title="rules (first match wins)")
+        for col in ("#", "rule", "decides", "shadowed", "ignored"):
+            rt.add_column(col, justify="right" if col in ("#", "decides", "shadowed", "ignored") else "left")
+        for rep in rule_reports(p):
+            n_sh, n_ig = sum(map(len, rep.shadowed.values())), sum(map(len, rep.ignored.values()))
+            rt.add_row(str(rep.index + 1), escape(rep.rule.describe()), str(len(rep.decided)), str(n_sh),
+                       str(n_ig))
+        con.print(rt)
     bpw = "?" if totals["bpw"] is None else f"{totals['bpw']:.2f}"
     con.print(f"{totals['tensors']} tensors, {totals['quantized']} converted, {totals['fallbacks']} fallback(s); "
               f"size {_mib(size_in)} MiB ({totals['bpw_in']:.2f} bpw) -> {_mib(size_out)} MiB ({bpw} bpw)")
     for w in warnings:
-        Console(stderr=True).print(f"[yellow]warning:[/] {w}")
+        Console(stderr=True).print(f"[yellow]warning:[/] {escape(w)}")  # rules hold [a-z]-like text
 
 
 def _n(shape: list[int]) -> int:
@@ -111,11 +128,16 @@ def mix() -> None:
 @click.option("--imatrix", "imatrix", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Plan as with this importance matrix (some mixes change with one).")
 @click.option("--changed", is_flag=True, help="Only list the tensors whose type changes.")
+@click.option("--explain", "explain_name", metavar="TENSOR", default=None,
+              help="Print the decision chain of one tensor: every source consulted, which matched, why its type won.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def show(model: str, ftype: str | None, imatrix: str | None, changed: bool, as_json: bool, **kw: Any) -> None:
+def show(model: str, ftype: str | None, imatrix: str | None, changed: bool, as_json: bool,
+         explain_name: str | None = None, **kw: Any) -> None:
     """Print the type llama-quantize would give each tensor of MODEL for FTYPE, and why.
 
     FTYPE is what llama-quantize takes (Q4_K_M, q4_k_m, 15, ...); with --recipe it may be left out.
+    Rules that decide no tensor and row-length fallbacks are warned about (--strict,
+    --no-fallback: refused).
     """
     from ..gguf_io import GGUFModel
 
@@ -128,7 +150,27 @@ def show(model: str, ftype: str | None, imatrix: str | None, changed: bool, as_j
     warnings = check_plan(p, opts)
     if not imatrix and any(d.requires_imatrix and d.allows_quantization for d in p):
         warnings.append("quantizing with this plan will require an imatrix")
+    if explain_name is not None:
+        _explain(p, explain_name, as_json, warnings)
+        return
     render_plan(p, as_json, warnings, show_all=not changed)
+
+
+def _explain(p: Plan, name: str, as_json: bool, warnings: list[str]) -> None:
+    """mix show --explain TENSOR: the decision chain (text on stdout, or JSON)."""
+    from ..mix.explain import explain
+    from ..mix.options import MixError
+
+    try:
+        ex = explain(p, name)
+    except KeyError as e:
+        raise MixError(str(e.args[0]), option="--explain") from None
+    if as_json:
+        click.echo(json.dumps(dict(ex.to_json(), warnings=warnings), indent=1))
+        return
+    click.echo(ex.text())
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
 
 
 @mix.command("ftypes")
@@ -159,8 +201,21 @@ def _attach_tools() -> None:
         cmd = getattr(mix_tools_cmd, name, None)
         if isinstance(cmd, click.Command):
             mix.add_command(cmd, name)
+    from .mix_convert_cmd import convert_cmd
+
+    mix.add_command(convert_cmd, "convert")
 
 
 _attach_tools()
+
+
+def _attach_solve() -> None:
+    """Add `mix solve` (budgeted mixes, qtool/commands/solve_cmd.py)."""
+    from .solve_cmd import solve as solve_cmd
+
+    mix.add_command(solve_cmd, "solve")
+
+
+_attach_solve()
 
 __all__ = ["mix", "mix_options", "options_from_cli", "plan_rows", "render_plan", "tensor_bytes"]

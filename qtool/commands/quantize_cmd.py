@@ -10,6 +10,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -84,6 +85,13 @@ def _summary(r: QuantizeResult, con: Console) -> None:
                          f"{r.plan.n_fallback} fallback)")
     t.add_row("size in", f"{run.size_in / 1048576:.2f} MiB ({run.bpw_in:.2f} bpw)")
     t.add_row("size out", f"{run.size_out / 1048576:.2f} MiB ({run.bpw_out:.2f} bpw)")
+    from ..mix.diagnostics import fallbacks, total_weights
+
+    fb = fallbacks(r.plan)
+    if fb:  # what the row-length fallbacks cost (--no-fallback refuses them)
+        extra, n_w = sum(f.extra_bytes for f in fb), total_weights(r.plan)
+        t.add_row("fallbacks", f"{len(fb)} tensor(s): +{extra / 1048576:.2f} MiB "
+                               f"(+{8.0 * extra / n_w if n_w else 0.0:.3f} bpw) over their chosen types")
     t.add_row("time", f"{run.seconds:.2f} s with {r.nthreads} process(es)")
     if r.imatrix:
         t.add_row("imatrix", f"{r.imatrix} ({r.imatrix_entries} entries)")
@@ -98,6 +106,8 @@ def _summary(r: QuantizeResult, con: Console) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan (type, size, reason per tensor) and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (summary, or the plan).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary table.")
+@click.option("--recover-grid", is_flag=True, help="Where a float tensor's blocks lie on the output type's grid "
+              "(a dequantized quant), write the exact blocks they came from (docs/dequantize.md).")
 def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[str, ...],
              exclude_weights: tuple[str, ...], override_kv: tuple[str, ...], threads: int | None, dry_run: bool,
              as_json: bool, quiet: bool, **kw: Any) -> None:
@@ -106,6 +116,8 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
     TYPE is an ftype as llama-quantize takes it (Q4_K_M, q8_0, 15, ...; `qtool mix ftypes` lists
     them). Without OUTPUT the file is `ggml-model-TYPE.gguf` beside INPUT. NTHREADS (or
     -t/--threads): worker processes (default: all cores); the output is the same for every count.
+    With --target-bpw / --target-size, leave TYPE out: a type per tensor is solved for the budget
+    (docs/target-bpw.md) and the plan printed before quantizing (give the workers as -t then).
     """
     implied = None
     if click.get_current_context().get_parameter_source("flavour") == ParameterSource.DEFAULT:
@@ -113,11 +125,15 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
         if implied:
             kw["flavour"] = implied
     opts = options_from_cli(**kw)
-    inp, out, ftype, nthreads = split_positionals(args, opts.flavour, opts.recipe is not None)
+    targeted = kw.get("target_bpw") is not None or kw.get("target_size") is not None
+    inp, out, ftype, nthreads = split_positionals(args, opts.flavour, opts.recipe is not None or targeted)
     if nthreads is None:
         nthreads = threads
     elif threads is not None and threads != nthreads:
         raise click.UsageError(f"NTHREADS {nthreads} and --threads {threads} disagree: give one of them")
+    if targeted:  # a budgeted mix (qtool/mix/solve.py): solve, show the plan, quantize with its recipe
+        opts = _solved_options(inp, out, ftype, opts, imatrix, include_weights, exclude_weights, nthreads,
+                               quiet or as_json, kw)
     err = Console(stderr=True)
     show_progress = not quiet and not dry_run and sys.stderr.isatty()
     progress: Progress | None = None
@@ -127,9 +143,14 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
         nonlocal progress, task
         if dry_run:
             render_plan(p, as_json, warnings)
+            from ..dequantize import grid_note
+
+            note = grid_note(inp, flavour=opts.flavour)
+            if note:
+                err.print(f"note: {note}")
             return
         for w in warnings:
-            err.print(f"[yellow]warning:[/] {w}")
+            err.print(f"[yellow]warning:[/] {escape(w)}")  # rule warnings hold [a-z]-like text
         if show_progress:
             total = sum(_numel(d.shape) for d in p)
             progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
@@ -146,8 +167,9 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
 
     try:  # errors, Ctrl-C and terminating signals: the click group reports them (no output is left)
         r = quantize_file(inp, out, ftype, nthreads=nthreads, imatrix=imatrix, include_weights=include_weights,
-                          exclude_weights=exclude_weights, override_kv=override_kv, options=opts, dry_run=dry_run,
-                          on_plan=on_plan, on_progress=on_progress, warn=warn)
+                          exclude_weights=exclude_weights, override_kv=override_kv, options=opts,
+                          dry_run=dry_run, on_plan=on_plan, on_progress=on_progress, warn=warn,
+                          recover_grid=bool(kw.get("recover_grid")))
     finally:
         if progress is not None:
             progress.stop()
@@ -157,6 +179,30 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
         click.echo(json.dumps(r.to_json(), indent=1))
     elif not quiet:
         _summary(r, err)
+
+
+def _solved_options(inp: str, out: str | None, ftype: str | None, opts: Any, imatrix: str | None,
+                    include_weights: tuple[str, ...], exclude_weights: tuple[str, ...], nthreads: int | None,
+                    quiet: bool, kw: dict[str, Any]) -> Any:
+    """--target-bpw / --target-size: the options with the solved recipe (the plan printed on stderr)."""
+    import dataclasses
+
+    from ..gguf_io.atomic import check_output
+    from .solve_cmd import render_solution, run_solve, target_values
+
+    if ftype is not None:
+        raise click.UsageError(f"give TYPE ({ftype}) or --target-bpw / --target-size, not both")
+    if kw.get("target_bpw") is not None and kw.get("target_size") is not None:
+        raise click.UsageError("give one of --target-bpw and --target-size")
+    if out is not None:  # before the measurements: never an input, a directory or a device
+        check_output(out, [inp] + ([imatrix] if imatrix else []))
+    bpw, rows = target_values(kw.get("target_bpw"), kw.get("target_size"), kw.get("sample_rows"))
+    r = run_solve(inp, opts, target_bpw=bpw, target_size=kw.get("target_size"), types=kw.get("types") or None,
+                  imatrix=imatrix, include_weights=include_weights, exclude_weights=exclude_weights,
+                  sensitivity=kw.get("sensitivity") or "role", sample_rows=rows, threads=nthreads, quiet=quiet)
+    if not quiet:
+        render_solution(r, Console(stderr=True), show_fixed=False)
+    return dataclasses.replace(opts, recipe=r.recipe, tensor_types=[], custom_q=[])
 
 
 def _numel(shape: tuple[int, ...]) -> int:

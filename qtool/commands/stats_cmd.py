@@ -213,6 +213,11 @@ def stats(ctx: click.Context, model: str, type_names: tuple[str, ...], imatrix: 
         render_tables(report, per_layer, per_tensor, histogram)
     if plot:
         _plot(report, plot, to_stderr=out_format in ("json", "csv", "rmse"))
+    from ..dequantize import grid_note
+
+    note = grid_note(model, flavour=flavour)  # a dequantized quant as reference biases every figure
+    if note:
+        click.echo(f"note: {note}", err=True)
 
 
 def _plot(report: StatsReport, target: str, to_stderr: bool) -> None:

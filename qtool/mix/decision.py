@@ -6,6 +6,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .ftypes import FType
+from .options import TypeRule
+
+
+@dataclass(frozen=True)
+class Step:
+    """One source the planner consulted for a tensor, in the order it consulted them.
+
+    source: what was consulted ("quantizable", "ftype default", "rules", "ftype mix", "--pure",
+    "fallback", an option's flag, ...). detail: what it said. type: the type it gives (None when it
+    gives none). decided: it set the tensor's type at this point (a later step may still change it).
+    """
+
+    source: str
+    detail: str
+    type: str | None = None
+    decided: bool = False
 
 
 @dataclass
@@ -17,7 +33,11 @@ class Decision:
     copied). reason: a sentence saying which rule decided. fallback: the row length forced a
     fallback type (llama.cpp counts these). requires_imatrix: llama.cpp refuses to make this
     type without imatrix data for the tensor. imatrix_name: the imatrix entry to use (the
-    pre-pruning layer number).
+    pre-pruning layer number). rule: index in Plan.rules of the REGEX=TYPE rule that matched first
+    (its type was taken), None when no rule matched or rules were not consulted. rules_skipped: why
+    the rules were not consulted or their choice was overridden (float base type, ik's --pure,
+    --output-tensor-type, ...), None otherwise. fallback_from: the type the row length did not fit
+    (fallback is True). steps: the sources consulted, in order (`qtool mix show --explain`).
     """
 
     name: str
@@ -31,6 +51,10 @@ class Decision:
     fallback: bool = False
     requires_imatrix: bool = False
     imatrix_name: str = ""
+    rule: int | None = None
+    rules_skipped: str | None = None
+    fallback_from: str | None = None
+    steps: list[Step] = field(default_factory=list)
 
     @property
     def quantize(self) -> bool:
@@ -57,6 +81,7 @@ class Plan:
     by --prune-layers. block_count: the new `<arch>.block_count` when layers were pruned.
     file_type: the value llama-quantize writes to general.file_type (the ftype id; for COPY the
     input's file type as llama.cpp's loader reports it). warnings: what llama-quantize would warn.
+    rules: the REGEX=TYPE rules in precedence order (Decision.rule indexes it).
     """
 
     ftype: FType
@@ -67,6 +92,7 @@ class Plan:
     block_count: int | None = None
     file_type: int = 0
     warnings: list[str] = field(default_factory=list)
+    rules: list[TypeRule] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Decision]:
         return iter(self.decisions)

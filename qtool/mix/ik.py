@@ -56,9 +56,13 @@ def _fallback(qs: QuantizeState, new_type: str, nx: int) -> tuple[str, str | Non
     """change_type_if_necessary, counted in qs.n_fallback: (type, fallback note or None)."""
     working = change_type_if_necessary(new_type, nx)
     if working == new_type:
+        qs.step("fallback", f"row length {nx} fits {new_type.lower()}: no fallback")
         return new_type, None
     qs.n_fallback += 1
-    return working, f"fallback: row length {nx} does not fit {new_type.lower()} -> {working.lower()}"
+    note = f"fallback: row length {nx} does not fit {new_type.lower()} -> {working.lower()}"
+    qs.fallback_from = new_type
+    qs.step("fallback", note.removeprefix("fallback: "), working, True)
+    return working, note
 
 
 def _large_vocab_8b_70b(qs: QuantizeState) -> bool:
@@ -458,17 +462,24 @@ def _mix_rule(qs: QuantizeState, new_type: str, t: TensorSpec) -> Choice:
 def llama_tensor_get_type(qs: QuantizeState, new_type: str, t: TensorSpec) -> tuple[str, str, str | None]:
     """(type, reason, fallback note): ik's mix rules, then --custom-q, then the fallback, then
     no row-interleaved type for the token embeddings."""
-    custom = qs.first_rule(t.name)
+    idx = qs.first_rule_index(t.name)
     new_type, why = _mix_rule(qs, new_type, t)
     if why is None:
         why = f"{qs.ftype_name} default type {new_type.lower()}"
-    if custom is not None:
+    qs.step("ftype mix", why, new_type, True)
+    if idx is not None:
+        custom = qs.rules[idx][1]
+        qs.rule_hit = idx
         new_type, why = custom.type, custom.describe()
+        qs.step("rules", f"rule #{idx + 1} matched first: it replaces the mix's choice", new_type, True)
+    else:
+        qs.step("rules", "no rule matched")
     new_type, note = _fallback(qs, new_type, t.shape[0])
     if t.name in EMBD_NAMES:
         plain = plain_type(new_type)[0]
         if plain != new_type:
             why += f"; token embeddings cannot use row-interleaved {new_type.lower()} -> {plain.lower()}"
+            qs.step("row-interleaved", f"token embeddings cannot use {new_type.lower()}", plain, True)
             new_type = plain
     return new_type, why, note
 
@@ -569,11 +580,16 @@ def _choose_type(qs: QuantizeState, t: TensorSpec, ftype: FType) -> tuple[str, s
     new_type, note = ftype.default_type, None
     if opts.pure:
         reason = f"--pure: {ftype.name} default type {new_type.lower()}"
+        qs.step("--pure", f"neither the mix nor the rules are consulted: default type {new_type.lower()}",
+                new_type, True)
+        qs.skip_rules("--pure: ik_llama.cpp consults no --custom-q rule")
         new_type, note = _fallback(qs, new_type, t.shape[0])
     elif is_quantized(new_type):
         new_type, reason, note = llama_tensor_get_type(qs, new_type, t)
     else:
         reason = f"{ftype.name}: every quantizable tensor becomes {new_type.lower()}"
+        qs.step("float base type", reason, new_type, True)
+        qs.skip_rules(f"float base type {ftype.name}: ik_llama.cpp applies no rule")
     for opt, applies, what in (
         (opts.token_embedding_type, name == "token_embd.weight", "--token-embedding-type"),
         (opts.per_layer_token_embedding_type, name == "per_layer_token_embd.weight",
@@ -583,10 +599,14 @@ def _choose_type(qs: QuantizeState, t: TensorSpec, ftype: FType) -> tuple[str, s
     ):
         if opt is not None and applies:
             new_type, reason, note = opt, f"{what} {opt.lower()}", None
+            qs.step(what, f"{opt.lower()} overrides the choice so far (no fallback)", opt, True)
+            qs.skip_rules(f"{what} overrides any rule for {name}")
+            qs.fallback_from = None
     if name == "token_embd.weight":
         plain = plain_type(new_type)[0]
         if plain != new_type:
             reason += f"; token embeddings cannot use row-interleaved {new_type.lower()}"
+            qs.step("row-interleaved", f"token embeddings cannot use {new_type.lower()}", plain, True)
             new_type = plain
     return new_type, reason, note
 
@@ -595,24 +615,33 @@ def _decide(qs: QuantizeState, t: TensorSpec, ftype: FType) -> Decision:
     """One tensor of llama_model_quantize_internal's main loop."""
     allows, why_not = tensor_allows_quantization(t, qs.opts, ftype.is_copy, qs.info.arch)
     new_type, reason, note = t.type, "", None
+    qs.begin()
     if allows:
+        qs.step("quantizable", "yes")
+        qs.step("ftype default", f"the default type of {ftype.name}", ftype.default_type, True)
         new_type, reason, note = _choose_type(qs, t, ftype)
+    else:
+        qs.step("quantizable", f"no: {why_not}", t.type, True)
     quantize = allows and new_type != t.type
     if not quantize:
         reason = (f"kept as {t.type.lower()}: chosen type equals the input type ({reason})" if allows
                   else f"kept as {t.type.lower()}: {why_not}")
+        if allows:
+            qs.step("copy", f"the chosen type equals the input type {t.type.lower()}: copied", t.type)
         new_type = t.type
     else:
         working, num_rows = plain_type(new_type)
         if t.ne(1) % num_rows != 0:
             reason += f"; {t.ne(1)} rows not a multiple of {num_rows} -> {working.lower()}"
+            qs.step("row-interleaved", f"{t.ne(1)} rows not a multiple of {num_rows}", working, True)
             new_type = working
     if note:
         reason = f"{reason}; {note}"
     return Decision(name=t.name, source_name=t.name, shape=tuple(t.shape), src_type=t.type, type=new_type,
                     reason=reason, allows_quantization=allows, category="", fallback=note is not None,
                     requires_imatrix=quantize and tensor_requires_imatrix(t.name, new_type, ftype.key),
-                    imatrix_name=t.name)
+                    imatrix_name=t.name, rule=qs.rule_hit, rules_skipped=qs.rules_skipped,
+                    fallback_from=qs.fallback_from if note is not None else None, steps=qs.steps)
 
 
 def plan_ik(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts: MixOptions,
@@ -628,6 +657,7 @@ def plan_ik(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts: MixO
     _count_tensors(qs, ordered)
     plan.file_type = int(info.kv.get("general.file_type", 0)) if ftype.is_copy else ftype.id
     plan.decisions = [_decide(qs, t, ftype) for t in ordered]
+    plan.rules = list(rules)
     if qs.n_fallback:
         plan.warnings.append(f"{qs.n_fallback} tensor(s) required fallback quantization")
     return plan

@@ -430,22 +430,45 @@ def llama_tensor_get_type(qs: QuantizeState, t: TensorSpec, default_type: str, c
     if opts.token_embedding_type is not None and cat == TOKEN_EMBD:
         # per_layer_token_embd follows --token-embedding-type unless a --tensor-type names it
         if name != "per_layer_token_embd.weight" or qs.first_rule(name) is None:
-            return opts.token_embedding_type, f"--token-embedding-type {opts.token_embedding_type.lower()}", None
+            out = opts.token_embedding_type
+            qs.step("--token-embedding-type", f"{out.lower()} for the token embeddings (no fallback)", out, True)
+            qs.skip_rules("--token-embedding-type decides the token embeddings")
+            return out, f"--token-embedding-type {out.lower()}", None
     if opts.output_tensor_type is not None and cat == OUTPUT:
-        return opts.output_tensor_type, f"--output-tensor-type {opts.output_tensor_type.lower()}", None
+        out = opts.output_tensor_type
+        qs.step("--output-tensor-type", f"{out.lower()} for output.weight (no fallback)", out, True)
+        qs.skip_rules("--output-tensor-type decides output.weight")
+        return out, f"--output-tensor-type {out.lower()}", None
 
     new_type = default_type
     if not is_quantized(default_type):
+        qs.step("float base type", f"{qs.ftype_name}: every quantizable tensor becomes {new_type.lower()}",
+                new_type, True)
+        qs.skip_rules(f"float base type {qs.ftype_name}: llama-quantize applies no rule")
         return new_type, f"{qs.ftype_name}: every quantizable tensor becomes {new_type.lower()}", None
 
-    rule = qs.first_rule(name)
-    if rule is not None:
+    idx = qs.first_rule_index(name)
+    if idx is not None:
+        rule = qs.rules[idx][1]
+        qs.rule_hit = idx
         new_type, reason = rule.type, rule.describe()
+        qs.step("rules", f"rule #{idx + 1} matched first", new_type, True)
+        qs.step("ftype mix", "not consulted: a rule decided (its layer counters do not advance for this tensor)")
     elif opts.pure:
         reason = f"--pure: {qs.ftype_name} default type {new_type.lower()}"
+        qs.step("rules", "no rule matched")
+        qs.step("--pure", f"the ftype's mix is not used: default type {new_type.lower()}", new_type, True)
     else:
+        qs.step("rules", "no rule matched")
         new_type, reason = llama_tensor_get_type_impl(qs, new_type, t, cat)
+        qs.step("ftype mix", reason, new_type, True)
+    chosen = new_type
     new_type, note = tensor_type_fallback(t, new_type)
+    if note is not None:
+        qs.fallback_from = chosen
+        qs.step("fallback", note.removeprefix("fallback: "), new_type, True)
+    else:
+        qs.step("fallback", f"row length {t.shape[0]} fits {new_type.lower()}: no fallback")
     return new_type, reason, note
 
 
@@ -570,18 +593,24 @@ def plan_mainline(tensors: list[TensorSpec], info: ModelInfo, ftype: FType, opts
     for (src_name, t), cat in zip(kept, cats, strict=True):
         allows, why_not = tensor_allows_quantization(t, info.arch, opts, ftype.is_copy)
         note = None
+        qs.begin()
         if allows:
+            qs.step("quantizable", f"yes (category {cat})")
+            qs.step("ftype default", f"the default type of {ftype.name}", ftype.default_type, True)
             new_type, reason, note = llama_tensor_get_type(qs, t, ftype.default_type, cat)
             if note:
                 reason = f"{reason}; {note}"
         else:
             new_type, reason = t.type, f"kept as {t.type.lower()}: {why_not}"
+            qs.step("quantizable", f"no: {why_not}", t.type, True)
         plan.decisions.append(Decision(
             name=t.name, source_name=src_name, shape=tuple(t.shape), src_type=t.type, type=new_type,
             reason=reason, allows_quantization=allows, category=cat, fallback=note is not None,
             requires_imatrix=tensor_requires_imatrix(t.name, new_type, ftype.key),
-            imatrix_name=remap_imatrix(t.name, mapped) if opts.uses_imatrix else t.name))
+            imatrix_name=remap_imatrix(t.name, mapped) if opts.uses_imatrix else t.name,
+            rule=qs.rule_hit, rules_skipped=qs.rules_skipped, fallback_from=qs.fallback_from, steps=qs.steps))
 
+    plan.rules = list(rules)
     if plan.n_fallback:
         plan.warnings.append(f"{plan.n_fallback} of {len(tensors)} tensor(s) required fallback quantization")
     return plan

@@ -185,6 +185,8 @@ class MixOptions:
     imatrix_names: frozenset[str] | None = None
     keep_split: bool = False
     dry_run: bool = False
+    strict: bool = False  # rule diagnostics (a rule with no effect) are errors
+    no_fallback: bool = False  # a row-length fallback is an error
     # ik_llama.cpp only
     per_layer_token_embedding_type: str | None = None
     ffn_gate_inp_type: str | None = None
@@ -324,6 +326,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("keep_split", "--keep-split", "Keep the input's split files (changes the order).", FLAG, "keep_split"),
     Option("allow_requantize", "--allow-requantize", "Allow requantizing quantized tensors.", FLAG,
            "allow_requantize"),
+    Option("strict", "--strict", "A rule that decides no tensor (matches none, always shadowed by an earlier "
+           "rule, or ignored) is an error, not a warning.", FLAG, "strict"),
+    Option("no_fallback", "--no-fallback", "Refuse (listing them) tensors whose row length does not fit their type "
+           "instead of giving them a fallback type.", FLAG, "no_fallback"),
     # ik_llama.cpp only (its --attn-q-type ... --ffn-up-type, --ignore-imatrix-rules)
     _ik_type("per_layer_token_embedding_type", "per-layer token_embd"),
     _ik_type("ffn_gate_inp_type", "ffn_gate_inp"),
@@ -347,6 +353,18 @@ OPTIONS: tuple[Option, ...] = (
            "Don't use imatrix weights for tensors whose name contains NAME (repeatable).", MULTI, metavar="NAME"),
     Option("override_kv", "--override-kv", "Override model metadata (TYPE int, float, bool, str); repeatable.",
            MULTI, metavar="KEY=TYPE:VALUE"),
+    # budgeted mixes (qtool/mix/solve.py): with a target, TYPE may be left out
+    Option("target_bpw", "--target-bpw", "Solve a mix for this budget in bits per weight (all tensors' data bytes "
+           "over all weights, as llama-quantize counts them); TYPE may then be left out.", metavar="BPW"),
+    Option("target_size", "--target-size", "Solve a mix for this budget of tensor data: 2.5GiB, 800MB (powers "
+           "of 1000), 123456789 (bytes).", metavar="SIZE"),
+    Option("types", "--types", "Candidate types of --target-bpw / --target-size (default: the k-quants and "
+           "i-quants the engine makes, plus q8_0); comma-separated or repeated.", MULTI, metavar="T1,T2,..."),
+    Option("sensitivity", "--sensitivity", "Per-tensor weight of the predicted error for --target-bpw / "
+           "--target-size: by role and layer as llama.cpp's mixes favour them, or flat.",
+           choices=("role", "flat"), default="role"),
+    Option("sample_rows", "--sample-rows", "Rows of each tensor the errors of --target-bpw / --target-size are "
+           "measured on (0: all).", metavar="N", default=64),
 )
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 OPTION_BY_FLAG: dict[str, Option] = {o.flag: o for o in OPTIONS}

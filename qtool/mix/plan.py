@@ -81,10 +81,17 @@ def check_plan(p: Plan, opts: MixOptions) -> list[str]:
     every quantizable tensor before anything is written; ik: IQ1/IQ2/Q2_K_S ftypes up front),
     an imatrix without an entry for such a tensor, requantizing a quantized tensor without
     --allow-requantize, and converting a tensor type that cannot be dequantized.
-    Warned: tensors for which the imatrix has no entry.
+    Warned: tensors for which the imatrix has no entry; rules that decide no tensor (refused with
+    --strict) and row-length fallbacks with their cost (refused with --no-fallback), see diagnostics.py.
     """
+    from .diagnostics import check_fallbacks, check_rules
+
     opts = effective_options(opts)
     warnings = list(p.warnings)
+    warnings += check_rules(p, opts.strict)  # before anything else: --strict / --no-fallback refuse
+    fb = check_fallbacks(p, opts.no_fallback)
+    if fb is not None:
+        warnings.append(fb)
     has_im = opts.uses_imatrix
     if p.flavour == IK and not has_im and not opts.ignore_imatrix_rules and p.ftype.key in IK_FTYPES_NEED_IMATRIX:
         raise MixError(f"{p.ftype.name} needs an importance matrix (--imatrix): please do not use IQ1_S, "

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..quants.types import get_type
+from .decision import Step
 from .model import ModelInfo, sscanf_layer
 from .options import MixError, MixOptions, TypeRule
 
@@ -44,13 +45,37 @@ class QuantizeState:
     has_imatrix: bool = False
     has_output: bool = False
     output_name: str | None = "output.weight"
+    # the record of the tensor being decided (reset by begin(), copied into its Decision)
+    steps: list[Step] = field(default_factory=list)
+    rule_hit: int | None = None
+    rules_skipped: str | None = None
+    fallback_from: str | None = None
 
     def first_rule(self, name: str) -> TypeRule | None:
         """The first REGEX=TYPE rule whose pattern is found in name (std::regex_search)."""
-        for pat, rule in self.rules:
+        i = self.first_rule_index(name)
+        return None if i is None else self.rules[i][1]
+
+    def first_rule_index(self, name: str) -> int | None:
+        """The index of the first REGEX=TYPE rule whose pattern is found in name."""
+        for i, (pat, _) in enumerate(self.rules):
             if pat.search(name):
-                return rule
+                return i
         return None
+
+    def begin(self) -> None:
+        """Start the record of a new tensor."""
+        self.steps = []
+        self.rule_hit = self.rules_skipped = self.fallback_from = None
+
+    def step(self, source: str, detail: str, type_name: str | None = None, decided: bool = False) -> None:
+        """Record one source consulted for the current tensor (Decision.steps)."""
+        self.steps.append(Step(source, detail, type_name, decided))
+
+    def skip_rules(self, why: str) -> None:
+        """The REGEX=TYPE rules are not consulted (or are overridden) for the current tensor: why."""
+        if self.rules and self.rules_skipped is None:
+            self.rules_skipped = why
 
     def layer_info(self, i_layer: int, n_layer: int, name: str) -> tuple[int, int]:
         """The `layer_info` lambda: with experts the layer comes from the name (experts are not
