@@ -48,9 +48,16 @@ ENV_VAR = "QTOOL_IK_LIB"
 IK_IDS: dict[str, int] = {
     "IQ1_BN": 134, "IQ2_BN": 135, "IQ2_K": 137, "IQ3_K": 138, "IQ4_K": 139, "IQ5_K": 140, "IQ6_K": 141,
     "IQ4_KS": 144, "IQ2_KS": 145, "IQ4_KSS": 146, "IQ5_KS": 152, "IQ3_KS": 156, "IQ2_KL": 157,
+    "IQ2_KT": 153, "IQ3_KT": 154, "IQ4_KT": 155, "IQ1_KT": 158,
+    # mainline types ik quantizes with its own algorithms (same ids in both trees below 40)
+    "Q4_1": 3, "Q5_1": 7, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "IQ2_XXS": 16, "IQ2_XS": 17,
+    "IQ3_XXS": 18, "IQ1_S": 19, "IQ3_S": 21, "IQ2_S": 22, "IQ1_M": 29,
 }
 DEFAULT_TYPES = ["IQ2_K", "IQ3_K", "IQ4_K", "IQ5_K", "IQ6_K", "IQ2_KS", "IQ3_KS", "IQ4_KS", "IQ5_KS",
                  "IQ4_KSS", "IQ2_KL", "IQ1_BN", "IQ2_BN"]
+TRELLIS_TYPES = ["IQ1_KT", "IQ2_KT", "IQ3_KT", "IQ4_KT"]
+IK_MAINLINE_TYPES = ["Q4_1", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
+                     "IQ3_S", "IQ2_S", "IQ1_M"]
 
 
 class IkLib:
@@ -143,7 +150,9 @@ def run_case(name: str, rows: np.ndarray, imat: np.ndarray | None, repeat: int, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--types", nargs="+", default=DEFAULT_TYPES, help="type names (default: the IQK types)")
+    ap.add_argument("--types", nargs="+", default=DEFAULT_TYPES,
+                    help="type names (default: the IQK types); 'trellis' and 'ik-mainline' name the *_KT types "
+                         "and the mainline types ik quantizes its own way")
     ap.add_argument("--rows", type=int, default=256, help="number of rows (default 256)")
     ap.add_argument("--n-per-row", type=int, default=4096, help="row length (default 4096)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per case; best is reported (default 3)")
@@ -167,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {why}; reporting qtool figures only", file=sys.stderr)
 
     results = []
-    for raw in args.types:
+    groups = {"TRELLIS": TRELLIS_TYPES, "IK-MAINLINE": IK_MAINLINE_TYPES}
+    for raw in [t for g in args.types for t in groups.get(g.upper(), [g])]:
         name = raw.upper()
         if name not in IK_IDS:
             results.append({"type": name, "imatrix": None,
