@@ -441,7 +441,8 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             # with an imatrix, tensors it has no entry for go without one: both variants must exist,
             # except for types that need an imatrix (check_plan refused them without one)
             def _has_kernel(t: str) -> bool:
-                if get_type(t).needs_imatrix:
+                qt = get_type(t)  # an interleaved repack of a type that needs one needs one too
+                if qt.needs_imatrix or (qt.repack_of is not None and get_type(qt.repack_of).needs_imatrix):
                     return can_quantize(t, p.flavour, True)
                 return can_quantize(t, p.flavour, None if qi is not None else False)
 

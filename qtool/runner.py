@@ -171,6 +171,8 @@ def _slabs(job: TensorJob) -> Iterator[tuple[int, int, np.ndarray | None]]:
     t = job.info
     rows_per_expert = t.shape[1] if len(t.shape) > 1 else 1
     n = max(1, SLAB_ELEMENTS // t.n_per_row)
+    r = job.out_type.rows_interleaved  # ik's interleaved types quantize r rows at a time: whole groups
+    n = max(r, n - n % r)
     for start in range(0, t.n_rows, n):
         stop = min(t.n_rows, start + n)
         while start < stop:

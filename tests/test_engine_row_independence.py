@@ -1,7 +1,8 @@
-"""Rows are quantized independently, so quantizing rows one call at a time must give the same
-bytes as one call over all of them, for every registered kernel, flavour and imatrix variant;
-and no kernel may write into the caller's rows or imatrix (a one-row input's transpose is a view
-of it, which once let several ik kernels square the caller's data in place).
+"""Rows are quantized independently, so quantizing rows one call at a time (one call per group
+of rows for ik's interleaved _R4/_R8 types) must give the same bytes as one call over all of
+them, for every registered kernel, flavour and imatrix variant; and no kernel may write into the
+caller's rows or imatrix (a one-row input's transpose is a view of it, which once let several ik
+kernels square the caller's data in place).
 
 The golden vectors exercise kernels on many blocks at once; a single row of a single block is the
 case where numpy would change the summation order (np.add.reduce sums one column pairwise, not
@@ -37,14 +38,16 @@ def _rows(n: int, nrows: int = 10, seed: int = 3) -> np.ndarray:
 def test_one_row_at_a_time_equals_all_rows(qtype: str, flavour: str) -> None:
     qt = get_type(qtype)
     n = max(qt.block_size, 256) if qt.block_size > 1 else 32
-    x = _rows(n)
+    r = qt.rows_interleaved  # ik's interleaved types quantize groups of r rows (nrows % r == 0)
+    x = _rows(n, nrows=10 if r == 1 else 3 * r)
     im = np.random.default_rng(5).gamma(0.5, 2.0, n).astype(np.float32)
     for variant, imatrix in ((False, None), (True, im)):
         if not support(qtype, flavour)[variant]:
             continue
         x0, im0 = x.copy(), im.copy()
         whole = engine.quantize(x, qtype, imatrix, flavour=flavour)
-        one = np.concatenate([engine.quantize(x[i:i + 1], qtype, imatrix, flavour=flavour) for i in range(len(x))])
+        one = np.concatenate([engine.quantize(x[i:i + r], qtype, imatrix, flavour=flavour)
+                              for i in range(0, len(x), r)])
         assert np.array_equal(x, x0) and np.array_equal(im, im0), f"{qtype} ({flavour}) changed its input"
         bad = np.flatnonzero((whole != one).any(axis=1)).tolist()
         if (qtype, flavour) in CARRIES_STATE:

@@ -6,7 +6,6 @@ against the sha256 of ik_llama.cpp's llama-quantize --pure outputs."""
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import lzma
 import math
@@ -24,6 +23,12 @@ from qtool.quants.ik.search_kx_ik import make_qp_quants_ik_t
 from qtool.quants.registry import support
 
 from . import refs
+from .kquant_refs import fp16_bits as fp16
+from .kquant_refs import fp16_value as fp16f
+from .kquant_refs import ik_quantize_lib, ref_qkx2_ik
+from .kquant_refs import nearest_int as ni
+from .kquant_refs import ref_qkx3_ik as c_qkx3
+from .kquant_refs import ref_qp_ik as c_qp
 from .vectors import expected, inputs, mismatched_rows
 
 F32 = np.float32
@@ -68,198 +73,6 @@ def test_registry() -> None:
 
 # --- scalar transliteration of ik's C (ggml-quants.c) ------------------------------------------
 
-def ni(v: float) -> int:
-    """nearest_int."""
-    i = int(np.array([F32(v) + F32(12582912.0)], dtype=F32).view(np.int32)[0])
-    return (i & 0x007FFFFF) - 0x00400000
-
-
-def fp16(v: float) -> int:
-    return int(np.array([v], dtype=F32).astype(np.float16).view(np.uint16)[0])
-
-
-def fp16f(bits: int) -> np.float32:
-    return F32(np.array([bits], dtype=np.uint16).view(np.float16)[0])
-
-
-def c_qkx3(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int
-           ) -> tuple[np.float32, np.float32, list[int]]:
-    """make_qkx3_quants(..., use_mad=false) -> (scale, the_min, L)."""
-    n = len(x)
-    mn, mx = x[0], x[0]
-    sw = float(w[0])
-    sx = sw * float(x[0])
-    sx2 = sw * float(x[0]) * float(x[0])
-    for i in range(1, n):
-        mn = x[i] if x[i] < mn else mn
-        mx = x[i] if x[i] > mx else mx
-        sw += float(w[i])
-        sx += float(w[i]) * float(x[i])
-        sx2 += float(w[i]) * float(x[i]) * float(x[i])
-    if mn > 0:
-        mn = F32(0)
-    if mx - mn < F32(1e-10):
-        return F32(0), -mn, [0] * n
-    isc = F32(nmax) / (mx - mn)
-    scale = F32(1) / isc
-    L = [max(0, min(nmax, ni(isc * (x[i] - mn)))) for i in range(n)]
-    best_mad = 0.0
-    for i in range(n):
-        d = float(scale) * L[i] + float(mn) - float(x[i])
-        best_mad += float(w[i]) * (d * d)
-    for s in range(nstep + 1):
-        isc = (F32(rmin) + F32(rdelta) * F32(s) + F32(nmax)) / (mx - mn)
-        sl = sl2 = sxl = 0.0
-        la = []
-        for i in range(n):
-            li = max(0, min(nmax, ni(isc * (x[i] - mn))))
-            la.append(li)
-            sl += float(w[i]) * li
-            sl2 += float(w[i]) * li * li
-            sxl += float(w[i]) * li * float(x[i])
-        D = sw * sl2 - sl * sl
-        if D > 0:
-            ts = (sw * sxl - sx * sl) / D
-            tm = (sl2 * sx - sl * sxl) / D
-            if tm > 0:
-                tm, ts = 0.0, sxl / sl2
-            mad = sx2 - 2 * ts * sxl - 2 * tm * sx + 2 * ts * tm * sl + ts * ts * sl2 + tm * tm * sw
-            if mad < best_mad:
-                L, best_mad, scale, mn = la, mad, F32(ts), F32(tm)
-    sl = sl2 = sxl = 0.0
-    for i in range(n):
-        sl += float(w[i]) * L[i]
-        sl2 += float(w[i]) * L[i] * L[i]
-        sxl += float(w[i]) * L[i] * float(x[i])
-    s_, m_ = float(scale), float(mn)
-    best = 2 * s_ * sxl + 2 * m_ * sx - 2 * s_ * m_ * sl - s_ * s_ * sl2 - m_ * m_ * sw
-    last_j, last_dir = -1, 0
-    for _ in range(nmax * n):
-        gmax, bj, dr = F32(0), -1, 0
-        for j in range(n):
-            g = x[j] - scale * F32(L[j]) - mn
-            if g > 0 and L[j] < nmax and g > gmax:
-                gmax, bj, dr = g, j, 1
-            elif g < 0 and L[j] > 0 and -g > gmax:
-                gmax, bj, dr = -g, j, -1
-        if bj < 0 or (bj == last_j and dr == -last_dir):
-            break
-        wj = float(w[bj])
-        sl += wj * dr
-        sl2 += wj * (2 * L[bj] * dr + 1)
-        sxl += wj * float(x[bj]) * dr
-        D = sw * sl2 - sl * sl
-        if D <= 0:
-            break
-        ts = (sw * sxl - sx * sl) / D
-        tm = (sl2 * sx - sl * sxl) / D
-        if tm > 0:
-            tm, ts = 0.0, sxl / sl2
-        if ts < 0:
-            break
-        score = 2 * ts * sxl + 2 * tm * sx - 2 * ts * tm * sl - ts * ts * sl2 - tm * tm * sw
-        if score <= best:
-            break
-        best, scale, mn = score, F32(ts), F32(tm)
-        L[bj] += dr
-        last_j, last_dir = bj, dr
-    return scale, -mn, L
-
-
-def c_qp(x: np.ndarray, qw: np.ndarray, nmax: int) -> tuple[np.float32, list[int]]:
-    """make_qp_quants (ik: 1e-16 threshold, unguarded final division)."""
-    n = len(x)
-    mx = F32(0)
-    for v in x:
-        mx = mx if mx > v else v
-    if mx < F32(1e-16):
-        return F32(0), [0] * n
-    iscale = F32(nmax) / mx
-    L = [ni(iscale * v) & 0xFF for v in x]
-    scale = F32(1) / iscale
-    best = F32(0)
-    for i in range(n):
-        d = x[i] - scale * F32(L[i])
-        best += qw[i] * d * d
-    for s in (-4, -3, -2, -1, 1, 2, 3, 4):
-        isc = (F32(0.1) * F32(s) + F32(nmax)) / mx
-        sc = F32(1) / isc
-        mse = F32(0)
-        for i in range(n):
-            d = x[i] - sc * F32(min(nmax, ni(isc * x[i])))
-            mse += qw[i] * d * d
-        if mse < best:
-            best, iscale = mse, isc
-    sumlx = suml2 = F32(0)
-    for i in range(n):
-        li = min(nmax, ni(iscale * x[i]))
-        L[i] = li & 0xFF
-        sumlx += qw[i] * x[i] * F32(li)
-        suml2 += qw[i] * F32(li) * F32(li)
-    for _ in range(5):
-        changed = 0
-        for i in range(n):
-            w = qw[i]
-            slx = sumlx - w * x[i] * F32(L[i])
-            sl2 = suml2 - w * F32(L[i]) * F32(L[i])
-            if slx > 0 and sl2 > 0:
-                nl = min(nmax, ni(x[i] * sl2 / slx))
-                if nl != L[i]:
-                    slx += w * x[i] * F32(nl)
-                    sl2 += w * F32(nl) * F32(nl)
-                    if slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i], sumlx, suml2 = nl & 0xFF, slx, sl2
-                        changed += 1
-        if not changed:
-            break
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return F32(sumlx / suml2), L
-
-
-def c_qkx2(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int
-           ) -> tuple[np.float32, np.float32, list[int]]:
-    """make_qkx2_quants(..., use_mad=true) as ik has it (degenerate: max - min < 1e-10f)."""
-    n = len(x)
-    mn, mx = x[0], x[0]
-    sw = w[0]
-    sx = sw * x[0]
-    for i in range(1, n):
-        mn = x[i] if x[i] < mn else mn
-        mx = x[i] if x[i] > mx else mx
-        sw += w[i]
-        sx += w[i] * x[i]
-    if mn > 0:
-        mn = F32(0)
-    if mx - mn < F32(1e-10):
-        return F32(0), -mn, [0] * n
-    isc = F32(nmax) / (mx - mn)
-    scale = F32(1) / isc
-    L = [max(0, min(nmax, ni(isc * (x[i] - mn)))) for i in range(n)]
-    best = F32(0)
-    for i in range(n):
-        best += w[i] * abs(scale * F32(L[i]) + mn - x[i])
-    for s in range(nstep + 1):
-        isc = (F32(rmin) + F32(rdelta) * F32(s) + F32(nmax)) / (mx - mn)
-        la = [max(0, min(nmax, ni(isc * (x[i] - mn)))) for i in range(n)]
-        sl = sl2 = sxl = F32(0)
-        for i in range(n):
-            sl += w[i] * F32(la[i])
-            sl2 += w[i] * F32(la[i]) * F32(la[i])
-            sxl += w[i] * F32(la[i]) * x[i]
-        D = sw * sl2 - sl * sl
-        if D > 0:
-            ts = (sw * sxl - sx * sl) / D
-            tm = (sl2 * sx - sl * sxl) / D
-            if tm > 0:
-                tm, ts = F32(0), sxl / sl2
-            mad = F32(0)
-            for i in range(n):
-                mad += w[i] * abs(ts * F32(la[i]) + tm - x[i])
-            if mad < best:
-                L, best, scale, mn = la, mad, ts, tm
-    return scale, -mn, L
-
-
 def pack_q2(scales: list[int], L: list[int], d: int, dmin: int) -> bytes:
     qs = [0] * 64
     for j in range(0, 256, 128):
@@ -302,7 +115,7 @@ def c_q2_k_ref_block(x: np.ndarray) -> bytes:
     scales, mins, L = [], [], []
     for j in range(16):
         xb = x[16 * j:16 * j + 16]
-        sc, mn, lj = c_qkx2(xb, np.abs(xb), 3, -0.5, 0.1, 15)
+        sc, mn, lj = ref_qkx2_ik(xb, np.abs(xb), 3, -0.5, 0.1, 15, True)
         scales.append(sc)
         mins.append(mn)
         L += lj
@@ -614,18 +427,7 @@ def test_edge_rows_round_trip(qtype: str) -> None:
 
 @pytest.mark.skipif(refs.ik_lib() is None, reason=refs.why("QTOOL_IK_LIB"))
 def test_against_ik_library() -> None:
-    lib = ctypes.CDLL(str(refs.ik_lib()))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
-
-    class InitParams(ctypes.Structure):
-        _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-    lib.ggml_init.restype = ctypes.c_void_p
-    lib.ggml_init.argtypes = [InitParams]
-    lib.ggml_init(InitParams(1 << 20, None, False))  # fills the fp16 tables the quantizers read
+    lib = ik_quantize_lib()
     rng = np.random.default_rng(60)
     x = random_superblocks(rng, 256).reshape(64, 1024)
     im = np.concatenate([random_imatrix(rng) for _ in range(4)])

@@ -6,8 +6,6 @@ random blocks of varied scale; edge rows; the registry."""
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 import pytest
 
@@ -18,6 +16,12 @@ from qtool.quants.kquants.q45_k import quantize_q4_k
 from qtool.quants.registry import quantizer, support
 
 from . import refs
+from .kquant_refs import fp16_bits as fp16
+from .kquant_refs import fp16_value as h2f
+from .kquant_refs import ik_quantize_lib, ref_qkx2_ik
+from .kquant_refs import nearest_int as nint
+from .kquant_refs import ref_qkx3_ik as make_qkx3_ref
+from .kquant_refs import ref_qp_ik as make_qp_ref
 from .vectors import expected, inputs, mismatched_rows
 
 F = np.float32
@@ -27,219 +31,6 @@ NMAX = {"Q4_1": 15, "Q5_1": 31, "Q4_K": 15, "Q5_K": 31}
 
 
 # ---- scalar transliteration of ik_llama.cpp ggml-quants.c ---------------------------------------
-
-def nint(v: float) -> int:
-    """nearest_int: fval + 12582912.f, low 23 bits - 0x400000."""
-    i = int(np.array(F(F(v) + F(12582912.0)), dtype=F).view(np.int32))
-    return (i & 0x007FFFFF) - 0x00400000
-
-
-def fp16(v: float) -> int:
-    with np.errstate(over="ignore"):
-        return int(np.array(F(v), dtype=F).astype(np.float16).view(np.uint16))
-
-
-def h2f(b: int) -> np.float32:
-    return F(np.array(b, dtype=np.uint16).view(np.float16).astype(F))
-
-
-def make_qkx2_ref(x: list, w: list, nmax: int, rmin: float, rdelta: float, nstep: int) -> tuple:
-    """ik make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, false)."""
-    n = len(x)
-    mn = x[0]
-    mx = x[0]
-    sum_w = w[0]
-    sum_x = F(sum_w * x[0])
-    for i in range(1, n):
-        if x[i] < mn:
-            mn = x[i]
-        if x[i] > mx:
-            mx = x[i]
-        sum_w = F(sum_w + w[i])
-        sum_x = F(sum_x + F(w[i] * x[i]))
-    if mn > 0:
-        mn = F(0)
-    if F(mx - mn) < F(1e-10):
-        return F(0), F(-mn), [0] * n
-    iscale = F(F(nmax) / F(mx - mn))
-    scale = F(F(1) / iscale)
-    L = [0] * n
-    best = F(0)
-    for i in range(n):
-        L[i] = max(0, min(nmax, nint(F(iscale * F(x[i] - mn)))))
-        diff = F(F(F(scale * F(L[i])) + mn) - x[i])
-        best = F(best + F(w[i] * F(diff * diff)))
-    for step in range(nstep + 1):
-        iscale = F(F(F(F(rmin) + F(F(rdelta) * F(step))) + F(nmax)) / F(mx - mn))
-        sl, sl2, sxl = F(0), F(0), F(0)
-        La = [0] * n
-        for i in range(n):
-            li = max(0, min(nmax, nint(F(iscale * F(x[i] - mn)))))
-            La[i] = li
-            sl = F(sl + F(w[i] * F(li)))
-            sl2 = F(sl2 + F(F(w[i] * F(li)) * F(li)))
-            sxl = F(sxl + F(F(w[i] * F(li)) * x[i]))
-        D = F(F(sum_w * sl2) - F(sl * sl))
-        if D > 0:
-            ts = F(F(F(sum_w * sxl) - F(sum_x * sl)) / D)
-            tm = F(F(F(sl2 * sum_x) - F(sl * sxl)) / D)
-            if tm > 0:
-                tm = F(0)
-                ts = F(sxl / sl2)
-            mad = F(0)
-            for i in range(n):
-                diff = F(F(F(ts * F(La[i])) + tm) - x[i])
-                mad = F(mad + F(w[i] * F(diff * diff)))
-            if mad < best:
-                L, best, scale, mn = La, mad, ts, tm
-    return scale, F(-mn), L
-
-
-def make_qkx3_ref(x: list, w: list, nmax: int, rmin: float = -0.9, rdelta: float = 0.05, nstep: int = 36) -> tuple:
-    """ik make_qkx3_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, false):
-    double sums (Python floats), float scale / min, then the greedy descent."""
-    n = len(x)
-    xd = [float(v) for v in x]
-    wd = [float(v) for v in w]
-    mn = x[0]
-    mx = x[0]
-    sum_w = wd[0]
-    sum_x = sum_w * xd[0]
-    sum_x2 = sum_w * xd[0] * xd[0]
-    for i in range(1, n):
-        if x[i] < mn:
-            mn = x[i]
-        if x[i] > mx:
-            mx = x[i]
-        sum_w += wd[i]
-        sum_x += wd[i] * xd[i]
-        sum_x2 += wd[i] * xd[i] * xd[i]
-    if mn > 0:
-        mn = F(0)
-    if F(mx - mn) < F(1e-10):
-        return F(0), F(-mn), [0] * n
-    iscale = F(F(nmax) / F(mx - mn))
-    scale = F(F(1) / iscale)
-    L = [0] * n
-    best_mad = 0.0
-    for i in range(n):
-        L[i] = max(0, min(nmax, nint(F(iscale * F(x[i] - mn)))))
-        diff = float(scale) * L[i] + float(mn) - xd[i]
-        best_mad += wd[i] * (diff * diff)
-    for step in range(nstep + 1):
-        iscale = F(F(F(F(rmin) + F(F(rdelta) * F(step))) + F(nmax)) / F(mx - mn))
-        sl, sl2, sxl = 0.0, 0.0, 0.0
-        La = [0] * n
-        for i in range(n):
-            li = max(0, min(nmax, nint(F(iscale * F(x[i] - mn)))))
-            La[i] = li
-            sl += wd[i] * li
-            sl2 += wd[i] * li * li
-            sxl += wd[i] * li * xd[i]
-        D = sum_w * sl2 - sl * sl
-        if D > 0:
-            ts = (sum_w * sxl - sum_x * sl) / D
-            tm = (sl2 * sum_x - sl * sxl) / D
-            if tm > 0:
-                tm = 0.0
-                ts = sxl / sl2
-            mad = sum_x2 - 2 * ts * sxl - 2 * tm * sum_x + 2 * ts * tm * sl + ts * ts * sl2 + tm * tm * sum_w
-            if mad < best_mad:
-                L, best_mad, scale, mn = La, mad, F(ts), F(tm)
-    sl, sl2, sxl = 0.0, 0.0, 0.0
-    for i in range(n):
-        sl += wd[i] * L[i]
-        sl2 += wd[i] * L[i] * L[i]
-        sxl += wd[i] * L[i] * xd[i]
-    s, m = float(scale), float(mn)
-    best = 2 * s * sxl + 2 * m * sum_x - 2 * s * m * sl - s * s * sl2 - m * m * sum_w
-    last_j, last_dir = -1, 0
-    L = list(L)
-    for _ in range(nmax * n):
-        gmax = F(0)
-        bj, dr = -1, 0
-        for j in range(n):
-            g = F(F(x[j] - F(scale * F(L[j]))) - mn)
-            if g > 0 and L[j] < nmax and g > gmax:
-                gmax, bj, dr = g, j, 1
-            elif g < 0 and L[j] > 0 and -g > gmax:
-                gmax, bj, dr = -g, j, -1
-        if bj < 0 or (bj == last_j and dr == -last_dir):
-            break
-        wj = wd[bj]
-        sl += wj * dr
-        sl2 += wj * (2 * L[bj] * dr + 1)
-        sxl += wj * xd[bj] * dr
-        D = sum_w * sl2 - sl * sl
-        if D <= 0:
-            break
-        ts = (sum_w * sxl - sum_x * sl) / D
-        tm = (sl2 * sum_x - sl * sxl) / D
-        if tm > 0:
-            tm = 0.0
-            ts = sxl / sl2
-        if ts < 0:
-            break
-        score = 2 * ts * sxl + 2 * tm * sum_x - 2 * ts * tm * sl - ts * ts * sl2 - tm * tm * sum_w
-        if score <= best:
-            break
-        best, scale, mn = score, F(ts), F(tm)
-        L[bj] += dr
-        last_j, last_dir = bj, dr
-    return scale, F(-mn), L
-
-
-def make_qp_ref(x: list, w: list, nmax: int) -> tuple:
-    """ik make_qp_quants(n, nmax, x, L, quant_weights) (all zero below 1e-16f)."""
-    n = len(x)
-    mx = F(0)
-    for v in x:
-        mx = mx if mx > v else v
-    if mx < F(1e-16):
-        return F(0), [0] * n
-    iscale = F(F(nmax) / mx)
-    L = [nint(F(iscale * x[i])) & 0xFF for i in range(n)]
-    scale = F(F(1) / iscale)
-    best = F(0)
-    for i in range(n):
-        diff = F(x[i] - F(scale * F(L[i])))
-        best = F(best + F(F(w[i] * diff) * diff))
-    for k in range(-4, 5):
-        if k == 0:
-            continue
-        isc = F(F(F(F(0.1) * F(k)) + F(nmax)) / mx)
-        sc = F(F(1) / isc)
-        mse = F(0)
-        for i in range(n):
-            li = min(nmax, nint(F(isc * x[i])))
-            diff = F(x[i] - F(sc * F(li)))
-            mse = F(mse + F(F(w[i] * diff) * diff))
-        if mse < best:
-            best, iscale = mse, isc
-    sumlx, suml2 = F(0), F(0)
-    for i in range(n):
-        li = min(nmax, nint(F(iscale * x[i])))
-        L[i] = li & 0xFF
-        sumlx = F(sumlx + F(F(w[i] * x[i]) * F(li)))
-        suml2 = F(suml2 + F(F(w[i] * F(li)) * F(li)))
-    for _ in range(5):
-        changed = 0
-        for i in range(n):
-            slx = F(sumlx - F(F(w[i] * x[i]) * F(L[i])))
-            sl2 = F(suml2 - F(F(w[i] * F(L[i])) * F(L[i])))
-            if slx > 0 and sl2 > 0:
-                nl = min(nmax, nint(F(F(x[i] * sl2) / slx)))
-                if nl != L[i]:
-                    slx = F(slx + F(F(w[i] * x[i]) * F(nl)))
-                    sl2 = F(sl2 + F(F(w[i] * F(nl)) * F(nl)))
-                    if F(F(slx * slx) * suml2) > F(F(sumlx * sumlx) * sl2):
-                        L[i], sumlx, suml2 = nl & 0xFF, slx, sl2
-                        changed += 1
-        if not changed:
-            break
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return F(sumlx / suml2), L
-
 
 def _pack_scales(ls: list, lm: list) -> list:
     sc = [0] * 12
@@ -274,7 +65,7 @@ def k45_block_ref(x: np.ndarray, qw: np.ndarray | None, nmax: int) -> bytes:
             av = F(np.sqrt(F(s2 / F(32))))
             w = [F(av + F(abs(v))) for v in xs]
             rmin, nstep = (-1.0, 20) if nmax == 15 else (-0.5, 15)
-            scales[j], mins[j], L[32 * j:32 * j + 32] = make_qkx2_ref(xs, w, nmax, rmin, 0.1, nstep)
+            scales[j], mins[j], L[32 * j:32 * j + 32] = ref_qkx2_ik(xs, w, nmax, rmin, 0.1, nstep, False)
         ms, mm = F(0), F(0)
         for j in range(8):
             ms = scales[j] if scales[j] > ms else ms
@@ -523,17 +314,7 @@ def get_row_bytes(qtype: str, n: int) -> int:
 @pytest.mark.skipif(refs.ik_lib() is None, reason=refs.why("QTOOL_IK_LIB"))
 def test_against_ik_library() -> None:
     """Random shapes (one row included), scales and imatrices against ik's ggml_quantize_chunk."""
-    lib = ctypes.CDLL(str(refs.ik_lib()))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-
-    class InitParams(ctypes.Structure):
-        _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-    lib.ggml_init.restype = ctypes.c_void_p
-    lib.ggml_init.argtypes = [InitParams]
-    lib.ggml_init(InitParams(1 << 20, None, False))  # fills the fp16 tables the quantizers read
+    lib = ik_quantize_lib()
     ids = {"Q4_1": (3, 20, 32), "Q5_1": (7, 24, 32), "Q4_K": (12, 144, 256), "Q5_K": (13, 176, 256)}
     rng = np.random.default_rng(61)
     for trial in range(8):

@@ -537,12 +537,12 @@ def test_override_kv_checked_against_the_model(kv: str, msg: str, m256: Path, tm
 
 def test_engine_lacks_type(m256: Path, tmp_path: Path) -> None:
     """A type the engine has no kernel for is refused before anything is written: ik_llama.cpp's
-    run-time repacks (Q4_K_R4, an ftype of ik's llama-quantize) and Q8_KV (a type it defines)."""
+    IQ1_M_R4 (an ftype of ik's llama-quantize, its own quantizer) and Q8_KV (a type it defines)."""
     from qtool.quants import can_quantize
 
-    assert not can_quantize("Q4_K_R4", "ik", False) and not can_quantize("Q8_KV", "ik", True)
-    r = invoke("--flavour", "ik", "--imatrix", IM256, str(m256), str(tmp_path / "o.gguf"), "Q4_K_R4")
-    assert_refused(r, r"cannot produce type\(s\) q4_k_r4\b.* as ik_llama.cpp does yet", tmp_path, code=1)
+    assert not can_quantize("IQ1_M_R4", "ik", True) and not can_quantize("Q8_KV", "ik", True)
+    r = invoke("--flavour", "ik", "--imatrix", IM256, str(m256), str(tmp_path / "o.gguf"), "IQ1_M_R4")
+    assert_refused(r, r"cannot produce type\(s\) iq1_m_r4\b.* as ik_llama.cpp does yet", tmp_path, code=1)
     r = invoke("--flavour", "ik", "--imatrix", IM256, "--tensor-type", "ffn_up=q8_kv", str(m256),
                str(tmp_path / "o.gguf"), "Q4_0")
     assert_refused(r, r"cannot produce type\(s\) q8_kv", tmp_path, code=1)
@@ -671,11 +671,11 @@ def test_output_permissions_follow_umask(m256: Path, tmp_path: Path) -> None:
 
 
 def test_flavour_ik_refuses_unported_imatrix_variants(m256: Path, tmp_path: Path) -> None:
-    """Under the ik flavour a type qtool does not write (ik's run-time repacks such as Q4_K_R4) is
+    """Under the ik flavour a type qtool does not write (ik's IQ1_S_R4 / IQ1_M_R4) is
     refused by name before anything is written, never replaced by something else; ik's own
     algorithms for mainline types give other bytes than mainline's with the same imatrix."""
-    with pytest.raises(QuantizeError, match=r"q4_k_r4 as ik_llama.cpp does"):
-        quantize_file(m256, tmp_path / "o.gguf", "Q4_K_R4", flavour="ik", nthreads=1)
+    with pytest.raises(QuantizeError, match=r"iq1_m_r4 as ik_llama.cpp does"):
+        quantize_file(m256, tmp_path / "o.gguf", "IQ1_M_R4", imatrix=IM256, flavour="ik", nthreads=1)
     assert os.listdir(tmp_path) == []
     ik = quantize_file(m256, tmp_path / "a.gguf", "Q4_K_M", imatrix=IM256, flavour="ik", nthreads=1)
     main = quantize_file(m256, tmp_path / "c.gguf", "Q4_K_M", imatrix=IM256, nthreads=1)

@@ -101,3 +101,18 @@ def test_stats_rmse_with_an_ik_type_implies_flavour_ik(models: dict[str, Path]) 
     assert all(float(ln.split()[2]) > 0 for ln in lines)
     r = CliRunner().invoke(cli, ["stats", str(models["tiny-256"]), "--rmse", "-t", "iq4_k", "--flavour", "mainline"])
     assert r.exit_code == 2 and "cannot quantize to IQ4_K (mainline)" in r.output
+
+
+def test_interleaved_types_get_whole_row_groups_per_slab(models: dict[str, Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slabs of 6 rows (not a multiple of 4 or 8): the runner rounds them to whole row groups, so a
+    large tensor of an interleaved type is quantized as ik_llama.cpp does, not refused."""
+    from qtool import runner
+
+    monkeypatch.setattr(runner, "SLAB_ELEMENTS", 6 * 256)
+    monkeypatch.chdir(DATA)
+    for ft in ("Q4_K_R4", "Q4_0_R8"):
+        ref = MANIFEST[f"tiny-256-{ft}-imdat"]
+        out = tmp_path / f"{ft}.gguf"
+        quantize_file(models["tiny-256"], out, ft, nthreads=1, flavour="ik", imatrix="tiny-256.imatrix.dat")
+        assert sha256(out) == ref["sha256"], ft

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .numeric import GROUP_MAX_EPS, first_zero_signbit
+from .numeric import GROUP_MAX_EPS, first_zero_signbit, seq_sum0
 from .rounding import nearest_int
 from .scratch import Workspace
 
@@ -36,8 +36,9 @@ F32 = np.float32
 _CHUNK_VALUES = 1 << 18  # values per chunk of the natural-layout API
 
 
-def _min_max_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """C's `min = x[0]; if (x[i] < min) min = x[i]` (and max) down axis 0, zero sign included."""
+def qkx_min_max_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C's `min = x[0]; if (x[i] < min) min = x[i]` (and max) down axis 0, zero sign included
+    (shared with ik's searches)."""
     mn = xt.min(axis=0)
     mx = xt.max(axis=0)
     z = np.nonzero(mn == 0)[0]
@@ -47,7 +48,7 @@ def _min_max_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mn, mx
 
 
-def _fast_ok(r: np.ndarray, top: np.float32, xmin: np.ndarray, mn: np.ndarray) -> bool:
+def qkx_fast_ok(r: np.ndarray, top: np.float32, xmin: np.ndarray, mn: np.ndarray) -> bool:
     """Whether every |iscale*(x - min)| of these blocks stays below 2^22 and finite for every
     candidate (iscale <= top/r, r = max - min > 0, |x - min| <= max(r, |xmin - min|)); then
     nearest_int is np.rint and the clamp at nmax is only needed from s >= nmax + 0.5 on."""
@@ -89,7 +90,7 @@ def qkx_search_state_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: f
     tmp = P[1]
     if wt is None:
         wt = np.multiply(xt, xt, out=ws.get("qkx_w", (n, nb)))
-    mn, mx = _min_max_t(xt)
+    mn, mx = qkx_min_max_t(xt)
     xmin = mn.copy()  # the true minimum, for bounds of x - min
     # C starts these two sums from the first term (no `0 +`): starting from -0.0 is the same
     sum_w = np.add.reduce(wt, axis=0, initial=F32(-0.0))
@@ -115,7 +116,7 @@ def qkx_search_state_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: f
         rng = mx - mn
         iscale0 = fnmax / rng
         scale = F32(1.0) / iscale0
-        fast = _fast_ok(rng, top, xmin, mn)
+        fast = qkx_fast_ok(rng, top, xmin, mn)
         np.multiply(xm, iscale0, out=lf)
         if fast:
             np.rint(lf, out=lf)  # <= nmax: fl(fl(nmax/r)*(x - min)) <= nmax(1 + 2^-23)
@@ -176,7 +177,7 @@ def qkx_search_state_t(xt: np.ndarray, wt: np.ndarray | None, nmax: int, rmin: f
                 np.subtract(xt, mn, out=xm)
                 np.subtract(mx, mn, out=rng)
                 if fast:
-                    fast = _fast_ok(rng[idx], top, xmin[idx], mi)
+                    fast = qkx_fast_ok(rng[idx], top, xmin[idx], mi)
                 if not lo:
                     lo = bool((mi > xmin[idx]).any())
 
@@ -257,7 +258,8 @@ def _qp_pass(xt: np.ndarray, wt: np.ndarray, WX: np.ndarray, L: np.ndarray, suml
     return changed
 
 
-def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int, ws: Workspace | None = None
+def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int, ws: Workspace | None = None, *,
+                     zero_eps: np.float32 = GROUP_MAX_EPS, guard_l2: bool = True
                      ) -> tuple[np.ndarray, np.ndarray]:
     """make_qp_quants on the transposed layout: xt, wt float32 (n, n_blocks).
 
@@ -265,14 +267,19 @@ def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int, ws: Workspace | 
     negative nearest_int wraps modulo 256 exactly as in C (and the refinement reads it back so).
     The 8 trial scales are evaluated at once; each refinement pass after the first runs only on
     the blocks that changed in the pass before (C breaks out for the others).
+
+    ik_llama.cpp's make_qp_quants is the same algorithm with two differences, selected here:
+    zero_eps, the all-zero test `max < zero_eps` (mainline GROUP_MAX_EPS = 1e-15f, ik 1e-16f), and
+    guard_l2, mainline's `return suml2 > 0 ? sumlx/suml2 : 0` (ik returns sumlx/suml2: 0/0 is NaN).
     """
     n, nb = xt.shape
     if nb == 1:  # numpy sums a single column pairwise, not in C's order: run two copies instead
-        s, lt = make_qp_quants_t(np.repeat(xt, 2, axis=1), np.repeat(wt, 2, axis=1), nmax, ws)
+        s, lt = make_qp_quants_t(np.repeat(xt, 2, axis=1), np.repeat(wt, 2, axis=1), nmax, ws,
+                                 zero_eps=zero_eps, guard_l2=guard_l2)
         return s[:1], np.ascontiguousarray(lt[:, :1])
     fnmax = F32(nmax)
     mx = np.max(xt, axis=0, initial=F32(0.0))  # MAX(max, x[i]) from 0; a zero's sign only matters when all-zero
-    zero = mx < GROUP_MAX_EPS
+    zero = mx < zero_eps
     mxs = np.where(zero, F32(1.0), mx)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         iscale = fnmax / mxs
@@ -305,8 +312,9 @@ def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int, ws: Workspace | 
         L = li & 0xFF  # what C stores
         lf = li.astype(F32)
         WX = wt * xt
-        sumlx = np.add.reduce(WX * lf, axis=0)
-        suml2 = np.add.reduce(wt * lf * lf, axis=0)
+        # C's sums start from +0 (seq_sum0); their zero sign reaches ik's unguarded sumlx/suml2
+        sumlx = seq_sum0(WX * lf)
+        suml2 = seq_sum0(wt * lf * lf)
         act = np.arange(nb)
         for _ in range(5):
             if act.size == nb:
@@ -322,7 +330,10 @@ def make_qp_quants_t(xt: np.ndarray, wt: np.ndarray, nmax: int, ws: Workspace | 
             act = act[changed]
             if act.size == 0:
                 break
-        out = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1.0)), F32(0.0)).astype(F32)
+        if guard_l2:
+            out = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1.0)), F32(0.0)).astype(F32)
+        else:
+            out = (sumlx / suml2).astype(F32)
     out[zero] = 0
     L = L.astype(np.uint8)
     L[:, zero] = 0

@@ -40,25 +40,17 @@ import math
 
 import numpy as np
 
-from ..kquants.q2_k import dequantize_q2_k
-from ..kquants.q3_k import BLOCK_Q3_K, dequantize_q3_k, pack_q3_k, pack_scales_q3
-from ..kquants.q6_k import ImatrixLayout, chunk_size, requantize, to_sub_t
-from ..kquants.q45_k import (
-    ImatrixCache,
-    requantize_t,
-    running_max,
-    superblock_chunks,
-    superblock_sum_sq,
-    to_subblocks_t,
-)
+from ..kquants.q2_k import dequantize_q2_k, pack_q2_k, quantize_q2_k_chunk
+from ..kquants.q3_k import BLOCK_Q3_K, dequantize_q3_k, finish_q3_k
+from ..kquants.q6_k import ImatrixLayout, chunk_size, to_sub_t
+from ..kquants.q45_k import ImatrixCache, QkxState, superblock_chunks, superblock_sum_sq, to_subblocks_t
 from ..numeric import seq_sum0
 from ..registry import register
-from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
+from ..rounding import fp32_to_fp16_bits, nearest_int
 from ..scratch import Workspace, thread_workspace
-from ..search_kx import qkx_search_state_t
 from ..types import QK_K
 from .search_ik import make_qx_quants_ik_t
-from .search_kx_ik import make_qkx3_ik_t, make_qp_quants_ik_t
+from .search_kx_ik import make_qkx3_ik_t, make_qp_quants_ik_t, qkx2_ik_state_t
 
 F32 = np.float32
 F64 = np.float64
@@ -69,16 +61,6 @@ _TRINET_CHUNK = 1 << 20  # values per step of the sequential TriNet sums
 
 
 # ----------------------------------------------------------------------------------------- Q2_K
-
-def _pack_q2_k(o: np.ndarray, sc: np.ndarray, L: np.ndarray, d_bits: np.ndarray, dmin_bits: np.ndarray) -> None:
-    """Write blocks o uint8 (nb, 84) from scales uint8 (16, nb), L uint8 (16 i, 16 j, nb), d, dmin bits."""
-    o[:, 0:16] = sc.T
-    V = L.reshape(16, 2, 4, 2, -1)  # value 128h + 32s + 16jj + i at bits 2s of byte 32h + 16jj + i
-    q = V[:, :, 0] | (V[:, :, 1] << 2) | (V[:, :, 2] << 4) | (V[:, :, 3] << 6)
-    o[:, 16:80] = q.transpose(3, 1, 2, 0).reshape(-1, 64)
-    o[:, 80:82] = d_bits.view(np.uint8).reshape(-1, 2)
-    o[:, 82:84] = dmin_bits.view(np.uint8).reshape(-1, 2)
-
 
 def _seq_sum(v: np.ndarray, acc: np.float32) -> np.float32:
     """acc + v[0] + v[1] + ... in float32, strictly in order (np.add.accumulate is sequential)."""
@@ -152,40 +134,14 @@ def _trinet_blocks(rows: np.ndarray, mx: np.float32) -> np.ndarray:
     out = np.empty((nb, Q2K_SIZE), dtype=np.uint8)
     bits = np.full(nb, fp32_to_fp16_bits(np.array([mx], dtype=F32))[0], dtype=np.uint16)
     L = np.ascontiguousarray(lv.reshape(nb, 16, 16).transpose(2, 1, 0))
-    _pack_q2_k(out, np.full((16, nb), 0x11, dtype=np.uint8), L, bits, bits)
+    pack_q2_k(out, np.full((16, nb), 0x11, dtype=np.uint8), L, bits, bits)
     return out
 
 
-def _q2_k_ref_chunk(xs: np.ndarray, ws: Workspace) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """quantize_row_q2_K_ref's per-block part (ik): mainline's search with ik's degenerate test."""
-    nb = xs.shape[0]
-    xt3 = to_subblocks_t(xs, 16, ws.get("q2i_x", (16, 16, nb)))
-    xt = xt3.reshape(16, 16 * nb)
-    wt = np.abs(xt, out=ws.get("q2i_w", (16, 16 * nb)))
-    scales, mins, isc, mnu, deg = qkx_search_state_t(xt, wt, 3, -0.5, 0.1, 15, True, True, ws)
-    # ik: `if (max - min < 1e-10f)` (min clamped to <= 0): L = 0, scale 0, the_min = -min
-    mn = np.minimum(xt.min(axis=0), F32(0))
-    tiny = (xt.max(axis=0) - mn) < F32(1e-10)
-    if tiny.any():
-        scales = np.where(tiny, F32(0), scales)
-        mins = np.where(tiny, -mn, mins).astype(F32)
-        deg = deg | tiny
-    scales = scales.reshape(16, nb)
-    mins = mins.reshape(16, nb)
-    max_scale = running_max(scales)
-    max_min = running_max(mins)
-    q4 = F32(15.0)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        isc_s = np.where(max_scale > 0, q4 / max_scale, F32(0.0))
-        imn = np.where(max_min > 0, q4 / max_min, F32(0.0))
-        sc = np.where(max_scale > 0, nearest_int(isc_s * scales) & 0xFF, 0)
-        sc = np.where(max_min > 0, sc | ((nearest_int(imn * mins) << 4) & 0xFF), sc).astype(np.uint8)
-        d_bits = fp32_to_fp16_bits(np.where(max_scale > 0, max_scale / q4, F32(0.0)))
-        dmin_bits = fp32_to_fp16_bits(np.where(max_min > 0, max_min / q4, F32(0.0)))
-    d = fp16_bits_to_fp32(d_bits) * (sc & 0xF).astype(F32)
-    dm = fp16_bits_to_fp32(dmin_bits) * (sc >> 4).astype(F32)
-    L = requantize_t(xt3, d, dm, 3, (isc, mnu, deg), ws)
-    return d_bits, dmin_bits, sc, L
+def _qkx2_mad_ik(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
+                 ws: Workspace) -> QkxState:
+    """ik make_qkx2_quants(use_mad true), the search of quantize_row_q2_K_ref."""
+    return qkx2_ik_state_t(xt, wt, nmax, rmin, rdelta, nstep, ws, use_mad=True)
 
 
 def _q2_k_impl_chunk(xs: np.ndarray, qw3: np.ndarray, ws: Workspace
@@ -251,11 +207,11 @@ def quantize_q2_k_ik(rows: np.ndarray, imatrix: np.ndarray | None, trinet: objec
     for a, b, xs in superblock_chunks(rows, None if qwc is None else Q2K_IMPL_CHUNK):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             if qwc is None:
-                res = _q2_k_ref_chunk(xs, ws)
+                res = quantize_q2_k_chunk(xs, None, ws, qkx2=_qkx2_mad_ik)
             else:
                 res = _q2_k_impl_chunk(xs, qwc.get(a, b), ws)
         d_bits, dmin_bits, sc, L = res
-        _pack_q2_k(out[a:b], sc, L, d_bits, dmin_bits)
+        pack_q2_k(out[a:b], sc, L, d_bits, dmin_bits)
     return out.reshape(nrows, -1)
 
 
@@ -279,11 +235,7 @@ def _q3_k_impl_chunk(xs: np.ndarray, qwt: np.ndarray, blk: np.ndarray, ws: Works
     d_block, ls_t = make_qx_quants_ik_t(np.ascontiguousarray(scale.reshape(m, 16).T),
                                         np.ascontiguousarray(sw.reshape(m, 16).T), 32, 1)
     ls = np.ascontiguousarray(ls_t.T)  # (m, 16), values 0..63
-    d16 = fp32_to_fp16_bits(d_block)
-    d = fp16_bits_to_fp32(d16)[:, None] * (ls.astype(F32) - F32(32))  # float * int8
-    pack_q3_k(requantize(xs, d, lambda: lt, -4, 3, ws), blk)
-    blk["scales"] = pack_scales_q3(ls)
-    blk["d"] = d16
+    finish_q3_k(xs, lambda: lt, ls, fp32_to_fp16_bits(d_block), blk, ws)
 
 
 def quantize_q3_k_ik(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:

@@ -26,15 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kquants.q45_k import (
-    ImatrixCache,
-    get_scale_min_k4,
-    pack_scales_k4,
-    requantize_t,
-    running_max,
-    superblock_chunks,
-    to_subblocks_t,
-)
+from ..kquants.q45_k import decode_scales_k4, quantize_k45_chunk, quantize_k45_rows, superblock_sum_sq, to_subblocks_t
 from ..legacy import BLOCKS
 from ..numeric import fp16_bits, seq_sum0
 from ..registry import register
@@ -117,54 +109,13 @@ def _requantize(xt3: np.ndarray, d: np.ndarray, dm: np.ndarray, nmax: int, Ls: n
     return L
 
 
-def _sum_sq(xt3: np.ndarray, ws: Workspace) -> np.ndarray:
-    """C's `for (l = 0; l < QK_K; ++l) sum_x2 += x[l]*x[l]` per super-block, from (n, J, nb) -> (nb,),
-    in C's order also for a single super-block (numpy would sum a lone column pairwise)."""
-    n, J, nb = xt3.shape
-    seq = ws.get("k_sq", (J, n, nb))  # index j*n + i, C's order
-    np.multiply(xt3.transpose(1, 0, 2), xt3.transpose(1, 0, 2), out=seq)
-    return seq_sum0(seq.reshape(J * n, nb))
-
-
-def _k45_chunk_ref(xs: np.ndarray, nmax: int, ws: Workspace) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """ik quantize_row_q{4,5}_K_ref on super-blocks xs float32 (nb, 256) -> (d bits, dmin bits,
-    scales (nb, 12), L uint8 (32, 8, nb)): q45_k's no-imatrix path with ik's make_qkx2_quants."""
-    nb = xs.shape[0]
-    xt3 = to_subblocks_t(xs, 32, ws.get("k_x", (32, 8, nb)))
-    xt = xt3.reshape(32, 8 * nb)
-    wt = ws.get("k_w", (32, 8 * nb))
-    sum_x2 = seq_sum0(np.multiply(xt, xt, out=wt))
-    av_x = np.sqrt(sum_x2 / F32(32))
-    np.abs(xt, out=wt)
-    wt += av_x  # C: av_x + fabsf(x)
-    rmin, nstep = (-1.0, 20) if nmax == 15 else (-0.5, 15)
-    scales, mins, *search = qkx2_ik_state_t(xt, wt, nmax, rmin, 0.1, nstep, ws)
-    scales = scales.reshape(8, nb)
-    mins = mins.reshape(8, nb)
-    max_scale = running_max(scales)
-    max_min = running_max(mins)
-    with np.errstate(divide="ignore", over="ignore"):
-        inv_scale = np.where(max_scale > 0, F32(63.0) / max_scale, F32(0.0))
-        inv_min = np.where(max_min > 0, F32(63.0) / max_min, F32(0.0))
-    ls = np.minimum(nearest_int(inv_scale * scales) & 0xFF, 63).astype(np.uint8)
-    lm = np.minimum(nearest_int(inv_min * mins) & 0xFF, 63).astype(np.uint8)
-    d_bits = fp32_to_fp16_bits(max_scale / F32(63.0))
-    dmin_bits = fp32_to_fp16_bits(max_min / F32(63.0))
-    packed = pack_scales_k4(ls, lm)
-    sc, m = get_scale_min_k4(packed)
-    d = d_bits.view(np.float16).astype(F32) * sc.astype(F32)
-    dm = dmin_bits.view(np.float16).astype(F32) * m.astype(F32)
-    L = requantize_t(xt3, d, dm, nmax, tuple(search), ws)
-    return d_bits, dmin_bits, packed, L
-
-
 def _k45_chunk_im(xs: np.ndarray, qw3: np.ndarray, nmax: int, ws: Workspace
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """ik quantize_row_q{4,5}_K_impl on super-blocks xs float32 (nb, 256), imatrix qw3 (32, 8, nb)."""
     nb = xs.shape[0]
     xt3 = to_subblocks_t(xs, 32, ws.get("k_x", (32, 8, nb)))
     xt = xt3.reshape(32, 8 * nb)
-    sigma2 = F32(2.0) * _sum_sq(xt3, ws) / F32(QK_K)  # C: 2*sum_x2/QK_K
+    sigma2 = F32(2.0) * superblock_sum_sq(xt3, ws) / F32(QK_K)  # C: 2*sum_x2/QK_K
     wt3 = np.multiply(xt3, xt3, out=ws.get("k_w", (32, 8, nb)))
     wt3 += sigma2
     np.sqrt(wt3, out=wt3)
@@ -181,45 +132,24 @@ def _k45_chunk_im(xs: np.ndarray, qw3: np.ndarray, nmax: int, ws: Workspace
         lm = np.minimum(lm, 63)
     d_bits = fp32_to_fp16_bits(dm_block[:nb])
     dmin_bits = fp32_to_fp16_bits(dm_block[nb:])
-    packed = pack_scales_k4(ls, lm)
-    sc, m = get_scale_min_k4(packed)
-    d = d_bits.view(np.float16).astype(F32) * sc.astype(F32)
-    dm = dmin_bits.view(np.float16).astype(F32) * m.astype(F32)
+    packed, d, dm = decode_scales_k4(d_bits, dmin_bits, ls, lm)
     L = _requantize(xt3, d, dm, nmax, Ls.reshape(32, 8, nb))
     return d_bits, dmin_bits, packed, L
 
 
+def _k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int, ws: Workspace
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """ik quantize_row_q{4,5}_K_ref (qw3 None: q45_k's kernel with ik's make_qkx2_quants) or _impl."""
+    if qw3 is None:
+        return quantize_k45_chunk(xs, None, nmax, ws, qkx2=qkx2_ik_state_t)
+    return _k45_chunk_im(xs, qw3, nmax, ws)
+
+
 def _quantize_k(rows: np.ndarray, imatrix: np.ndarray | None, nmax: int) -> np.ndarray:
-    rows = np.ascontiguousarray(rows, dtype=F32)
-    nrows, n_per_row = rows.shape
-    type_size = 144 if nmax == 15 else 176
-    out = np.empty((nrows * (n_per_row // QK_K), type_size), dtype=np.uint8)
-    qwc = None if imatrix is None else ImatrixCache(np.asarray(imatrix, dtype=F32), n_per_row, 32)
-    ws = Workspace()
-    for a, b, xs in superblock_chunks(rows, _K_CHUNK_SUPERBLOCKS):
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # IEEE results, as in C
-            if qwc is None:
-                d_bits, dmin_bits, packed, L = _k45_chunk_ref(xs, nmax, ws)
-            else:
-                d_bits, dmin_bits, packed, L = _k45_chunk_im(xs, qwc.get(a, b), nmax, ws)
-        o = out[a:b]
-        o[:, 0:2] = d_bits.view(np.uint8).reshape(-1, 2)
-        o[:, 2:4] = dmin_bits.view(np.uint8).reshape(-1, 2)
-        o[:, 4:16] = packed
-        # L (32 i, 8 j, nb): sub-blocks 2c and 2c+1 share the 32 bytes of group c
-        if nmax == 15:
-            q = L[:, 0::2, :] | (L[:, 1::2, :] << 4)
-            o[:, 16:144] = q.transpose(2, 1, 0).reshape(-1, 128)
-        else:
-            lo = L & 0xF
-            hi = L >> 4
-            q = lo[:, 0::2, :] | (lo[:, 1::2, :] << 4)
-            qh = np.zeros((32, L.shape[2]), dtype=np.uint8)
-            for j in range(8):
-                qh |= hi[:, j, :] << j
-            o[:, 16:48] = qh.T
-            o[:, 48:176] = q.transpose(2, 1, 0).reshape(-1, 128)
-    return out.reshape(nrows, -1)
+    """q45_k's row driver and block layout with ik's kernels."""
+    return quantize_k45_rows(np.ascontiguousarray(rows, dtype=F32),
+                             None if imatrix is None else np.asarray(imatrix, dtype=F32), nmax, _k45_chunk,
+                             _K_CHUNK_SUPERBLOCKS)
 
 
 def quantize_q4_k_ik(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:

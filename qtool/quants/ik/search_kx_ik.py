@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..numeric import c_einsum, first_zero_signbit, seq_sum0, seq_sum_t
+from ..numeric import c_einsum, seq_sum0, seq_sum_t
 from ..rounding import nearest_int
 from ..scratch import Workspace
-from ..search_kx import qkx_search_state_t
+from ..search_kx import make_qp_quants_t, qkx_fast_ok, qkx_min_max_t, qkx_search_state_t
 
 F32 = np.float32
 F64 = np.float64
@@ -38,17 +38,6 @@ QP_ZERO = F32(1e-16)
 """ik make_qp_quants' all-zero threshold on the block maximum."""
 
 __all__ = ["QKX_DEGENERATE", "QP_ZERO", "make_qkx3_ik_t", "make_qp_quants_ik_t", "qkx2_ik_state_t", "qkx_min_max_t"]
-
-
-def qkx_min_max_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """C's `min = x[0]; if (x[i] < min) min = x[i]` (and max) down axis 0, zero sign included
-    (the first zero in index order is the one C keeps)."""
-    mn = xt.min(axis=0)
-    mx = xt.max(axis=0)
-    z = np.flatnonzero(mn == 0)
-    if z.size:
-        mn[z] = np.where(first_zero_signbit(xt, z), F32(-0.0), F32(0.0))
-    return mn, mx
 
 
 def qkx_degenerate_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,11 +50,12 @@ def qkx_degenerate_t(xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def qkx2_ik_state_t(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int,
-                    ws: Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """ik make_qkx2_quants(use_mad false) on the transposed layout: search_kx.qkx_search_state_t
-    (mainline's search, identical for every block ik does not call degenerate) with ik's
-    degenerate test. Returns (scale, the_min, isc, mnu, degenerate) as qkx_search_state_t does."""
-    scale, the_min, isc, mnu, deg = qkx_search_state_t(xt, wt, nmax, rmin, rdelta, nstep, False, True, ws)
+                    ws: Workspace | None = None, use_mad: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """ik make_qkx2_quants on the transposed layout: search_kx.qkx_search_state_t (mainline's
+    search, identical for every block ik does not call degenerate) with ik's degenerate test.
+    Returns (scale, the_min, isc, mnu, degenerate) as qkx_search_state_t does."""
+    scale, the_min, isc, mnu, deg = qkx_search_state_t(xt, wt, nmax, rmin, rdelta, nstep, use_mad, True, ws)
     deg_ik, mn = qkx_degenerate_t(xt)
     if deg_ik.any():
         scale = np.where(deg_ik, F32(0.0), scale)
@@ -147,14 +137,6 @@ def _score(ts: np.ndarray, tm: np.ndarray, sl: np.ndarray, sl2: np.ndarray, sxl:
     return (2 * ts * sxl + 2 * tm * sum_x) - 2 * ts * tm * sl - ts * ts * sl2 - tm * tm * sum_w
 
 
-def _exact_needed(r: np.ndarray, top: np.float32, xlo: np.ndarray, m: np.ndarray) -> bool:
-    """Whether some |isc*(x - min)| (isc <= top/r) may reach 2^22 or not be finite: then the
-    bit-exact nearest_int is needed instead of rint. (Callers hold np.errstate: IEEE results.)"""
-    isc_max = top / r
-    ok = (r > 0) & np.isfinite(r) & np.isfinite(isc_max) & (np.abs(xlo - m) * isc_max < F32(4.0e6))
-    return not bool(ok.all())
-
-
 def make_qkx3_ik_t(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float = -0.9, rdelta: float = 0.05,
                    nstep: int = 36, ws: Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ik make_qkx3_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, false).
@@ -201,7 +183,7 @@ def make_qkx3_ik_t(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float = -0.9
         top = F32(max(steps + [fnmax]))
         # below this, rint(isc*(x - min)) <= nmax whenever x - min <= max - min
         hi_free = fnmax + F32(0.5) - F32(1e-3) * fnmax
-        exact = _exact_needed(rng, top, xmin, mn)
+        exact = not qkx_fast_ok(rng, top, xmin, mn)
         lo = False  # x - min >= 0 while min is the block minimum (or 0)
         _levels(xm, iscale, nmax, exact, False, False, t32, lf)
         # best_mad: sum of w*diff*diff, diff = (double)scale*L + (double)min - (double)x
@@ -238,12 +220,12 @@ def make_qkx3_ik_t(xt: np.ndarray, wt: np.ndarray, nmax: int, rmin: float = -0.9
                     np.subtract(xt, mn, out=xm)
                 np.subtract(mx, mn, out=rng)
                 if not exact:
-                    exact = _exact_needed(rng[idx], top, xmin[idx], mi)
+                    exact = not qkx_fast_ok(rng[idx], top, xmin[idx], mi)
                 if not lo:
                     lo = bool((mi > xmin[idx]).any())
         # the winning L (same float operations as when it was evaluated)
         np.subtract(xt, best_mnu, out=xm)
-        exact = _exact_needed(mx - best_mnu, top, xmin, best_mnu)
+        exact = not qkx_fast_ok(mx - best_mnu, top, xmin, best_mnu)
         _levels(xm, best_isc, nmax, exact, True, True, t32, lf)
         L = lf.astype(np.uint8)
         _descend(xt, wd, L, scale, mn, bsl, bsl2, bsxl, sum_w, sum_x, nmax, ~deg)
@@ -326,99 +308,12 @@ def _descend(xt: np.ndarray, wd: np.ndarray, L: np.ndarray, scale: np.ndarray, m
         mn[act] = mna
 
 
-def _qp_pass(xt: np.ndarray, wt: np.ndarray, WX: np.ndarray, L: np.ndarray, sumlx: np.ndarray,
-             suml2: np.ndarray, nmax: int) -> np.ndarray:
-    """One pass of make_qp_quants' `itry` loop (i = 0..n-1), in place on L (int32 (n, nb), C's
-    uint8 values), sumlx, suml2 (nb,). Returns the per-block `n_changed > 0` mask.
-
-    All remaining steps are evaluated at once from the current state; each block's first
-    accepted change is applied, and only the blocks that changed are evaluated again from the
-    next i on (a step not taken leaves the state as it was: C's sequence of states).
-    """
-    n, nb = xt.shape
-    changed = np.zeros(nb, dtype=bool)
-    rows = np.arange(n)[:, None]
-    act = np.arange(nb)
-    start = np.zeros(nb, dtype=np.int64)
-    x, w, wx, La, sx, s2 = xt, wt, WX, L, sumlx, suml2
-    while act.size:
-        Lf = La.astype(F32)
-        slx = sx - wx * Lf
-        sl2 = s2 - w * Lf * Lf
-        ok = (slx > 0) & (sl2 > 0) & (rows >= start)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            new_l = np.minimum(nearest_int(x * sl2 / slx), nmax)
-        ok &= new_l != La
-        nlf = new_l.astype(F32)
-        slx += wx * nlf
-        sl2 += w * nlf * nlf
-        ok &= slx * slx * s2 > sx * sx * sl2
-        has = ok.any(axis=0)
-        if not has.any():
-            break
-        k = np.flatnonzero(has)
-        f = np.argmax(ok[:, k], axis=0)
-        blk = act[k]
-        L[f, blk] = new_l[f, k] & 0xFF
-        sumlx[blk] = slx[f, k]
-        suml2[blk] = sl2[f, k]
-        changed[blk] = True
-        act = blk
-        start = f + 1
-        x, w, wx, La, sx, s2 = xt[:, act], wt[:, act], WX[:, act], L[:, act], sumlx[act], suml2[act]
-    return changed
-
-
 def make_qp_quants_ik_t(xt: np.ndarray, wt: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """ik make_qp_quants(n, nmax, x, L, quant_weights) on xt, wt float32 (n, nb): mainline's
-    algorithm (search_kx.make_qp_quants_t) with ik's all-zero threshold max < 1e-16f.
+    algorithm (search_kx.make_qp_quants_t) with ik's all-zero threshold max < 1e-16f and its
+    unguarded `return sumlx/suml2`.
 
     Returns (scale float32 (nb,), Lt uint8 (n, nb)); L is C's uint8_t array (a negative
     nearest_int wraps modulo 256, and the refinement reads it back so).
     """
-    n, nb = xt.shape
-    if nb == 1:
-        s, lt = make_qp_quants_ik_t(np.repeat(xt, 2, axis=1), np.repeat(wt, 2, axis=1), nmax)
-        return s[:1], np.ascontiguousarray(lt[:, :1])
-    fnmax = F32(nmax)
-    mx = np.max(xt, axis=0, initial=F32(0.0))
-    zero = mx < QP_ZERO
-    mxs = np.where(zero, F32(1.0), mx)
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        iscale = fnmax / mxs
-        scale = F32(1.0) / iscale
-        Lw = (nearest_int(xt * iscale) & 0xFF).astype(F32)
-        diff = xt - scale * Lw
-        best = seq_sum0(wt * diff * diff)
-        for k in (-4, -3, -2, -1, 1, 2, 3, 4):
-            isc = (F32(0.1) * F32(k) + fnmax) / mxs
-            sc = F32(1.0) / isc
-            li = np.minimum(nearest_int(xt * isc), nmax).astype(F32)
-            diff = xt - sc * li
-            mse = seq_sum0(wt * diff * diff)
-            better = mse < best
-            best = np.where(better, mse, best)
-            iscale = np.where(better, isc, iscale)
-        li = np.minimum(nearest_int(xt * iscale), nmax)
-        L = li & 0xFF
-        lf = li.astype(F32)
-        WX = wt * xt
-        sumlx = seq_sum0(WX * lf)
-        suml2 = seq_sum0(wt * lf * lf)
-        act = np.arange(nb)
-        for _ in range(5):
-            La = L[:, act]
-            sx = sumlx[act]
-            s2 = suml2[act]
-            changed = _qp_pass(xt[:, act], wt[:, act], WX[:, act], La, sx, s2, nmax)
-            L[:, act] = La
-            sumlx[act] = sx
-            suml2[act] = s2
-            act = act[changed]
-            if act.size == 0:
-                break
-        out = (sumlx / suml2).astype(F32)
-    out[zero] = 0
-    L = L.astype(np.uint8)
-    L[:, zero] = 0
-    return out, L
+    return make_qp_quants_t(xt, wt, nmax, zero_eps=QP_ZERO, guard_l2=False)

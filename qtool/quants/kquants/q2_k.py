@@ -24,16 +24,38 @@ from ..rounding import fp32_to_fp16_bits, nearest_int
 from ..scratch import Workspace
 from ..search_kx import make_qp_quants_t, qkx_search_state_t
 from ..types import QK_K
-from .q45_k import ImatrixCache, requantize_t, running_max, superblock_chunks, superblock_sum_sq, to_subblocks_t
+from .q45_k import (
+    ImatrixCache,
+    QkxStateSearch,
+    requantize_t,
+    running_max,
+    superblock_chunks,
+    superblock_sum_sq,
+    to_subblocks_t,
+)
 
 F32 = np.float32
 TYPE_SIZE = 84
 
 
-def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None, ws: Workspace
+def pack_q2_k(o: np.ndarray, sc: np.ndarray, L: np.ndarray, d_bits: np.ndarray, dmin_bits: np.ndarray) -> None:
+    """Write blocks o uint8 (nb, 84) from scales uint8 (16, nb), L uint8 (16 i, 16 j, nb), d, dmin bits."""
+    o[:, 0:16] = sc.T
+    # byte 32*h + 16*jj + i holds, at bits 2s, value 128*h + 32*s + 16*jj + i, i.e. sub-block
+    # j = 8*h + 2*s + jj, in-block index i: from L (16 i, 16 j, nb) viewed as (i, h, s, jj, nb)
+    V = L.reshape(16, 2, 4, 2, -1)
+    q = V[:, :, 0] | (V[:, :, 1] << 2) | (V[:, :, 2] << 4) | (V[:, :, 3] << 6)  # (i, h, jj, nb)
+    o[:, 16:80] = q.transpose(3, 1, 2, 0).reshape(-1, 64)
+    o[:, 80:82] = d_bits.view(np.uint8).reshape(-1, 2)
+    o[:, 82:84] = dmin_bits.view(np.uint8).reshape(-1, 2)
+
+
+def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None, ws: Workspace, qkx2: QkxStateSearch | None = None
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Q2_K of super-blocks xs float32 (nb, 256); qw3 the imatrix as (16, 16, nb) or None.
 
+    qkx2: the _ref path's make_qkx2_quants(use_mad true) (default mainline's; ik_llama.cpp's
+    quantize_row_q2_K_ref differs only there: its degenerate test, search_kx_ik.qkx2_ik_state_t).
     Returns (d fp16 bits (nb,), dmin fp16 bits (nb,), scales uint8 (16, nb), L uint8 (16, 16, nb)).
     """
     nb = xs.shape[0]
@@ -42,7 +64,10 @@ def quantize_q2_k_chunk(xs: np.ndarray, qw3: np.ndarray | None, ws: Workspace
     wt = ws.get("k_w", (16, 16 * nb))
     if qw3 is None:
         np.abs(xt, out=wt)
-        scales, mins, *search = qkx_search_state_t(xt, wt, 3, -0.5, 0.1, 15, True, True, ws)
+        if qkx2 is None:
+            scales, mins, *search = qkx_search_state_t(xt, wt, 3, -0.5, 0.1, 15, True, True, ws)
+        else:
+            scales, mins, *search = qkx2(xt, wt, 3, -0.5, 0.1, 15, ws)
         scales = scales.reshape(16, nb)
         mins = mins.reshape(16, nb)
         max_scale = running_max(scales)
@@ -88,15 +113,7 @@ def quantize_q2_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         qw3 = None if qwc is None else qwc.get(a, b)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # IEEE results, as in C
             d_bits, dmin_bits, sc, L = quantize_q2_k_chunk(xs, qw3, ws)
-        o = out[a:b]
-        o[:, 0:16] = sc.T
-        # byte 32*h + 16*jj + i holds, at bits 2s, value 128*h + 32*s + 16*jj + i, i.e. sub-block
-        # j = 8*h + 2*s + jj, in-block index i: from L (16 i, 16 j, nb) viewed as (i, h, s, jj, nb)
-        V = L.reshape(16, 2, 4, 2, -1)
-        q = V[:, :, 0] | (V[:, :, 1] << 2) | (V[:, :, 2] << 4) | (V[:, :, 3] << 6)  # (i, h, jj, nb)
-        o[:, 16:80] = q.transpose(3, 1, 2, 0).reshape(-1, 64)
-        o[:, 80:82] = d_bits.view(np.uint8).reshape(-1, 2)
-        o[:, 82:84] = dmin_bits.view(np.uint8).reshape(-1, 2)
+        pack_q2_k(out[a:b], sc, L, d_bits, dmin_bits)
     return out.reshape(nrows, (n_per_row // QK_K) * out.shape[1])
 
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..numeric import seq_sum0
 from ..registry import register
 from ..rounding import fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int
 from ..scratch import Workspace, thread_workspace
@@ -102,9 +103,9 @@ def pack_q3_k(lb: np.ndarray, blk: np.ndarray) -> None:
     blk["qs"] = qs.view(np.uint8).reshape(m, 64)
 
 
-def _finish(xs: np.ndarray, levels: Callable[[], np.ndarray], ls: np.ndarray, d16: np.ndarray, blk: np.ndarray,
-            ws: Workspace) -> None:
-    """Shared tail of ref and impl: re-quantize with the decoded scales and pack.
+def finish_q3_k(xs: np.ndarray, levels: Callable[[], np.ndarray], ls: np.ndarray, d16: np.ndarray, blk: np.ndarray,
+                ws: Workspace) -> None:
+    """Shared tail of ref and impl (also ik_llama.cpp's impl): re-quantize with the decoded scales and pack.
 
     xs float32 (m, 256); levels() -> the search's levels uint8 (16, 16*m) (0..7), needed only
     where a decoded scale is 0; ls uint8 (m, 16) quantized scales + 32; d16 uint16 (m,) fp16 bits of d.
@@ -127,7 +128,7 @@ def quantize_q3_k_ref_chunk(xs: np.ndarray, blk: np.ndarray, ws: Workspace) -> N
         li = nearest_int(iscale[:, None] * scales)
         d16 = np.where(nz, fp32_to_fp16_bits(F32(1.0) / iscale), np.uint16(0)).astype(np.uint16)
     ls = np.where(nz[:, None], np.clip(li, -32, 31) + 32, 0).astype(np.uint8)
-    _finish(xs, lambda: lt, ls, d16, blk, ws)
+    finish_q3_k(xs, lambda: lt, ls, d16, blk, ws)
 
 
 def impl_search_chunk(xs: np.ndarray, qwt: np.ndarray, ws: Workspace
@@ -140,7 +141,7 @@ def impl_search_chunk(xs: np.ndarray, qwt: np.ndarray, ws: Workspace
     x2seq = ws.get("q3_x2", (QK_K, m))
     np.copyto(x2seq, xs.T)
     x2seq *= x2seq
-    sumx2 = np.add.reduce(x2seq, axis=0, initial=F32(0))
+    sumx2 = seq_sum0(x2seq)  # np.add.reduce would sum one super-block's column pairwise
     sigma2 = (F32(2) * sumx2) / F32(QK_K)  # (m,)
     xt = to_sub_t(xs, ws.get("q3_xt", (16, 16 * m)))  # (16, 16*m)
     w = np.multiply(xt, xt, out=ws.get("q3_w", (16, 16 * m)))
@@ -180,7 +181,7 @@ def quantize_q3_k_impl(xs_all: np.ndarray, iml: ImatrixLayout, chunk: int, out: 
             def levels(xs: np.ndarray = xs, isc: np.ndarray = isc, zsub: np.ndarray = zsub) -> np.ndarray:
                 return qx_levels_t(to_sub_t(xs), isc, 4, zsub).astype(np.uint8)
 
-            _finish(xs, levels, np.ascontiguousarray(ls_t[:, a - A:b - A].T), d16[a - A:b - A], out[a:b], ws)
+            finish_q3_k(xs, levels, np.ascontiguousarray(ls_t[:, a - A:b - A].T), d16[a - A:b - A], out[a:b], ws)
 
 
 def quantize_q3_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:

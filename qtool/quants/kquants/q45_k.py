@@ -19,7 +19,7 @@ q2_k shares (chunking, layout, re-quantization).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -33,6 +33,15 @@ from ..types import QK_K
 F32 = np.float32
 K_SCALE_SIZE = 12
 CHUNK_SUPERBLOCKS = 1024
+
+QkxState = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+QkxStateSearch = Callable[[np.ndarray, np.ndarray, int, float, float, int, Workspace], QkxState]
+"""A make_qkx2_quants search (xt, wt, nmax, rmin, rdelta, nstep, ws), with the use_mad of the kernel
+that takes it, -> the (scale, the_min, isc, mnu, degenerate) of search_kx.qkx_search_state_t
+(ik_llama.cpp's: search_kx_ik.qkx2_ik_state_t)."""
+K45Chunk = Callable[[np.ndarray, "np.ndarray | None", int, Workspace],
+                    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+"""A chunk kernel (xs, qw3 or None, nmax, ws) -> (d bits, dmin bits, scales (nb, 12), L (32, 8, nb))."""
 
 
 def superblock_chunks(rows: np.ndarray, chunk: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -154,11 +163,24 @@ def get_scale_min_k4(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, m
 
 
-def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int, ws: Workspace
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def decode_scales_k4(d_bits: np.ndarray, dmin_bits: np.ndarray, ls: np.ndarray, lm: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pack the 6-bit scales ls and mins lm (uint8 (8, nb)) and decode them as C's second pass
+    sees them: (packed (nb, 12), d = fp16(d)*sc, dm = fp16(dmin)*m, float32 (8, nb))."""
+    packed = pack_scales_k4(ls, lm)
+    sc, m = get_scale_min_k4(packed)
+    d = d_bits.view(np.float16).astype(F32) * sc.astype(F32)
+    dm = dmin_bits.view(np.float16).astype(F32) * m.astype(F32)
+    return packed, d, dm
+
+
+def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int, ws: Workspace,
+                       qkx2: QkxStateSearch | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Q4_K (nmax 15) / Q5_K (nmax 31) quantization of super-blocks xs float32 (nb, 256).
 
     qw3: the imatrix under them as (32, 8, nb), or None for the _ref path; ws: scratch buffers.
+    qkx2: the _ref path's make_qkx2_quants (default mainline's; ik_llama.cpp's quantize_row_q4_K_ref
+    differs only there, passing search_kx_ik.qkx2_ik_state_t).
     Returns (d fp16 bits (nb,), dmin fp16 bits (nb,), scales uint8 (nb, 12), L uint8 (32, 8, nb)).
     """
     nb = xs.shape[0]
@@ -171,7 +193,10 @@ def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int, ws: Wo
         np.abs(xt, out=wt)
         wt += av_x  # C: av_x + fabsf(x)
         rmin, nstep = (-1.0, 20) if nmax == 15 else (-0.5, 15)
-        scales, mins, *search = qkx_search_state_t(xt, wt, nmax, rmin, 0.1, nstep, False, True, ws)
+        if qkx2 is None:
+            scales, mins, *search = qkx_search_state_t(xt, wt, nmax, rmin, 0.1, nstep, False, True, ws)
+        else:
+            scales, mins, *search = qkx2(xt, wt, nmax, rmin, 0.1, nstep, ws)
         scales = scales.reshape(8, nb)
         mins = mins.reshape(8, nb)
         max_scale = running_max(scales)
@@ -202,24 +227,25 @@ def quantize_k45_chunk(xs: np.ndarray, qw3: np.ndarray | None, nmax: int, ws: Wo
             lm = np.minimum(lm, 63)
         d_bits = fp32_to_fp16_bits(d_block)
         dmin_bits = fp32_to_fp16_bits(m_block)
-    packed = pack_scales_k4(ls, lm)
-    sc, m = get_scale_min_k4(packed)
-    d = d_bits.view(np.float16).astype(F32) * sc.astype(F32)
-    dm = dmin_bits.view(np.float16).astype(F32) * m.astype(F32)
+    packed, d, dm = decode_scales_k4(d_bits, dmin_bits, ls, lm)
     L = requantize_t(xt3, d, dm, nmax, tuple(search), ws)
     return d_bits, dmin_bits, packed, L
 
 
-def _quantize(rows: np.ndarray, imatrix: np.ndarray | None, nmax: int) -> np.ndarray:
+def quantize_k45_rows(rows: np.ndarray, imatrix: np.ndarray | None, nmax: int,
+                      chunk_fn: K45Chunk = quantize_k45_chunk, chunk: int | None = None) -> np.ndarray:
+    """Q4_K / Q5_K blocks of rows float32 (nrows, n_per_row) -> uint8 (nrows, row bytes): chunk_fn
+    (mainline's quantize_k45_chunk, or ik_llama.cpp's kernels) on chunks of `chunk` super-blocks
+    (superblock_chunks), then the block layout."""
     nrows, n_per_row = rows.shape
     type_size = 144 if nmax == 15 else 176
     out = np.empty((nrows * (n_per_row // QK_K), type_size), dtype=np.uint8)
     qwc = None if imatrix is None else ImatrixCache(imatrix, n_per_row, 32)
     ws = Workspace()
-    for a, b, xs in superblock_chunks(rows):
+    for a, b, xs in superblock_chunks(rows, chunk):
         qw3 = None if qwc is None else qwc.get(a, b)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # IEEE results, as in C
-            d_bits, dmin_bits, packed, L = quantize_k45_chunk(xs, qw3, nmax, ws)
+            d_bits, dmin_bits, packed, L = chunk_fn(xs, qw3, nmax, ws)
         o = out[a:b]
         o[:, 0:2] = d_bits.view(np.uint8).reshape(-1, 2)
         o[:, 2:4] = dmin_bits.view(np.uint8).reshape(-1, 2)
@@ -242,12 +268,12 @@ def _quantize(rows: np.ndarray, imatrix: np.ndarray | None, nmax: int) -> np.nda
 
 def quantize_q4_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """quantize_q4_K: rows float32 (nrows, n_per_row), imatrix float32 (n_per_row,) or None."""
-    return _quantize(rows, imatrix, 15)
+    return quantize_k45_rows(rows, imatrix, 15)
 
 
 def quantize_q5_k(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """quantize_q5_K: rows float32 (nrows, n_per_row), imatrix float32 (n_per_row,) or None."""
-    return _quantize(rows, imatrix, 31)
+    return quantize_k45_rows(rows, imatrix, 31)
 
 
 def _dequantize(data: np.ndarray, n_per_row: int, q5: bool) -> np.ndarray:

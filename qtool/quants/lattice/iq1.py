@@ -22,12 +22,15 @@ stored as d*1.125; IQ1_M: refitted over the super-block with the 3-bit scales, s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..numeric import QK_K, blocks_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int, seq_sum_t
 from ..registry import register
 from .grids_iq1 import Iq1Tables, tables
 from .neighbours import best_neighbours
+from .rows import quantize_rows
 
 F32 = np.float32
 EPS_IQ1_S = F32(1e-12)
@@ -45,7 +48,7 @@ assert BLOCK_IQ1_S.itemsize == 50 and BLOCK_IQ1_M.itemsize == 56
 _POW4 = (4 ** np.arange(8)).astype(np.int32)
 
 
-def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+def pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(i1, i2) for i1 in 0..n, i2 in i1..n, in C's loop order."""
     i1, i2 = np.triu_indices(n + 1)
     return i1.astype(np.intp), i2.astype(np.intp)
@@ -119,10 +122,12 @@ def _codes(L: np.ndarray) -> np.ndarray:
     return u
 
 
-def _snap(t: Iq1Tables, L: np.ndarray, xt: np.ndarray, w: np.ndarray, scale: np.ndarray,
-          sel: np.ndarray, gshift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def snap_groups(t: Iq1Tables, L: np.ndarray, xt: np.ndarray, w: np.ndarray, scale: np.ndarray,
+                sel: np.ndarray, gshift: np.ndarray, set_levels: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Grid indices (G, nb) of the groups of levels L (S, nb) (sub-blocks `sel`), off-grid groups
-    replaced by their best neighbour; gshift (G, nb): 0 = x_p, 1 = x_m. Returns (index, moved (nb,))."""
+    replaced by their best neighbour (iq1_find_best_neighbour2); gshift (G, nb): 0 = x_p, 1 = x_m;
+    set_levels: also write the neighbours' levels into L (ik's IQ1_M rescoring reads them).
+    Returns (index, moved (nb,))."""
     S, nb = L.shape
     u = _codes(L)
     gi = t.kmap[u].astype(np.int64)
@@ -133,11 +138,13 @@ def _snap(t: Iq1Tables, L: np.ndarray, xt: np.ndarray, w: np.ndarray, scale: np.
         w3 = w.reshape(S // 8, 8, nb)
         gi[kk, bb] = best_neighbours(t, u[kk, bb], x3[kk, :, bb], w3[kk, :, bb], scale[bb], XX,
                                      gshift[kk, bb], strict=True)
+        if set_levels:
+            L.reshape(S // 8, 8, nb)[kk, :, bb] = t.levels[gi[kk, bb]]
     gi = np.where(sel[None, :], gi, 0)
     return gi, off.any(axis=0)
 
 
-def _level_values(t: Iq1Tables, gi: np.ndarray, gshift: np.ndarray) -> np.ndarray:
+def level_values(t: Iq1Tables, gi: np.ndarray, gshift: np.ndarray) -> np.ndarray:
     """xx[level] of every element (S, nb) for grid indices gi (G, nb) and shifts (G, nb)."""
     G, nb = gi.shape
     lv = t.levels[gi]  # (G, nb, 8)
@@ -145,7 +152,7 @@ def _level_values(t: Iq1Tables, gi: np.ndarray, gshift: np.ndarray) -> np.ndarra
     return np.ascontiguousarray(q.transpose(0, 2, 1)).reshape(G * 8, nb)
 
 
-def _sorted_sums(xt: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sorted_sums(xt: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stable ascending order of each column (S, nb) and w*x, w in that order."""
     order = np.argsort(xt, axis=0, kind="stable")
     wx = np.take_along_axis(w * xt, order, axis=0)
@@ -153,14 +160,24 @@ def _sorted_sums(xt: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return order, wx, ws
 
 
-def _prefix(a: np.ndarray) -> np.ndarray:
+def prefix(a: np.ndarray) -> np.ndarray:
     """(S, nb) -> (S+1, nb): 0, a0, a0+a1, ... in order."""
     out = np.zeros((a.shape[0] + 1, a.shape[1]), F32)
     np.cumsum(a, axis=0, out=out[1:])
     return out
 
 
-def _levels_from_split(order: np.ndarray, i1: np.ndarray, i2: np.ndarray) -> np.ndarray:
+def half_prefixes(order: np.ndarray, wx: np.ndarray, ws: np.ndarray
+                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """IQ1_M's per-half prefix sums in sorted order: ([px0, px1], [pw0, pw1]) of w*x and w, half 0
+    = the values of the first 8 positions (quantize_row_iq1_m_impl / iq1m_process_1block)."""
+    first = order < 8
+    px = [prefix(np.where(first, wx, F32(0))), prefix(np.where(first, F32(0), wx))]
+    pw = [prefix(np.where(first, ws, F32(0))), prefix(np.where(first, F32(0), ws))]
+    return px, pw
+
+
+def levels_from_split(order: np.ndarray, i1: np.ndarray, i2: np.ndarray) -> np.ndarray:
     """L (S, nb): the values at sorted positions < i1 get 0, < i2 get 1, the rest 2."""
     S, nb = order.shape
     j = np.arange(S)[:, None]
@@ -170,18 +187,69 @@ def _levels_from_split(order: np.ndarray, i1: np.ndarray, i2: np.ndarray) -> np.
     return L
 
 
-def _refit(q: np.ndarray, w: np.ndarray, xt: np.ndarray, moved: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """scale = sumqx/sumq2 (sums of (w*q)*x and (w*q)*q in order) where moved and both > 0."""
+def split_levels(order: np.ndarray, win: np.ndarray, scale: np.ndarray, proc: np.ndarray, nk: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The winner win = pair*nk + k of the split scan (pairs(S) order, nk shift combinations) ->
+    (L (S, nb), scale, k), a negative scale flipped (L -> 2-L, scale -> -scale, k -> nk-1-k);
+    k = 0 outside `proc`."""
+    I1, I2 = pairs(order.shape[0])
+    w0 = np.where(proc, win, 0)
+    p = w0 // nk
+    k = (w0 % nk).astype(np.int64)
+    L = levels_from_split(order, I1[p], I2[p])
+    neg = proc & (scale < 0)
+    L = np.where(neg[None, :], 2 - L, L)
+    scale = np.where(neg, -scale, scale)
+    k = np.where(neg, nk - 1 - k, k)
+    return L, scale, np.where(proc, k, 0)
+
+
+def refit(q: np.ndarray, w: np.ndarray, xt: np.ndarray, moved: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """scale = sumqx/sumq2 (sums of (w*q)*x and (w*q)*q in order) where moved and both > 0 (the
+    sums run on the moved columns only: each column's sum is independent of the others)."""
+    m = np.flatnonzero(moved)
+    if m.size == 0:
+        return scale
+    qm = q[:, m]
+    wq = w[:, m] * qm
+    s = np.empty((2,) + qm.shape, F32)
+    np.multiply(wq, xt[:, m], out=s[0])
+    np.multiply(wq, qm, out=s[1])
+    r = seq_sum_t(s, axis=1)
+    upd = (r[0] > 0) & (r[1] > 0)
+    scale = scale.copy()
+    scale[m] = np.where(upd, r[0] / np.where(upd, r[1], F32(1)), scale[m])
+    return scale
+
+
+def superblock_fit_sums(w: np.ndarray, q: np.ndarray, xt: np.ndarray, nsb: int) -> np.ndarray:
+    """The super-block scale refit's sums over 256 values in C's order: (sumqx, sumq2) (2, nsb) of
+    (w*q)*x and (w*q)*q for sub-block arrays (S, nb), nb = nsb*256/S (IQ1_M; ik's IQ2_XS)."""
+    S, nb = q.shape
     wq = w * q
-    s = np.empty((2,) + q.shape, F32)
+    s = np.empty((2, S, nb), F32)
     np.multiply(wq, xt, out=s[0])
     np.multiply(wq, q, out=s[1])
-    r = seq_sum_t(s, axis=1)
-    upd = moved & (r[0] > 0) & (r[1] > 0)
-    return np.where(upd, r[0] / np.where(upd, r[1], F32(1)), scale)
+    s = s.transpose(0, 2, 1).reshape(2, nsb, QK_K).transpose(0, 2, 1)  # (2, 256, nsb), C's order
+    return seq_sum_t(np.ascontiguousarray(s), axis=1)
 
 
-def _weights(xt: np.ndarray, qwt: np.ndarray | None, sigma2: np.ndarray) -> np.ndarray:
+def prepare_iq1(xr: np.ndarray, qwt: np.ndarray | None, S: int, eps: np.float32
+                ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows xr (r, n) -> (nsb, xt (S, nb), w, proc (max|x| >= eps), sorted order, sorted w*x, sorted
+    w) of quantize_row_iq1_s_impl / _m_impl (sigma2 = 2*sum(x^2)/256 per super-block)."""
+    nsb = xr.shape[0] * (xr.shape[1] // QK_K)
+    xs = blocks_t(xr.reshape(nsb, QK_K))
+    sigma2 = (F32(2) * seq_sum_t(xs * xs, axis=0)) / F32(QK_K)
+    xt = blocks_t(xr.reshape(-1, S))
+    w = sq_weights(xt, qwt, np.repeat(sigma2, QK_K // S))
+    proc = np.max(np.abs(xt), axis=0) >= eps
+    order, wx, ws = sorted_sums(xt, w)
+    return nsb, xt, w, proc, order, wx, ws
+
+
+def sq_weights(xt: np.ndarray, qwt: np.ndarray | None, sigma2: np.ndarray) -> np.ndarray:
+    """w (S, nb) = qw*sqrtf(sigma2 + x*x), or x*x without an imatrix (IQ1_S / IQ1_M / IQ3_XXS)."""
     xx = xt * xt
     if qwt is None:
         return xx
@@ -192,26 +260,19 @@ def _weights(xt: np.ndarray, qwt: np.ndarray | None, sigma2: np.ndarray) -> np.n
 
 # --- IQ1_S ------------------------------------------------------------------------------------------
 
-_P32 = _pairs(32)
+_P32 = pairs(32)
 
 
-def _iq1_s_chunk(t: Iq1Tables, xr: np.ndarray, qwt: np.ndarray) -> np.ndarray:
-    S = 32
-    nsb = xr.shape[0] * (xr.shape[1] // QK_K)
-    xs = blocks_t(xr.reshape(nsb, QK_K))
-    sigma2 = (F32(2) * seq_sum_t(xs * xs, axis=0)) / F32(QK_K)
-    xt = blocks_t(xr.reshape(-1, S))
-    nb = xt.shape[1]
-    w = _weights(xt, qwt, np.repeat(sigma2, 8))
-    proc = np.max(np.abs(xt), axis=0) >= EPS_IQ1_S
-    order, wx, ws = _sorted_sums(xt, w)
-    sx, sw = _prefix(wx), _prefix(ws)
+def iq1_s_scores(sx: np.ndarray, sw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """quantize_row_iq1_s_impl's sumqx, sumq2 of every split (i1, i2) (pairs(32) order) and shift
+    (x_p, x_m) from the sorted prefix sums sx, sw (33, nb) -> (npair, 2, nb) each. The terms that
+    depend on i1 alone or i2 alone are computed per index and gathered (same products)."""
+    S = sx.shape[0] - 1
     I1, I2 = _P32
-    # terms that depend on i1 alone or i2 alone are computed per index and gathered
     B = sx[I2] - sx[I1]
     Bw = sw[I2] - sw[I1]
     cx, cw = sx[S] - sx, sw[S] - sw  # (S+1, nb): sumx[S] - sumx[i2]
-    npair = I1.size
+    npair, nb = I1.size, sx.shape[1]
     sqx = np.empty((npair, 2, nb), F32)
     sq2 = np.empty((npair, 2, nb), F32)
     tmp = np.empty((npair, nb), F32)
@@ -225,23 +286,13 @@ def _iq1_s_chunk(t: Iq1Tables, xr: np.ndarray, qwt: np.ndarray) -> np.ndarray:
         tmp *= xv[1]
         np.add(((sw * xv[0]) * xv[0])[I1], tmp, out=o)
         o += ((cw * xv[2]) * xv[2])[I2]
-    sq2[:, :, ~proc] = 0
-    win, scale = replay_best(sqx.reshape(2 * npair, nb), sq2.reshape(2 * npair, nb), safe_blocks(wx, ws, xt))
-    proc &= win >= 0
-    p = np.where(proc, win // 2, 0)
-    shift = (win % 2).astype(np.int64)  # 0: +1 (x_p), 1: -1 (x_m)
-    L = _levels_from_split(order, I1[p], I2[p])
-    neg = proc & (scale < 0)
-    L = np.where(neg[None, :], 2 - L, L)
-    scale = np.where(neg, -scale, scale)
-    shift = np.where(neg, 1 - shift, shift)
-    gshift = np.broadcast_to(shift, (S // 8, nb))
-    gi, moved = _snap(t, L, xt, w, scale, proc, gshift)
-    q = _level_values(t, gi, gshift)
-    scale = _refit(q, w, xt, moved & proc, scale)
-    scale = np.where(proc, scale, F32(0))
-    shift = np.where(proc, shift, 0)
-    # super-blocks
+    return sqx, sq2
+
+
+def pack_iq1_s(gi: np.ndarray, scale: np.ndarray, shift: np.ndarray, nsb: int) -> np.ndarray:
+    """The super-blocks of IQ1_S (both flavours): sub-block scales (nb,) (0 outside the processed
+    sub-blocks), shifts (nb,) (1 = x_m) and grid indices (4, nb) -> BLOCK_IQ1_S (nsb,); d =
+    max_scale/15 stored as d*1.125, 3-bit scales clamp(nearest_int(0.5f*(scale/d - 1)), 0, 7)."""
     sc = scale.reshape(nsb, 8)
     max_scale = sc.max(axis=1)
     nz = max_scale != 0
@@ -265,46 +316,87 @@ def _iq1_s_chunk(t: Iq1Tables, xr: np.ndarray, qwt: np.ndarray) -> np.ndarray:
     return out
 
 
+ScanFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def iq1_s_chunk(t: Iq1Tables, xr: np.ndarray, qwt: np.ndarray | None, scan: ScanFn = replay_best,
+                strict: bool = False) -> np.ndarray:
+    """quantize_row_iq1_s_impl on rows xr (r, n) -> BLOCK_IQ1_S (r*n/256,). scan(sqx, sq2, safe)
+    -> (winner, scale) is the split scan (mainline: replay_best, from best = -FLT_MAX; ik: from
+    -FLT_MIN); strict (ik's iq1s_process_1block): a processed block without an accepted split
+    raises (GGML_ASSERT there) instead of getting scale 0."""
+    S = 32
+    nsb, xt, w, proc, order, wx, ws = prepare_iq1(xr, qwt, S, EPS_IQ1_S)
+    nb = xt.shape[1]
+    sqx, sq2 = iq1_s_scores(prefix(wx), prefix(ws))
+    sq2[:, :, ~proc] = 0
+    win, scale = scan(sqx.reshape(-1, nb), sq2.reshape(-1, nb), safe_blocks(wx, ws, xt))
+    if strict and (proc & (win < 0)).any():
+        raise RuntimeError("IQ1_S: no split accepted (ik_llama.cpp aborts here: GGML_ASSERT(besti1 >= 0 ...))")
+    proc &= win >= 0
+    L, scale, shift = split_levels(order, win, scale, proc, 2)  # shift 0: x_p, 1: x_m
+    gshift = np.broadcast_to(shift, (S // 8, nb))
+    gi, moved = snap_groups(t, L, xt, w, scale, proc, gshift)
+    q = level_values(t, gi, gshift)
+    scale = refit(q, w, xt, moved & proc, scale)
+    scale = np.where(proc, scale, F32(0))
+    return pack_iq1_s(gi, scale, shift, nsb)
+
+
 @ieee
 def quantize_iq1_s(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """quantize_iq1_s: rows float32 (nrows, n) with an imatrix (n,) -> uint8 (nrows, n/256*50)."""
-    rows = np.ascontiguousarray(rows, dtype=F32)
-    nrows, n = rows.shape
-    if n % QK_K:
-        raise ValueError(f"IQ1_S: row length {n} is not a multiple of {QK_K}")
-    if imatrix is None:
-        raise ValueError("IQ1_S requires an importance matrix")
     t = tables()
-    nbr = n // 32
-    qw_row = blocks_t(np.asarray(imatrix, F32).reshape(nbr, 32))
-    rpc = max(1, _CHUNK_BLOCKS // nbr)
-    out = np.empty((nrows, (n // QK_K) * BLOCK_IQ1_S.itemsize), np.uint8)
-    for r0 in range(0, nrows, rpc):
-        r1 = min(nrows, r0 + rpc)
-        o = _iq1_s_chunk(t, rows[r0:r1], np.tile(qw_row, (1, r1 - r0)))
-        out[r0:r1] = o.view(np.uint8).reshape(r1 - r0, -1)
-    return out
+    return quantize_rows("IQ1_S", rows, imatrix, 32, BLOCK_IQ1_S, _CHUNK_BLOCKS,
+                         lambda xr, qwt: iq1_s_chunk(t, xr, qwt), True)
 
 
 # --- IQ1_M ------------------------------------------------------------------------------------------
 
-_P16 = _pairs(16)
+_P16 = pairs(16)
 _MASKS = np.array([0x00, 0x80, 0x08, 0x88], np.uint8)
+
+
+def iq1_m_blocks(gi: np.ndarray, q: np.ndarray, shifts: np.ndarray, scale: np.ndarray,
+                 w: np.ndarray, xt: np.ndarray, nsb: int, factor: float) -> np.ndarray:
+    """The super-blocks of IQ1_M (both flavours): sub-block scales (nb,) (0 outside the processed
+    sub-blocks), shift combinations (nb,), grid indices (2, nb) and their level values q (S, nb)
+    -> BLOCK_IQ1_M (nsb,). 3-bit scales from d = max_scale/15, then d refitted over the
+    super-block (sum (w*q')*x / sum (w*q')*q', q' = q*(2l+1), in C's order) and stored as
+    fp16(d*factor) (mainline 1.1125f, ik 1.085f)."""
+    nb = xt.shape[1]
+    sc = scale.reshape(nsb, 16)
+    max_scale = sc.max(axis=1)
+    nz = max_scale != 0
+    d = np.where(nz, max_scale, F32(1)) / F32(15)
+    idv = F32(1) / d
+    a = idv[:, None] * sc
+    a -= F32(1)
+    a *= F32(0.5)
+    lsc = np.clip(nearest_int(a), 0, 7)  # (nsb, 16)
+    mult = (2 * lsc + 1).astype(F32).reshape(nb)
+    r = superblock_fit_sums(w, q * mult[None, :], xt, nsb)
+    dd = np.where(r[1] > 0, r[0] / np.where(r[1] > 0, r[1], F32(1)), d)
+    sbits = fp16_bits(dd * F32(factor))
+    gib = gi.T.reshape(nsb, 16, 2)
+    qh = ((gib[:, :, 0] >> 8) | ((gib[:, :, 1] >> 8) << 4)).astype(np.uint8)
+    qh = np.where(nz[:, None], qh | _MASKS[shifts.reshape(nsb, 16)], qh)
+    l4 = lsc.astype(np.uint16).reshape(nsb, 4, 4)
+    scw = l4[:, :, 0] | (l4[:, :, 1] << np.uint16(3)) | (l4[:, :, 2] << np.uint16(6)) | (l4[:, :, 3] << np.uint16(9))
+    scw |= ((sbits[:, None] >> (np.uint16(4) * np.arange(4, dtype=np.uint16))) & np.uint16(15)) << np.uint16(12)
+    scw = np.where(nz[:, None], scw, np.uint16(0))
+    out = np.zeros(nsb, BLOCK_IQ1_M)
+    out["qs"] = (gib & 255).astype(np.uint8).reshape(nsb, 32)
+    out["qh"] = qh
+    out["sc"] = scw
+    return out
 
 
 def _iq1_m_chunk(t: Iq1Tables, xr: np.ndarray, qwt: np.ndarray | None) -> np.ndarray:
     S = 16
-    nsb = xr.shape[0] * (xr.shape[1] // QK_K)
-    xs = blocks_t(xr.reshape(nsb, QK_K))
-    sigma2 = (F32(2) * seq_sum_t(xs * xs, axis=0)) / F32(QK_K)
-    xt = blocks_t(xr.reshape(-1, S))
+    nsb, xt, w, proc, order, wx, ws = prepare_iq1(xr, qwt, S, EPS_IQ1_M)
     nb = xt.shape[1]
-    w = _weights(xt, qwt, np.repeat(sigma2, 16))
-    proc = np.max(np.abs(xt), axis=0) >= EPS_IQ1_M
-    order, wx, ws = _sorted_sums(xt, w)
-    first = order < 8
-    px = [_prefix(np.where(first, wx, F32(0))), _prefix(np.where(first, F32(0), wx))]
-    pw = [_prefix(np.where(first, ws, F32(0))), _prefix(np.where(first, F32(0), ws))]
+    px, pw = half_prefixes(order, wx, ws)
     I1, I2 = _P16
     p2, m2 = X_P[2], X_M[2]
     cp1 = X_P[0] * X_P[0] - X_P[1] * X_P[1]
@@ -330,71 +422,21 @@ def _iq1_m_chunk(t: Iq1Tables, xr: np.ndarray, qwt: np.ndarray | None) -> np.nda
     sq2[:, :, ~proc] = 0
     win, scale = replay_best(sqx.reshape(4 * npair, nb), sq2.reshape(4 * npair, nb), safe_blocks(wx, ws, xt))
     proc &= win >= 0
-    p = np.where(proc, win // 4, 0)
-    bk = (win % 4).astype(np.int64)
-    L = _levels_from_split(order, I1[p], I2[p])
-    neg = proc & (scale < 0)
-    L = np.where(neg[None, :], 2 - L, L)
-    scale = np.where(neg, -scale, scale)
-    bk = np.where(neg, 3 - bk, bk)
-    bk = np.where(proc, bk, 0)
+    L, scale, bk = split_levels(order, win, scale, proc, 4)
     gshift = np.stack([bk >> 1, bk & 1])  # group 0: x_m if best_k >= 2; group 1: x_m if best_k odd
-    gi, moved = _snap(t, L, xt, w, scale, proc, gshift)
-    q = _level_values(t, gi, gshift)
-    scale = _refit(q, w, xt, moved & proc, scale)
+    gi, moved = snap_groups(t, L, xt, w, scale, proc, gshift)
+    q = level_values(t, gi, gshift)
+    scale = refit(q, w, xt, moved & proc, scale)
     scale = np.where(proc, scale, F32(0))
-    # super-blocks
-    sc = scale.reshape(nsb, 16)
-    max_scale = sc.max(axis=1)
-    nz = max_scale != 0
-    d = np.where(nz, max_scale, F32(1)) / F32(15)
-    idv = F32(1) / d
-    a = idv[:, None] * sc
-    a -= F32(1)
-    a *= F32(0.5)
-    lsc = np.clip(nearest_int(a), 0, 7)  # (nsb, 16)
-    mult = (2 * lsc + 1).astype(F32).reshape(nb)
-    qf = q * mult[None, :]
-    wq = w * qf
-    s = np.empty((2, S, nb), F32)
-    np.multiply(wq, xt, out=s[0])
-    np.multiply(wq, qf, out=s[1])
-    s = s.transpose(0, 2, 1).reshape(2, nsb, QK_K).transpose(0, 2, 1)  # (2, 256, nsb), C's order
-    r = seq_sum_t(np.ascontiguousarray(s), axis=1)
-    dd = np.where(r[1] > 0, r[0] / np.where(r[1] > 0, r[1], F32(1)), d)
-    sbits = fp16_bits(dd * F32(1.1125))
-    gib = gi.T.reshape(nsb, 16, 2)
-    qh = ((gib[:, :, 0] >> 8) | ((gib[:, :, 1] >> 8) << 4)).astype(np.uint8)
-    qh = np.where(nz[:, None], qh | _MASKS[bk.reshape(nsb, 16)], qh)
-    l4 = lsc.astype(np.uint16).reshape(nsb, 4, 4)
-    scw = l4[:, :, 0] | (l4[:, :, 1] << np.uint16(3)) | (l4[:, :, 2] << np.uint16(6)) | (l4[:, :, 3] << np.uint16(9))
-    scw |= ((sbits[:, None] >> (np.uint16(4) * np.arange(4, dtype=np.uint16))) & np.uint16(15)) << np.uint16(12)
-    scw = np.where(nz[:, None], scw, np.uint16(0))
-    out = np.zeros(nsb, BLOCK_IQ1_M)
-    out["qs"] = (gib & 255).astype(np.uint8).reshape(nsb, 32)
-    out["qh"] = qh
-    out["sc"] = scw
-    return out
+    return iq1_m_blocks(gi, q, bk, scale, w, xt, nsb, 1.1125)
 
 
 @ieee
 def quantize_iq1_m(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """quantize_iq1_m: rows float32 (nrows, n), imatrix (n,) or None -> uint8 (nrows, n/256*56)."""
-    rows = np.ascontiguousarray(rows, dtype=F32)
-    nrows, n = rows.shape
-    if n % QK_K:
-        raise ValueError(f"IQ1_M: row length {n} is not a multiple of {QK_K}")
     t = tables()
-    nbr = n // 16
-    qw_row = None if imatrix is None else blocks_t(np.asarray(imatrix, F32).reshape(nbr, 16))
-    rpc = max(1, 2 * _CHUNK_BLOCKS // nbr)
-    out = np.empty((nrows, (n // QK_K) * BLOCK_IQ1_M.itemsize), np.uint8)
-    for r0 in range(0, nrows, rpc):
-        r1 = min(nrows, r0 + rpc)
-        qwt = None if qw_row is None else np.tile(qw_row, (1, r1 - r0))
-        o = _iq1_m_chunk(t, rows[r0:r1], qwt)
-        out[r0:r1] = o.view(np.uint8).reshape(r1 - r0, -1)
-    return out
+    return quantize_rows("IQ1_M", rows, imatrix, 16, BLOCK_IQ1_M, 2 * _CHUNK_BLOCKS,
+                         lambda xr, qwt: _iq1_m_chunk(t, xr, qwt), False)
 
 
 # --- dequantization ------------------------------------------------------------------------------

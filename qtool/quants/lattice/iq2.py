@@ -36,6 +36,7 @@ from ..numeric import GROUP_MAX_EPS, QK_K, blocks_t, fp16_bits, fp16_bits_to_fp3
 from ..registry import register
 from .grids_e8 import Iq2Tables, tables
 from .neighbours import best_neighbours
+from .rows import quantize_rows
 
 F32 = np.float32
 GROUP_MAX_EPS_IQ2_S = F32(1e-8)
@@ -188,16 +189,71 @@ def make_qp_quants_t(x: np.ndarray, w: np.ndarray, nmax: int) -> np.ndarray:
     return np.where(ok, d, F32(0)).astype(F32)
 
 
+def scan_grid(t: Iq2Tables, xval: np.ndarray, w: np.ndarray, waux: np.ndarray, den: np.ndarray,
+              rng: range, scale: np.ndarray, mask: np.ndarray | None = None, want_index: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate loop of quantize_row_iq2_*_impl on (S, nb): id = (5 + is*0.1f)/den for is in
+    rng, levels rounded and snapped to the grid, the best by `sumq2 > 0 && sumqx*sumqx >
+    best*sumq2` (from best = 0) kept; `mask` limits the updates to those sub-blocks (ik) ->
+    (scale, best, L (S, nb), on_grid (G, nb) of the kept candidate, accepted (nb,), grid index
+    (G, nb) of the kept levels (0 where none; computed with want_index, ik's IQ2_XS)))."""
+    S, nb = xval.shape
+    G = S // 8
+    wx = w * xval
+    L = np.zeros((S, nb), np.int32)
+    best = np.zeros(nb, F32)
+    acc = np.zeros(nb, bool)
+    on_grid = np.ones((G, nb), bool)
+    index = np.zeros((G, nb), np.int32)
+    for is_ in rng:
+        idv = (F32(2 * KMAXQ - 1) + F32(is_) * F32(0.1)) / den
+        La = levels_for(xval, idv)
+        off = snap_to_grid(t, La, xval, waux, F32(1) / idv)
+        sumqx, sumq2 = sums_q(wx, w, La)
+        upd = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+        if mask is not None:
+            upd &= mask
+        if upd.any():
+            sc_new = sumqx / np.where(upd, sumq2, F32(1))
+            scale = np.where(upd, sc_new, scale)
+            best = np.where(upd, sc_new * sumqx, best)
+            L = np.where(upd, La, L)
+            on_grid = np.where(upd, ~off, on_grid)
+            if want_index:
+                index = np.where(upd, t.kmap[group_codes(La.reshape(G, 8, nb))], index)
+            acc |= upd
+    return scale, best, L, on_grid, acc, index
+
+
+def refine_groups(t: Iq2Tables, xval: np.ndarray, w: np.ndarray, waux: np.ndarray, scale: np.ndarray,
+                  L: np.ndarray, on_grid: np.ndarray, proc: np.ndarray, all_groups: bool
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The refinement after the candidate loop: where scale > 0 (and, unless all_groups (IQ2_XXS),
+    a kept group is off the grid) the groups (all / the off-grid ones) are re-rounded at id =
+    1/scale, snapped, and scale = sumqx/sumq2 where sumq2 > 0 -> (scale, L, refined (nb,))."""
+    G, nb = on_grid.shape
+    if all_groups:
+        redo = proc & (scale > 0)
+        only = np.broadcast_to(redo, (G, nb))
+    else:
+        redo = proc & (scale > 0) & (~on_grid).any(axis=0)
+        only = ~on_grid & redo
+    if redo.any():
+        idv = F32(1) / np.where(redo, scale, F32(1))
+        Ln = levels_for(xval, idv)
+        L = np.where(np.repeat(only, 8, axis=0), Ln, L)
+        snap_to_grid(t, L, xval, waux, scale, only=only)
+        sumqx, sumq2 = sums_q(w * xval, w, L)
+        upd = redo & (sumq2 > 0)
+        scale = np.where(upd, sumqx / np.where(upd, sumq2, F32(1)), scale)
+    return scale, L, redo
+
+
 def subblock_search(t: Iq2Tables, xval: np.ndarray, w: np.ndarray, waux: np.ndarray, proc: np.ndarray,
                     kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The scale search of one sub-block layout (S, nb) -> (scale (nb,), L (S, nb), processed
     mask (nb,)); `proc` marks the sub-blocks past the eps test (the others' results are unused)."""
-    S, nb = xval.shape
-    G = S // 8
-    wx = w * xval
     mx = np.where(proc, np.max(xval, axis=0), F32(1))
-    L = np.zeros((S, nb), np.int32)
-    best = np.zeros(nb, F32)
     if kind == "IQ2_XXS":
         scale = make_qp_quants_t(xval, w, KMAXQ + 1)
         eff = scale * F32(KMAXQ)
@@ -208,37 +264,85 @@ def subblock_search(t: Iq2Tables, xval: np.ndarray, w: np.ndarray, waux: np.ndar
         scale = mx / F32(2 * KMAXQ - 1)
         den = mx
         rng = range(-9, 10)
-    on_grid = np.ones((G, nb), bool)
-    for is_ in rng:
-        idv = (F32(2 * KMAXQ - 1) + F32(is_) * F32(0.1)) / den
-        this_scale = F32(1) / idv
-        La = levels_for(xval, idv)
-        off = snap_to_grid(t, La, xval, waux, this_scale)
-        sumqx, sumq2 = sums_q(wx, w, La)
-        upd = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
-        if upd.any():
-            sc_new = sumqx / np.where(upd, sumq2, F32(1))
-            scale = np.where(upd, sc_new, scale)
-            best = np.where(upd, sc_new * sumqx, best)
-            L = np.where(upd, La, L)
-            on_grid = np.where(upd, ~off, on_grid)
-    if kind == "IQ2_XXS":
-        redo = proc & (scale > 0)
-        only = np.broadcast_to(redo, (G, nb))
-    else:
-        only = proc & (scale > 0) & (~on_grid).any(axis=0)
-        redo = only
-        only = ~on_grid & only
-    if redo.any():
-        idv = F32(1) / np.where(redo, scale, F32(1))
-        Ln = levels_for(xval, idv)
-        sel = np.repeat(only, 8, axis=0)
-        L = np.where(sel, Ln, L)
-        snap_to_grid(t, L, xval, waux, scale, only=only)
-        sumqx, sumq2 = sums_q(wx, w, L)
-        upd = redo & (sumq2 > 0)
-        scale = np.where(upd, sumqx / np.where(upd, sumq2, F32(1)), scale)
+    scale, _, L, on_grid, _, _ = scan_grid(t, xval, w, waux, den, rng, scale)
+    scale, L, _ = refine_groups(t, xval, w, waux, scale, L, on_grid, proc, kind == "IQ2_XXS")
     return scale, L, proc
+
+
+def prepare_subblocks(kind: str, xr: np.ndarray, qwt: np.ndarray | None
+                      ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows xr (r, n) of IQ2_XXS / IQ2_XS / IQ2_S -> (nsb, xt, w, waux, xval (S, nb), signs (G, nb),
+    proc (nb,): past the eps test): sigma2, weights, sign handling of quantize_row_iq2_*_impl."""
+    S = _SUB[kind]
+    nsb = xr.shape[0] * (xr.shape[1] // QK_K)
+    xs = blocks_t(xr.reshape(nsb, QK_K))
+    sumx2 = seq_sum_t(xs * xs, axis=0)
+    sigma2 = (F32(2) * sumx2 if kind == "IQ2_S" else sumx2) / F32(QK_K)
+    xt = blocks_t(xr.reshape(-1, S))  # (S, nb)
+    w = weights(xt, qwt, np.repeat(sigma2, QK_K // S))
+    waux = np.sqrt(w)
+    xval, signs = sign_fix(xt, w, kind != "IQ2_S")
+    proc = np.max(xval, axis=0) >= (GROUP_MAX_EPS_IQ2_S if kind == "IQ2_S" else GROUP_MAX_EPS)
+    return nsb, xt, w, waux, xval, signs, proc
+
+
+def finish_subblocks(t: Iq2Tables, kind: str, L: np.ndarray, scale: np.ndarray, signs: np.ndarray,
+                     proc: np.ndarray, abort_by: str, nan_check: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """After the search: a negative scale flips (sign bytes inverted, 7 bits but for IQ2_S), the
+    levels' grid indices are looked up (C aborts on a point off the grid; ik also on a NaN scale)
+    -> (grid index uint32 (G, nb), signs, scale), all 0 outside `proc`."""
+    nb = scale.shape[0]
+    neg = proc & (scale < 0)
+    scale = np.where(neg, -scale, scale)
+    if neg.any():
+        signs[:, neg] = ~signs[:, neg]
+        if kind != "IQ2_S":
+            signs[:, neg] &= np.uint8(127)
+    if nan_check and (np.isnan(scale) & proc).any():
+        raise RuntimeError(f"{kind}: a NaN sub-block scale ({abort_by} aborts here: GGML_ASSERT(scale >= 0))")
+    gi = t.kmap[group_codes(L.reshape(L.shape[0] // 8, 8, nb))]
+    if (gi[:, proc] < 0).any():
+        raise RuntimeError(f"{kind}: a point off the grid after the search ({abort_by} aborts here)")
+    gi = np.where(proc, gi, 0).astype(np.uint32)
+    return gi, np.where(proc, signs, np.uint8(0)), np.where(proc, scale, F32(0))
+
+
+def pack_iq2(kind: str, o: np.ndarray, gi: np.ndarray, signs: np.ndarray, ls: np.ndarray,
+             zero: np.ndarray) -> None:
+    """Writes the quants (qs, qh, scales; not d) of the blocks o (nsb,) of `kind` from the grid
+    indices gi (G, nb), sign bytes (G, nb) and 4-bit scales ls (nsb, per); the qs of blocks with
+    max_scale == 0 stay 0 (IQ2_XXS / IQ2_XS: C's memset and early continue)."""
+    nsb = o.shape[0]
+    G = gi.shape[0]
+    per = gi.shape[1] // nsb
+    gib = gi.T.reshape(nsb, per, G)  # (superblock, sub-block, group)
+    sgb = signs.T.reshape(nsb, per, G).astype(np.uint32)
+    if kind == "IQ2_XXS":
+        q = np.zeros((nsb, per, 2), np.uint32)
+        for k in range(4):
+            q[:, :, 0] |= gib[:, :, k] << np.uint32(8 * k)
+            q[:, :, 1] |= sgb[:, :, k] << np.uint32(7 * k)
+        q[:, :, 1] |= ls.astype(np.uint32) << np.uint32(28)
+        q[zero] = 0
+        o["qs"] = q.reshape(nsb, 16)
+        return
+    if kind == "IQ2_XS":
+        q = (gib | (sgb << np.uint32(9))).astype(np.uint16).reshape(nsb, 32)
+        q[zero] = 0
+        o["qs"] = q
+    else:
+        i8 = gib.reshape(nsb, 32)
+        qs = np.empty((nsb, 64), np.uint8)
+        qs[:, :32] = (i8 & 255).astype(np.uint8)
+        qs[:, 32:] = sgb.reshape(nsb, 32).astype(np.uint8)
+        hi = (i8 >> 8).reshape(nsb, 8, 4)
+        qh = np.zeros((nsb, 8), np.uint32)
+        for j in range(4):
+            qh |= hi[:, :, j] << np.uint32(2 * j)
+        o["qs"] = qs
+        o["qh"] = qh.astype(np.uint8)
+    o["scales"] = ls[:, 0::2] | (ls[:, 1::2] << np.uint8(4))
 
 
 def super_scales(scales: np.ndarray, nsb: int, per: int,
@@ -266,83 +370,22 @@ _SUB = {"IQ2_XXS": 32, "IQ2_XS": 16, "IQ2_S": 16}
 _DT = {"IQ2_XXS": BLOCK_IQ2_XXS, "IQ2_XS": BLOCK_IQ2_XS, "IQ2_S": BLOCK_IQ2_S}
 
 
+def _chunk(t: Iq2Tables, kind: str, xr: np.ndarray, qwt: np.ndarray | None) -> np.ndarray:
+    """quantize_row_iq2_*_impl on rows xr (r, n) -> blocks (r*n/256,)."""
+    nsb, xt, w, waux, xval, signs, proc = prepare_subblocks(kind, xr, qwt)
+    scale, L, proc = subblock_search(t, xval, w, waux, proc, kind)
+    gi, signs, scale = finish_subblocks(t, kind, L, scale, signs, proc, "ggml")
+    dbits, ls, zero = super_scales(scale, nsb, QK_K // _SUB[kind], 0.9875 if kind == "IQ2_S" else None)
+    o = np.zeros(nsb, _DT[kind])
+    o["d"] = dbits
+    pack_iq2(kind, o, gi, signs, ls, zero)
+    return o
+
+
 def _quantize(kind: str, rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
-    rows = np.ascontiguousarray(rows, dtype=F32)
-    nrows, n = rows.shape
-    if n % QK_K:
-        raise ValueError(f"{kind}: row length {n} is not a multiple of {QK_K}")
-    if imatrix is None and kind != "IQ2_S":
-        raise ValueError(f"{kind} requires an importance matrix")
-    S = _SUB[kind]
-    per = QK_K // S
     t = tables(kind)
-    nbr = n // S
-    nsb_row = n // QK_K
-    out = np.zeros((nrows, nsb_row), _DT[kind])
-    qwt_row = None if imatrix is None else blocks_t(np.asarray(imatrix, F32).reshape(nbr, S))
-    eps = GROUP_MAX_EPS_IQ2_S if kind == "IQ2_S" else GROUP_MAX_EPS
-    rpc = max(1, _CHUNK_SUBBLOCKS // nbr)
-    for r0 in range(0, nrows, rpc):
-        r1 = min(nrows, r0 + rpc)
-        xr = rows[r0:r1]
-        nsb = (r1 - r0) * nsb_row
-        xs = blocks_t(xr.reshape(nsb, QK_K))
-        sumx2 = seq_sum_t(xs * xs, axis=0)
-        sigma2 = (F32(2) * sumx2 if kind == "IQ2_S" else sumx2) / F32(QK_K)
-        xt = blocks_t(xr.reshape(-1, S))  # (S, nb)
-        nb = xt.shape[1]
-        sig = np.repeat(sigma2, per)
-        qwt = None if qwt_row is None else np.tile(qwt_row, (1, r1 - r0))
-        w = weights(xt, qwt, sig)
-        waux = np.sqrt(w)
-        xval, signs = sign_fix(xt, w, kind != "IQ2_S")
-        proc = np.max(xval, axis=0) >= eps
-        scale, L, proc = subblock_search(t, xval, w, waux, proc, kind)
-        neg = proc & (scale < 0)
-        scale = np.where(neg, -scale, scale)
-        if neg.any():
-            signs[:, neg] = ~signs[:, neg]
-            if kind != "IQ2_S":
-                signs[:, neg] &= np.uint8(127)
-        G = S // 8
-        u = group_codes(L.reshape(G, 8, nb))
-        gi = t.kmap[u]
-        if (gi[:, proc] < 0).any():
-            raise RuntimeError(f"{kind}: a point off the grid after the search (ggml aborts here)")
-        gi = np.where(proc, gi, 0).astype(np.uint32)
-        signs = np.where(proc, signs, np.uint8(0))
-        scale = np.where(proc, scale, F32(0))
-        dbits, ls, zero = super_scales(scale, nsb, per, 0.9875 if kind == "IQ2_S" else None)
-        o = out[r0:r1].reshape(nsb)
-        o["d"] = dbits
-        gib = gi.T.reshape(nsb, per, G)  # (superblock, sub-block, group)
-        sgb = signs.T.reshape(nsb, per, G).astype(np.uint32)
-        if kind == "IQ2_XXS":
-            q = np.zeros((nsb, per, 2), np.uint32)
-            for k in range(4):
-                q[:, :, 0] |= gib[:, :, k] << np.uint32(8 * k)
-                q[:, :, 1] |= sgb[:, :, k] << np.uint32(7 * k)
-            q[:, :, 1] |= ls.astype(np.uint32) << np.uint32(28)
-            q[zero] = 0
-            o["qs"] = q.reshape(nsb, 16)
-        elif kind == "IQ2_XS":
-            q = (gib | (sgb << np.uint32(9))).astype(np.uint16).reshape(nsb, 32)
-            q[zero] = 0
-            o["qs"] = q
-            o["scales"] = ls[:, 0::2] | (ls[:, 1::2] << np.uint8(4))
-        else:
-            i8 = gib.reshape(nsb, 32)
-            qs = np.empty((nsb, 64), np.uint8)
-            qs[:, :32] = (i8 & 255).astype(np.uint8)
-            qs[:, 32:] = sgb.reshape(nsb, 32).astype(np.uint8)
-            hi = (i8 >> 8).reshape(nsb, 8, 4)
-            qh = np.zeros((nsb, 8), np.uint32)
-            for j in range(4):
-                qh |= hi[:, :, j] << np.uint32(2 * j)
-            o["qs"] = qs
-            o["qh"] = qh.astype(np.uint8)
-            o["scales"] = ls[:, 0::2] | (ls[:, 1::2] << np.uint8(4))
-    return out.view(np.uint8).reshape(nrows, -1)
+    return quantize_rows(kind, rows, imatrix, _SUB[kind], _DT[kind], _CHUNK_SUBBLOCKS,
+                         lambda xr, qwt: _chunk(t, kind, xr, qwt), kind != "IQ2_S")
 
 
 @ieee

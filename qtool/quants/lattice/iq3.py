@@ -164,7 +164,7 @@ def _codes(lv: np.ndarray) -> np.ndarray:
     return u
 
 
-def _snap(tab: Iq3Tables, lv: np.ndarray, sel: np.ndarray | None, xval: np.ndarray, waux: np.ndarray,
+def snap_levels(tab: Iq3Tables, lv: np.ndarray, sel: np.ndarray | None, xval: np.ndarray, waux: np.ndarray,
           scale: np.ndarray) -> np.ndarray:
     """Levels lv int32 (32, nb) C-contiguous -> grid levels in place for the groups in sel (8, nb)
     (all when None): groups off the grid take their best neighbour at `scale` (nb,). Returns the
@@ -190,7 +190,8 @@ def _snap(tab: Iq3Tables, lv: np.ndarray, sel: np.ndarray | None, xval: np.ndarr
     return off
 
 
-def _sums(wt: np.ndarray, xval: np.ndarray, lv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def level_sums(wt: np.ndarray, xval: np.ndarray, lv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sumqx, sumq2) (nb,): sequential sums of (w*xval)*q and (w*q)*q, q = 2l+1, on (32, nb)."""
     q = (2 * lv + 1).astype(F32)
     wx = wt * xval
     wx *= q
@@ -199,38 +200,54 @@ def _sums(wt: np.ndarray, xval: np.ndarray, lv: np.ndarray) -> tuple[np.ndarray,
     return seq_sum_t(wx), seq_sum_t(wq)
 
 
-def _levels(idv: np.ndarray, xval: np.ndarray) -> np.ndarray:
+def levels_d4(idv: np.ndarray, xval: np.ndarray) -> np.ndarray:
+    """clamp(nearest_int(0.5f*(id*xval - 1)), 0, 7) on (32, nb) with id (nb,) -> int32."""
     t = xval * idv
     t -= F32(1)
     t *= F32(0.5)
     return np.clip(nearest_int(t), 0, 7)
 
 
-def block_search(tab: Iq3Tables, xxs: bool, wt: np.ndarray, xval: np.ndarray, skip: np.ndarray,
-                 mx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scale search of one block of 32 (both types) on (32, nb) arrays -> (levels int32 (32, nb),
-    scale float32 (nb,), before the sign flip of a negative scale)."""
+def scan_d4(tab: Iq3Tables, wt: np.ndarray, xval: np.ndarray, waux: np.ndarray, mxs: np.ndarray, nis: int,
+            on_grid0: bool, mask: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate loop of quantize_row_iq3_*_impl on (32, nb): id = (15 + is*0.2f)/max for
+    is = -nis..nis, levels rounded and snapped, the best by `sumq2 > 0 && sumqx*sumqx >
+    best*sumq2` (from best = 0, scale = max/15) kept; `mask` limits the updates (ik) -> (scale,
+    levels (32, nb), is_on_grid (8, nb) of the kept candidate (on_grid0 where none: C's initial
+    flags), accepted (nb,))."""
     nb = wt.shape[1]
-    waux = np.sqrt(wt)
-    mxs = np.where(skip, F32(1), mx)
     lv = np.zeros((32, nb), np.int32)
-    ongrid = np.full((8, nb), xxs)
+    ongrid = np.full((8, nb), on_grid0)
     best = np.zeros(nb, F32)
+    acc = np.zeros(nb, bool)
     scale = mxs / F32(15)
-    nis = 15 if xxs else 9
     for is_ in range(-nis, nis + 1):
         idv = (F32(15) + F32(is_) * F32(0.2)) / mxs
         this_scale = F32(1) / idv
-        laux = _levels(idv, xval)
-        off = _snap(tab, laux, None, xval, waux, this_scale)
-        sumqx, sumq2 = _sums(wt, xval, laux)
+        laux = levels_d4(idv, xval)
+        off = snap_levels(tab, laux, None, xval, waux, this_scale)
+        sumqx, sumq2 = level_sums(wt, xval, laux)
         upd = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+        if mask is not None:
+            upd &= mask
         if upd.any():
-            sn = sumqx / sumq2
+            sn = sumqx / np.where(upd, sumq2, F32(1))
             scale = np.where(upd, sn, scale)
             best = np.where(upd, sn * sumqx, best)
             lv = np.where(upd, laux, lv)
             ongrid = np.where(upd, ~off, ongrid)
+            acc |= upd
+    return scale, lv, ongrid, acc
+
+
+def block_search(tab: Iq3Tables, xxs: bool, wt: np.ndarray, xval: np.ndarray, skip: np.ndarray,
+                 mx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale search of one block of 32 (both types) on (32, nb) arrays -> (levels int32 (32, nb),
+    scale float32 (nb,), before the sign flip of a negative scale)."""
+    waux = np.sqrt(wt)
+    mxs = np.where(skip, F32(1), mx)
+    scale, lv, ongrid, _ = scan_d4(tab, wt, xval, waux, mxs, 15 if xxs else 9, xxs)
     need = (~ongrid).any(axis=0) & (scale > 0) & ~skip
     if need.any():
         cols = np.nonzero(need)[0]
@@ -238,13 +255,13 @@ def block_search(tab: Iq3Tables, xxs: bool, wt: np.ndarray, xval: np.ndarray, sk
         # np.take keeps the (32, m) gathers C-contiguous: seq_sum_t's in-order sums need that
         xv = np.take(xval, cols, axis=1)
         lsub = np.take(lv, cols, axis=1)
-        lnew = _levels(F32(1) / sc, xv)
+        lnew = levels_d4(F32(1) / sc, xv)
         sel = ~np.take(ongrid, cols, axis=1) if xxs else None
-        _snap(tab, lnew, sel, xv, np.take(waux, cols, axis=1), sc)
+        snap_levels(tab, lnew, sel, xv, np.take(waux, cols, axis=1), sc)
         if xxs:
             keep = np.repeat(np.take(ongrid, cols, axis=1), 4, axis=0)
             lnew = np.where(keep, lsub, lnew)
-        sumqx, sumq2 = _sums(np.take(wt, cols, axis=1), xv, lnew)
+        sumqx, sumq2 = level_sums(np.take(wt, cols, axis=1), xv, lnew)
         scale[cols] = np.where(sumq2 > 0, sumqx / sumq2, sc)
         lv[:, cols] = lnew
     lv[:, skip] = 0
@@ -278,7 +295,7 @@ def _grid_index(tab: Iq3Tables, lv: np.ndarray) -> np.ndarray:
     return gi  # (8, nb)
 
 
-def _super_scales(scales: np.ndarray, fudge: F32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def super_scales_d4(scales: np.ndarray, fudge: F32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """scales (ns, 8) -> (zero (ns,), d fp16 bits (ns,), l (ns, 8) in 0..15)."""
     max_scale = np.maximum(scales.max(axis=1), F32(0))
     zero = max_scale == 0
@@ -290,6 +307,25 @@ def _super_scales(scales: np.ndarray, fudge: F32) -> tuple[np.ndarray, np.ndarra
     t *= F32(0.5)
     l = np.clip(nearest_int(t), 0, 15)
     return zero, dh, l
+
+
+def pack_iq3_xxs(gi: np.ndarray, signs: np.ndarray, scale: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """The super-blocks of IQ3_XXS (both flavours): grid indices (8, nb), 7-bit sign bytes (4, nb),
+    sub-block scales (nb,) (0 where skipped), skipped sub-blocks (nb,) -> BLOCK_IQ3_XXS (nb/8,);
+    d = max_scale/31 stored as d*1.0125f; a super-block with max_scale == 0 is all zeros."""
+    ns = scale.shape[0] // 8
+    sas = (signs.astype(np.uint32) << (7 * np.arange(4, dtype=np.uint32))[:, None]).sum(axis=0, dtype=np.uint32)
+    sas[skip] = 0
+    zero, dh, l = super_scales_d4(scale.reshape(ns, 8), F32(1.0125))
+    sas = sas.reshape(ns, 8) | (l.astype(np.uint32) << np.uint32(28))
+    qs = np.ascontiguousarray(gi.T).astype(np.uint8).reshape(ns, 64)
+    sas[zero] = 0
+    qs[zero] = 0
+    out = np.zeros(ns, BLOCK_IQ3_XXS)
+    out["d"] = dh
+    out["qs"] = qs
+    out["sas"] = sas
+    return out
 
 
 def _bits8(b: np.ndarray) -> np.ndarray:
@@ -343,17 +379,7 @@ def quantize_iq3_xxs(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray
             scale = np.where(flip, -scale, scale)
             signs[:, flip] = ~signs[:, flip] & np.uint8(127)
         gi = _grid_index(tab, lv)  # (8, nb)
-        sas = (signs.astype(np.uint32) << (7 * np.arange(4, dtype=np.uint32))[:, None]).sum(axis=0, dtype=np.uint32)
-        sas[skip] = 0
-        zero, dh, l = _super_scales(scale.reshape(ns, 8), F32(1.0125))
-        sas = sas.reshape(ns, 8) | (l.astype(np.uint32) << np.uint32(28))
-        qs = np.ascontiguousarray(gi.T).astype(np.uint8).reshape(ns, 64)
-        sas[zero] = 0
-        qs[zero] = 0
-        blk = out[s0:s1]
-        blk["d"] = dh
-        blk["qs"] = qs
-        blk["sas"] = sas
+        out[s0:s1] = pack_iq3_xxs(gi, signs, scale, skip)
     return out.view(np.uint8).reshape(nrows, nsr * BLOCK_IQ3_XXS.itemsize)
 
 
@@ -382,7 +408,7 @@ def quantize_iq3_s(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
         gi = _grid_index(tab, lv)  # (8, nb)
         hi = ((gi >> 8) << np.arange(8)[:, None]).sum(axis=0).astype(np.uint8)
         hi[skip] = 0
-        zero, dh, l = _super_scales(scale.reshape(ns, 8), F32(1.033))
+        zero, dh, l = super_scales_d4(scale.reshape(ns, 8), F32(1.033))
         # qs / signs slots: written blocks fill the slots in order (skipped blocks do not advance)
         live = ~skip.reshape(ns, 8)
         slot = np.cumsum(live, axis=1) - 1
