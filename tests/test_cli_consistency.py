@@ -309,3 +309,31 @@ def test_tqdm_is_not_a_dependency() -> None:
     assert not any(d.startswith("tqdm") for d in deps)
     for path in (REPO / "qtool").rglob("*.py"):
         assert "tqdm" not in path.read_text(), path
+
+
+def test_progress_bar_draws_only_when_enabled() -> None:
+    """commands.common.ProgressBar (quantize, dequantize, dequantize --from, mix solve): nothing
+    without a terminal; with one, the tensor names and a total; stop() is safe twice."""
+    import io
+
+    from rich.console import Console
+
+    from qtool.commands.common import ProgressBar, plan_values
+
+    class D:
+        def __init__(self, *shape: int) -> None:
+            self.shape = shape
+
+    assert plan_values([D(4, 8), D(16)]) == 48
+    buf = io.StringIO()
+    off = ProgressBar(Console(file=buf, force_terminal=True), "quantizing", enabled=False)
+    off.start(10)
+    off.advance("blk.0.attn_q.weight", 5)
+    off.stop()
+    assert buf.getvalue() == ""
+    on = ProgressBar(Console(file=buf, force_terminal=True, width=100), "quantizing", enabled=True, prefix="x ")
+    on.start(10)
+    on.advance("blk.0.attn_q.weight", 5)
+    on.stop()
+    on.stop()
+    assert "x blk.0.attn_q.weight" in buf.getvalue()

@@ -1,5 +1,6 @@
 """What several commands share: click options made from the option table (qtool.mix.options),
-the worker-count and flavour options, and usage errors.
+the worker-count and flavour options, usage errors, and the progress bar of the commands that
+write or measure tensors.
 
 Errors: every user-facing error is a QtoolError and the click group (qtool/cli.py) reports it
 (`Error: ...`, exit 1; a traceback only with `qtool --debug`). Commands raise them and catch
@@ -13,11 +14,54 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import QtoolError
 from ..mix.options import FLAG, MIX_OPTIONS, MULTI, OPTION_BY_NAME, OPTIONS, MixError, MixOptions, Option, build_options
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+class ProgressBar:
+    """The rich progress bar of quantize, dequantize, dequantize --from and mix solve on stderr:
+    `start(total)` once the work is known (values; None: unknown), `advance(name, n)` from the
+    library's on_progress callback, `stop()` always (a `finally`). Nothing is drawn unless enabled
+    (stderr a terminal, not --quiet / --json / --dry-run)."""
+
+    def __init__(self, console: Console, label: str, enabled: bool, prefix: str = "") -> None:
+        self.console, self.label, self.enabled, self.prefix = console, label, enabled, prefix
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def start(self, total: int | None) -> None:
+        if not self.enabled or self._progress is not None:
+            return
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                  TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                  console=self.console, transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task(self.label, total=total)
+
+    def advance(self, name: str, n: int) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=n, description=self.prefix + name)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def plan_values(plan: Iterable[Any]) -> int:
+    """How many values the tensors of a plan hold (a progress bar's total)."""
+    total = 0
+    for d in plan:
+        n = 1
+        for k in d.shape:
+            n *= k
+        total += n
+    return total
+
 
 THREADS_HELP = "Worker processes (default: all cores; 0 or less: all cores); the results do not depend on it."
 
@@ -99,5 +143,5 @@ def threads_option(*extra_names: str, **overrides: Any) -> Decorator:
     return click.option("-t", "--threads", *extra_names, "threads", **kw)
 
 
-__all__ = ["THREADS_HELP", "click_option", "debug_enabled", "flavour_option", "mix_options",
-           "options_from_cli", "run_options", "table_options", "threads_option", "usage_error"]
+__all__ = ["THREADS_HELP", "ProgressBar", "click_option", "debug_enabled", "flavour_option", "mix_options",
+           "options_from_cli", "plan_values", "run_options", "table_options", "threads_option", "usage_error"]

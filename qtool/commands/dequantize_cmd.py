@@ -7,17 +7,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..combine import METHODS, combine_files
 from ..dequantize import TARGETS, dequantize_file
 from ..mix import Plan
-from .common import flavour_option, threads_option
+from .common import ProgressBar, flavour_option, plan_values, threads_option
 from .mix_cmd import render_plan
 
 
@@ -54,37 +52,24 @@ def dequantize(paths: tuple[str, ...], sources: tuple[str, ...], method: str, to
     input, output = paths
     if not os.path.isfile(input):
         raise click.BadParameter(f"'{input}' is not a file", param_hint="'IN.gguf'")
-    show_progress = not quiet and not dry_run and sys.stderr.isatty()
-    progress: Progress | None = None
-    task: Any = None
+    bar = ProgressBar(err, "dequantizing", not quiet and not dry_run and sys.stderr.isatty())
 
     def on_plan(p: Plan, warnings: list[str]) -> None:
-        nonlocal progress, task
         if dry_run:
             render_plan(p, as_json, warnings)
             return
         for w in warnings:
             err.print(f"[yellow]warning:[/] {w}")
-        if show_progress:
-            total = sum(_numel(d.shape) for d in p)
-            progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
-            progress.start()
-            task = progress.add_task("dequantizing", total=total)
-
-    def on_progress(name: str, n: int) -> None:
-        if progress is not None:
-            progress.update(task, advance=n, description=name)
+        bar.start(plan_values(p))
 
     def warn(msg: str) -> None:
         err.print(f"[yellow]warning:[/] {msg}")
 
     try:  # errors and signals: the click group reports them (no output is left)
         r = dequantize_file(input, output, to, nthreads=threads, flavour=flavour, dry_run=dry_run,
-                            on_plan=on_plan, on_progress=on_progress, warn=warn)
+                            on_plan=on_plan, on_progress=bar.advance, warn=warn)
     finally:
-        if progress is not None:
-            progress.stop()
+        bar.stop()
     if dry_run:
         return
     if as_json:
@@ -106,32 +91,15 @@ def dequantize(paths: tuple[str, ...], sources: tuple[str, ...], method: str, to
 def _combine(sources: list[str], output: str, to: str, method: str, as_json: bool, quiet: bool,
              err: Console) -> None:
     """`dequantize --from ... OUT`: qtool.combine.combine_files with a progress bar and a summary."""
-    progress: Progress | None = None
-    task: Any = None
-    if not quiet and sys.stderr.isatty():
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
-        progress.start()
-        task = progress.add_task("combining", total=None)
-
-    def on_progress(name: str, n: int) -> None:
-        if progress is not None:
-            progress.update(task, advance=n, description=name)
-
+    bar = ProgressBar(err, "combining", not quiet and sys.stderr.isatty())
+    bar.start(None)
     try:
-        r = combine_files(sources, output, to, method=method, on_progress=on_progress)
+        r = combine_files(sources, output, to, method=method, on_progress=bar.advance)
     finally:
-        if progress is not None:
-            progress.stop()
+        bar.stop()
     if as_json:
         click.echo(json.dumps({"output": r.output, "tensors": r.tensors, **r.stats.as_dict()}, indent=1))
     elif not quiet:
         err.print(f"{r.output}: {r.n_tensors} tensors, {r.n_elements} weights from {len(sources)} quants; "
                   + ", ".join(f"{k} {v}" for k, v in r.stats.as_dict().items()))
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -11,13 +11,21 @@ import click
 from click.core import ParameterSource
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..api import QuantizeResult, quantize_file
 from ..mix import Plan
 from ..mix.ftypes import FTypeError, implied_flavour, parse_ftype
-from .common import debug_enabled, mix_options, options_from_cli, run_options, threads_option, usage_error
+from .common import (
+    ProgressBar,
+    debug_enabled,
+    mix_options,
+    options_from_cli,
+    plan_values,
+    run_options,
+    threads_option,
+    usage_error,
+)
 from .mix_cmd import render_plan
 
 
@@ -135,12 +143,9 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
         opts = _solved_options(inp, out, ftype, opts, imatrix, include_weights, exclude_weights, nthreads,
                                quiet or as_json, kw)
     err = Console(stderr=True)
-    show_progress = not quiet and not dry_run and sys.stderr.isatty()
-    progress: Progress | None = None
-    task: Any = None
+    bar = ProgressBar(err, "quantizing", not quiet and not dry_run and sys.stderr.isatty())
 
     def on_plan(p: Plan, warnings: list[str]) -> None:
-        nonlocal progress, task
         if dry_run:
             render_plan(p, as_json, warnings)
             from ..dequantize import grid_note
@@ -151,16 +156,7 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
             return
         for w in warnings:
             err.print(f"[yellow]warning:[/] {escape(w)}")  # rule warnings hold [a-z]-like text
-        if show_progress:
-            total = sum(_numel(d.shape) for d in p)
-            progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
-            progress.start()
-            task = progress.add_task("quantizing", total=total)
-
-    def on_progress(name: str, n: int) -> None:
-        if progress is not None:
-            progress.update(task, advance=n, description=name)
+        bar.start(plan_values(p))
 
     def warn(msg: str) -> None:
         err.print(f"[yellow]warning:[/] {msg}")
@@ -168,11 +164,10 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
     try:  # errors, Ctrl-C and terminating signals: the click group reports them (no output is left)
         r = quantize_file(inp, out, ftype, nthreads=nthreads, imatrix=imatrix, include_weights=include_weights,
                           exclude_weights=exclude_weights, override_kv=override_kv, options=opts,
-                          dry_run=dry_run, on_plan=on_plan, on_progress=on_progress, warn=warn,
+                          dry_run=dry_run, on_plan=on_plan, on_progress=bar.advance, warn=warn,
                           recover_grid=bool(kw.get("recover_grid")))
     finally:
-        if progress is not None:
-            progress.stop()
+        bar.stop()
     if dry_run:
         return
     if as_json:
@@ -204,9 +199,3 @@ def _solved_options(inp: str, out: str | None, ftype: str | None, opts: Any, ima
         render_solution(r, Console(stderr=True), show_fixed=False)
     return dataclasses.replace(opts, recipe=r.recipe, tensor_types=[], custom_q=[])
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

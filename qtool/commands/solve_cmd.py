@@ -13,13 +13,12 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..gguf_io.atomic import check_output, write_bytes_atomic
 from ..mix.options import OPTION_BY_NAME, MixOptions
 from ..mix.solve import DEFAULT_SAMPLE_ROWS, SolveResult, solve_model
-from .common import mix_options, options_from_cli, table_options, threads_option
+from .common import ProgressBar, mix_options, options_from_cli, table_options, threads_option
 
 
 def run_solve(model: str, opts: MixOptions, *, target_bpw: float | None, target_size: str | None,
@@ -28,21 +27,7 @@ def run_solve(model: str, opts: MixOptions, *, target_bpw: float | None, target_
               sample_rows: int = DEFAULT_SAMPLE_ROWS, threads: int | None = None, quiet: bool = False) -> SolveResult:
     """solve_model with a progress bar on stderr (when it is a terminal and not quiet)."""
     err = Console(stderr=True)
-    progress: Progress | None = None
-    task: Any = None
-
-    def on_start(total: int) -> None:
-        nonlocal progress, task
-        if quiet or not sys.stderr.isatty():
-            return
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True)
-        progress.start()
-        task = progress.add_task("measuring", total=total)
-
-    def on_progress(name: str, n: int) -> None:
-        if progress is not None:
-            progress.update(task, advance=n, description=f"measuring {name}")
+    bar = ProgressBar(err, "measuring", not quiet and sys.stderr.isatty(), prefix="measuring ")
 
     def on_note(msg: str) -> None:
         err.print(f"[yellow]warning:[/] {msg}")
@@ -52,10 +37,9 @@ def run_solve(model: str, opts: MixOptions, *, target_bpw: float | None, target_
                            types=[types] if isinstance(types, str) else types, imatrix=imatrix,
                            include_weights=include_weights, exclude_weights=exclude_weights, options=opts,
                            sensitivity_mode=sensitivity, sample_rows=sample_rows, threads=threads,
-                           on_start=on_start, on_progress=on_progress, on_note=on_note)
+                           on_start=bar.start, on_progress=bar.advance, on_note=on_note)
     finally:
-        if progress is not None:
-            progress.stop()
+        bar.stop()
 
 
 def _mib(n: int) -> str:
