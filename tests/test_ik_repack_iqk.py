@@ -60,8 +60,6 @@ def test_registry() -> None:
         for v in (False, True):
             assert can_quantize(t, "ik", v) == (v in VARIANTS[t]), (t, v)
             assert not can_quantize(t, "mainline", v)
-    for t in ("IQ1_S_R4", "IQ1_M_R4"):  # different quantizers in ik: not ported
-        assert not can_quantize(t, "ik", True)
 
 
 @pytest.mark.parametrize("qtype", TYPES)

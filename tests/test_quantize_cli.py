@@ -536,16 +536,17 @@ def test_override_kv_checked_against_the_model(kv: str, msg: str, m256: Path, tm
 
 
 def test_engine_lacks_type(m256: Path, tmp_path: Path) -> None:
-    """A type the engine has no kernel for is refused before anything is written: ik_llama.cpp's
-    IQ1_M_R4 (an ftype of ik's llama-quantize, its own quantizer) and Q8_KV (a type it defines)."""
+    """A type the engine has no kernel for is refused before anything is written: Q4_0_4_4 with an
+    imatrix (ik's quantize_q4_0_4x4 asserts it has none: its llama-quantize aborts), as an ftype
+    and forced by a rule."""
     from qtool.quants import can_quantize
 
-    assert not can_quantize("IQ1_M_R4", "ik", True) and not can_quantize("Q8_KV", "ik", True)
-    r = invoke("--flavour", "ik", "--imatrix", IM256, str(m256), str(tmp_path / "o.gguf"), "IQ1_M_R4")
-    assert_refused(r, r"cannot produce type\(s\) iq1_m_r4\b.* as ik_llama.cpp does yet", tmp_path, code=1)
-    r = invoke("--flavour", "ik", "--imatrix", IM256, "--tensor-type", "ffn_up=q8_kv", str(m256),
+    assert can_quantize("Q4_0_4_4", "ik", False) and not can_quantize("Q4_0_4_4", "ik", True)
+    r = invoke("--flavour", "ik", "--imatrix", IM256, str(m256), str(tmp_path / "o.gguf"), "Q4_0_4_4")
+    assert_refused(r, r"cannot produce type\(s\) q4_0_4_4\b.* as ik_llama.cpp does yet", tmp_path, code=1)
+    r = invoke("--flavour", "ik", "--imatrix", IM256, "--tensor-type", "ffn_up=q4_0_4_8", str(m256),
                str(tmp_path / "o.gguf"), "Q4_0")
-    assert_refused(r, r"cannot produce type\(s\) q8_kv", tmp_path, code=1)
+    assert_refused(r, r"cannot produce type\(s\) q4_0_4_8", tmp_path, code=1)
 
 
 def test_forced_type_with_an_incompatible_block_size(models: dict[str, Path], tmp_path: Path) -> None:
@@ -671,11 +672,12 @@ def test_output_permissions_follow_umask(m256: Path, tmp_path: Path) -> None:
 
 
 def test_flavour_ik_refuses_unported_imatrix_variants(m256: Path, tmp_path: Path) -> None:
-    """Under the ik flavour a type qtool does not write (ik's IQ1_S_R4 / IQ1_M_R4) is
-    refused by name before anything is written, never replaced by something else; ik's own
-    algorithms for mainline types give other bytes than mainline's with the same imatrix."""
-    with pytest.raises(QuantizeError, match=r"iq1_m_r4 as ik_llama.cpp does"):
-        quantize_file(m256, tmp_path / "o.gguf", "IQ1_M_R4", imatrix=IM256, flavour="ik", nthreads=1)
+    """Under the ik flavour a variant qtool does not write (Q4_0_8_8 with an imatrix, where ik's
+    llama-quantize aborts) is refused by name before anything is written, never replaced by
+    something else; ik's own algorithms for mainline types give other bytes than mainline's with
+    the same imatrix."""
+    with pytest.raises(QuantizeError, match=r"q4_0_8_8 \(with an imatrix\) as ik_llama.cpp does"):
+        quantize_file(m256, tmp_path / "o.gguf", "Q4_0_8_8", imatrix=IM256, flavour="ik", nthreads=1)
     assert os.listdir(tmp_path) == []
     ik = quantize_file(m256, tmp_path / "a.gguf", "Q4_K_M", imatrix=IM256, flavour="ik", nthreads=1)
     main = quantize_file(m256, tmp_path / "c.gguf", "Q4_K_M", imatrix=IM256, nthreads=1)

@@ -5,6 +5,7 @@ mainline's bytes (measured on the golden vectors: most rows differ)."""
 
 from . import (
     bitnet,
+    iq1_r4,
     iq2_k,
     iq2_kl,
     iq2_ks,
@@ -20,12 +21,13 @@ from . import (
     legacy_ik,
     q6_0,
     q6_k_ik,
+    q8_kv,
     repack,
     repack_iqk,
     repack_lattice,
     trellis,
 )
 
-__all__ = ["bitnet", "iq2_k", "iq2_kl", "iq2_ks", "iq3_k", "iq3_ks", "iq45_ks", "iq4_ik", "iq4_kss",
-           "iqk_k456", "kquants_q23_ik", "kquants_q45_ik", "lattice_ik", "legacy_ik", "q6_0", "q6_k_ik",
+__all__ = ["bitnet", "iq1_r4", "iq2_k", "iq2_kl", "iq2_ks", "iq3_k", "iq3_ks", "iq45_ks", "iq4_ik", "iq4_kss",
+           "iqk_k456", "kquants_q23_ik", "kquants_q45_ik", "lattice_ik", "legacy_ik", "q6_0", "q6_k_ik", "q8_kv",
            "repack", "repack_iqk", "repack_lattice", "trellis"]

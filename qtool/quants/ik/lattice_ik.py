@@ -277,7 +277,7 @@ def quantize_iq1_s_ik(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarra
 
 # --- IQ1_M ------------------------------------------------------------------------------------------
 
-def _iq1_m_scores(sx: tuple[np.ndarray, np.ndarray], sw: tuple[np.ndarray, np.ndarray]
+def iq1_m_scores(sx: tuple[np.ndarray, np.ndarray], sw: tuple[np.ndarray, np.ndarray]
                   ) -> tuple[np.ndarray, np.ndarray]:
     """iq1m_process_1block's sumqx[k], sumq2[k] of every split (i1, i2), k inner -> (153*4, nb)
     each, with C's left-to-right sums of the six terms. The first and third terms of a half depend
@@ -325,7 +325,7 @@ def _iq1_m_process(t: Iq1Tables, xt: np.ndarray, w: np.ndarray, proc: np.ndarray
     """iq1m_process_1block on the sub-blocks `proc` of (16, nb) -> (scale, best_k, grid index (2, nb))."""
     order, wv, ws = sorted_sums(xt, w)
     sx, sw = half_prefixes(order, wv, ws)
-    sqx, sq2 = _iq1_m_scores((sx[0], sx[1]), (sw[0], sw[1]))
+    sqx, sq2 = iq1_m_scores((sx[0], sx[1]), (sw[0], sw[1]))
     sq2[:, ~proc] = 0
     win, scale = scan_best0(sqx, sq2, safe_blocks(wv, ws, xt))
     if (proc & (win < 0)).any():

@@ -30,10 +30,12 @@ FTYPES = ["IQ4_K", "IQ4_KS", "IQ3_K", "IQ2_K", "IQ2_KS", "IQ5_K", "IQ6_K", "IQ4_
           "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q6_0", "Q8_0", "Q2_K", "Q2_K_S", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
           "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S",
           "IQ1_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "MXFP4",
-          # row-interleaved ftypes ik's llama-quantize writes (IQ1_S_R4 / IQ1_M_R4 are not ported)
+          # row-interleaved and 8-bit row ftypes ik's llama-quantize writes (with an imatrix it
+          # aborts for Q4_0_4_4 / Q4_0_4_8 / Q4_0_8_8: recorded as errors)
           "Q4_0_R8", "Q5_0_R4", "Q6_0_R4", "Q8_0_R8", "Q2_K_R4", "Q3_K_R4", "Q4_K_R4", "Q5_K_R4", "Q6_K_R4",
           "IQ4_NL_R4", "IQ4_XS_R8", "IQ4_K_R4", "IQ5_K_R4", "IQ2_K_R4", "IQ3_K_R4", "IQ4_KS_R4", "IQ5_KS_R4",
-          "IQ2_BN_R4", "MXFP4_R8", "IQ2_XXS_R4", "IQ2_XS_R4", "IQ2_M_R4", "IQ3_XXS_R4", "IQ3_S_R4"]
+          "IQ2_BN_R4", "MXFP4_R8", "IQ2_XXS_R4", "IQ2_XS_R4", "IQ2_M_R4", "IQ3_XXS_R4", "IQ3_S_R4",
+          "IQ1_S_R4", "IQ1_M_R4", "Q8_KV", "Q8_KV_R8", "Q8_K_R8", "BF16_R16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8"]
 IK_ONLY_OPTIONS = ("--slow-iq2ks",)  # options of ik's llama-quantize that qtool's default already is
 
 
