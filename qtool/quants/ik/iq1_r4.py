@@ -13,7 +13,7 @@ row (4 in front of each group of 4 interleaved rows), no super-blocks. Per block
 - per row d = fp16(1.0625f*max/15); IQ1_S_R4: 3-bit l = clamp(nearest_int(0.5f*(s*15/max - 1)))
   (value d*(2l+1)), IQ1_M_R4: 4-bit l = clamp(nearest_int(s*15/max)) per half (value d*l).
 The split scans, neighbour searches and refits are qtool.quants.lattice.iq1's (and, for
-iq1m_process_1block, a copy of lattice_ik's port), vectorized over all blocks of a chunk.
+iq1m_process_1block: lattice_ik's iq1_m_process), vectorized over all blocks of a chunk.
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ from ..lattice.grids_iq1 import tables as iq1_tables
 from ..lattice.iq1 import (
     DELTA,
     EPS_IQ1_S,
-    X_M,
-    X_P,
-    half_prefixes,
     iq1_s_scores,
     level_values,
     pairs,
@@ -40,7 +37,7 @@ from ..lattice.iq1 import (
 )
 from ..numeric import blocks_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int, seq_sum_t
 from ..registry import register
-from .lattice_ik import carry_forward, iq1_m_scores, scan_best0
+from .lattice_ik import carry_forward, iq1_m_process, scan_best0
 
 F32 = np.float32
 U8 = np.uint8
@@ -189,50 +186,6 @@ def dequantize_iq1_s_r4(data: np.ndarray, n: int) -> np.ndarray:
 
 # --- IQ1_M_R4 ---------------------------------------------------------------------------------------
 
-def iq1m_process(t: Iq1Tables, xt: np.ndarray, w: np.ndarray, proc: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """iq1m_process_1block on the sub-blocks `proc` of (16, nb) -> (scale, best_k, grid index (2, nb))."""
-    order, wv, ws = sorted_sums(xt, w)
-    sx, sw = half_prefixes(order, wv, ws)
-    sqx, sq2 = iq1_m_scores((sx[0], sx[1]), (sw[0], sw[1]))  # lattice_ik's (same sums)
-    sq2[:, ~proc] = 0
-    win, scale = scan_best0(sqx, sq2, safe_blocks(wv, ws, xt))
-    if (proc & (win < 0)).any():
-        raise RuntimeError("IQ1_M_R4: no split accepted (ik_llama.cpp aborts here: GGML_ASSERT(besti1 >= 0 ...))")
-    L, scale, bk = split_levels(order, win, scale, proc, 4)
-    gshift = np.stack([bk >> 1, bk & 1])
-    gi, moved_b = snap_groups(t, L, xt, w, scale, proc, gshift, set_levels=True)
-    moved = np.flatnonzero(moved_b & proc)
-    if moved.size:  # rescore the four shift combinations on the new levels (best from 0, sumqx > 0)
-        S = 16
-        Lm = L[:, moved]
-        xm, wm = xt[:, moved], w[:, moved]
-        qp, qm = X_P[Lm], X_M[Lm]
-        wx = wm * xm
-        tp = np.empty((4, S, moved.size), F32)
-        np.multiply(wx, qp, out=tp[0])
-        np.multiply(wm * qp, qp, out=tp[1])
-        np.multiply(wx, qm, out=tp[2])
-        np.multiply(wm * qm, qm, out=tp[3])
-        first = np.arange(S)[:, None] < 8
-        ax = [tp[0], np.where(first, tp[0], tp[2]), np.where(first, tp[2], tp[0]), tp[2]]
-        a2 = [tp[1], np.where(first, tp[1], tp[3]), np.where(first, tp[3], tp[1]), tp[3]]
-        sums = seq_sum_t(np.stack(ax + a2), axis=1)
-        best = np.zeros(moved.size, F32)
-        sc = scale[moved]
-        k_ = bk[moved]
-        for k in range(4):
-            q, q2 = sums[k], sums[4 + k]
-            acc = (q > 0) & (q2 > 0) & (q * q > best * q2)
-            s_new = q / np.where(acc, q2, F32(1))
-            sc = np.where(acc, s_new, sc)
-            best = np.where(acc, s_new * q, best)
-            k_ = np.where(acc, k, k_)
-        scale[moved] = sc
-        bk[moved] = k_
-    return np.where(proc, scale, F32(0)), bk, gi
-
-
 def _iq1_m_r4_chunk(t: Iq1Tables, x: np.ndarray, qw: np.ndarray | None, state: np.ndarray) -> np.ndarray:
     nrows, n = x.shape
     nblock = n // 32
@@ -251,7 +204,7 @@ def _iq1_m_r4_chunk(t: Iq1Tables, x: np.ndarray, qw: np.ndarray | None, state: n
     xh = np.ascontiguousarray(xt.reshape(2, 16, nb).transpose(1, 2, 0)).reshape(16, 2 * nb)
     wh = np.ascontiguousarray(w.reshape(2, 16, nb).transpose(1, 2, 0)).reshape(16, 2 * nb)
     ph = np.ascontiguousarray(proc.T).reshape(2 * nb)
-    scale, bk, gi = iq1m_process(t, xh, wh, ph)
+    scale, bk, gi = iq1_m_process(t, xh, wh, ph, "IQ1_M_R4")
     gi = np.where(ph[None, :], gi, _ZERO_INDEX).reshape(2, nb, 2)  # (group, b, half)
     scale = scale.reshape(nb, 2)
     # C's shift1 / shift2: the last processed half in (group, ibl, k) order, carried through the call

@@ -320,22 +320,23 @@ def iq1_m_scores(sx: tuple[np.ndarray, np.ndarray], sw: tuple[np.ndarray, np.nda
     return sqx.reshape(4 * npair, nb), sq2.reshape(4 * npair, nb)
 
 
-def _iq1_m_process(t: Iq1Tables, xt: np.ndarray, w: np.ndarray, proc: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """iq1m_process_1block on the sub-blocks `proc` of (16, nb) -> (scale, best_k, grid index (2, nb))."""
+def iq1_m_process(t: Iq1Tables, xt: np.ndarray, w: np.ndarray, proc: np.ndarray, what: str = "IQ1_M"
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """iq1m_process_1block on the sub-blocks `proc` of (16, nb) -> (scale (0 where not proc),
+    best_k, grid index (2, nb)); shared by IQ1_M and IQ1_M_R4 (`what` names the type in errors)."""
     order, wv, ws = sorted_sums(xt, w)
     sx, sw = half_prefixes(order, wv, ws)
     sqx, sq2 = iq1_m_scores((sx[0], sx[1]), (sw[0], sw[1]))
     sq2[:, ~proc] = 0
     win, scale = scan_best0(sqx, sq2, safe_blocks(wv, ws, xt))
     if (proc & (win < 0)).any():
-        raise RuntimeError("IQ1_M: no split accepted (ik_llama.cpp aborts here: GGML_ASSERT(besti1 >= 0 ...))")
+        raise RuntimeError(f"{what}: no split accepted (ik_llama.cpp aborts here: GGML_ASSERT(besti1 >= 0 ...))")
     L, scale, bk = split_levels(order, win, scale, proc, 4)
     gshift = np.stack([bk >> 1, bk & 1])
     # groups off the grid take their best neighbour (iq1_find_best_neighbour2, w = weight); their
     # levels are written into L for the rescoring of the four shift combinations where one moved
     gi, moved_b = snap_groups(t, L, xt, w, scale, proc, gshift, set_levels=True)
-    moved = np.flatnonzero(moved_b)
+    moved = np.flatnonzero(moved_b & proc)
     if moved.size:
         S = 16
         Lm = L[:, moved]
@@ -363,7 +364,7 @@ def _iq1_m_process(t: Iq1Tables, xt: np.ndarray, w: np.ndarray, proc: np.ndarray
             k_ = np.where(acc, k, k_)
         scale[moved] = sc
         bk[moved] = k_
-    return scale, bk, gi
+    return np.where(proc, scale, F32(0)), bk, gi
 
 
 def _iq1_m_chunk(t: Iq1Tables, xr: np.ndarray, qwt: np.ndarray | None, state: np.ndarray) -> np.ndarray:
@@ -379,8 +380,7 @@ def _iq1_m_chunk(t: Iq1Tables, xr: np.ndarray, qwt: np.ndarray | None, state: np
     proc = np.max(ax, axis=0) >= EPS_IQ1_M
     sumwx = seq_sum_t(w[1:] * ax[1:], axis=0)
     ws = np.where((sumwx == 0)[None, :], xt * xt, w)
-    scale, bk, gi = _iq1_m_process(t, xt, ws, proc)
-    scale = np.where(proc, scale, F32(0))
+    scale, bk, gi = iq1_m_process(t, xt, ws, proc)
     # C's shifts[ib] of eps sub-blocks: the last value set at that position (per super-block slot)
     shifts = bk.reshape(nsb, 16).T  # (16, nsb)
     pr = proc.reshape(nsb, 16).T
