@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import refs
+from . import ik_lib
 
 F = np.float32
 IK_QKX_DEGENERATE = 1e-10
@@ -22,22 +22,8 @@ IK_QP_ZERO = 1e-16
 
 
 def ik_quantize_lib() -> ctypes.CDLL:
-    """ik_llama.cpp's libggml (QTOOL_IK_LIB, which must be set), ready for ggml_quantize_chunk
-    (ik's takes one extra trailing pointer) and ggml_quantize_init; ggml_init has filled the fp16
-    tables its quantizers read."""
-    lib = ctypes.CDLL(str(refs.ik_lib()))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
-
-    class InitParams(ctypes.Structure):
-        _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-    lib.ggml_init.restype = ctypes.c_void_p
-    lib.ggml_init.argtypes = [InitParams]
-    lib.ggml_init(InitParams(1 << 20, None, False))
-    return lib
+    """ik_llama.cpp's libggml (QTOOL_IK_LIB, which must be set): tests/ik_lib.py's loader."""
+    return ik_lib.load()
 
 
 def nearest_int(v: float | np.floating) -> int:

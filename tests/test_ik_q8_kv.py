@@ -22,7 +22,7 @@ from qtool.quants.ik import q8_kv as qk
 from qtool.quants.registry import support
 from qtool.quants.types import get_type
 
-from . import refs
+from . import ik_lib, refs
 from .vectors import mismatched_rows
 
 F32 = np.float32
@@ -276,45 +276,11 @@ def test_q4_0_x_with_imatrix_refused(ftype: str, tiny: Path, tmp_path: Path, mon
 
 # ---- against ik_llama.cpp's libggml ---------------------------------------------------------------
 
-class _Traits(ctypes.Structure):
-    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64), ("blck_size_interleave", ctypes.c_int64),
-                ("type_size", ctypes.c_size_t), ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p),
-                ("from_float", ctypes.c_void_p), ("from_float_ref", ctypes.c_void_p),
-                ("from_float_to_mat", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p), ("vec_dot_type", ctypes.c_int),
-                ("nrows", ctypes.c_int64), ("ncols", ctypes.c_int64), ("gemv", ctypes.c_void_p),
-                ("gemm", ctypes.c_void_p), ("row_meta_size", ctypes.c_int64)]
-
-
-class _InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-
 @pytest.fixture(scope="module")
 def iklib() -> ctypes.CDLL:
-    path = refs.ik_lib()
-    if path is None:
+    if refs.ik_lib() is None:
         pytest.skip(refs.why("QTOOL_IK_LIB"))
-    lib = ctypes.CDLL(str(path))
-    lib.ggml_init.restype = ctypes.c_void_p
-    lib.ggml_init.argtypes = [_InitParams]
-    lib.ggml_init(_InitParams(1 << 20, None, False))  # fills the fp16 table to_float reads
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-    lib.ggml_internal_get_type_traits.restype = _Traits
-    lib.ggml_internal_get_type_traits.argtypes = [ctypes.c_int]
-    return lib
-
-
-def _ik_quantize(lib: ctypes.CDLL, name: str, x: np.ndarray, im: np.ndarray | None) -> np.ndarray:
-    t = get_type(name)
-    x = np.ascontiguousarray(x, F32)
-    out = np.zeros((x.shape[0], t.row_bytes(x.shape[1])), np.uint8)
-    imp = None if im is None else np.ascontiguousarray(im, F32)
-    got = lib.ggml_quantize_chunk(t.id, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1],
-                                  None if imp is None else imp.ctypes.data, None)
-    assert got == out.size
-    return out
+    return ik_lib.load()
 
 
 @pytest.mark.parametrize("name", TYPES)
@@ -326,19 +292,12 @@ def test_against_ik_library(iklib: ctypes.CDLL, name: str) -> None:
     x = _rows(rng, 32, 512, finite=name in Q40X)
     im = rng.exponential(1.0, 512).astype(F32)
     for imx in ((None,) if name in Q40X else (None, im)):
-        want = _ik_quantize(iklib, name, x, imx)
+        want = ik_lib.quantize(iklib, name, x, imx)
         got = engine.quantize(x, name, imx, flavour="ik")
         assert mismatched_rows(got, want) == [], (name, imx is not None)
     fp = iklib.ggml_internal_get_type_traits(get_type(name).id).to_float
     if not fp:
         return
-    f = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(fp)
-    r = ROWS[name]
-    yw = np.empty((32, 512), F32)
-    for g in range(0, 32, r):
-        blk = np.ascontiguousarray(want[g:g + r])
-        out = np.empty((r, 512), F32)
-        f(blk.ctypes.data, out.ctypes.data, r * 512)
-        yw[g:g + r] = out
+    yw = ik_lib.to_float(iklib, name, want, 512, ROWS[name])
     yg = engine.dequantize(want, name, 512)
     assert np.array_equal(yg.view(np.uint32), yw.view(np.uint32)), name

@@ -22,7 +22,7 @@ from qtool.quants.ik.repack_iqk import repack_iq4_k
 from qtool.quants.ik.repack_lattice import SCRAMBLED_SIGN, repack_iq2_xxs, repack_iq3_s
 from qtool.quants.ik.repack_lattice import SPECS as LATTICE_SPECS
 
-from . import refs
+from . import ik_lib, refs
 
 F32 = np.float32
 DATA = Path(__file__).parent / "data" / "quantize"
@@ -197,61 +197,11 @@ def test_rows_not_a_multiple_of_the_interleave(qtype: str) -> None:
 
 # ---- against ik's libggml (QTOOL_IK_LIB) ------------------------------------------------------
 
-class _TypeTraits(ctypes.Structure):
-    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64), ("blck_size_interleave", ctypes.c_int64),
-                ("type_size", ctypes.c_size_t), ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p),
-                ("from_float", ctypes.c_void_p), ("from_float_ref", ctypes.c_void_p),
-                ("from_float_to_mat", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p), ("vec_dot_type", ctypes.c_int),
-                ("nrows", ctypes.c_int64), ("ncols", ctypes.c_int64), ("gemv", ctypes.c_void_p),
-                ("gemm", ctypes.c_void_p), ("row_meta_size", ctypes.c_int64)]
-
-
-_TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
-
-
 @pytest.fixture(scope="module")
 def iklib() -> ctypes.CDLL:
-    path = refs.ik_lib()
-    if path is None:
+    if refs.ik_lib() is None:
         pytest.skip(refs.why("QTOOL_IK_LIB"))
-    lib = ctypes.CDLL(str(path))
-
-    class InitParams(ctypes.Structure):
-        _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
-
-    lib.ggml_init.restype = ctypes.c_void_p
-    lib.ggml_init.argtypes = [InitParams]
-    lib.ggml_init(InitParams(1 << 20, None, False))  # the fp16 tables
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
-    lib.ggml_internal_get_type_traits.restype = _TypeTraits
-    lib.ggml_internal_get_type_traits.argtypes = [ctypes.c_int]
-    return lib
-
-
-def _ik_quantize(lib: ctypes.CDLL, qtype: str, x: np.ndarray, im: np.ndarray | None) -> np.ndarray:
-    tid = get_type(qtype).id
-    lib.ggml_quantize_init(tid)
-    out = np.zeros((x.shape[0], get_type(qtype).row_bytes(x.shape[1])), np.uint8)
-    got = lib.ggml_quantize_chunk(tid, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1],
-                                  None if im is None else im.ctypes.data, None)
-    assert got == out.size
-    return out
-
-
-def _ik_dequantize(lib: ctypes.CDLL, qtype: str, q: np.ndarray, n: int) -> np.ndarray:
-    """The type's to_float on each group of 4 rows (k = 4*n, as dequantize_row_<type>_r4 expects)."""
-    f = _TO_FLOAT(lib.ggml_internal_get_type_traits(get_type(qtype).id).to_float)
-    r = SPECS[qtype].nrep
-    y = np.zeros((q.shape[0], n), F32)
-    for g in range(0, q.shape[0], r):
-        blk = np.ascontiguousarray(q[g:g + r])
-        out = np.zeros((r, n), F32)
-        f(blk.ctypes.data, out.ctypes.data, r * n)
-        y[g:g + r] = out
-    return y
+    return ik_lib.load()
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -261,11 +211,12 @@ def test_against_ik_library(iklib: ctypes.CDLL, qtype: str) -> None:
     x = _rows(16, n, 5)
     for imv in VARIANTS[qtype]:
         im = _imatrix(n, 6, zero_block=bool(s.qhelper_block)) if imv else None
-        want = _ik_quantize(iklib, qtype, x, im)
+        want = ik_lib.quantize(iklib, qtype, x, im)
         got = quantize(x, qtype, im, flavour="ik")
         assert np.nonzero((got != want).any(axis=1))[0].tolist() == [], (qtype, imv)
         if qtype != "MXFP4_R8":  # C's dequantize_row_mxfp4_r8 reads k/32 blocks: 8x the group it is given
-            assert np.array_equal(dequantize(got, qtype, n), _ik_dequantize(iklib, qtype, want, n)), (qtype, imv)
+            want_y = ik_lib.to_float(iklib, qtype, want, n, SPECS[qtype].nrep)
+            assert np.array_equal(dequantize(got, qtype, n), want_y), (qtype, imv)
 
 
 def test_mxfp4_r8_dequantize_against_ik(iklib: ctypes.CDLL) -> None:
@@ -274,7 +225,7 @@ def test_mxfp4_r8_dequantize_against_ik(iklib: ctypes.CDLL) -> None:
     x = _rows(64, 32, 7)
     q = quantize(x, "MXFP4_R8", None, flavour="ik")
     mine = dequantize(q, "MXFP4_R8", 32)
-    f = _TO_FLOAT(iklib.ggml_internal_get_type_traits(get_type("MXFP4_R8").id).to_float)
+    f = ik_lib.TO_FLOAT(iklib.ggml_internal_get_type_traits(get_type("MXFP4_R8").id).to_float)
     out = np.zeros(1024, F32)
     qq = np.ascontiguousarray(q)
     f(qq.ctypes.data, out.ctypes.data, 256)
