@@ -1,0 +1,144 @@
+// qtool GPU kernels: the prelude shared by every kernel source.
+//
+// The same text compiles two ways: with NVRTC (through CuPy) as CUDA device code, and with a
+// host C++ compiler (tests/gpu_host.py) as plain loops, so the kernels' arithmetic is checked
+// against the golden vectors on machines without a GPU. Kernel code is ggml's scalar C
+// (ggml-quants.c of llama.cpp, MIT licence) moved into one function per block.
+// Byte-exactness rules: no FMA contraction (--fmad=false / -ffp-contract=off), IEEE division
+// and sqrt, C's order in every reduction, and C's float -> int conversions as x86 does them.
+#pragma once
+#ifdef __CUDACC_RTC__
+typedef signed char int8_t;
+typedef unsigned char uint8_t;
+typedef short int16_t;
+typedef unsigned short uint16_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#define QDEV __device__ __forceinline__
+#define QCONST __constant__
+#define QKERNEL extern "C" __global__
+#define QFOR(i, n) const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; if (i < (n))
+#define QBITS_F2U(f) ((uint32_t)__float_as_uint(f))
+#define QBITS_U2F(u) (__uint_as_float(u))
+#else
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#define QDEV static inline
+#define QCONST static const
+#define QKERNEL extern "C"
+#define QFOR(i, n) for (int64_t i = 0; i < (n); ++i)
+static inline uint32_t QBITS_F2U(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float QBITS_U2F(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+#endif
+
+typedef uint16_t ggml_half;
+#define QK_K 256
+#define K_SCALE_SIZE 12
+#define GROUP_MAX_EPS 1e-15f
+#define GROUP_MAX_EPS_IQ3_XXS 1e-8f
+#define GROUP_MAX_EPS_IQ2_S 1e-8f
+#define GROUP_MAX_EPS_IQ1_M 1e-7f
+#define GROUP_MAX_EPS_IQ1_S 1e-12f
+#ifndef MIN
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+#endif
+#define GGML_RESTRICT
+
+QDEV float fp32_from_bits(uint32_t w) { return QBITS_U2F(w); }
+QDEV uint32_t fp32_to_bits(float f) { return QBITS_F2U(f); }
+
+// ggml_compute_fp16_to_fp32 / ggml_compute_fp32_to_fp16 (ggml-impl.h): round to nearest even.
+QDEV float GGML_FP16_TO_FP32(ggml_half h) {
+    const uint32_t w = (uint32_t) h << 16;
+    const uint32_t sign = w & 0x80000000u;
+    const uint32_t two_w = w + w;
+    const uint32_t exp_offset = 0xE0u << 23;
+    const float exp_scale = fp32_from_bits(0x7800000u);
+    const float normalized_value = fp32_from_bits((two_w >> 4) + exp_offset) * exp_scale;
+    const uint32_t magic_mask = 126u << 23;
+    const float magic_bias = 0.5f;
+    const float denormalized_value = fp32_from_bits((two_w >> 17) | magic_mask) - magic_bias;
+    const uint32_t denormalized_cutoff = 1u << 27;
+    const uint32_t result = sign |
+        (two_w < denormalized_cutoff ? fp32_to_bits(denormalized_value) : fp32_to_bits(normalized_value));
+    return fp32_from_bits(result);
+}
+
+QDEV ggml_half GGML_FP32_TO_FP16(float f) {
+    const float scale_to_inf = fp32_from_bits(0x77800000u);
+    const float scale_to_zero = fp32_from_bits(0x08800000u);
+    float base = (fabsf(f) * scale_to_inf) * scale_to_zero;
+    const uint32_t w = fp32_to_bits(f);
+    const uint32_t shl1_w = w + w;
+    const uint32_t sign = w & 0x80000000u;
+    uint32_t bias = shl1_w & 0xFF000000u;
+    if (bias < 0x71000000u) {
+        bias = 0x71000000u;
+    }
+    base = fp32_from_bits((bias >> 1) + 0x07800000u) + base;
+    const uint32_t bits = fp32_to_bits(base);
+    const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+    const uint32_t mantissa_bits = bits & 0x00000FFFu;
+    const uint32_t nonsign = exp_bits + mantissa_bits;
+    return (ggml_half)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+}
+
+// C's (int)f as x86-64 does it (cvttss2si): out of range and NaN give INT32_MIN. CUDA's own
+// conversion saturates and maps NaN to 0, so every float -> integer cast of ggml's code goes
+// through these.
+QDEV int32_t f2i(float f) {
+    return (f >= -2147483648.0f && f < 2147483648.0f) ? (int32_t)f : (int32_t)0x80000000u;
+}
+QDEV int8_t f2i8(float f) { return (int8_t)(uint8_t)(uint32_t)f2i(f); }
+QDEV uint8_t f2u8(float f) { return (uint8_t)(uint32_t)f2i(f); }
+
+QDEV int nearest_int(float fval) {
+    float val = fval + 12582912.f;
+    int i = (int)fp32_to_bits(val);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+// A block composed in registers goes to memory 16 bits at a time: every block size is even and
+// every block starts at an even offset (byte-wide stores of whole blocks were seen to go wrong
+// under NVRTC in the feasibility probe).
+QDEV void store_block(uint8_t * GGML_RESTRICT dst, const void * src, int nbytes) {
+    const uint16_t * s = (const uint16_t *) src;
+    uint16_t * d = (uint16_t *) dst;
+    for (int i = 0; i < nbytes / 2; ++i) d[i] = s[i];
+}
+
+// The kernels' calling convention (kernel name `quantize_<type>`; one thread per block of QK
+// values; x: float32 rows, qw: the imatrix row or null, y: the output rows, aux: one float per
+// row from a row pre-pass (rows' mean square, where ggml's row loop computes one) or null).
+#define QTOOL_ROW_KERNEL(NAME, QK, BLOCK_T, BODY)                                               \
+    QKERNEL void quantize_##NAME(const float * GGML_RESTRICT x, const float * GGML_RESTRICT qw, \
+                                 uint8_t * GGML_RESTRICT y, const float * GGML_RESTRICT aux,    \
+                                 int64_t nrows, int64_t n_per_row) {                            \
+        const int64_t nb = n_per_row / (QK);                                                    \
+        QFOR(ib, nrows * nb) {                                                                  \
+            const int64_t row = ib / nb;                                                        \
+            const int64_t j = ib - row * nb;                                                    \
+            const float * xb = x + row * n_per_row + j * (QK);                                  \
+            const float * wb = qw ? qw + j * (QK) : (const float *) 0;                          \
+            const float row_aux = aux ? aux[row] : 0.0f;                                        \
+            BLOCK_T blk;                                                                        \
+            BODY(xb, wb, &blk, row_aux);                                                        \
+            store_block(y + ib * (int64_t) sizeof(BLOCK_T), &blk, (int) sizeof(BLOCK_T));       \
+        }                                                                                       \
+    }
+
+// Row pre-pass: sum of squares / n_per_row in C's sequential order, one thread per row
+// (ggml's quantize_row_*_impl of the legacy types compute sigma2 = sum_x2 / n_per_row).
+QKERNEL void row_mean_square(const float * GGML_RESTRICT x, float * GGML_RESTRICT out, int64_t nrows,
+                             int64_t n_per_row) {
+    QFOR(r, nrows) {
+        const float * xr = x + r * n_per_row;
+        float sum_x2 = 0;
+        for (int64_t j = 0; j < n_per_row; ++j) sum_x2 += xr[j] * xr[j];
+        out[r] = sum_x2 / n_per_row;
+    }
+}

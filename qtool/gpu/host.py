@@ -1,0 +1,94 @@
+"""The GPU kernels' source compiled for the CPU with the system C++ compiler.
+
+Each kernel's grid of threads becomes a loop over blocks; the arithmetic is the same text. It
+lets the test suite check every kernel against the golden vectors and the numpy engine on
+machines without a GPU, and makes a kernel bug a CPU bug one can step through. Not a fast path:
+`-O2 -ffp-contract=off` (no fused multiply-add, as ggml's reference build), one thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..quants.types import QType, get_type
+from .kernels import gpu_kernel
+from .source import kernel_source, source_digest
+
+_F32P = ctypes.POINTER(ctypes.c_float)
+_U8P = ctypes.POINTER(ctypes.c_uint8)
+CXX_FLAGS = ("-O2", "-std=c++17", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
+
+
+class HostBuildError(RuntimeError):
+    """No C++ compiler, or the kernel source does not compile."""
+
+
+def compiler() -> str | None:
+    """The C++ compiler to use ($CXX, else c++ / g++ / clang++ on the PATH), or None."""
+    cands = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    for c in cands:
+        path = shutil.which(c)
+        if path:
+            return path
+    return None
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    d = Path(base) / "qtool" / "gpu-host"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="qtool-gpu-host-"))
+
+
+class HostKernels:
+    """The kernel source built as a shared library and called through ctypes."""
+
+    def __init__(self) -> None:
+        cxx = compiler()
+        if cxx is None:
+            raise HostBuildError("no C++ compiler found (set CXX)")
+        lib = _cache_dir() / f"qtool_kernels_{source_digest()}.so"
+        if not lib.exists():
+            src = lib.with_suffix(".cpp")
+            src.write_text(kernel_source(), encoding="utf-8")
+            tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+            res = subprocess.run([cxx, *CXX_FLAGS, "-o", str(tmp), str(src)], capture_output=True, text=True)
+            if res.returncode != 0:
+                raise HostBuildError(f"kernel source does not compile:\n{res.stderr[-4000:]}")
+            os.replace(tmp, lib)
+        self.lib = ctypes.CDLL(str(lib))
+
+    def _fn(self, name: str) -> ctypes._CFuncPtr:
+        return getattr(self.lib, name)
+
+    def quantize(self, rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = None) -> np.ndarray:
+        """Quantize float32 rows as the GPU kernel does (same contract as qtool.quants.quantize)."""
+        qt = get_type(qtype)
+        k = gpu_kernel(qt, imatrix is not None)
+        if k is None:
+            raise ValueError(f"no GPU kernel for {qt.name} {'with' if imatrix is not None else 'without'} an imatrix")
+        x = np.ascontiguousarray(rows, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        nrows, n = x.shape
+        y = np.zeros((nrows, qt.row_bytes(n)), dtype=np.uint8)
+        qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        aux = None
+        if (imatrix is not None) in k.row_prepass:
+            aux = np.empty(nrows, dtype=np.float32)
+            self._fn("row_mean_square")(x.ctypes.data_as(_F32P), aux.ctypes.data_as(_F32P),
+                                        ctypes.c_int64(nrows), ctypes.c_int64(n))
+        self._fn(k.kernel)(x.ctypes.data_as(_F32P), None if qw is None else qw.ctypes.data_as(_F32P),
+                           y.ctypes.data_as(_U8P), None if aux is None else aux.ctypes.data_as(_F32P),
+                           ctypes.c_int64(nrows), ctypes.c_int64(n))
+        return y
