@@ -14,12 +14,14 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..quants.types import QType, get_type
+from ..quants.types import MAINLINE, QType, get_type
 from .kernels import gpu_kernel
 from .source import kernel_source, source_digest
+from .tables import table
 
 _F32P = ctypes.POINTER(ctypes.c_float)
 _U8P = ctypes.POINTER(ctypes.c_uint8)
@@ -67,14 +69,23 @@ class HostKernels:
                 raise HostBuildError(f"kernel source does not compile:\n{res.stderr[-4000:]}")
             os.replace(tmp, lib)
         self.lib = ctypes.CDLL(str(lib))
+        self._tables: dict[str, np.ndarray] = {}
 
-    def _fn(self, name: str) -> ctypes._CFuncPtr:
+    def _bind_tables(self, names: tuple[str, ...]) -> None:
+        """Point the source's QTABLE pointers at the tables (kept alive by this object)."""
+        for name in names:
+            if name not in self._tables:
+                arr = self._tables[name] = table(name)
+                ctypes.c_void_p.in_dll(self.lib, name).value = arr.ctypes.data
+
+    def _fn(self, name: str) -> Any:
         return getattr(self.lib, name)
 
-    def quantize(self, rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = None) -> np.ndarray:
+    def quantize(self, rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = None,
+                 flavour: str = MAINLINE) -> np.ndarray:
         """Quantize float32 rows as the GPU kernel does (same contract as qtool.quants.quantize)."""
         qt = get_type(qtype)
-        k = gpu_kernel(qt, imatrix is not None)
+        k = gpu_kernel(qt, imatrix is not None, flavour)
         if k is None:
             raise ValueError(f"no GPU kernel for {qt.name} {'with' if imatrix is not None else 'without'} an imatrix")
         x = np.ascontiguousarray(rows, dtype=np.float32)
@@ -83,6 +94,7 @@ class HostKernels:
         nrows, n = x.shape
         y = np.zeros((nrows, qt.row_bytes(n)), dtype=np.uint8)
         qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        self._bind_tables(k.tables)
         aux = None
         if (imatrix is not None) in k.row_prepass:
             aux = np.empty(nrows, dtype=np.float32)

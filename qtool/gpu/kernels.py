@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..quants.types import QType, get_type
+from ..quants.types import MAINLINE, QType, get_type
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,17 @@ class GpuKernel:
     """imatrix variants (False: without, True: with) the kernel gives mainline's bytes for."""
     row_prepass: tuple[bool, ...] = ()
     """variants that need the per-row mean square (`aux`)."""
+    flavour: str = MAINLINE
+    """whose algorithm the kernel ports (its bytes equal the numpy engine's kernel of that flavour)."""
+    per_row: bool = False
+    """one thread per row (the kernel loops over the row's blocks: C carries state from block to
+    block) instead of one thread per block."""
+    tables: tuple[str, ...] = ()
+    """lookup tables (names in qtool.gpu.tables) the kernel reads through `QTABLE` pointers."""
+
+    def threads(self, nrows: int, n_per_row: int) -> int:
+        """How many threads one launch over nrows rows takes."""
+        return nrows if self.per_row else nrows * (n_per_row // self.qtype.block_size)
 
     @property
     def qtype(self) -> QType:
@@ -35,10 +46,26 @@ class GpuKernel:
 
 GPU_KERNELS: dict[str, GpuKernel] = {k.type_name: k for k in (
     GpuKernel("Q4_0", "quantize_q4_0", row_prepass=(True,)),
+    # legacy.cuh, iq4.cuh: Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL IQ4_XS
+    # kquants_23.cuh: Q2_K Q3_K
+    # kquants_45.cuh: Q4_K Q5_K
+    # q6_k.cuh: Q6_K
+    # small.cuh: F16 BF16 TQ1_0 TQ2_0 MXFP4 NVFP4 Q1_0 Q2_0
+    # lattice.cuh: IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M
+    # iqk.cuh (ik_llama.cpp): IQ4_K IQ5_K IQ6_K IQ3_K IQ2_K IQ4_KS IQ5_KS ...
 )}
 
 
-def gpu_kernel(qtype: str | QType, imatrix: bool) -> GpuKernel | None:
-    """The kernel for a type and variant, or None."""
-    k = GPU_KERNELS.get(get_type(qtype).name)
-    return k if k is not None and bool(imatrix) in k.variants else None
+def gpu_kernel(qtype: str | QType, imatrix: bool, flavour: str = MAINLINE) -> GpuKernel | None:
+    """The kernel giving `flavour`'s bytes for a type and variant, or None: a kernel ported from
+    one flavour serves the other where the numpy engine runs the same function for both."""
+    qt = get_type(qtype)
+    k = GPU_KERNELS.get(qt.name)
+    if k is None or bool(imatrix) not in k.variants:
+        return None
+    if k.flavour == flavour:
+        return k
+    from ..quants.registry import quantizer
+
+    mine = quantizer(qt, k.flavour, bool(imatrix))
+    return k if mine is not None and mine is quantizer(qt, flavour, bool(imatrix)) else None

@@ -10,7 +10,8 @@ import hashlib
 from functools import lru_cache
 from importlib import resources
 
-SOURCE_FILES = ("prelude.cuh", "search.cuh", "legacy.cuh")
+SOURCE_FILES = ("prelude.cuh", "search.cuh", "search_k.cuh", "legacy.cuh", "iq4.cuh", "kquants_23.cuh",
+                "kquants_45.cuh", "q6_k.cuh", "small.cuh", "lattice.cuh", "iqk.cuh")
 """Order matters: each file may use what the files before it define."""
 
 

@@ -142,3 +142,10 @@ QKERNEL void row_mean_square(const float * GGML_RESTRICT x, float * GGML_RESTRIC
         out[r] = sum_x2 / n_per_row;
     }
 }
+
+// A lookup table the backend uploads once (qtool/gpu/tables.py) and points `name` at.
+#ifdef __CUDACC_RTC__
+#define QTABLE(T, name) extern "C" { __device__ const T * name = 0; }
+#else
+#define QTABLE(T, name) extern "C" { const T * name = 0; }
+#endif

@@ -1,0 +1,121 @@
+"""Run the kernels on a CUDA GPU through CuPy (`pip install qtool[cuda]`).
+
+`CudaKernels(device)` compiles the kernel source once per process and device with NVRTC
+(`--fmad=false`; IEEE division and square root are NVRTC's defaults) and quantizes rows that
+are already on the device (CuPy arrays) or on the host (numpy arrays, copied over and back).
+Every launch is one thread per block (or per row, for kernels that carry state along a row).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import QtoolError
+from ..quants.types import MAINLINE, QType, get_type
+from .kernels import GpuKernel, gpu_kernel
+from .source import kernel_source
+from .tables import table
+
+NVRTC_OPTIONS = ("--fmad=false", "-std=c++17")
+THREADS_PER_BLOCK = 128
+_NULL = np.uint64(0)
+
+
+class GpuUnavailable(QtoolError):
+    """No usable CUDA device: CuPy missing, no GPU, or the driver refused."""
+
+
+def cupy_module() -> Any:
+    """The cupy module, or GpuUnavailable saying how to get it."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise GpuUnavailable(f"--device cuda needs CuPy (pip install 'qtool[cuda]'): {e}") from None
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001  (CuPy raises its own runtime errors)
+        raise GpuUnavailable(f"--device cuda: no CUDA device usable ({e})") from None
+    if n < 1:
+        raise GpuUnavailable("--device cuda: no CUDA device found")
+    return cupy
+
+
+def device_count() -> int:
+    """CUDA devices visible (0 where CuPy or a GPU is missing)."""
+    try:
+        return int(cupy_module().cuda.runtime.getDeviceCount())
+    except GpuUnavailable:
+        return 0
+
+
+class CudaKernels:
+    """The compiled kernels on one device."""
+
+    def __init__(self, device: int = 0) -> None:
+        cp = self.cp = cupy_module()
+        self.device = device
+        with cp.cuda.Device(device):
+            self.module = cp.RawModule(code=kernel_source(), options=NVRTC_OPTIONS)
+            self.module.compile()
+        self._fns: dict[str, Any] = {}
+        self._tables: dict[str, Any] = {}
+
+    def _fn(self, name: str) -> Any:
+        f = self._fns.get(name)
+        if f is None:
+            f = self._fns[name] = self.module.get_function(name)
+        return f
+
+    def _bind_tables(self, names: tuple[str, ...]) -> None:
+        cp = self.cp
+        for name in names:
+            if name in self._tables:
+                continue
+            arr = self._tables[name] = cp.asarray(table(name))
+            ptr = self.module.get_global(name)  # the QTABLE pointer variable (8 bytes)
+            ptr.copy_from_host(np.array([arr.data.ptr], dtype=np.uint64).ctypes.data, 8)
+
+    def _launch(self, name: str, n_threads: int, args: tuple[Any, ...], stream: Any = None) -> None:
+        if n_threads <= 0:
+            return
+        grid = (n_threads + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+        self._fn(name)((grid,), (THREADS_PER_BLOCK,), args, stream=stream)
+
+    def quantize_device(self, x: Any, k: GpuKernel, qw: Any | None, out: Any | None = None,
+                        stream: Any = None) -> Any:
+        """Quantize float32 rows on the device (x: CuPy [nrows, n_per_row], C-contiguous) into
+        out (CuPy uint8 [nrows, row_bytes], allocated if None); qw: CuPy float32 [n_per_row]."""
+        cp = self.cp
+        nrows, n = (int(s) for s in x.shape)
+        qt = k.qtype
+        if out is None:
+            out = cp.empty((nrows, qt.row_bytes(n)), dtype=cp.uint8)
+        self._bind_tables(k.tables)
+        aux = None
+        if (qw is not None) in k.row_prepass:
+            aux = cp.empty(nrows, dtype=cp.float32)
+            self._launch("row_mean_square", nrows, (x, aux, np.int64(nrows), np.int64(n)), stream)
+        self._launch(k.kernel, k.threads(nrows, n),
+                     (x, _NULL if qw is None else qw, out, _NULL if aux is None else aux,
+                      np.int64(nrows), np.int64(n)), stream)
+        return out
+
+    def quantize(self, rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = None,
+                 flavour: str = MAINLINE) -> np.ndarray:
+        """The engine contract on the GPU: numpy rows in, numpy bytes out."""
+        cp = self.cp
+        qt = get_type(qtype)
+        k = gpu_kernel(qt, imatrix is not None, flavour)
+        if k is None:
+            raise ValueError(f"no GPU kernel for {qt.name} {'with' if imatrix is not None else 'without'} "
+                             f"an imatrix ({flavour})")
+        x = np.ascontiguousarray(rows, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        with cp.cuda.Device(self.device):
+            xd = cp.asarray(x)
+            qw = None if imatrix is None else cp.asarray(np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1))
+            out = self.quantize_device(xd, k, qw)
+            return cp.asnumpy(out)

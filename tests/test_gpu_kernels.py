@@ -1,0 +1,87 @@
+"""The GPU kernels' CUDA C, compiled for the CPU (qtool.gpu.host), against the golden vectors and
+the numpy engine: every kernel of qtool.gpu.GPU_KERNELS, every variant it claims. The same
+source runs on the GPU (tests/test_gpu_cuda.py, skipped without one); these tests make sure its
+arithmetic is right on machines without a GPU. Skipped without a C++ compiler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qtool.gpu import GPU_KERNELS, gpu_kernel
+from qtool.gpu.tables import TABLES
+from qtool.quants import engine
+from qtool.quants.types import IK, MAINLINE
+
+from .vectors import expected, inputs, mismatched_rows
+
+CASES = [(name, v) for name, k in GPU_KERNELS.items() for v in k.variants]
+
+
+@pytest.fixture(scope="module")
+def host():  # type: ignore[no-untyped-def]
+    from qtool.gpu.host import HostBuildError, HostKernels
+
+    try:
+        return HostKernels()
+    except HostBuildError as e:
+        if "no C++ compiler" in str(e):
+            pytest.skip(str(e))
+        raise
+
+
+def _impl(name: str) -> str:
+    return "ik_llama" if GPU_KERNELS[name].flavour == IK else "mainline"
+
+
+@pytest.mark.parametrize(("name", "imatrix"), CASES)
+def test_golden_vectors(host, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+    impl = _impl(name)
+    x, im, kinds = inputs(impl)
+    want = expected(name, impl)["q_im" if imatrix else "q_noim"]
+    got = host.quantize(x, name, im if imatrix else None, flavour=GPU_KERNELS[name].flavour)
+    bad = mismatched_rows(got, want)
+    assert bad == [], f"{name} imatrix={imatrix}: rows {bad} ({[kinds[i] for i in bad]}) differ"
+
+
+def _extra_rows(n_per_row: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows the vectors lack: six decades of scale, a zero block, one huge outlier, a 1e-30 row;
+    an imatrix with zero stretches."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((24, n_per_row)).astype(np.float32)
+    x *= (10.0 ** rng.uniform(-4, 2, size=(24, 1))).astype(np.float32)
+    x[3, : min(64, n_per_row)] = 0
+    x[5, 7] = 3e4
+    x[7] = np.float32(1e-30) * rng.standard_normal(n_per_row).astype(np.float32)
+    x[9] = np.abs(x[9])
+    im = rng.chisquare(2, n_per_row).astype(np.float32)
+    im[: n_per_row // 8] = 0
+    return x, im
+
+
+@pytest.mark.parametrize(("name", "imatrix"), CASES)
+def test_equals_numpy_engine(host, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+    k = GPU_KERNELS[name]
+    n = 4 * max(256, k.qtype.block_size)
+    x, im = _extra_rows(n, seed=len(name) * 7 + imatrix)
+    w = im if imatrix else None
+    want = engine.quantize(x, name, w, flavour=k.flavour)
+    got = host.quantize(x, name, w, flavour=k.flavour)
+    assert mismatched_rows(got, want) == []
+
+
+def test_kernel_table_is_consistent() -> None:
+    for name, k in GPU_KERNELS.items():
+        assert k.type_name == name and k.kernel.startswith("quantize_")
+        assert set(k.row_prepass) <= set(k.variants)
+        assert all(t in TABLES for t in k.tables), name
+        for v in k.variants:
+            assert engine.can_quantize(name, k.flavour, v), f"{name}: the numpy engine has no {k.flavour} variant {v}"
+
+
+def test_flavour_reuse_only_where_the_engine_shares_the_function() -> None:
+    # Q4_0 with an imatrix: ik_llama.cpp has its own algorithm, so mainline's kernel must not serve it
+    assert gpu_kernel("Q4_0", True, MAINLINE) is not None
+    assert gpu_kernel("Q4_0", True, IK) is None
+    # without an imatrix both trees run quantize_row_q4_0_ref: the engine shares it, so does the GPU
+    assert gpu_kernel("Q4_0", False, IK) is gpu_kernel("Q4_0", False, MAINLINE)
