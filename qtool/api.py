@@ -50,7 +50,7 @@ from .mix.options import MIX_OPTIONS, OPTIONS, build_options, filter_imatrix_nam
 from .pool import resolve_workers
 from .quants import can_quantize, get_type
 from .quants.types import IK, MAINLINE
-from .runner import QuantizeError, RunResult, TensorJob, output_kvs, run_jobs, work_items
+from .runner import QuantizeError, RunResult, TensorJob, gpu_job, output_kvs, run_jobs, work_items
 
 __all__ = ["OPTIONS", "KVOverride", "QuantizeError", "QuantizeResult", "build_options", "default_output",
            "imatrix_check", "parse_override_kv", "plan", "plan_model", "quantize_file", "split_output_path"]
@@ -374,7 +374,7 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
                   dry_run: bool = False, on_plan: Callable[[Plan, list[str]], None] | None = None,
                   on_progress: Callable[[str, int], None] | None = None,
                   warn: Callable[[str], None] | None = None, recover_grid: bool = False,
-                  **option_kwargs: Any) -> QuantizeResult:
+                  device: str = "cpu", **option_kwargs: Any) -> QuantizeResult:
     """Quantize INPUT to OUTPUT as `llama-quantize [options] INPUT OUTPUT FTYPE NTHREADS` does.
 
     output None: llama-quantize's default name. nthreads None or <= 0: all cores. option_kwargs:
@@ -384,9 +384,16 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
     user errors (its `option` names the offending option, if one); nothing is written then, and a
     crash or KeyboardInterrupt leaves no output file. recover_grid: where a float tensor lies on
     its output type's grid (it was dequantized from that type), write the blocks it came from
-    (`quantize --recover-grid`, docs/dequantize.md).
+    (`quantize --recover-grid`, docs/dequantize.md). device "cuda": tensors whose type has a GPU
+    kernel are quantized on the CUDA devices (qtool.gpu; the same bytes), the others on the CPU.
     """
     src = os.fspath(input)
+    if device not in ("cpu", "cuda"):
+        raise QuantizeError(f"unknown device {device!r} (cpu, cuda)", option="--device")
+    if device == "cuda" and not dry_run:  # before any work: CuPy and a GPU must be there
+        from .gpu.cuda import cupy_module
+
+        cupy_module()
     imatrix = os.fspath(imatrix) if imatrix is not None else None
     try:
         opts = build_options(options, **_implied(ftype, options, option_kwargs))
@@ -459,6 +466,8 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
             if dry_run:
                 return res
             jobs = _jobs(model, p, qi, warn)
+            if device == "cuda":
+                _note_cpu_tensors(jobs, p.flavour, recover_grid, warn)
             n = res.nthreads = min(n, max(1, work_items(jobs)))
             kv_over = [o.to_kv(p.flavour) for o in overrides]
             if qi is not None:
@@ -467,10 +476,22 @@ def quantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str] 
                 kv_over += [kv_str(k, str(v)) if t == "str" else kv_int(k, cast(int, v)) for k, t, v in qi.kv()]
             block = (f"{model.arch}.block_count", p.block_count) if p.block_count is not None else None
             kvs = output_kvs(model.kvs, p.file_type, kv_over, block, p.flavour)
-            res.run = run_jobs(model, out, jobs, kvs, n, p.flavour, on_progress, inputs, recover_grid=recover_grid)
+            res.run = run_jobs(model, out, jobs, kvs, n, p.flavour, on_progress, inputs, recover_grid=recover_grid,
+                               device=device)
             return res
     except (MixError, FTypeError, ImatrixError, GGUFError) as e:
         raise _quantize_error(e) from e
+
+
+def _note_cpu_tensors(jobs: list[TensorJob], flavour: str, recover_grid: bool,
+                      warn: Callable[[str], None] | None) -> None:
+    """--device cuda: say once which converted tensors run on the CPU (no GPU kernel for their type
+    and imatrix variant), so no tensor silently takes the slow path."""
+    cpu = [j for j in jobs if j.converts and not gpu_job(j, flavour, recover_grid)]
+    if cpu and warn is not None:
+        kinds = sorted({f"{j.out_type.name.lower()}{' (imatrix)' if j.imatrix is not None else ''}" for j in cpu})
+        warn(f"--device cuda: {len(cpu)} tensor(s) of type(s) {', '.join(kinds)} have no GPU kernel and run on "
+             "the CPU")
 
 
 def _check_rows(p: Plan) -> None:

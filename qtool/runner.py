@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from .gguf_io import KV, GGUFModel, GGUFStreamWriter, OutTensor, TensorInfo, kv_
 from .pool import InFlight, WorkerPool
 from .quants import dequantize, quantize
 from .quants.types import IK, MAINLINE, QType
+
+if TYPE_CHECKING:
+    from .gpu.pipeline import GpuPipeline
 
 SLAB_ELEMENTS = 1 << 20  # values per work item
 GGML_QNT_VERSION = 2
@@ -123,6 +127,39 @@ def _recover_for(t: TensorInfo, recover_grid: bool) -> str | None:
     return t.qtype.name if recover_grid and t.qtype.name in ("F16", "BF16", "F32") else None
 
 
+def _open_gpu(stack: contextlib.ExitStack, path: str) -> GpuPipeline:
+    """The GPU pipeline writing into the output's temporary file (closed with the run)."""
+    from .gpu.pipeline import GpuPipeline
+
+    fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    stack.callback(os.close, fd)
+    gpu = GpuPipeline(fd)
+    stack.callback(gpu.close)
+    return gpu
+
+
+def _run_gpu(model: GGUFModel, w: GGUFStreamWriter, gpu: GpuPipeline, job: TensorJob, flavour: str,
+             on_progress: Callable[[str, int], None] | None) -> None:
+    """One tensor through the GPU pipeline: chunks of rows as stored (F16/BF16/F32; other input
+    types dequantized here first), written at their offsets; the writer moves past the tensor."""
+    from .gpu.kernels import gpu_kernel
+    from .gpu.pipeline import FLOAT_INPUTS
+
+    t = job.info
+    base = w.tensor_offset()
+    row_bytes = job.out_type.row_bytes(t.n_per_row)
+    for start, stop, imx in _slabs(job, gpu.chunk_elements):
+        k = gpu_kernel(job.out_type, imx is not None, flavour)
+        assert k is not None
+        stored = t.qtype.name in FLOAT_INPUTS
+        raw = model.tensor_rows(t, start, stop) if stored else rows_to_float(model, t, start, stop)
+        n = (stop - start) * t.n_per_row
+        done = (lambda name=job.out_name, n=n: on_progress(name, n)) if on_progress else None
+        gpu.submit(raw, t.qtype, t.n_per_row, k, imx, base + start * row_bytes, done)
+        model.release(t, start, stop)  # submit copied the rows into pinned memory
+    w.skip_tensor()
+
+
 # --- worker side -------------------------------------------------------------------------------
 _W_MODEL: GGUFModel | None = None
 
@@ -166,11 +203,11 @@ def _work_at(tensor_index: int, start: int, stop: int, out_type: QType, imatrix:
     return done
 
 
-def _slabs(job: TensorJob) -> Iterator[tuple[int, int, np.ndarray | None]]:
+def _slabs(job: TensorJob, elements: int = SLAB_ELEMENTS) -> Iterator[tuple[int, int, np.ndarray | None]]:
     """Row ranges of one tensor; a range never crosses an expert boundary (one imatrix row each)."""
     t = job.info
     rows_per_expert = t.shape[1] if len(t.shape) > 1 else 1
-    n = max(1, SLAB_ELEMENTS // t.n_per_row)
+    n = max(1, elements // t.n_per_row)
     r = job.out_type.rows_interleaved  # ik's interleaved types quantize r rows at a time: whole groups
     n = max(r, n - n % r)
     for start in range(0, t.n_rows, n):
@@ -193,12 +230,23 @@ def work_items(jobs: list[TensorJob]) -> int:
 _PWRITE = hasattr(os, "pwrite")
 
 
+def gpu_job(job: TensorJob, flavour: str, recover_grid: bool = False) -> bool:
+    """Whether `--device cuda` converts this tensor on the GPU (its type and imatrix variant have a
+    kernel there, qtool.gpu.kernels); the others run on the CPU engine as without a GPU."""
+    if not job.converts or _recover_for(job.info, recover_grid) is not None:
+        return False
+    from .gpu.kernels import gpu_kernel
+
+    return gpu_kernel(job.out_type, job.imatrix is not None, flavour) is not None
+
+
 def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV], nthreads: int = 1,
              flavour: str = MAINLINE, on_progress: Callable[[str, int], None] | None = None,
-             inputs: Sequence[str] = (), recover_grid: bool = False) -> RunResult:
+             inputs: Sequence[str] = (), recover_grid: bool = False, device: str = "cpu") -> RunResult:
     """Write the output file for the given jobs (already in output order). `inputs`: files the
     output must never be (checked again by the writer). recover_grid: recover the exact blocks of
-    float tensors that lie on their output type's grid (`quantize --recover-grid`)."""
+    float tensors that lie on their output type's grid (`quantize --recover-grid`). device "cuda":
+    tensors with a GPU kernel go through qtool.gpu.pipeline (same bytes), the rest as on the CPU."""
     recover = recover_grid
     t0 = time.perf_counter()
     outs = [OutTensor(j.out_name, j.info.shape, j.out_type) for j in jobs]
@@ -214,12 +262,17 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
         w = stack.enter_context(GGUFStreamWriter(output, kvs, outs, model.alignment, inputs=inputs))
         pool: WorkerPool | None = None
         model.check_files()  # workers open the input again: it must still be what was planned
-        if nthreads > 1 and any(j.converts for j in jobs):
+        on_gpu = {id(j) for j in jobs if device == "cuda" and gpu_job(j, flavour, recover)}
+        gpu = _open_gpu(stack, w.temp_path) if on_gpu else None
+        if nthreads > 1 and any(j.converts and id(j) not in on_gpu for j in jobs):
             pool = stack.enter_context(WorkerPool(nthreads, _worker_init, (model.path, flavour)))
         inflight: InFlight[tuple[str, int]] = InFlight(2 * nthreads)
         try:
-            _run(model, w, pool, inflight, jobs, index, flavour, tensors_report, on_progress, report, recover)
+            _run(model, w, pool, inflight, jobs, index, flavour, tensors_report, on_progress, report, recover,
+                 gpu, on_gpu)
             report(inflight.drain())  # every worker write lands before the file is committed
+            if gpu is not None:
+                gpu.drain()
         except WorkerError:
             model.check_files()  # a truncated input explains a dead worker better
             raise
@@ -234,13 +287,16 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
 def _run(model: GGUFModel, w: GGUFStreamWriter, pool: WorkerPool | None, inflight: InFlight[tuple[str, int]],
          jobs: list[TensorJob], index: dict[int, int], flavour: str, tensors_report: list[dict],
          on_progress: Callable[[str, int], None] | None,
-         report: Callable[[Iterable[tuple[tuple[str, int], object]]], None], recover: bool = False) -> None:
-    """Every tensor in order: copied, converted here, or handed to the pool's workers."""
+         report: Callable[[Iterable[tuple[tuple[str, int], object]]], None], recover: bool = False,
+         gpu: GpuPipeline | None = None, on_gpu: set[int] | frozenset[int] = frozenset()) -> None:
+    """Every tensor in order: copied, converted here, handed to the pool's workers or to the GPUs."""
     nthreads = pool.workers if pool is not None else 1
     for job in jobs:
         t = job.info
         model.check_size(t)
-        if not job.converts:
+        if gpu is not None and id(job) in on_gpu:
+            _run_gpu(model, w, gpu, job, flavour, on_progress)
+        elif not job.converts:
             w.write_tensor_chunk(model.tensor_data(t))
             model.release(t)
             report(inflight.add(None, (job.out_name, t.n_elements)))  # in plan order, after earlier slabs

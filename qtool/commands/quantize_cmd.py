@@ -165,7 +165,7 @@ def quantize(args: tuple[str, ...], imatrix: str | None, include_weights: tuple[
         r = quantize_file(inp, out, ftype, nthreads=nthreads, imatrix=imatrix, include_weights=include_weights,
                           exclude_weights=exclude_weights, override_kv=override_kv, options=opts,
                           dry_run=dry_run, on_plan=on_plan, on_progress=bar.advance, warn=warn,
-                          recover_grid=bool(kw.get("recover_grid")))
+                          recover_grid=bool(kw.get("recover_grid")), device=kw.get("device") or "cpu")
     finally:
         bar.stop()
     if dry_run:

@@ -77,16 +77,16 @@ class CudaKernels:
             ptr = self.module.get_global(name)  # the QTABLE pointer variable (8 bytes)
             ptr.copy_from_host(np.array([arr.data.ptr], dtype=np.uint64).ctypes.data, 8)
 
-    def _launch(self, name: str, n_threads: int, args: tuple[Any, ...], stream: Any = None) -> None:
+    def _launch(self, name: str, n_threads: int, args: tuple[Any, ...]) -> None:
         if n_threads <= 0:
             return
         grid = (n_threads + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-        self._fn(name)((grid,), (THREADS_PER_BLOCK,), args, stream=stream)
+        self._fn(name)((grid,), (THREADS_PER_BLOCK,), args)
 
-    def quantize_device(self, x: Any, k: GpuKernel, qw: Any | None, out: Any | None = None,
-                        stream: Any = None) -> Any:
+    def quantize_device(self, x: Any, k: GpuKernel, qw: Any | None, out: Any | None = None) -> Any:
         """Quantize float32 rows on the device (x: CuPy [nrows, n_per_row], C-contiguous) into
-        out (CuPy uint8 [nrows, row_bytes], allocated if None); qw: CuPy float32 [n_per_row]."""
+        out (CuPy uint8 [nrows, row_bytes], allocated if None); qw: CuPy float32 [n_per_row].
+        Runs on the current CuPy stream."""
         cp = self.cp
         nrows, n = (int(s) for s in x.shape)
         qt = k.qtype
@@ -96,10 +96,10 @@ class CudaKernels:
         aux = None
         if (qw is not None) in k.row_prepass:
             aux = cp.empty(nrows, dtype=cp.float32)
-            self._launch("row_mean_square", nrows, (x, aux, np.int64(nrows), np.int64(n)), stream)
+            self._launch("row_mean_square", nrows, (x, aux, np.int64(nrows), np.int64(n)))
         self._launch(k.kernel, k.threads(nrows, n),
                      (x, _NULL if qw is None else qw, out, _NULL if aux is None else aux,
-                      np.int64(nrows), np.int64(n)), stream)
+                      np.int64(nrows), np.int64(n)))
         return out
 
     def quantize(self, rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = None,

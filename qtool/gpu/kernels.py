@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..quants.types import MAINLINE, QType, get_type
+from ..quants.types import IK, MAINLINE, QType, get_type
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,45 @@ class GpuKernel:
 GPU_KERNELS: dict[str, GpuKernel] = {k.type_name: k for k in (
     GpuKernel("Q4_0", "quantize_q4_0", row_prepass=(True,)),
     # legacy.cuh, iq4.cuh: Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL IQ4_XS
+    GpuKernel("Q4_1", "quantize_q4_1", row_prepass=(True,)),
+    GpuKernel("Q5_0", "quantize_q5_0", row_prepass=(True,)),
+    GpuKernel("Q5_1", "quantize_q5_1", row_prepass=(True,)),
+    GpuKernel("Q8_0", "quantize_q8_0"),
+    GpuKernel("IQ4_NL", "quantize_iq4_nl"),
+    GpuKernel("IQ4_XS", "quantize_iq4_xs"),
     # kquants_23.cuh: Q2_K Q3_K
+    GpuKernel("Q2_K", "quantize_q2_K"),
+    GpuKernel("Q3_K", "quantize_q3_K"),
     # kquants_45.cuh: Q4_K Q5_K
+    GpuKernel("Q4_K", "quantize_q4_K"),
+    GpuKernel("Q5_K", "quantize_q5_K"),
     # q6_k.cuh: Q6_K
+    GpuKernel("Q6_K", "quantize_q6_K"),
     # small.cuh: F16 BF16 TQ1_0 TQ2_0 MXFP4 NVFP4 Q1_0 Q2_0
+    GpuKernel("F16", "quantize_f16"),
+    GpuKernel("BF16", "quantize_bf16"),
+    GpuKernel("TQ1_0", "quantize_tq1_0"),
+    GpuKernel("TQ2_0", "quantize_tq2_0"),
+    GpuKernel("MXFP4", "quantize_mxfp4"),
+    GpuKernel("NVFP4", "quantize_nvfp4"),
+    GpuKernel("Q1_0", "quantize_q1_0"),
+    GpuKernel("Q2_0", "quantize_q2_0"),
     # lattice.cuh: IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M
+    GpuKernel("IQ3_XXS", "quantize_iq3_xxs", variants=(False, True),
+              tables=("lat_iq3_256_grid", "lat_iq3_256_map", "lat_iq3_256_neighbours")),
+    GpuKernel("IQ3_S", "quantize_iq3_s", variants=(False, True),
+              tables=("lat_iq3_512_grid", "lat_iq3_512_map", "lat_iq3_512_neighbours")),
+    GpuKernel("IQ2_XXS", "quantize_iq2_xxs", variants=(True,),
+              tables=("lat_iq2_xxs_grid", "lat_iq2_xxs_map", "lat_iq2_xxs_neighbours")),
+    GpuKernel("IQ2_XS", "quantize_iq2_xs", variants=(True,),
+              tables=("lat_iq2_xs_grid", "lat_iq2_xs_map", "lat_iq2_xs_neighbours")),
+    GpuKernel("IQ2_S", "quantize_iq2_s", variants=(False, True),
+              tables=("lat_iq2_s_grid", "lat_iq2_s_map", "lat_iq2_s_neighbours")),
     # iqk.cuh (ik_llama.cpp): IQ4_K IQ5_K IQ6_K IQ3_K IQ2_K IQ4_KS IQ5_KS ...
+    GpuKernel("IQ4_K", "quantize_iq4_k", flavour=IK),
+    GpuKernel("IQ5_K", "quantize_iq5_k", flavour=IK),
+    GpuKernel("IQ6_K", "quantize_iq6_k", flavour=IK),
+    GpuKernel("IQ3_K", "quantize_iq3_k", flavour=IK),
 )}
 
 

@@ -16,6 +16,42 @@ TABLES: dict[str, Callable[[], np.ndarray]] = {}
 """name -> builder. Registered by the modules that own the data (see `table`)."""
 
 
+# lattice.cuh (mainline IQ3_XXS / IQ3_S / IQ2_* / IQ1_*): iq3xs_init_impl's and iq2xs_init_impl's
+# grids (kgrid_q3xs uint32 per point, kgrid_q2xs uint64 per point: their int8 bytes), maps (kmap,
+# int32) and neighbour lists (kneighbors, uint16), from the numpy engine's builders.
+def _lat_iq3(grid_size: int, what: str) -> Callable[[], np.ndarray]:
+    def build() -> np.ndarray:
+        from ..quants.lattice.grids_d4 import iq3_tables
+
+        t = iq3_tables(grid_size)
+        return {"grid": t.grid_u32, "map": t.kmap.astype(np.int32), "neighbours": t.neighbours}[what]
+    return build
+
+
+def _lat_iq2(type_name: str, what: str) -> Callable[[], np.ndarray]:
+    def build() -> np.ndarray:
+        if type_name == "IQ1_S":
+            from ..quants.lattice.grids_iq1 import tables as iq1_tables
+
+            t1 = iq1_tables()
+            g, kmap, nbr = t1.grid, t1.kmap, t1.neighbours
+        else:
+            from ..quants.lattice.grids_e8 import tables as iq2_tables
+
+            t2 = iq2_tables(type_name)
+            g, kmap, nbr = t2.grid, t2.kmap, t2.neighbours
+        grid = np.ascontiguousarray(g, dtype=np.int8).view("<u8").reshape(-1)
+        return {"grid": grid, "map": np.asarray(kmap, np.int32), "neighbours": np.asarray(nbr, np.uint16)}[what]
+    return build
+
+
+for _what in ("grid", "map", "neighbours"):
+    for _gs in (256, 512):
+        TABLES[f"lat_iq3_{_gs}_{_what}"] = _lat_iq3(_gs, _what)
+    for _tn in ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S"):
+        TABLES[f"lat_{_tn.lower()}_{_what}"] = _lat_iq2(_tn, _what)
+
+
 def table(name: str) -> np.ndarray:
     """The contiguous array of one table."""
     try:

@@ -353,6 +353,9 @@ OPTIONS: tuple[Option, ...] = (
            "Don't use imatrix weights for tensors whose name contains NAME (repeatable).", MULTI, metavar="NAME"),
     Option("override_kv", "--override-kv", "Override model metadata (TYPE int, float, bool, str); repeatable.",
            MULTI, metavar="KEY=TYPE:VALUE"),
+    Option("device", "--device", "Where to quantize: the CPU engine, or CUDA GPUs through CuPy (pip install "
+           "'qtool[cuda]'; same bytes; tensors whose type has no GPU kernel run on the CPU, listed once).",
+           choices=("cpu", "cuda"), default="cpu"),
     # budgeted mixes (qtool/mix/solve.py): with a target, TYPE may be left out
     Option("target_bpw", "--target-bpw", "Solve a mix for this budget in bits per weight (all tensors' data bytes "
            "over all weights, as llama-quantize counts them); TYPE may then be left out.", metavar="BPW"),

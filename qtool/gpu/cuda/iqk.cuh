@@ -1,2 +1,1261 @@
-// (being written)
+// ik_llama.cpp's own IQK types (ggml/src/iqk/iqk_quantize.cpp, MIT licence, Iwan Kawrakow):
+// the scalar quantizers, moved per super-block (or per row where C has row-level state) into
+// kernels. Value tables: ik's ggml-common.h (iq4k_values, iq5nl_values, ...).
 #pragma once
+
+// ---- value and index tables -----------------------------------------------------------------
+
+QCONST int8_t iqk_iq4k_values[32] = {
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+    -123, -100, -79, -61, -45, -31, -18,  -6, 5, 17, 29, 42, 57, 73, 93, 117
+};
+QCONST int8_t iqk_iq5nl_values[64] = {
+    -126, -114, -103, -92, -83, -74, -65, -57, -50, -43, -36, -30, -24, -18, -12, -6, -1, 5, 11, 17, 23, 29, 36, 43, 51, 59, 68, 77, 87, 97, 109, 121,
+    -124, -112, -101, -90, -81, -72, -63, -55, -48, -41, -34, -28, -22, -16, -10, -4,  1, 7, 13, 19, 25, 31, 38, 45, 53, 61, 70, 79, 89, 99, 111, 123,
+};
+QCONST int8_t iqk_iq6nl_values[64] = {
+    -127, -121, -115, -109, -104,  -98,  -93,  -88,  -84,  -79,  -74,  -70,  -66,  -62,  -58,  -54,
+     -51,  -47,  -44,  -40,  -37,  -34,  -31,  -28,  -25,  -22,  -19,  -16,  -13,  -11,   -8,   -5,
+      -2,    0,    3,    6,    9,   12,   14,   17,   20,   23,   27,   30,   33,   36,   40,   44,
+      47,   51,   55,   59,   63,   68,   72,   77,   82,   87,   92,   98,  103,  109,  115,  121,
+};
+
+QCONST int8_t iqk_iq4nl_index[241] = {
+     0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0, 16, 16,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,
+     1, 17, 17,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2, 18,  3,  3,  3,  3,  3,  3,  3,  3,  3,  3,
+     3,  3,  3,  3,  3,  3, 19,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4,  4, 20,  5,  5,  5,  5,  5,  5,  5,  5,  5,  5,
+     5,  5, 21, 21,  6,  6,  6,  6,  6,  6,  6,  6,  6,  6,  6, 22,  7,  7,  7,  7,  7,  7,  7,  7,  7,  7, 23, 23,  8,  8,  8,  8,
+     8,  8,  8,  8,  8,  8, 24,  9,  9,  9,  9,  9,  9,  9,  9,  9,  9,  9, 25, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 26, 26,
+    11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 27, 27, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12, 28, 13, 13, 13,
+    13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 13, 29, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14,
+    14, 14, 14, 14, 30, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15
+};
+QCONST int8_t iqk_iq5nl_index[248] = {
+     0,  0,  0,  0,  0,  0, 32,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1, 33, 33,  2,  2,  2,  2,  2,  2,  2,  2,  2, 34, 34,  3,  3,
+     3,  3,  3,  3,  3,  3, 35, 35,  4,  4,  4,  4,  4,  4,  4, 36, 36,  5,  5,  5,  5,  5,  5,  5, 37, 37,  6,  6,  6,  6,  6,  6,
+     6, 38,  7,  7,  7,  7,  7,  7, 39, 39,  8,  8,  8,  8,  8, 40, 40,  9,  9,  9,  9,  9, 41, 41, 10, 10, 10, 10, 10, 42, 11, 11,
+    11, 11, 11, 43, 12, 12, 12, 12, 12, 44, 13, 13, 13, 13, 13, 45, 14, 14, 14, 14, 14, 46, 15, 15, 15, 15, 47, 47, 16, 16, 16, 16,
+    48, 17, 17, 17, 17, 17, 49, 18, 18, 18, 18, 18, 50, 19, 19, 19, 19, 19, 51, 20, 20, 20, 20, 20, 52, 21, 21, 21, 21, 21, 53, 53,
+    22, 22, 22, 22, 22, 54, 54, 23, 23, 23, 23, 23, 23, 55, 24, 24, 24, 24, 24, 24, 24, 56, 25, 25, 25, 25, 25, 25, 25, 57, 57, 26,
+    26, 26, 26, 26, 26, 26, 58, 58, 27, 27, 27, 27, 27, 27, 27, 27, 59, 28, 28, 28, 28, 28, 28, 28, 28, 28, 60, 29, 29, 29, 29, 29,
+    29, 29, 29, 29, 29, 61, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30, 62, 31, 31, 31, 31, 31, 31
+};
+QCONST uint8_t iqk_iq6nl_index[249] = {
+   0,   0,   0,  64,   1,   1,   1,   1,   1,  65,   2,   2,   2,   2,   2,  66,   3,   3,   3,   3,  67,  67,   4,   4,   4,   4,  68,   5,   5,   5,   5,  69,
+  69,   6,   6,   6,  70,  70,   7,   7,   7,  71,   8,   8,   8,  72,  72,   9,   9,   9,  73,  73,  10,  10,  10,  74,  11,  11,  11,  75,  12,  12,  12,  76,
+  13,  13,  13,  77,  14,  14,  14,  78,  15,  15,  79,  79,  16,  16,  80,  17,  17,  81,  81,  18,  18,  82,  19,  19,  83,  83,  20,  84,  84,  21,  85,  85,
+  22,  86,  86,  23,  87,  87,  24,  88,  88,  25,  89,  89,  26,  90,  90,  27,  91,  91,  28,  92,  29,  93,  93,  30,  94,  94,  31,  95,  95,  32,  96,  33,
+  97,  97,  34,  98,  98,  35,  99,  99,  36, 100, 100,  37, 101,  38, 102, 102,  39, 103, 103,  40, 104, 104,  41,  41, 105,  42,  42, 106, 106,  43, 107, 107,
+  44, 108, 108,  45,  45, 109,  46,  46,  46, 110,  47,  47, 111, 111,  48,  48, 112,  49,  49,  49, 113,  50,  50,  50, 114,  51,  51,  51, 115,  52,  52,  52,
+ 116, 116,  53,  53,  53, 117,  54,  54,  54, 118, 118,  55,  55,  55, 119, 119,  56,  56,  56, 120, 120,  57,  57,  57, 121, 121,  58,  58,  58,  58, 122,  59,
+  59,  59,  59, 123, 123,  60,  60,  60,  60, 124,  61,  61,  61,  61,  61, 125,  62,  62,  62,  62,  62, 126,  63,  63, 63,
+};
+
+QDEV int iqk_best_index_iq4nl(const int8_t * values, float x) {
+    int ix = f2i(x) - values[0];
+    if (ix < 0 || ix >= 241) return ix < 0 ? 0 : 15;
+    ix = iqk_iq4nl_index[ix];
+    return ix < 16 ? ix : x - values[ix-16] < values[ix-15] - x ? ix-16 : ix-15;
+}
+QDEV int iqk_best_index_iq5nl(const int8_t * values, float x) {
+    int ix = f2i(x) - values[0];
+    if (ix < 0 || ix >= 247) return ix < 0 ? 0 : 31;
+    ix = iqk_iq5nl_index[ix];
+    return ix < 32 ? ix : x - values[ix-32] < values[ix-31] - x ? ix-32 : ix-31;
+}
+QDEV int iqk_best_index_iq6nl(const float * values, float x) {
+    int ix = f2i(x - values[0]);
+    if (ix < 0 || ix >= 249) return ix < 0 ? 0 : 63;
+    ix = iqk_iq6nl_index[ix];
+    return ix < 64 ? ix : x - values[ix-64] < values[ix-63] - x ? ix-64 : ix-63;
+}
+
+// QHelper::row_weights for n values in blocks of block_size: the imatrix, replaced by kEps in a
+// block where the sum of w^2, x^2 or w*|x| is <= block_size*kEps^2.
+QDEV void iqk_row_weights(const float * GGML_RESTRICT x, const float * GGML_RESTRICT imatrix,
+                          float * GGML_RESTRICT weight, int n, int block_size) {
+    const float kEps  = 1e-9f;
+    const float kEps2 = kEps*kEps;
+    const int nblock = n / block_size;
+    for (int ib = 0; ib < nblock; ++ib) {
+        const float * wb_in = imatrix + ib*block_size;
+        const float * xb = x + ib*block_size;
+        float * wb = weight + ib*block_size;
+        float sumw2 = 0, sumx2 = 0, sumwx = 0;
+        for (int j = 0; j < block_size; ++j) {
+            wb[j] = wb_in[j];
+            sumw2 += wb[j]*wb[j];
+            sumx2 += xb[j]*xb[j];
+            sumwx += wb[j]*fabsf(xb[j]);
+        }
+        if (sumw2 > block_size*kEps2 && sumx2 > block_size*kEps2 && sumwx > block_size*kEps2) continue;
+        for (int j = 0; j < block_size; ++j) {
+            wb[j] = kEps;
+        }
+    }
+}
+
+// ---- IQ4_K ------------------------------------------------------------------------------------
+
+typedef struct {
+    ggml_half d;
+    uint16_t extra;
+    uint8_t  scales_h[QK_K/64];
+    uint8_t  scales_l[QK_K/32];
+    uint8_t  qs[QK_K/2];
+} block_iq4_k;
+
+// quantize_row_iq4_k_impl_bs16 (super_block_size 256, block_size 16, ntry 7, iq4k_values)
+QDEV void iq4_k_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT imatrix,
+                      block_iq4_k * GGML_RESTRICT y, float row_aux) {
+    (void) row_aux;
+    const int super_block_size = 256, block_size = 16, ntry = 7;
+    const int8_t * values = iqk_iq4k_values;
+    float qwbuf[QK_K];
+    const float * quant_weights = 0;
+    if (imatrix) {
+        iqk_row_weights(x, imatrix, qwbuf, QK_K, 16);
+        quant_weights = qwbuf;
+    }
+    float scales[QK_K/16];
+    float weight[16];
+    uint8_t L[QK_K];
+
+    float sigma2 = 0;
+    for (int j = 0; j < super_block_size; ++j) sigma2 += x[j]*x[j];
+    sigma2 *= 2.f/super_block_size;
+
+    memset(y, 0, sizeof(block_iq4_k));
+    y->d = GGML_FP32_TO_FP16(0.f);
+
+    uint16_t scales_h[2] = {0, 0};
+
+    const int8_t * shifted_values = values + 16;
+
+    float max_scale = 0, amax_scale = 0;
+    uint16_t extra = 0;
+    for (int ib = 0; ib < super_block_size/block_size; ++ib) {
+        const float * xb = x + ib*block_size;
+        if (quant_weights) {
+            const float * qw = quant_weights + ib*block_size;
+            for (int j = 0; j < block_size; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+        } else {
+            for (int j = 0; j < block_size; ++j) weight[j] = xb[j]*xb[j];
+        }
+        float amax = 0, max = 0;
+        for (int j = 0; j < block_size; ++j) {
+            float ax = fabsf(xb[j]);
+            if (ax > amax) {
+                amax = ax; max = xb[j];
+            }
+        }
+        if (amax < 1e-16f) {
+            scales[ib] = 0;
+            continue;
+        }
+        float d = ntry > 0 ? -max/values[0] : max/values[0];
+        float id = 1/d;
+        float sumqx_p = 0, sumq2_p = 0;
+        float sumqx_m = 0, sumq2_m = 0;
+        for (int j = 0; j < block_size; ++j) {
+            float w = weight[j];
+            float al = id*xb[j];
+            int l = iqk_best_index_iq4nl(values, al);
+            float q = values[l];
+            sumqx_p += w*q*xb[j];
+            sumq2_p += w*q*q;
+            l = iqk_best_index_iq4nl(values, -al);
+            q = values[l];
+            sumqx_m += w*q*xb[j];
+            sumq2_m += w*q*q;
+        }
+        d = sumqx_p/sumq2_p;
+        bool is_shifted = false;
+        float best = d*sumqx_p;
+        if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+            d = sumqx_m/sumq2_m; best = d*sumqx_m;
+        }
+        for (int itry = -ntry; itry <= ntry; ++itry) {
+            id = (itry + values[0])/max;
+            sumqx_p = sumq2_p = 0;
+            sumqx_m = sumq2_m = 0;
+            for (int j = 0; j < block_size; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq4nl(values, al);
+                float q = values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq4nl(values, -al);
+                q = values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
+            }
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
+            }
+            id = (itry + shifted_values[0])/max;
+            sumqx_p = sumq2_p = 0;
+            sumqx_m = sumq2_m = 0;
+            for (int j = 0; j < block_size; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq4nl(shifted_values, al);
+                float q = shifted_values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq4nl(shifted_values, -al);
+                q = shifted_values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
+            }
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
+            }
+        }
+        if (is_shifted) extra |= (1 << ib);
+        scales[ib] = d;
+        float abs_d = fabsf(d);
+        if (abs_d > amax_scale) {
+            amax_scale = abs_d; max_scale = d;
+        }
+    }
+    float d = -max_scale/32;
+    y->d = GGML_FP32_TO_FP16(d);
+    y->extra = extra;
+    float id = d ? 1/d : 0.f;
+    float sumqx = 0, sumq2 = 0;
+    for (int ib = 0; ib < super_block_size/block_size; ++ib) {
+        const int8_t * block_values = extra & (1 << ib) ? shifted_values : values;
+        int l = nearest_int(id*scales[ib]);
+        l = MAX(-32, MIN(31, l));
+        float dl = d * l;
+        float idl = dl ? 1/dl : 0.f;
+        uint8_t * Lb = L + ib*block_size;
+        const float * xb = x + ib*block_size;
+        if (quant_weights) {
+            const float * qw = quant_weights + ib*block_size;
+            for (int j = 0; j < block_size; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+        } else {
+            for (int j = 0; j < block_size; ++j) weight[j] = xb[j]*xb[j];
+        }
+        for (int j = 0; j < block_size; ++j) {
+            Lb[j] = iqk_best_index_iq4nl(block_values, idl*xb[j]);
+            float w = weight[j];
+            float q = block_values[Lb[j]]*l;
+            sumqx += w*q*xb[j];
+            sumq2 += w*q*q;
+        }
+        l += 32;
+        uint8_t l_l = l & 0xf;
+        uint8_t l_h = l >>  4;
+        if (ib%2 == 0) y->scales_l[ib/2] = l_l;
+        else y->scales_l[ib/2] |= (l_l << 4);
+        scales_h[ib/8] |= (l_h << 2*(ib%8));
+    }
+    if (sumq2 > 0) y->d = GGML_FP32_TO_FP16(sumqx/sumq2);
+    for (int k = 0; k < 2; ++k) {  // the uint16_t view of scales_h, little-endian
+        y->scales_h[2*k+0] = (uint8_t)(scales_h[k] & 0xff);
+        y->scales_h[2*k+1] = (uint8_t)(scales_h[k] >> 8);
+    }
+
+    for (int i = 0; i < super_block_size/32; ++i) {
+        for (int j = 0; j < 16; ++j) {
+            y->qs[16*i + j] = L[32*i + j] | (L[32*i + 16 + j] << 4);
+        }
+    }
+}
+QTOOL_ROW_KERNEL(iq4_k, QK_K, block_iq4_k, iq4_k_block)
+
+// ---- IQ5_K ------------------------------------------------------------------------------------
+
+typedef struct {
+    ggml_half d;
+    uint16_t extra;
+    uint8_t  scales_h[QK_K/64];
+    uint8_t  scales_l[QK_K/32];
+    uint8_t  qs[QK_K/2];
+    uint8_t  qh[QK_K/8];
+} block_iq5_k;
+
+// quantize_row_iq5_k_impl, one super-block (ibl's loop body)
+QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRICT imatrix,
+                      block_iq5_k * GGML_RESTRICT y, float row_aux) {
+    (void) row_aux;
+    const int ntry = 5;
+    const float step = 1.f;
+    const int8_t * iq5nl_values = iqk_iq5nl_values;
+    float qwbuf[QK_K];
+    const float * quant_weights = 0;
+    if (imatrix) {
+        iqk_row_weights(xbl, imatrix, qwbuf, QK_K, 16);
+        quant_weights = qwbuf;
+    }
+
+    float scales[QK_K/16];
+    float weight[16];
+
+    const int8_t * shifted_values = iq5nl_values + 32;
+
+    memset(y, 0, sizeof(block_iq5_k));
+    y->d = GGML_FP32_TO_FP16(0.f);
+
+    float sumx2 = 0;
+    for (int j = 0; j < QK_K; ++j) sumx2 += xbl[j]*xbl[j];
+    const float sigma2 = 2*sumx2/QK_K;
+
+    float max_scale = 0, max_abs_scale = 0;
+    uint16_t extra = 0;
+
+    for (int ib = 0; ib < QK_K/16; ++ib) {
+        const float * xb = xbl + 16*ib;
+        if (quant_weights) {
+            const float * qw = quant_weights + ib*16;
+            for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+        } else {
+            for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+        }
+        float amax = 0, max = 0;
+        for (int j = 0; j < 16; ++j) {
+            float ax = fabsf(xb[j]);
+            if (ax > amax) {
+                amax = ax; max = xb[j];
+            }
+        }
+        if (amax < 1e-16f) {
+            scales[ib] = 0;
+            continue;
+        }
+        float d = ntry > 0 ? -max/iq5nl_values[0] : max/iq5nl_values[0];
+        float id = 1/d;
+        float sumqx_p = 0, sumq2_p = 0;
+        float sumqx_m = 0, sumq2_m = 0;
+        for (int j = 0; j < 16; ++j) {
+            float w = weight[j];
+            float al = id*xb[j];
+            int l = iqk_best_index_iq5nl(iq5nl_values, al);
+            float q = iq5nl_values[l];
+            sumqx_p += w*q*xb[j];
+            sumq2_p += w*q*q;
+            l = iqk_best_index_iq5nl(iq5nl_values, -al);
+            q = iq5nl_values[l];
+            sumqx_m += w*q*xb[j];
+            sumq2_m += w*q*q;
+        }
+        d = sumqx_p/sumq2_p;
+        float best = d*sumqx_p;
+        if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+            d = sumqx_m/sumq2_m; best = d*sumqx_m;
+        }
+        bool is_shifted = false;
+        for (int itry = -ntry; itry <= ntry; ++itry) {
+            id = (itry*step + iq5nl_values[0])/max;
+            sumqx_p = sumq2_p = 0;
+            sumqx_m = sumq2_m = 0;
+            for (int j = 0; j < 16; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq5nl(iq5nl_values, al);
+                float q = iq5nl_values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq5nl(iq5nl_values, -al);
+                q = iq5nl_values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
+            }
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
+            }
+            id = (itry*step + shifted_values[0])/max;
+            sumqx_p = sumq2_p = 0;
+            sumqx_m = sumq2_m = 0;
+            for (int j = 0; j < 16; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq5nl(shifted_values, al);
+                float q = shifted_values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq5nl(shifted_values, -al);
+                q = shifted_values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
+            }
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
+            }
+        }
+        if (d) {
+            const int8_t * block_values = is_shifted ? shifted_values : iq5nl_values;
+            float sumqx = 0, sumq2 = 0;
+            id = 1/d;
+            for (int j = 0; j < 16; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq5nl(block_values, al);
+                float q = block_values[l];
+                sumqx += w*q*xb[j];
+                sumq2 += w*q*q;
+            }
+            if (sumq2 > 0) d = sumqx/sumq2;
+        }
+        scales[ib] = d;
+        if (is_shifted) extra |= (1 << ib);
+
+        float abs_scale = fabsf(scales[ib]);
+        if (abs_scale > max_abs_scale) {
+            max_abs_scale = abs_scale; max_scale = scales[ib];
+        }
+    }
+
+    if (!max_abs_scale) return;
+    float d = -max_scale/32;
+    y->d = GGML_FP32_TO_FP16(d);
+    y->extra = extra;
+
+    float id = 1/d;
+
+    float sumqx = 0, sumq2 = 0;
+    for (int ib = 0; ib < QK_K/16; ++ib) {
+        int ls = nearest_int(id*scales[ib]);
+        ls = MAX(-32, MIN(31, ls));
+        int uls = ls + 32;
+        y->scales_l[ib/2] |= ((uls & 0xf) << 4*(ib%2));
+        y->scales_h[ib/4] |= ((uls >>  4) << 2*(ib%4));
+        float dl = d * ls;
+        if (dl) {
+            const int8_t * block_values = y->extra & (1 << ib) ? shifted_values : iq5nl_values;
+            const float * xb = xbl + 16*ib;
+            if (quant_weights) {
+                const float * qw = quant_weights + ib*16;
+                for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+            } else {
+                for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+            }
+            float idl = 1/dl;
+            int ib32 = ib/2;
+            int offset = 16*(ib%2);
+            uint8_t * qs = y->qs + 32*(ib32/2) + offset;
+            uint8_t * qh = y->qh + 32*(ib32/8) + offset;
+            for (int j = 0; j < 16; ++j) {
+                const float al = idl*xb[j];
+                int ibest = iqk_best_index_iq5nl(block_values, al);
+                qs[j] |= ((ibest & 0xf) << 4*(ib32%2));
+                qh[j] |= ((ibest >>  4) << (ib32%8));
+                float w = weight[j];
+                float q = block_values[ibest]*ls;
+                sumqx += w*q*xb[j];
+                sumq2 += w*q*q;
+            }
+        }
+    }
+    if (sumq2 > 0) y->d = GGML_FP32_TO_FP16(sumqx/sumq2);
+}
+QTOOL_ROW_KERNEL(iq5_k, QK_K, block_iq5_k, iq5_k_block)
+
+// ---- IQ6_K ------------------------------------------------------------------------------------
+
+typedef struct {
+    ggml_half d;
+    uint16_t extra;
+    int8_t   scales[QK_K/16];
+    uint8_t  qs[QK_K/2];
+    uint8_t  qh[QK_K/4];
+} block_iq6_k;
+
+// quantize_row_iq6_k_impl, one super-block; values: quantize_iq6_k's float table
+// (iq6nl_values[i], shifted: + S_IQ6K = 1).
+QDEV void iq6_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRICT imatrix,
+                      block_iq6_k * GGML_RESTRICT y, float row_aux) {
+    (void) row_aux;
+    const int ntry = 5;
+    const float step = 1.f;
+    float values[128];
+    for (int i = 0; i < 64; ++i) {
+        values[i] = iqk_iq6nl_values[i];
+        values[i+64] = values[i] + 1;
+    }
+    const float * shifted_values = values + 64;
+    float qwbuf[QK_K];
+    const float * quant_weights = 0;
+    if (imatrix) {
+        iqk_row_weights(xbl, imatrix, qwbuf, QK_K, 16);
+        quant_weights = qwbuf;
+    }
+
+    float scales[QK_K/16];
+    float weight[16];
+
+    memset(y, 0, sizeof(block_iq6_k));
+    y->d = GGML_FP32_TO_FP16(0.f);
+
+    float sumx2 = 0;
+    for (int j = 0; j < QK_K; ++j) sumx2 += xbl[j]*xbl[j];
+    const float sigma2 = 2*sumx2/QK_K;
+
+    float max_scale = 0, max_abs_scale = 0;
+    uint16_t extra = 0;
+
+    for (int ib = 0; ib < QK_K/16; ++ib) {
+        const float * xb = xbl + 16*ib;
+        if (quant_weights) {
+            const float * qw = quant_weights + ib*16;
+            for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+        } else {
+            for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+        }
+        float amax = 0, max = 0;
+        for (int j = 0; j < 16; ++j) {
+            float ax = fabsf(xb[j]);
+            if (ax > amax) {
+                amax = ax; max = xb[j];
+            }
+        }
+        if (amax < 1e-16f) {
+            scales[ib] = 0;
+            continue;
+        }
+        float d = ntry > 0 ? -max/values[0] : max/values[0];
+        float id = 1/d;
+        float sumqx_p = 0, sumq2_p = 0;
+        float sumqx_m = 0, sumq2_m = 0;
+        for (int j = 0; j < 16; ++j) {
+            float w = weight[j];
+            float al = id*xb[j];
+            int l = iqk_best_index_iq6nl(values, al);
+            float q = values[l];
+            sumqx_p += w*q*xb[j];
+            sumq2_p += w*q*q;
+            l = iqk_best_index_iq6nl(values, -al);
+            q = values[l];
+            sumqx_m += w*q*xb[j];
+            sumq2_m += w*q*q;
+        }
+        d = sumqx_p/sumq2_p;
+        float best = d*sumqx_p;
+        if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+            d = sumqx_m/sumq2_m; best = d*sumqx_m;
+        }
+        bool is_shifted = false;
+        for (int itry = -ntry; itry <= ntry; ++itry) {
+            id = (itry*step + values[0])/max;
+            sumqx_p = sumq2_p = 0;
+            sumqx_m = sumq2_m = 0;
+            for (int j = 0; j < 16; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq6nl(values, al);
+                float q = values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq6nl(values, -al);
+                q = values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
+            }
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
+            }
+            id = (itry*step + shifted_values[0])/max;
+            sumqx_p = sumq2_p = 0;
+            sumqx_m = sumq2_m = 0;
+            for (int j = 0; j < 16; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq6nl(shifted_values, al);
+                float q = shifted_values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq6nl(shifted_values, -al);
+                q = shifted_values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
+            }
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
+            }
+        }
+        if (d) {
+            const float * block_values = is_shifted ? shifted_values : values;
+            float sumqx = 0, sumq2 = 0;
+            id = 1/d;
+            for (int j = 0; j < 16; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq6nl(block_values, al);
+                float q = block_values[l];
+                sumqx += w*q*xb[j];
+                sumq2 += w*q*q;
+            }
+            if (sumq2 > 0) d = sumqx/sumq2;
+        }
+        scales[ib] = d;
+        if (is_shifted) extra |= (1 << ib);
+
+        float abs_scale = fabsf(scales[ib]);
+        if (abs_scale > max_abs_scale) {
+            max_abs_scale = abs_scale; max_scale = scales[ib];
+        }
+    }
+
+    if (!max_abs_scale) return;
+    float d = -max_scale/127;
+    y->d = GGML_FP32_TO_FP16(d);
+    y->extra = extra;
+
+    float id = 1/d;
+
+    float sumqx = 0, sumq2 = 0;
+    for (int ib = 0; ib < QK_K/16; ++ib) {
+        int ls = nearest_int(id*scales[ib]);
+        ls = MAX(-127, MIN(127, ls));
+        y->scales[ib] |= ls;
+        float dl = d * ls;
+        if (dl) {
+            const float * block_values = y->extra & (1 << ib) ? shifted_values : values;
+            const float * xb = xbl + 16*ib;
+            if (quant_weights) {
+                const float * qw = quant_weights + ib*16;
+                for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+            } else {
+                for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+            }
+            float idl = 1/dl;
+            int ib32 = ib/2;
+            int offset = 16*(ib%2);
+            uint8_t * qs = y->qs + 32*(ib32/2) + offset;
+            uint8_t * qh = y->qh + 32*(ib32/4) + offset;
+            for (int j = 0; j < 16; ++j) {
+                const float al = idl*xb[j];
+                int ibest = iqk_best_index_iq6nl(block_values, al);
+                qs[j] |= ((ibest & 0xf) << 4*(ib32%2));
+                qh[j] |= ((ibest >>  4) << 2*(ib32%4));
+                float w = weight[j];
+                float q = block_values[ibest]*ls;
+                sumqx += w*q*xb[j];
+                sumq2 += w*q*q;
+            }
+        }
+    }
+    if (sumq2 > 0) y->d = GGML_FP32_TO_FP16(sumqx/sumq2);
+}
+QTOOL_ROW_KERNEL(iq6_k, QK_K, block_iq6_k, iq6_k_block)
+
+// ---- IQ3_K ------------------------------------------------------------------------------------
+
+QCONST int8_t iqk_iq3nl_values[16] = {
+    -63, -40, -23, -10, 1, 13, 28,  47,
+    -59, -36, -19,  -6, 5, 17, 32,  51,
+};
+QCONST int8_t iqk_iq3nl_index[111] = {
+  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  8,  8,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  1,  9,
+  9,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2, 10, 10,  3,  3,  3,  3,  3,  3,  3,  3,  3,  3, 11, 11,  4,  4,  4,  4,
+  4,  4,  4,  4,  4,  4, 12,  5,  5,  5,  5,  5,  5,  5,  5,  5,  5,  5,  5, 13, 13,  6,  6,  6,  6,  6,  6,  6,  6,  6,  6,  6,
+  6,  6,  6,  6, 14, 14,  7,  7,  7,  7,  7,  7,  7,  7, 7
+};
+QDEV int iqk_best_index_iq3nl(const int8_t * values, float x) {
+    int ix = f2i(x) - values[0];
+    if (ix < 0 || ix >= 111) return ix < 0 ? 0 : 7;
+    ix = iqk_iq3nl_index[ix];
+    return ix < 8 ? ix : x - values[ix-8] < values[ix-7] - x ? ix-8 : ix-7;
+}
+
+typedef struct {
+    ggml_half d;
+    uint16_t extra;
+    uint16_t scales_h;
+    uint8_t scales_l[QK_K/32];
+    uint8_t qs[QK_K/4];
+    uint8_t qh[QK_K/8];
+} block_iq3_k;
+
+// quantize_row_iq3_k_impl, one super-block. C's 128-step descent after each block's refit only
+// updates best_d / best / L, none of which is read afterwards: it is left out (no effect on bytes).
+QDEV void iq3_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRICT imatrix,
+                      block_iq3_k * GGML_RESTRICT y, float row_aux) {
+    (void) row_aux;
+    const int ntry = 3;
+    const int8_t * iq3nl_values = iqk_iq3nl_values;
+    float qwbuf[QK_K];
+    const float * quant_weights = 0;
+    if (imatrix) {
+        iqk_row_weights(xbl, imatrix, qwbuf, QK_K, 16);
+        quant_weights = qwbuf;
+    }
+
+    float scales[QK_K/16];
+    float weight[16];
+
+    const int8_t * shifted_values = iq3nl_values + 8;
+
+    memset(y, 0, sizeof(block_iq3_k));
+    y->d = GGML_FP32_TO_FP16(0.f);
+
+    float sumx2 = 0;
+    for (int j = 0; j < QK_K; ++j) sumx2 += xbl[j]*xbl[j];
+    const float sigma2 = 1.5f*sumx2/QK_K;
+
+    uint16_t extra = 0;
+
+    float max_abs_scale = 0;
+
+    for (int ib = 0; ib < QK_K/16; ++ib) {
+        const float * xb = xbl + 16*ib;
+        if (quant_weights) {
+            const float * qw = quant_weights + ib*16;
+            for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+        } else {
+            for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+        }
+        float amax = 0, max = 0;
+        for (int j = 0; j < 16; ++j) {
+            float ax = fabsf(xb[j]);
+            if (ax > amax) {
+                amax = ax; max = xb[j];
+            }
+        }
+        if (amax < 1e-16f) {
+            scales[ib] = 0;
+            continue;
+        }
+        float d = ntry > 0 ? -max/iq3nl_values[0] : max/iq3nl_values[0];
+        float id = 1/d;
+        float sumqx_p = 0, sumq2_p = 0;
+        float sumqx_m = 0, sumq2_m = 0;
+        float best = 0;
+        for (int j = 0; j < 16; ++j) {
+            float w = weight[j];
+            float al = id*xb[j];
+            int l = iqk_best_index_iq3nl(iq3nl_values, al);
+            float q = iq3nl_values[l];
+            sumqx_p += w*q*xb[j];
+            sumq2_p += w*q*q;
+            l = iqk_best_index_iq3nl(iq3nl_values, -al);
+            q = iq3nl_values[l];
+            sumqx_m += w*q*xb[j];
+            sumq2_m += w*q*q;
+        }
+        if (sumq2_p > 0) {
+            d = sumqx_p/sumq2_p;
+            best = d*sumqx_p;
+        }
+        if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+            d = sumqx_m/sumq2_m; best = d*sumqx_m;
+        }
+        bool is_shifted = false;
+        for (int itry = -ntry; itry <= ntry; ++itry) {
+            id = (2*itry + iq3nl_values[0])/max;
+            sumqx_p = sumq2_p = 0;
+            sumqx_m = sumq2_m = 0;
+            for (int j = 0; j < 16; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq3nl(iq3nl_values, al);
+                float q = iq3nl_values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq3nl(iq3nl_values, -al);
+                q = iq3nl_values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
+            }
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
+            }
+            id = (2*itry + shifted_values[0])/max;
+            sumqx_p = sumq2_p = 0;
+            sumqx_m = sumq2_m = 0;
+            for (int j = 0; j < 16; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq3nl(shifted_values, al);
+                float q = shifted_values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq3nl(shifted_values, -al);
+                q = shifted_values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
+            }
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
+            }
+        }
+        if (!d) {
+            scales[ib] = 0; continue;
+        }
+
+        const int8_t * block_values = is_shifted ? shifted_values : iq3nl_values;
+        float sumqx = 0, sumq2 = 0;
+        id = 1/d;
+        for (int j = 0; j < 16; ++j) {
+            float w = weight[j];
+            float al = id*xb[j];
+            int l = iqk_best_index_iq3nl(block_values, al);
+            float q = block_values[l];
+            sumqx += w*q*xb[j];
+            sumq2 += w*q*q;
+        }
+        if (sumq2 > 0) d = sumqx/sumq2;
+
+        scales[ib] = d;
+
+        if (is_shifted) extra |= (1 << ib);
+
+        float abs_scale = fabsf(scales[ib]);
+        max_abs_scale = MAX(max_abs_scale, abs_scale);
+    }
+
+    if (!max_abs_scale) return;
+
+    float d = max_abs_scale/31;
+    y->extra = extra;
+    float id = 1/d;
+
+    float sumqx = 0, sumq2 = 0;
+    for (int ib = 0; ib < QK_K/16; ++ib) {
+        int ls = nearest_int(0.5f*(id*fabsf(scales[ib])-1));
+        ls = MAX(0, MIN(15, ls));
+        y->scales_l[ib/2] |= (ls << 4*(ib%2));
+        if (scales[ib] < 0) y->scales_h |= (1 << ib);
+        ls = (2*ls + 1) * (scales[ib] < 0 ? -1 : 1);
+        float dl = d * ls;
+        if (dl) {
+            const int8_t * block_values = y->extra & (1 << ib) ? shifted_values : iq3nl_values;
+            const float * xb = xbl + 16*ib;
+            if (quant_weights) {
+                const float * qw = quant_weights + ib*16;
+                for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+            } else {
+                for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+            }
+            float idl = 1/dl;
+            int ib32 = ib/2;
+            int offset = 16*(ib%2);
+            uint8_t * qs = y->qs + 32*(ib32/4) + offset;
+            uint8_t * qh = y->qh + 32*(ib32/8) + offset;
+            for (int j = 0; j < 16; ++j) {
+                const float al = idl*xb[j];
+                int ibest = iqk_best_index_iq3nl(block_values, al);
+                qs[j] |= ((ibest &  3) << 2*(ib32%4));
+                qh[j] |= ((ibest >> 2) << (ib32%8));
+                float w = weight[j];
+                float q = block_values[ibest]*ls;
+                sumqx += w*q*xb[j];
+                sumq2 += w*q*q;
+            }
+        }
+    }
+    y->d = GGML_FP32_TO_FP16(1.01f*(sumq2 > 0 ? sumqx/sumq2 : d));
+}
+QTOOL_ROW_KERNEL(iq3_k, QK_K, block_iq3_k, iq3_k_block)
+
+// ---- row-meta types (IQ4_KS, IQ5_KS, IQ3_KS): one thread per row --------------------------------
+// C quantizes a row in two passes: pass 1 chooses each block's scale (all_scales, one float per
+// block of 32) and its shift bit, then a row-level max gives the row scale, and pass 2 writes the
+// levels. The kernels keep C's loops; all_scales of a super-block are parked in the qs bytes of
+// its own output block between the passes (qs is only written in pass 2, after they are read
+// back; they are cleared where C returns early). QHelper's per-block guard (block size 32)
+// depends only on the block, so it is applied per block as the passes reach it.
+
+// A block read back 16 bits at a time (store_block's mirror).
+QDEV void iqk_load_block(void * dst, const uint8_t * GGML_RESTRICT src, int nbytes) {
+    const uint16_t * s = (const uint16_t *) src;
+    uint16_t * d = (uint16_t *) dst;
+    for (int i = 0; i < nbytes / 2; ++i) d[i] = s[i];
+}
+
+// std::max(a, b) for floats: (a < b) ? b : a (a NaN b leaves a).
+QDEV float iqk_std_max(float a, float b) { return (a < b) ? b : a; }
+
+// The weights of block ib (32 values) of a row: QHelper::row_weights (block size 32), then C's
+// qw[j] * sqrtf(sigma2 + x*x), or x*x without an imatrix.
+QDEV void iqk_ks_weights(const float * GGML_RESTRICT xb, const float * GGML_RESTRICT imatrix_b,
+                         float * GGML_RESTRICT weight, float sigma2, int block_size) {
+    if (imatrix_b) {
+        float qw[32];
+        iqk_row_weights(xb, imatrix_b, qw, block_size, block_size);
+        for (int j = 0; j < block_size; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+    } else {
+        for (int j = 0; j < block_size; ++j) weight[j] = xb[j]*xb[j];
+    }
+}
+
+#define IQK_ROW_META_KERNEL(NAME, BLOCK_T, META, ROWFN)                                            \
+    QKERNEL void quantize_##NAME(const float * GGML_RESTRICT x, const float * GGML_RESTRICT qw,    \
+                                 uint8_t * GGML_RESTRICT y, const float * GGML_RESTRICT aux,       \
+                                 int64_t nrows, int64_t n_per_row) {                               \
+        (void) aux;                                                                                \
+        QFOR(row, nrows) {                                                                         \
+            const int64_t row_bytes = (META) + (n_per_row / QK_K) * (int64_t) sizeof(BLOCK_T);     \
+            ROWFN(x + row * n_per_row, qw, y + row * row_bytes, (int) n_per_row);                  \
+        }                                                                                          \
+    }
+
+// ---- IQ4_KS -----------------------------------------------------------------------------------
+
+typedef struct {
+    uint8_t  scales[QK_K/32];
+    uint8_t  qs[QK_K/2];
+} block_iq4_ks;
+
+// quantize_iq4_ks -> quantize_row_iq4_k_impl_bs128 (super_block_size 256, block_size 32, ntry 7,
+// iq4k_values); cy: the row's bytes (float d, then the blocks).
+QDEV void iq4_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                     uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    const int super_block_size = QK_K, block_size = 32, ntry = 7;
+    const int8_t * values = iqk_iq4k_values;
+    const int8_t * shifted_values = values + 16;
+    uint8_t * yb = cy + 4;
+    const int nsb = n_per_row/super_block_size;
+    float weight[32];
+
+    float amax_scale = 0;
+
+    for (int ibl = 0; ibl < nsb; ++ibl) {
+        block_iq4_ks blk;
+        memset(&blk, 0, sizeof(block_iq4_ks));
+        const float * xbl = x + ibl*super_block_size;
+        float scales[QK_K/32];
+        float sigma2 = 0;
+        for (int j = 0; j < super_block_size; ++j) sigma2 += xbl[j]*xbl[j];
+        sigma2 *= 2.f/super_block_size;
+        for (int ib = 0; ib < super_block_size/block_size; ++ib) {
+            const float * xb = xbl + ib*block_size;
+            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
+                           weight, sigma2, block_size);
+            float amax = 0, max = 0;
+            for (int j = 0; j < block_size; ++j) {
+                float ax = fabsf(xb[j]);
+                if (ax > amax) {
+                    amax = ax; max = xb[j];
+                }
+            }
+            if (amax < 1e-16f) {
+                scales[ib] = 0;
+                continue;
+            }
+            float d = ntry > 0 ? -max/values[0] : max/values[0];
+            float id = 1/d;
+            float sumqx_p = 0, sumq2_p = 0;
+            float sumqx_m = 0, sumq2_m = 0;
+            for (int j = 0; j < block_size; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq4nl(values, al);
+                float q = values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq4nl(values, -al);
+                q = values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            d = sumqx_p/sumq2_p;
+            bool is_shifted = false;
+            float best = d*sumqx_p;
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d*sumqx_m;
+            }
+            for (int itry = -ntry; itry <= ntry; ++itry) {
+                id = (itry + values[0])/max;
+                sumqx_p = sumq2_p = 0;
+                sumqx_m = sumq2_m = 0;
+                for (int j = 0; j < block_size; ++j) {
+                    float w = weight[j];
+                    float al = id*xb[j];
+                    int l = iqk_best_index_iq4nl(values, al);
+                    float q = values[l];
+                    sumqx_p += w*q*xb[j];
+                    sumq2_p += w*q*q;
+                    l = iqk_best_index_iq4nl(values, -al);
+                    q = values[l];
+                    sumqx_m += w*q*xb[j];
+                    sumq2_m += w*q*q;
+                }
+                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
+                }
+                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
+                }
+                id = (itry + shifted_values[0])/max;
+                sumqx_p = sumq2_p = 0;
+                sumqx_m = sumq2_m = 0;
+                for (int j = 0; j < block_size; ++j) {
+                    float w = weight[j];
+                    float al = id*xb[j];
+                    int l = iqk_best_index_iq4nl(shifted_values, al);
+                    float q = shifted_values[l];
+                    sumqx_p += w*q*xb[j];
+                    sumq2_p += w*q*q;
+                    l = iqk_best_index_iq4nl(shifted_values, -al);
+                    q = shifted_values[l];
+                    sumqx_m += w*q*xb[j];
+                    sumq2_m += w*q*q;
+                }
+                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
+                }
+                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
+                }
+            }
+            if (is_shifted) blk.scales[ib] = 0x01;
+            scales[ib] = d;
+            amax_scale = iqk_std_max(amax_scale, fabsf(d));
+        }
+        memcpy(blk.qs, scales, sizeof(scales));  // all_scales, parked until pass 2
+        store_block(yb + ibl*(int64_t)sizeof(block_iq4_ks), &blk, (int) sizeof(block_iq4_ks));
+    }
+    float d = amax_scale/127;
+    uint16_t meta[2];
+    memcpy(meta, &d, 4);
+    if (!d) {
+        for (int ibl = 0; ibl < nsb; ++ibl) {
+            block_iq4_ks blk;
+            iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq4_ks), (int) sizeof(block_iq4_ks));
+            memset(blk.qs, 0, sizeof(blk.qs));
+            store_block(yb + ibl*(int64_t)sizeof(block_iq4_ks), &blk, (int) sizeof(block_iq4_ks));
+        }
+        store_block(cy, meta, 4);
+        return;
+    }
+    float id = d ? 1/d : 0.f;
+    float sumqx = 0, sumq2 = 0;
+    for (int ibl = 0; ibl < nsb; ++ibl) {
+        block_iq4_ks blk;
+        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq4_ks), (int) sizeof(block_iq4_ks));
+        float scales[QK_K/32];
+        memcpy(scales, blk.qs, sizeof(scales));
+        memset(blk.qs, 0, sizeof(blk.qs));
+        const float * xbl = x + ibl*super_block_size;
+        float sigma2 = 0;
+        for (int j = 0; j < super_block_size; ++j) sigma2 += xbl[j]*xbl[j];
+        sigma2 *= 2.f/super_block_size;
+        for (int ib = 0; ib < super_block_size/block_size; ++ib) {
+            const int8_t * block_values = blk.scales[ib] & 0x01 ? shifted_values : values;
+            int l = nearest_int(0.5f*(id*scales[ib]+127.f));
+            l = MAX(0, MIN(127, l)) << 1;
+            blk.scales[ib] |= l;
+            l -= 127;
+            float dl = d * l;
+            float idl = dl ? 1/dl : 0.f;
+            const float * xb = xbl + ib*block_size;
+            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
+                           weight, sigma2, block_size);
+            uint8_t * qs = blk.qs + ib*(block_size/2);
+            for (int j = 0; j < block_size/2; ++j) {
+                uint8_t i1 = iqk_best_index_iq4nl(block_values, idl*xb[j]);
+                uint8_t i2 = iqk_best_index_iq4nl(block_values, idl*xb[j+block_size/2]);
+                qs[j] = i1 | (i2 << 4);
+                float w1 = weight[j];
+                float w2 = weight[j+block_size/2];
+                float q1 = block_values[i1]*l;
+                float q2 = block_values[i2]*l;
+                sumqx += w1*q1*xb[j] + w2*q2*xb[j+block_size/2];
+                sumq2 += w1*q1*q1 + w2*q2*q2;
+            }
+        }
+        store_block(yb + ibl*(int64_t)sizeof(block_iq4_ks), &blk, (int) sizeof(block_iq4_ks));
+    }
+    if (sumq2 > 0) d = sumqx/sumq2;
+    memcpy(meta, &d, 4);
+    store_block(cy, meta, 4);
+}
+IQK_ROW_META_KERNEL(iq4_ks, block_iq4_ks, 4, iq4_ks_row)
+
+// ---- IQ5_KS -----------------------------------------------------------------------------------
+
+typedef struct {
+    uint8_t  scales[QK_K/32];
+    uint8_t  qs[QK_K/2];
+    uint8_t  qh[QK_K/8];
+} block_iq5_ks;
+
+// quantize_iq5_ks -> quantize_row_iq5_ks_impl (super_block_size 256, block_size 32, ntry 5).
+QDEV void iq5_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                     uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    const int super_block_size = QK_K, block_size = 32, ntry = 5;
+    const int8_t * values = iqk_iq5nl_values;
+    const int8_t * shifted_values = values + 32;
+    uint8_t * yb = cy + 4;
+    const int nsb = n_per_row/super_block_size;
+    float weight[32];
+
+    float amax_scale = 0;
+
+    for (int ibl = 0; ibl < nsb; ++ibl) {
+        block_iq5_ks blk;
+        memset(&blk, 0, sizeof(block_iq5_ks));
+        const float * xbl = x + ibl*super_block_size;
+        float scales[QK_K/32];
+        float sigma2 = 0;
+        for (int j = 0; j < super_block_size; ++j) sigma2 += xbl[j]*xbl[j];
+        sigma2 *= 2.f/super_block_size;
+        for (int ib = 0; ib < super_block_size/block_size; ++ib) {
+            const float * xb = xbl + ib*block_size;
+            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
+                           weight, sigma2, block_size);
+            float amax = 0, max = 0;
+            for (int j = 0; j < block_size; ++j) {
+                float ax = fabsf(xb[j]);
+                if (ax > amax) {
+                    amax = ax; max = xb[j];
+                }
+            }
+            if (amax < 1e-16f) {
+                scales[ib] = 0;
+                continue;
+            }
+            float d = ntry > 0 ? -max/values[0] : max/values[0];
+            float id = 1/d;
+            float sumqx_p = 0, sumq2_p = 0;
+            float sumqx_m = 0, sumq2_m = 0;
+            for (int j = 0; j < block_size; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq5nl(values, al);
+                float q = values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq5nl(values, -al);
+                q = values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            d = sumqx_p/sumq2_p;
+            bool is_shifted = false;
+            float best = d*sumqx_p;
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d*sumqx_m;
+            }
+            for (int itry = -ntry; itry <= ntry; ++itry) {
+                id = (itry + values[0])/max;
+                sumqx_p = sumq2_p = 0;
+                sumqx_m = sumq2_m = 0;
+                for (int j = 0; j < block_size; ++j) {
+                    float w = weight[j];
+                    float al = id*xb[j];
+                    int l = iqk_best_index_iq5nl(values, al);
+                    float q = values[l];
+                    sumqx_p += w*q*xb[j];
+                    sumq2_p += w*q*q;
+                    l = iqk_best_index_iq5nl(values, -al);
+                    q = values[l];
+                    sumqx_m += w*q*xb[j];
+                    sumq2_m += w*q*q;
+                }
+                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
+                }
+                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
+                }
+                id = (itry + shifted_values[0])/max;
+                sumqx_p = sumq2_p = 0;
+                sumqx_m = sumq2_m = 0;
+                for (int j = 0; j < block_size; ++j) {
+                    float w = weight[j];
+                    float al = id*xb[j];
+                    int l = iqk_best_index_iq5nl(shifted_values, al);
+                    float q = shifted_values[l];
+                    sumqx_p += w*q*xb[j];
+                    sumq2_p += w*q*q;
+                    l = iqk_best_index_iq5nl(shifted_values, -al);
+                    q = shifted_values[l];
+                    sumqx_m += w*q*xb[j];
+                    sumq2_m += w*q*q;
+                }
+                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
+                }
+                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
+                }
+            }
+            if (is_shifted) blk.scales[ib] = 0x01;
+            scales[ib] = d;
+            amax_scale = iqk_std_max(amax_scale, fabsf(d));
+        }
+        memcpy(blk.qs, scales, sizeof(scales));  // all_scales, parked until pass 2
+        store_block(yb + ibl*(int64_t)sizeof(block_iq5_ks), &blk, (int) sizeof(block_iq5_ks));
+    }
+    float d = amax_scale/127;
+    uint16_t meta[2];
+    memcpy(meta, &d, 4);
+    if (!d) {
+        for (int ibl = 0; ibl < nsb; ++ibl) {
+            block_iq5_ks blk;
+            iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq5_ks), (int) sizeof(block_iq5_ks));
+            memset(blk.qs, 0, sizeof(blk.qs));
+            store_block(yb + ibl*(int64_t)sizeof(block_iq5_ks), &blk, (int) sizeof(block_iq5_ks));
+        }
+        store_block(cy, meta, 4);
+        return;
+    }
+    float id = d ? 1/d : 0.f;
+    float sumqx = 0, sumq2 = 0;
+    for (int ibl = 0; ibl < nsb; ++ibl) {
+        block_iq5_ks blk;
+        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq5_ks), (int) sizeof(block_iq5_ks));
+        float scales[QK_K/32];
+        memcpy(scales, blk.qs, sizeof(scales));
+        memset(blk.qs, 0, sizeof(blk.qs));
+        const float * xbl = x + ibl*super_block_size;
+        float sigma2 = 0;
+        for (int j = 0; j < super_block_size; ++j) sigma2 += xbl[j]*xbl[j];
+        sigma2 *= 2.f/super_block_size;
+        for (int ib = 0; ib < super_block_size/block_size; ++ib) {
+            const int8_t * block_values = blk.scales[ib] & 0x01 ? shifted_values : values;
+            int l = nearest_int(0.5f*(id*scales[ib]+127.f));
+            l = MAX(0, MIN(127, l)) << 1;
+            blk.scales[ib] |= l;
+            l -= 127;
+            float dl = d * l;
+            float idl = dl ? 1/dl : 0.f;
+            const float * xb = xbl + ib*block_size;
+            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
+                           weight, sigma2, block_size);
+            for (int j = 0; j < block_size; ++j) {
+                uint8_t idx = iqk_best_index_iq5nl(block_values, idl*xb[j]);
+                blk.qs[block_size*(ib/2) + j] |= ((idx & 0xf) << 4*(ib%2));
+                blk.qh[j] |= ((idx >> 4) << ib);
+                float w = weight[j];
+                float q = block_values[idx]*l;
+                sumqx += w*q*xb[j];
+                sumq2 += w*q*q;
+            }
+        }
+        store_block(yb + ibl*(int64_t)sizeof(block_iq5_ks), &blk, (int) sizeof(block_iq5_ks));
+    }
+    if (sumq2 > 0) d = sumqx/sumq2;
+    memcpy(meta, &d, 4);
+    store_block(cy, meta, 4);
+}
+IQK_ROW_META_KERNEL(iq5_ks, block_iq5_ks, 4, iq5_ks_row)

@@ -1,0 +1,82 @@
+"""The GPU backend on a real CUDA device (skipped where CuPy or a GPU is missing, as in CI): every
+kernel and variant on the golden vectors and against the numpy engine, and whole models
+quantized with device="cuda" byte-identical to the CPU's. Extra models for the last test:
+QTOOL_GPU_MODELS=path1.gguf:path2.gguf (F16 / BF16 / F32 models), with QTOOL_GPU_IMATRIX_<n>
+naming an imatrix for the n-th (optional)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qtool.api import quantize_file
+from qtool.gpu import GPU_KERNELS
+from qtool.gpu.cuda import device_count
+from qtool.quants import engine
+
+from .vectors import expected, inputs, mismatched_rows
+
+pytestmark = pytest.mark.skipif(device_count() == 0, reason="no CUDA device (CuPy and a GPU needed)")
+CASES = [(name, v) for name, k in GPU_KERNELS.items() for v in k.variants]
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def gpu():  # type: ignore[no-untyped-def]
+    from qtool.gpu.cuda import CudaKernels
+
+    return CudaKernels(0)
+
+
+@pytest.mark.parametrize(("name", "imatrix"), CASES)
+def test_golden_vectors_on_gpu(gpu, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+    k = GPU_KERNELS[name]
+    impl = "ik_llama" if k.flavour == "ik" else "mainline"
+    x, im, kinds = inputs(impl)
+    want = expected(name, impl)["q_im" if imatrix else "q_noim"]
+    got = gpu.quantize(x, name, im if imatrix else None, flavour=k.flavour)
+    bad = mismatched_rows(got, want)
+    assert bad == [], f"{name} imatrix={imatrix}: rows {bad} ({[kinds[i] for i in bad]}) differ on the GPU"
+
+
+@pytest.mark.parametrize(("name", "imatrix"), CASES)
+def test_gpu_equals_numpy_engine(gpu, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+    k = GPU_KERNELS[name]
+    rng = np.random.default_rng(17)
+    n = 4096 if 4096 % k.qtype.block_size == 0 else 16 * k.qtype.block_size
+    x = rng.standard_normal((48, n)).astype(np.float32) * (10.0 ** rng.uniform(-3, 1, (48, 1))).astype(np.float32)
+    x[1, :256] = 0
+    x[2] = 1e-30
+    im = rng.chisquare(2, n).astype(np.float32) if imatrix else None
+    want = engine.quantize(x, name, im, flavour=k.flavour)
+    assert mismatched_rows(gpu.quantize(x, name, im, flavour=k.flavour), want) == []
+
+
+FTYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_S", "Q6_K", "IQ4_NL", "IQ4_XS"]
+
+
+@pytest.mark.parametrize("ftype", FTYPES)
+@pytest.mark.parametrize("with_imatrix", [False, True])
+def test_whole_model_cuda_equals_cpu(tiny256: Path, tmp_path: Path, ftype: str, with_imatrix: bool) -> None:
+    im = str(DATA / "quantize" / "tiny-256.imatrix.gguf") if with_imatrix else None
+    cpu, cuda = tmp_path / "cpu.gguf", tmp_path / "cuda.gguf"
+    quantize_file(tiny256, cpu, ftype, nthreads=1, imatrix=im)
+    quantize_file(tiny256, cuda, ftype, nthreads=1, imatrix=im, device="cuda")
+    assert cuda.read_bytes() == cpu.read_bytes()
+
+
+def _extra_models() -> list[tuple[str, str | None]]:
+    paths = [p for p in os.environ.get("QTOOL_GPU_MODELS", "").split(":") if p]
+    return [(p, os.environ.get(f"QTOOL_GPU_IMATRIX_{i}")) for i, p in enumerate(paths)]
+
+
+@pytest.mark.parametrize(("model", "imatrix"), _extra_models())
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_K_M", "IQ4_XS", "Q6_K", "Q4_0"])
+def test_real_model_cuda_equals_cpu(model: str, imatrix: str | None, ftype: str, tmp_path: Path) -> None:
+    cpu, cuda = tmp_path / "cpu.gguf", tmp_path / "cuda.gguf"
+    quantize_file(model, cpu, ftype, nthreads=0, imatrix=imatrix)
+    quantize_file(model, cuda, ftype, nthreads=0, imatrix=imatrix, device="cuda")
+    assert cuda.read_bytes() == cpu.read_bytes()
