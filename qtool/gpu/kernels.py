@@ -81,11 +81,21 @@ GPU_KERNELS: dict[str, GpuKernel] = {k.type_name: k for k in (
               tables=("lat_iq2_xs_grid", "lat_iq2_xs_map", "lat_iq2_xs_neighbours")),
     GpuKernel("IQ2_S", "quantize_iq2_s", variants=(False, True),
               tables=("lat_iq2_s_grid", "lat_iq2_s_map", "lat_iq2_s_neighbours")),
+    GpuKernel("IQ1_S", "quantize_iq1_s", variants=(True,),
+              tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
+    GpuKernel("IQ1_M", "quantize_iq1_m", variants=(False, True),
+              tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
     # iqk.cuh (ik_llama.cpp): IQ4_K IQ5_K IQ6_K IQ3_K IQ2_K IQ4_KS IQ5_KS ...
     GpuKernel("IQ4_K", "quantize_iq4_k", flavour=IK),
     GpuKernel("IQ5_K", "quantize_iq5_k", flavour=IK),
     GpuKernel("IQ6_K", "quantize_iq6_k", flavour=IK),
     GpuKernel("IQ3_K", "quantize_iq3_k", flavour=IK),
+    GpuKernel("IQ4_KS", "quantize_iq4_ks", flavour=IK, per_row=True),
+    GpuKernel("IQ5_KS", "quantize_iq5_ks", flavour=IK, per_row=True),
+    GpuKernel("IQ3_KS", "quantize_iq3_ks", flavour=IK, per_row=True),
+    GpuKernel("IQ2_K", "quantize_iq2_k", flavour=IK),
+    GpuKernel("IQ2_KS", "quantize_iq2_ks", flavour=IK, per_row=True),
+    GpuKernel("IQ4_KSS", "quantize_iq4_kss", flavour=IK, per_row=True),
 )}
 
 

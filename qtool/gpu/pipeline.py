@@ -63,7 +63,7 @@ class GpuPipeline:
             with cp.cuda.Device(d):
                 self.slots += [_Slot(k, cp.cuda.Stream(non_blocking=True)) for _ in range(2)]
         self._next = 0
-        self._imatrix: dict[tuple[int, int], Any] = {}
+        self._imatrix: dict[tuple[int, int, int], tuple[np.ndarray, Any]] = {}
 
     @property
     def devices(self) -> list[int]:
@@ -107,17 +107,22 @@ class GpuPipeline:
                 d_in = s.dev_in[:src.nbytes]
                 d_in.set(s.pin_in[:src.nbytes], stream=s.stream)
                 x = _widen(cp, d_in, name).reshape(nrows, n_per_row)
-                qw = None
-                if imatrix is not None:
-                    key = (s.kernels.device, id(imatrix))
-                    qw = self._imatrix.get(key)
-                    if qw is None or qw.size != imatrix.size:
-                        qw = self._imatrix[key] = cp.asarray(np.ascontiguousarray(imatrix, dtype=np.float32))
+                qw = None if imatrix is None else self._device_imatrix(s.kernels.device, imatrix)
                 d_out = s.dev_out[:out_bytes].reshape(nrows, -1)
                 s.kernels.quantize_device(x, kernel, qw, d_out)
                 d_out.reshape(-1).get(stream=s.stream, out=s.pin_out[:out_bytes])
                 event = s.stream.record()
         s.pending = (offset, out_bytes, event, done)
+
+    def _device_imatrix(self, device: int, imatrix: np.ndarray) -> Any:
+        """The imatrix row on the device, uploaded once per (device, host memory): the cache keeps
+        the host array alive, so its address cannot be reused by another row while cached (an
+        id() of a per-slab view can be, and was: a stale row quantized the next tensor)."""
+        key = (device, imatrix.__array_interface__["data"][0], imatrix.size)
+        hit = self._imatrix.get(key)
+        if hit is None or not np.array_equal(hit[0], imatrix):
+            hit = self._imatrix[key] = (imatrix, self.cp.asarray(np.ascontiguousarray(imatrix, dtype=np.float32)))
+        return hit[1]
 
     def drain(self) -> None:
         """Wait for every chunk and write it."""

@@ -1259,3 +1259,918 @@ QDEV void iq5_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
     store_block(cy, meta, 4);
 }
 IQK_ROW_META_KERNEL(iq5_ks, block_iq5_ks, 4, iq5_ks_row)
+
+// ---- IQ3_KS -----------------------------------------------------------------------------------
+
+typedef struct {
+    uint16_t extra;
+    uint8_t scales[QK_K/64];
+    uint8_t qs[QK_K/4];
+    uint8_t qh[QK_K/8];
+} block_iq3_ks;
+
+// quantize_iq3_ks -> quantize_row_iq3_ks_impl (super_block_size 256, block_size 32, ntry 5,
+// iq3nl_values); cy: the row's bytes (fp16 d, then the blocks).
+QDEV void iq3_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                     uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    const int super_block_size = QK_K, block_size = 32, ntry = 5;
+    const int8_t * values = iqk_iq3nl_values;
+    const int8_t * shifted_values = values + 8;
+    uint8_t * yb = cy + 2;
+    const int nsb = n_per_row/super_block_size;
+    float weight[32];
+
+    float amax_scale = 0;
+    float max_scale = 0;
+
+    for (int ibl = 0; ibl < nsb; ++ibl) {
+        block_iq3_ks blk;
+        memset(&blk, 0, sizeof(block_iq3_ks));
+        const float * xbl = x + ibl*super_block_size;
+        float scales[QK_K/32];
+        float sigma2 = 0;
+        for (int j = 0; j < super_block_size; ++j) sigma2 += xbl[j]*xbl[j];
+        sigma2 *= 2.f/super_block_size;
+        for (int ib = 0; ib < super_block_size/block_size; ++ib) {
+            const float * xb = xbl + ib*block_size;
+            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
+                           weight, sigma2, block_size);
+            float amax = 0, max = 0;
+            for (int j = 0; j < block_size; ++j) {
+                float ax = fabsf(xb[j]);
+                if (ax > amax) {
+                    amax = ax; max = xb[j];
+                }
+            }
+            if (amax < 1e-16f) {
+                scales[ib] = 0;
+                continue;
+            }
+            float d = ntry > 0 ? -max/values[0] : max/values[0];
+            float id = 1/d;
+            float sumqx_p = 0, sumq2_p = 0;
+            float sumqx_m = 0, sumq2_m = 0;
+            float best = 0;
+            for (int j = 0; j < block_size; ++j) {
+                float w = weight[j];
+                float al = id*xb[j];
+                int l = iqk_best_index_iq3nl(values, al);
+                float q = values[l];
+                sumqx_p += w*q*xb[j];
+                sumq2_p += w*q*q;
+                l = iqk_best_index_iq3nl(values, -al);
+                q = values[l];
+                sumqx_m += w*q*xb[j];
+                sumq2_m += w*q*q;
+            }
+            if (sumq2_p > 0) {
+                d = sumqx_p/sumq2_p;
+                best = d*sumqx_p;
+            }
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d*sumqx_m;
+            }
+            bool is_shifted = false;
+            for (int itry = -ntry; itry <= ntry; ++itry) {
+                id = (itry + values[0])/max;
+                sumqx_p = sumq2_p = 0;
+                sumqx_m = sumq2_m = 0;
+                for (int j = 0; j < block_size; ++j) {
+                    float w = weight[j];
+                    float al = id*xb[j];
+                    int l = iqk_best_index_iq3nl(values, al);
+                    float q = values[l];
+                    sumqx_p += w*q*xb[j];
+                    sumq2_p += w*q*q;
+                    l = iqk_best_index_iq3nl(values, -al);
+                    q = values[l];
+                    sumqx_m += w*q*xb[j];
+                    sumq2_m += w*q*q;
+                }
+                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
+                }
+                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
+                }
+                id = (itry + shifted_values[0])/max;
+                sumqx_p = sumq2_p = 0;
+                sumqx_m = sumq2_m = 0;
+                for (int j = 0; j < block_size; ++j) {
+                    float w = weight[j];
+                    float al = id*xb[j];
+                    int l = iqk_best_index_iq3nl(shifted_values, al);
+                    float q = shifted_values[l];
+                    sumqx_p += w*q*xb[j];
+                    sumq2_p += w*q*q;
+                    l = iqk_best_index_iq3nl(shifted_values, -al);
+                    q = shifted_values[l];
+                    sumqx_m += w*q*xb[j];
+                    sumq2_m += w*q*q;
+                }
+                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
+                }
+                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
+                }
+            }
+            if (is_shifted) blk.extra |= (1 << (8 + ib));
+            scales[ib] = d;
+            float ascale = fabsf(d);
+            if (ascale > amax_scale) {
+                amax_scale = ascale; max_scale = d;
+            }
+        }
+        memcpy(blk.qs, scales, sizeof(scales));  // all_scales, parked until pass 2
+        store_block(yb + ibl*(int64_t)sizeof(block_iq3_ks), &blk, (int) sizeof(block_iq3_ks));
+    }
+    float d = -max_scale/16;
+    ggml_half dh = GGML_FP32_TO_FP16(d);
+    if (!d) {
+        for (int ibl = 0; ibl < nsb; ++ibl) {
+            block_iq3_ks blk;
+            iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq3_ks), (int) sizeof(block_iq3_ks));
+            memset(blk.qs, 0, sizeof(blk.qs));
+            store_block(yb + ibl*(int64_t)sizeof(block_iq3_ks), &blk, (int) sizeof(block_iq3_ks));
+        }
+        store_block(cy, &dh, 2);
+        return;
+    }
+    float id = d ? 1/d : 0.f;
+    float sumqx = 0, sumq2 = 0;
+    for (int ibl = 0; ibl < nsb; ++ibl) {
+        block_iq3_ks blk;
+        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq3_ks), (int) sizeof(block_iq3_ks));
+        float scales[QK_K/32];
+        memcpy(scales, blk.qs, sizeof(scales));
+        memset(blk.qs, 0, sizeof(blk.qs));
+        const float * xbl = x + ibl*super_block_size;
+        float sigma2 = 0;
+        for (int j = 0; j < super_block_size; ++j) sigma2 += xbl[j]*xbl[j];
+        sigma2 *= 2.f/super_block_size;
+        for (int ib = 0; ib < super_block_size/block_size; ++ib) {
+            const int8_t * block_values = (blk.extra >> (8 + ib)) & 0x01 ? shifted_values : values;
+            int l = nearest_int(id*scales[ib]);
+            l = MAX(-16, MIN(15, l));
+            uint8_t ul = l + 16;
+            blk.scales[ib%4] |= (ul & 0xf) << 4*(ib/4);
+            blk.extra |= (ul >> 4) << ib;
+            float dl = d * l;
+            float idl = dl ? 1/dl : 0.f;
+            const float * xb = xbl + ib*block_size;
+            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
+                           weight, sigma2, block_size);
+            uint8_t * qs = blk.qs + (ib/4)*block_size;
+            uint8_t * qh = blk.qh + (ib/8)*block_size;
+            for (int j = 0; j < block_size; ++j) {
+                uint8_t i = iqk_best_index_iq3nl(block_values, idl*xb[j]);
+                qs[j] |= ((i &  3) << 2*(ib%4));
+                qh[j] |= ((i >> 2) << (ib%8));
+                float w = weight[j];
+                float q = block_values[i]*l;
+                sumqx += w*q*xb[j];
+                sumq2 += w*q*q;
+            }
+        }
+        store_block(yb + ibl*(int64_t)sizeof(block_iq3_ks), &blk, (int) sizeof(block_iq3_ks));
+    }
+    if (sumq2 > 0) dh = GGML_FP32_TO_FP16(sumqx/sumq2);
+    store_block(cy, &dh, 2);
+}
+IQK_ROW_META_KERNEL(iq3_ks, block_iq3_ks, 2, iq3_ks_row)
+
+// ---- IQ2_K ------------------------------------------------------------------------------------
+
+QCONST int8_t iqk_iq2nl_values[8] = { -31, -13, 1, 17,   -26, -8, 6, 22 };
+
+QDEV int iqk_best_index_iq2nl(const int8_t * values, float x) {
+    int idx = x < values[1] ? 0 : x > values[2] ? 2 : 1;
+    return x - values[idx] < values[idx+1] - x ? idx : idx + 1;
+}
+
+// ik's own make_qx_quants(n, nmax, x, L, qw) (iqk_quantize.cpp, anonymous namespace).
+QDEV float iqk_make_qx_quants(int n, int nmax, const float * GGML_RESTRICT x, int8_t * GGML_RESTRICT L,
+                              const float * GGML_RESTRICT qw) {
+    float max = 0;
+    float amax = 0;
+    for (int i = 0; i < n; ++i) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; max = x[i]; }
+    }
+    if (!amax) { // all zero
+        for (int i = 0; i < n; ++i) L[i] = 0;
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    float sumlx = 0;
+    float suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        int l = nearest_int(iscale * x[i]);
+        l = MAX(-nmax, MIN(nmax-1, l));
+        L[i] = l + nmax;
+        sumlx += qw[i]*x[i]*l;
+        suml2 += qw[i]*l*l;
+    }
+    float scale = suml2 ? sumlx/suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f*is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = nearest_int(iscale * x[i]);
+            l = MAX(-nmax, MIN(nmax-1, l));
+            sumlx += qw[i]*x[i]*l;
+            suml2 += qw[i]*l*l;
+        }
+        if (suml2 > 0 && sumlx*sumlx > best*suml2) {
+            for (int i = 0; i < n; ++i) {
+                int l = nearest_int(iscale * x[i]);
+                L[i] = nmax + MAX(-nmax, MIN(nmax-1, l));
+            }
+            scale = sumlx/suml2; best = scale*sumlx;
+        }
+    }
+    return scale;
+}
+
+// std::sort of std::pair<float,int> (x[j], j) with distinct j: the order (x, then j) is unique,
+// so an insertion sort with pair's operator< gives std::sort's result.
+QDEV bool iqk_pair_less(float a, int ia, float b, int ib) {
+    return a < b || (!(b < a) && ia < ib);
+}
+QDEV void iqk_sort_pairs(float * GGML_RESTRICT px, int * GGML_RESTRICT pj, int n) {
+    for (int i = 1; i < n; ++i) {
+        float vx = px[i];
+        int vj = pj[i];
+        int k = i;
+        while (k > 0 && iqk_pair_less(vx, vj, px[k-1], pj[k-1])) {
+            px[k] = px[k-1]; pj[k] = pj[k-1]; --k;
+        }
+        px[k] = vx; pj[k] = vj;
+    }
+}
+
+typedef struct {
+    ggml_half d;
+    uint16_t extra;
+    uint8_t  scales[QK_K/32];
+    uint8_t  qs[QK_K/4];
+} block_iq2_k;
+
+// quantize_row_iq2_k_impl, one super-block.
+QDEV void iq2_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRICT imatrix,
+                      block_iq2_k * GGML_RESTRICT y, float row_aux) {
+    (void) row_aux;
+    const int kBlockSize = 16;
+    const int8_t * iq2nl_values = iqk_iq2nl_values;
+    float qwbuf[QK_K];
+    const float * quant_weights = 0;
+    if (imatrix) {
+        iqk_row_weights(xbl, imatrix, qwbuf, QK_K, 16);
+        quant_weights = qwbuf;
+    }
+
+    float scales[QK_K/kBlockSize];
+    float weight[kBlockSize];
+    float sumx[kBlockSize+1], sumw[kBlockSize+1];
+    float sw[QK_K/kBlockSize];
+    int8_t Ls[QK_K/kBlockSize];
+    float pairs_x[kBlockSize];
+    int pairs_j[kBlockSize];
+
+    const int8_t * shifted_values = iq2nl_values + 4;
+
+    memset(y, 0, sizeof(block_iq2_k));
+    y->d = GGML_FP32_TO_FP16(0.f);
+
+    float sumx2 = 0;
+    for (int j = 0; j < QK_K; ++j) sumx2 += xbl[j]*xbl[j];
+    const float sigma2 = 1.5f*sumx2/QK_K;
+
+    uint16_t extra = 0;
+
+    float max_abs_scale = 0;
+
+    for (int ib = 0; ib < QK_K/kBlockSize; ++ib) {
+        const float * xb = xbl + kBlockSize*ib;
+        if (quant_weights) {
+            const float * qw = quant_weights + ib*kBlockSize;
+            for (int j = 0; j < kBlockSize; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+        } else {
+            for (int j = 0; j < kBlockSize; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+        }
+        sw[ib] = 0;
+        float amax = 0;
+        for (int j = 0; j < kBlockSize; ++j) {
+            sw[ib] += weight[j];
+            pairs_x[j] = xb[j]; pairs_j[j] = j;
+            float ax = fabsf(xb[j]);
+            amax = iqk_std_max(amax, ax);
+        }
+        if (amax < 1e-16f) {
+            scales[ib] = 0;
+            continue;
+        }
+        iqk_sort_pairs(pairs_x, pairs_j, kBlockSize);
+        sumx[0] = sumw[0] = 0;
+        for (int j = 0; j < kBlockSize; ++j) {
+            int jj = pairs_j[j];
+            sumw[j+1] = sumw[j] + weight[jj];
+            sumx[j+1] = sumx[j] + weight[jj]*xb[jj];
+        }
+        float best = 0, d = 0;
+        bool is_shifted = false;
+        float sumqx, sumq2;
+        for (int i1 = 0; i1 < kBlockSize; ++i1) {
+            for (int i2 = i1; i2 < kBlockSize; ++i2) {
+                for (int i3 = i2; i3 < kBlockSize; ++i3) {
+                    sumqx = (sumx[i1] - sumx[ 0])*iq2nl_values[0] + (sumx[i2] - sumx[i1])*iq2nl_values[1]
+                          + (sumx[i3] - sumx[i2])*iq2nl_values[2] + (sumx[kBlockSize] - sumx[i3])*iq2nl_values[3];
+                    sumq2 = (sumw[i1] - sumw[ 0])*iq2nl_values[0]*iq2nl_values[0] + (sumw[i2] - sumw[i1])*iq2nl_values[1]*iq2nl_values[1]
+                          + (sumw[i3] - sumw[i2])*iq2nl_values[2]*iq2nl_values[2] + (sumw[kBlockSize] - sumw[i3])*iq2nl_values[3]*iq2nl_values[3];
+                    if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                        d = sumqx/sumq2; best = d*sumqx; is_shifted = false;
+                    }
+                    sumqx = (sumx[i1] - sumx[ 0])*shifted_values[0] + (sumx[i2] - sumx[i1])*shifted_values[1]
+                          + (sumx[i3] - sumx[i2])*shifted_values[2] + (sumx[kBlockSize] - sumx[i3])*shifted_values[3];
+                    sumq2 = (sumw[i1] - sumw[ 0])*shifted_values[0]*shifted_values[0] + (sumw[i2] - sumw[i1])*shifted_values[1]*shifted_values[1]
+                          + (sumw[i3] - sumw[i2])*shifted_values[2]*shifted_values[2] + (sumw[kBlockSize] - sumw[i3])*shifted_values[3]*shifted_values[3];
+                    if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                        d = sumqx/sumq2; best = d*sumqx; is_shifted = true;
+                    }
+                    sumqx = (sumx[i1] - sumx[ 0])*iq2nl_values[3] + (sumx[i2] - sumx[i1])*iq2nl_values[2]
+                          + (sumx[i3] - sumx[i2])*iq2nl_values[1] + (sumx[kBlockSize] - sumx[i3])*iq2nl_values[0];
+                    sumq2 = (sumw[i1] - sumw[ 0])*iq2nl_values[3]*iq2nl_values[3] + (sumw[i2] - sumw[i1])*iq2nl_values[2]*iq2nl_values[2]
+                          + (sumw[i3] - sumw[i2])*iq2nl_values[1]*iq2nl_values[1] + (sumw[kBlockSize] - sumw[i3])*iq2nl_values[0]*iq2nl_values[0];
+                    if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                        d = sumqx/sumq2; best = d*sumqx; is_shifted = false;
+                    }
+                    sumqx = (sumx[i1] - sumx[ 0])*shifted_values[3] + (sumx[i2] - sumx[i1])*shifted_values[2]
+                          + (sumx[i3] - sumx[i2])*shifted_values[1] + (sumx[kBlockSize] - sumx[i3])*shifted_values[0];
+                    sumq2 = (sumw[i1] - sumw[ 0])*shifted_values[3]*shifted_values[3] + (sumw[i2] - sumw[i1])*shifted_values[2]*shifted_values[2]
+                          + (sumw[i3] - sumw[i2])*shifted_values[1]*shifted_values[1] + (sumw[kBlockSize] - sumw[i3])*shifted_values[0]*shifted_values[0];
+                    if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                        d = sumqx/sumq2; best = d*sumqx; is_shifted = true;
+                    }
+                }
+            }
+        }
+        scales[ib] = d;
+        if (is_shifted) extra |= (1 << ib);
+
+        float abs_scale = fabsf(scales[ib]);
+        max_abs_scale = iqk_std_max(max_abs_scale, abs_scale);
+    }
+
+    if (!max_abs_scale) return;
+    float d = iqk_make_qx_quants(QK_K/kBlockSize, 8, scales, Ls, sw);
+    if (!d) return;
+
+    y->extra = extra;
+    float id = 1/d;
+
+    float sumqx = 0, sumq2 = 0;
+    for (int ib = 0; ib < QK_K/kBlockSize; ++ib) {
+        int ls = nearest_int(id*scales[ib]);
+        ls = MAX(-8, MIN(7, ls));
+        y->scales[ib/2] |= ((ls + 8) << 4*(ib%2));
+        float dl = d * ls;
+        if (dl) {
+            const int8_t * block_values = y->extra & (1 << ib) ? shifted_values : iq2nl_values;
+            const float * xb = xbl + kBlockSize*ib;
+            if (quant_weights) {
+                const float * qw = quant_weights + ib*kBlockSize;
+                for (int j = 0; j < kBlockSize; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+            } else {
+                for (int j = 0; j < kBlockSize; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+            }
+            float idl = 1/dl;
+            int ib32 = ib/2;
+            int offset = 16*(ib%2);
+            uint8_t * qs = y->qs + 32*(ib32/4) + offset;
+            for (int j = 0; j < 16; ++j) {
+                const float al = idl*xb[j];
+                int ibest = iqk_best_index_iq2nl(block_values, al);
+                qs[j] |= (ibest << 2*(ib32%4));
+                float w = weight[j];
+                float q = block_values[ibest]*ls;
+                sumqx += w*q*xb[j];
+                sumq2 += w*q*q;
+            }
+        }
+    }
+    y->d = GGML_FP32_TO_FP16(1.030f*(sumq2 > 0 ? sumqx/sumq2 : d));
+}
+QTOOL_ROW_KERNEL(iq2_k, QK_K, block_iq2_k, iq2_k_block)
+
+// ---- IQ2_KS -----------------------------------------------------------------------------------
+
+typedef struct {
+    uint16_t extra;
+    uint8_t  scales[QK_K/64];
+    uint8_t  qs[QK_K/4];
+} block_iq2_ks;
+
+// Between the passes a super-block's 8 scales (qs[0..31]) and 8 weight sums sw (qs[32..63]) are
+// parked in its own output block.
+QDEV void iq2_ks_parked(const uint8_t * GGML_RESTRICT yb, int ibl, float * GGML_RESTRICT scales,
+                        float * GGML_RESTRICT sw) {
+    block_iq2_ks blk;
+    iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq2_ks), (int) sizeof(block_iq2_ks));
+    memcpy(scales, blk.qs, 32);
+    memcpy(sw, blk.qs + 32, 32);
+}
+
+// ik's make_qx_quants(nblock*8, nmax, all_scales, all_Ls, all_sw) over the parked arrays. The
+// levels L are not stored: every time C (re)writes all of L it uses one iscale, so L is rebuilt
+// in pass 2 from the last such iscale (*iscale_L).
+QDEV float iq2_ks_make_qx_quants(const uint8_t * GGML_RESTRICT yb, int nblock, int nmax, float * iscale_L) {
+    float xs[8], qws[8];
+    float max = 0;
+    float amax = 0;
+    for (int ibl = 0; ibl < nblock; ++ibl) {
+        iq2_ks_parked(yb, ibl, xs, qws);
+        for (int i = 0; i < 8; ++i) {
+            float ax = fabsf(xs[i]);
+            if (ax > amax) { amax = ax; max = xs[i]; }
+        }
+    }
+    *iscale_L = 0;
+    if (!amax) { // all zero
+        return 0.f;
+    }
+    float iscale = -nmax / max;
+    *iscale_L = iscale;
+    float sumlx = 0;
+    float suml2 = 0;
+    for (int ibl = 0; ibl < nblock; ++ibl) {
+        iq2_ks_parked(yb, ibl, xs, qws);
+        for (int i = 0; i < 8; ++i) {
+            int l = nearest_int(iscale * xs[i]);
+            l = MAX(-nmax, MIN(nmax-1, l));
+            sumlx += qws[i]*xs[i]*l;
+            suml2 += qws[i]*l*l;
+        }
+    }
+    float scale = suml2 ? sumlx/suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f*is) / max;
+        sumlx = suml2 = 0;
+        for (int ibl = 0; ibl < nblock; ++ibl) {
+            iq2_ks_parked(yb, ibl, xs, qws);
+            for (int i = 0; i < 8; ++i) {
+                int l = nearest_int(iscale * xs[i]);
+                l = MAX(-nmax, MIN(nmax-1, l));
+                sumlx += qws[i]*xs[i]*l;
+                suml2 += qws[i]*l*l;
+            }
+        }
+        if (suml2 > 0 && sumlx*sumlx > best*suml2) {
+            *iscale_L = iscale;
+            scale = sumlx/suml2; best = scale*sumlx;
+        }
+    }
+    return scale;
+}
+
+// quantize_iq2_ks -> quantize_row_iq2_ks_impl (user_data NULL: not the AVX2 _fast_impl).
+QDEV void iq2_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                     uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    const int kBlockSize = 32;
+    const int kMax_i1 = 3*kBlockSize/4;
+    const int kMin_i3 = kBlockSize/4;
+    uint8_t * yb = cy + 2;
+
+    float weight[kBlockSize];
+    float sumx[kBlockSize+1], sumw[kBlockSize+1];
+    float pairs_x[kBlockSize];
+    int pairs_j[kBlockSize];
+
+    float val [4] = {float(iqk_iq2nl_values[0]), float(iqk_iq2nl_values[1]), float(iqk_iq2nl_values[2]), float(iqk_iq2nl_values[3])};
+    float sval[4] = {float(iqk_iq2nl_values[4]), float(iqk_iq2nl_values[5]), float(iqk_iq2nl_values[6]), float(iqk_iq2nl_values[7])};
+
+    const int8_t * iq2nl_values = iqk_iq2nl_values;
+    const int8_t * shifted_values = iq2nl_values + 4;
+
+    const int nblock = n_per_row/QK_K;
+
+    for (int ibl = 0; ibl < nblock; ++ibl) {
+        block_iq2_ks blk;
+        memset(&blk, 0, sizeof(block_iq2_ks));
+
+        float scales[QK_K/32];
+        float sw[QK_K/32];
+
+        const float * xbl = x + ibl*QK_K;
+        float sumx2 = 0;
+        for (int j = 0; j < QK_K; ++j) sumx2 += xbl[j]*xbl[j];
+        const float sigma2 = 1.5f*sumx2/QK_K;
+
+        uint16_t extra = 0;
+
+        for (int ib = 0; ib < QK_K/kBlockSize; ++ib) {
+            const float * xb = xbl + kBlockSize*ib;
+            if (quant_weights) {
+                float qw[32];
+                iqk_row_weights(xb, quant_weights + ibl*QK_K + ib*kBlockSize, qw, kBlockSize, kBlockSize);
+                for (int j = 0; j < kBlockSize; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+            } else {
+                for (int j = 0; j < kBlockSize; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+            }
+            sw[ib] = 0;
+            float amax = 0;
+            for (int j = 0; j < kBlockSize; ++j) {
+                sw[ib] += weight[j];
+                pairs_x[j] = xb[j]; pairs_j[j] = j;
+                float ax = fabsf(xb[j]);
+                amax = iqk_std_max(amax, ax);
+            }
+            if (amax < 1e-16f) {
+                scales[ib] = 0;
+                continue;
+            }
+            iqk_sort_pairs(pairs_x, pairs_j, kBlockSize);
+            sumx[0] = sumw[0] = 0;
+            for (int j = 0; j < kBlockSize; ++j) {
+                int jj = pairs_j[j];
+                sumw[j+1] = sumw[j] + weight[jj];
+                sumx[j+1] = sumx[j] + weight[jj]*xb[jj];
+            }
+            float best = 0, d = 0;
+            bool is_shifted = false;
+            float sumqx, sumq2;
+            for (int i1 = 0; i1 < kMax_i1; ++i1) {
+                for (int i2 = i1; i2 < kBlockSize; ++i2) {
+                    for (int i3 = MAX(i2, kMin_i3); i3 < kBlockSize; ++i3) {
+                        sumqx = (sumx[i1] - sumx[ 0])*val[0] + (sumx[i2] - sumx[i1])*val[1]
+                              + (sumx[i3] - sumx[i2])*val[2] + (sumx[kBlockSize] - sumx[i3])*val[3];
+                        sumq2 = (sumw[i1] - sumw[ 0])*val[0]*val[0] + (sumw[i2] - sumw[i1])*val[1]*val[1]
+                              + (sumw[i3] - sumw[i2])*val[2]*val[2] + (sumw[kBlockSize] - sumw[i3])*val[3]*val[3];
+                        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                            d = sumqx/sumq2; best = d*sumqx; is_shifted = false;
+                        }
+                        sumqx = (sumx[i1] - sumx[ 0])*sval[0] + (sumx[i2] - sumx[i1])*sval[1]
+                              + (sumx[i3] - sumx[i2])*sval[2] + (sumx[kBlockSize] - sumx[i3])*sval[3];
+                        sumq2 = (sumw[i1] - sumw[ 0])*sval[0]*sval[0] + (sumw[i2] - sumw[i1])*sval[1]*sval[1]
+                              + (sumw[i3] - sumw[i2])*sval[2]*sval[2] + (sumw[kBlockSize] - sumw[i3])*sval[3]*sval[3];
+                        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                            d = sumqx/sumq2; best = d*sumqx; is_shifted = true;
+                        }
+                        sumqx = (sumx[i1] - sumx[ 0])*val[3] + (sumx[i2        ] - sumx[i1])*val[2]
+                              + (sumx[i3] - sumx[i2])*val[1] + (sumx[kBlockSize] - sumx[i3])*val[0];
+                        sumq2 = (sumw[i1] - sumw[ 0])*val[3]*val[3] + (sumw[i2        ] - sumw[i1])*val[2]*val[2]
+                              + (sumw[i3] - sumw[i2])*val[1]*val[1] + (sumw[kBlockSize] - sumw[i3])*val[0]*val[0];
+                        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                            d = sumqx/sumq2; best = d*sumqx; is_shifted = false;
+                        }
+                        sumqx = (sumx[i1] - sumx[ 0])*sval[3] + (sumx[i2        ] - sumx[i1])*sval[2]
+                              + (sumx[i3] - sumx[i2])*sval[1] + (sumx[kBlockSize] - sumx[i3])*sval[0];
+                        sumq2 = (sumw[i1] - sumw[ 0])*sval[3]*sval[3] + (sumw[i2        ] - sumw[i1])*sval[2]*sval[2]
+                              + (sumw[i3] - sumw[i2])*sval[1]*sval[1] + (sumw[kBlockSize] - sumw[i3])*sval[0]*sval[0];
+                        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                            d = sumqx/sumq2; best = d*sumqx; is_shifted = true;
+                        }
+                    }
+                }
+            }
+            scales[ib] = d;
+            if (is_shifted) extra |= (1 << ib);
+        }
+        blk.extra = extra;
+        memcpy(blk.qs, scales, 32);  // all_scales and all_sw, parked until pass 2
+        memcpy(blk.qs + 32, sw, 32);
+        store_block(yb + ibl*(int64_t)sizeof(block_iq2_ks), &blk, (int) sizeof(block_iq2_ks));
+    }
+
+    const int nmax = 16;
+    float iscale_L;
+    float d = iq2_ks_make_qx_quants(yb, nblock, nmax, &iscale_L);
+
+    if (!d) {
+        for (int ibl = 0; ibl < nblock; ++ibl) {
+            block_iq2_ks blk;
+            iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq2_ks), (int) sizeof(block_iq2_ks));
+            memset(blk.qs, 0, sizeof(blk.qs));
+            store_block(yb + ibl*(int64_t)sizeof(block_iq2_ks), &blk, (int) sizeof(block_iq2_ks));
+        }
+        ggml_half dh = GGML_FP32_TO_FP16(0.f);
+        store_block(cy, &dh, 2);
+        return;
+    }
+
+    float sumqx = 0, sumq2 = 0;
+    for (int ibl = 0; ibl < nblock; ++ibl) {
+        block_iq2_ks blk;
+        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq2_ks), (int) sizeof(block_iq2_ks));
+        float scales[QK_K/32];
+        memcpy(scales, blk.qs, 32);
+        memset(blk.qs, 0, sizeof(blk.qs));
+        int8_t Ls[QK_K/32];
+        for (int i = 0; i < QK_K/32; ++i) {
+            int l = nearest_int(iscale_L * scales[i]);
+            Ls[i] = nmax + MAX(-nmax, MIN(nmax-1, l));
+        }
+        const float * xbl = x + ibl*QK_K;
+        float sumx2 = 0;
+        for (int j = 0; j < QK_K; ++j) sumx2 += xbl[j]*xbl[j];
+        const float sigma2 = 1.5f*sumx2/QK_K;
+        for (int ib = 0; ib < QK_K/kBlockSize; ++ib) {
+            int ls = Ls[ib];
+            blk.scales[ib/2] |= ((ls & 0xf) << 4*(ib%2));
+            blk.extra |= ((ls >> 4) << (8 + ib));
+            ls -= 16;
+            float dl = d * ls;
+            if (dl) {
+                const int8_t * block_values = blk.extra & (1 << ib) ? shifted_values : iq2nl_values;
+                const float * xb = xbl + kBlockSize*ib;
+                if (quant_weights) {
+                    float qw[32];
+                    iqk_row_weights(xb, quant_weights + ibl*QK_K + ib*kBlockSize, qw, kBlockSize, kBlockSize);
+                    for (int j = 0; j < kBlockSize; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+                } else {
+                    for (int j = 0; j < kBlockSize; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+                }
+                float idl = 1/dl;
+                uint8_t * qs = blk.qs + 32*(ib/4);
+                for (int j = 0; j < 32; ++j) {
+                    const float al = idl*xb[j];
+                    int ibest = iqk_best_index_iq2nl(block_values, al);
+                    qs[j] |= (ibest << 2*(ib%4));
+                    float w = weight[j];
+                    float q = block_values[ibest]*ls;
+                    sumqx += w*q*xb[j];
+                    sumq2 += w*q*q;
+                }
+            }
+        }
+        store_block(yb + ibl*(int64_t)sizeof(block_iq2_ks), &blk, (int) sizeof(block_iq2_ks));
+    }
+    ggml_half dh = GGML_FP32_TO_FP16(1.030f*(sumq2 > 0 ? sumqx/sumq2 : d));
+    store_block(cy, &dh, 2);
+}
+IQK_ROW_META_KERNEL(iq2_ks, block_iq2_ks, 2, iq2_ks_row)
+
+// ---- IQ4_KSS ----------------------------------------------------------------------------------
+
+typedef struct {
+    uint16_t qs[QK_K/4];  // C: uint32_t qs[QK_K/8], written through a uint16_t view
+} block_iq4_kss;
+
+QDEV int iqk_popcount(uint32_t x) {
+    int n = 0;
+    while (x) { n += (int)(x & 1u); x >>= 1; }
+    return n;
+}
+
+// scramble_table()[i]: the j < 2^15 with j ^ (j << 1) == i | (popcount(i) odd) << 15, i.e. the
+// prefix XOR of that value's bits (the table C builds by search, computed directly).
+QDEV uint16_t iqk_scramble(uint32_t i) {
+    uint32_t val = i | ((uint32_t)(iqk_popcount(i) % 2) << 15);
+    uint32_t j = val;
+    j ^= j << 1; j ^= j << 2; j ^= j << 4; j ^= j << 8;
+    return (uint16_t)(j & 0xFFFFu);
+}
+
+// prune_iq4ks (diff0 from the unshifted iq4k_values, as in C).
+QDEV uint16_t iqk_prune_iq4ks(uint16_t v, const int8_t * values, const float * x, const float * w, float dl) {
+    if (iqk_popcount(v)%2 == 0) return v;
+    float best_score = 3.40282347e+38f;  // std::numeric_limits<float>::max()
+    uint8_t q4[4];
+    int jbest = -1;
+    uint8_t bestq = 0;
+    for (int j = 0; j < 4; ++j) {
+        uint8_t q = (v >> 4*j) & 0xf;
+        q4[j] = q;
+        int pc = iqk_popcount(q);
+        float diff0 = dl*iqk_iq4k_values[q] - x[j];
+        int qmin = MAX(int(q)-2,  0);
+        int qmax = MIN(int(q)+2, 15);
+        for (int iq = qmin; iq <= qmax; ++iq) {
+            uint8_t qq = iq;
+            if (qq == q) continue;
+            int pci = iqk_popcount(qq);
+            int dpc = pci - pc;
+            if ((dpc < 0 ? -dpc : dpc)%2) {
+                float diff1 = dl*values[qq] - x[j];
+                float score = w[j]*(diff1*diff1 - diff0*diff0);
+                if (score < best_score) {
+                    best_score = score; jbest = j; bestq = qq;
+                }
+            }
+        }
+    }
+    if (jbest < 0) return v;  // C: GGML_ASSERT(jbest >= 0) aborts
+    q4[jbest] = bestq;
+    return (q4[0] | (q4[1] << 4) | (q4[2] << 8) | (q4[3] << 12));
+}
+
+// quantize_iq4_kss -> quantize_row_iq4_kss_impl (ntry 7, iq4k_values); pass 1 keeps no shift bit
+// (vs/vps/vms of pass 1 are never read afterwards), so all_scales is the only state carried.
+QDEV void iq4_kss_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                      uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    const int super_block_size = 256;
+    const int block_size = 32;
+    const int ntry = 7;
+    const int8_t * values = iqk_iq4k_values;
+    const int8_t * shifted_values = values + 16;
+    uint8_t * yb = cy + 4;
+    const int nsb = n_per_row/super_block_size;
+    float weight[32];
+
+    uint16_t vps[block_size/2], vms[block_size/2];
+    float xv[4], wv[4];
+
+    float amax_scale = 0;
+
+    for (int ibl = 0; ibl < nsb; ++ibl) {
+        block_iq4_kss blk;
+        memset(&blk, 0, sizeof(block_iq4_kss));
+        const float * xbl = x + ibl*super_block_size;
+        float scales[QK_K/32];
+        float sigma2 = 0;
+        for (int j = 0; j < super_block_size; ++j) sigma2 += xbl[j]*xbl[j];
+        sigma2 *= 2.f/super_block_size;
+        for (int ib = 0; ib < super_block_size/block_size; ++ib) {
+            const float * xb = xbl + ib*block_size;
+            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
+                           weight, sigma2, block_size);
+            float amax = 0, max = 0;
+            for (int j = 0; j < block_size; ++j) {
+                float ax = fabsf(xb[j]);
+                if (ax > amax) {
+                    amax = ax; max = xb[j];
+                }
+            }
+            if (amax < 1e-16f) {
+                scales[ib] = 0;
+                continue;
+            }
+            float best = 0;
+            float d = -max/iqk_iq4k_values[0];
+            for (int itry = -ntry; itry <= ntry; ++itry) {
+                float id = (itry + values[0])/max;
+                float sumqx_p = 0, sumq2_p = 0;
+                float sumqx_m = 0, sumq2_m = 0;
+                float this_d = 1/id;
+                for (int k = 0; k < block_size/4; ++k) {
+                    xv[0] =     xb[2*k+0]; xv[1] =     xb[2*k+0+block_size/2]; xv[2] =     xb[2*k+1]; xv[3] =     xb[2*k+1+block_size/2];
+                    wv[0] = weight[2*k+0]; wv[1] = weight[2*k+0+block_size/2]; wv[2] = weight[2*k+1]; wv[3] = weight[2*k+1+block_size/2];
+                    uint16_t vp = 0, vm = 0;
+                    for (int j = 0; j < 4; ++j) {
+                        float al = id*xv[j];
+                        vp |= (iqk_best_index_iq4nl(values,  al) << 4*j);
+                        vm |= (iqk_best_index_iq4nl(values, -al) << 4*j);
+                    }
+                    vp = iqk_prune_iq4ks(vp, values, xv, wv,  this_d);
+                    vm = iqk_prune_iq4ks(vm, values, xv, wv,  this_d);
+                    for (int j = 0; j < 4; ++j) {
+                        float w = wv[j];
+                        float q = values[(vp >> 4*j) & 0xf];
+                        sumqx_p += w*q*xv[j];
+                        sumq2_p += w*q*q;
+                        q = values[(vm >> 4*j) & 0xf];
+                        sumqx_m += w*q*xv[j];
+                        sumq2_m += w*q*q;
+                    }
+                }
+                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                    d = sumqx_p/sumq2_p; best = d * sumqx_p;
+                }
+                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                    d = sumqx_m/sumq2_m; best = d * sumqx_m;
+                }
+
+                id = (itry + shifted_values[0])/max;
+                this_d = 1/id;
+                sumqx_p = sumq2_p = 0;
+                sumqx_m = sumq2_m = 0;
+                for (int k = 0; k < block_size/4; ++k) {
+                    xv[0] =     xb[2*k+0]; xv[1] =     xb[2*k+0+block_size/2]; xv[2] =     xb[2*k+1]; xv[3] =     xb[2*k+1+block_size/2];
+                    wv[0] = weight[2*k+0]; wv[1] = weight[2*k+0+block_size/2]; wv[2] = weight[2*k+1]; wv[3] = weight[2*k+1+block_size/2];
+                    uint16_t vp = 0, vm = 0;
+                    for (int j = 0; j < 4; ++j) {
+                        float al = id*xv[j];
+                        vp |= (iqk_best_index_iq4nl(shifted_values,  al) << 4*j);
+                        vm |= (iqk_best_index_iq4nl(shifted_values, -al) << 4*j);
+                    }
+                    vp = iqk_prune_iq4ks(vp, shifted_values, xv, wv,  this_d);
+                    vm = iqk_prune_iq4ks(vm, shifted_values, xv, wv,  this_d);
+                    for (int j = 0; j < 4; ++j) {
+                        float w = wv[j];
+                        float q = shifted_values[(vp >> 4*j) & 0xf];
+                        sumqx_p += w*q*xv[j];
+                        sumq2_p += w*q*q;
+                        q = shifted_values[(vm >> 4*j) & 0xf];
+                        sumqx_m += w*q*xv[j];
+                        sumq2_m += w*q*q;
+                    }
+                }
+                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                    d = sumqx_p/sumq2_p; best = d * sumqx_p;
+                }
+                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                    d = sumqx_m/sumq2_m; best = d * sumqx_m;
+                }
+            }
+            scales[ib] = d;
+            amax_scale = iqk_std_max(amax_scale, fabsf(d));
+        }
+        memcpy(blk.qs, scales, sizeof(scales));  // all_scales, parked until pass 2
+        store_block(yb + ibl*(int64_t)sizeof(block_iq4_kss), &blk, (int) sizeof(block_iq4_kss));
+    }
+    float d = amax_scale/127;
+    uint16_t meta[2];
+    memcpy(meta, &d, 4);
+    if (!d) {
+        block_iq4_kss zero;
+        memset(&zero, 0, sizeof(block_iq4_kss));
+        for (int ibl = 0; ibl < nsb; ++ibl) {
+            store_block(yb + ibl*(int64_t)sizeof(block_iq4_kss), &zero, (int) sizeof(block_iq4_kss));
+        }
+        store_block(cy, meta, 4);
+        return;
+    }
+    float id = 1/d;
+    float sumqx = 0, sumq2 = 0;
+    for (int ibl = 0; ibl < nsb; ++ibl) {
+        block_iq4_kss blk;
+        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq4_kss), (int) sizeof(block_iq4_kss));
+        float scales[QK_K/32];
+        memcpy(scales, blk.qs, sizeof(scales));
+        memset(&blk, 0, sizeof(block_iq4_kss));
+        const float * xbl = x + ibl*super_block_size;
+        float sigma2 = 0;
+        for (int j = 0; j < super_block_size; ++j) sigma2 += xbl[j]*xbl[j];
+        sigma2 *= 2.f/super_block_size;
+        for (int ib = 0; ib < super_block_size/block_size; ++ib) {
+            const float * xb = xbl + ib*block_size;
+            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
+                           weight, sigma2, block_size);
+            int l = nearest_int(0.5f*(id*scales[ib]+127.f));
+            l = (MAX(0, MIN(127, l)) << 1) - 127;
+            if (l) {
+                float dl = d*l;
+                float idl = 1/dl;
+                float mse_p = 0, mse_m = 0;
+                for (int k = 0; k < block_size/4; ++k) {
+                    xv[0] =     xb[2*k+0]; xv[1] =     xb[2*k+0+block_size/2]; xv[2] =     xb[2*k+1]; xv[3] =     xb[2*k+1+block_size/2];
+                    wv[0] = weight[2*k+0]; wv[1] = weight[2*k+0+block_size/2]; wv[2] = weight[2*k+1]; wv[3] = weight[2*k+1+block_size/2];
+                    uint16_t vp = 0, vm = 0;
+                    for (int j = 0; j < 4; ++j) {
+                        float al = idl*xv[j];
+                        vp |= (iqk_best_index_iq4nl(        values, al) << 4*j);
+                        vm |= (iqk_best_index_iq4nl(shifted_values, al) << 4*j);
+                    }
+                    vp = iqk_prune_iq4ks(vp,         values, xv, wv,  dl);
+                    vm = iqk_prune_iq4ks(vm, shifted_values, xv, wv,  dl);
+                    for (int j = 0; j < 4; ++j) {
+                        float w = wv[j];
+                        float q = values[(vp >> 4*j) & 0xf];
+                        mse_p += w*(xv[j] - dl*q)*(xv[j] - dl*q);
+                        q = shifted_values[(vm >> 4*j) & 0xf];
+                        mse_m += w*(xv[j] - dl*q)*(xv[j] - dl*q);
+                    }
+                    vps[k] = vp;
+                    vms[k] = vm;
+                }
+                const uint16_t * v = vps;
+                const int8_t * block_values = values;
+                if (mse_m < mse_p) {
+                    v = vms;
+                    block_values = values + 16;
+                }
+                for (int k = 0; k < block_size/4; ++k) {
+                    xv[0] =     xb[2*k+0]; xv[1] =     xb[2*k+0+block_size/2]; xv[2] =     xb[2*k+1]; xv[3] =     xb[2*k+1+block_size/2];
+                    wv[0] = weight[2*k+0]; wv[1] = weight[2*k+0+block_size/2]; wv[2] = weight[2*k+1]; wv[3] = weight[2*k+1+block_size/2];
+                    for (int j = 0; j < 4; ++j) {
+                        float q = block_values[(v[k] >> 4*j) & 0xf] * l;
+                        sumqx += wv[j]*q*xv[j];
+                        sumq2 += wv[j]*q*q;
+                    }
+                }
+                l += 127;
+                if (mse_m < mse_p) l |= 1;
+                uint16_t * q16 = blk.qs + (block_size/4)*ib;
+                for (int k = 0; k < block_size/4; ++k) {
+                    uint16_t val = iqk_scramble(v[k] & 0x7fff);
+                    q16[k] = (val << 1) | ((l >> k) & 1);
+                }
+            } else {
+                l += 127;
+                uint16_t * q16 = blk.qs + (block_size/4)*ib;
+                for (int k = 0; k < block_size/4; ++k) {
+                    q16[k] = ((l >> k) & 1);
+                }
+            }
+        }
+        store_block(yb + ibl*(int64_t)sizeof(block_iq4_kss), &blk, (int) sizeof(block_iq4_kss));
+    }
+    if (sumq2 > 0) d = sumqx/sumq2 * 1.01f;
+    memcpy(meta, &d, 4);
+    store_block(cy, meta, 4);
+}
+IQK_ROW_META_KERNEL(iq4_kss, block_iq4_kss, 4, iq4_kss_row)

@@ -767,3 +767,405 @@ QDEV void iq2_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
     }
 }
 QTOOL_ROW_KERNEL(iq2_s, QK_K, block_iq2_s, iq2_s_block)
+
+// ---------------------------------------------------------------- IQ1_S / IQ1_M (2048-point grid)
+
+QTABLE(uint64_t, lat_iq1_s_grid)        // kgrid_q2xs of iq2xs_init_impl(GGML_TYPE_IQ1_S) (= IQ1_M's)
+QTABLE(int32_t, lat_iq1_s_map)          // kmap_q2xs
+QTABLE(uint16_t, lat_iq1_s_neighbours)  // kneighbors_q2xs
+
+#define LAT_NGRID_IQ1S 2048
+#define LAT_IQ1S_DELTA 0.125f
+#define LAT_IQ1M_DELTA 0.125f
+#define LAT_IQ1S_BLOCK_SIZE 32
+#define LAT_IQ1M_BLOCK_SIZE 16
+
+typedef struct { ggml_half d; uint8_t qs[QK_K/8]; uint16_t qh[QK_K/32]; } block_iq1_s;
+// ggml's scales[QK_K/32] bytes, declared as the uint16_t words quantize_row_iq1_m_impl writes them as
+typedef struct { uint8_t qs[QK_K/8]; uint8_t qh[QK_K/16]; uint16_t scales[QK_K/64]; } block_iq1_m;
+
+QDEV int lat_iq1_find_best_neighbour2(const uint16_t * GGML_RESTRICT neighbours, const uint64_t * GGML_RESTRICT grid,
+        const float * GGML_RESTRICT xval, const float * GGML_RESTRICT weight, float scale, const float * GGML_RESTRICT xg,
+        int8_t * GGML_RESTRICT L) {
+    int num_neighbors = neighbours[0];
+    float best_score = LAT_FLT_MAX;
+    int grid_index = -1;
+    for (int j = 1; j <= num_neighbors; ++j) {
+        const int8_t * pg = (const int8_t *)(grid + neighbours[j]);
+        float d2 = 0;
+        for (int i = 0; i < 8; ++i) {
+            float q = xg[(pg[i] - 1)/2];
+            float w = weight[i];
+            float diff = scale*q - xval[i];
+            d2 += w*diff*diff;
+        }
+        if (d2 < best_score) {
+            best_score = d2;
+            grid_index = neighbours[j];
+        }
+    }
+    // C then scans the whole grid reading xval out of bounds, and aborts if still nothing: only
+    // reachable with inf / NaN distances (the numpy engine raises there); take the first neighbour.
+    if (grid_index < 0) grid_index = neighbours[1];
+    const int8_t * pg = (const int8_t *)(grid + grid_index);
+    for (int i = 0; i < 8; ++i) L[i] = (pg[i] - 1)/2;
+    return grid_index;
+}
+
+// qsort(pairs, n, 2*sizeof(float), iq1_sort_helper) as glibc does it for these sizes (a stable
+// merge sort): ascending values, ties in their original order. pv: values, pi: indices.
+QDEV void lat_iq1_sort_pairs(float * GGML_RESTRICT pv, int * GGML_RESTRICT pi, int n) {
+    for (int j = 1; j < n; ++j) {
+        const float v = pv[j];
+        const int ix = pi[j];
+        int i = j - 1;
+        while (i >= 0 && pv[i] > v) {
+            pv[i+1] = pv[i]; pi[i+1] = pi[i];
+            --i;
+        }
+        pv[i+1] = v; pi[i+1] = ix;
+    }
+}
+
+// quantize_row_iq1_s_impl, one super-block (quant_weights required: the imatrix variant only).
+QDEV void iq1_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                      block_iq1_s * GGML_RESTRICT y, float unused) {
+    (void) unused;
+    const uint64_t * kgrid_q2xs      = lat_iq1_s_grid;
+    const int32_t  * kmap_q2xs       = lat_iq1_s_map;
+    const uint16_t * kneighbors_q2xs = lat_iq1_s_neighbours;
+
+    const int block_size = LAT_IQ1S_BLOCK_SIZE;
+
+    float  scales[QK_K/LAT_IQ1S_BLOCK_SIZE];
+    float  weight[LAT_IQ1S_BLOCK_SIZE];
+    int8_t L[LAT_IQ1S_BLOCK_SIZE];
+    float  sumx[LAT_IQ1S_BLOCK_SIZE+1];
+    float  sumw[LAT_IQ1S_BLOCK_SIZE+1];
+    float  pv[LAT_IQ1S_BLOCK_SIZE];
+    int    idx[LAT_IQ1S_BLOCK_SIZE];
+    uint16_t index[LAT_IQ1S_BLOCK_SIZE/8];
+    int8_t shifts[QK_K/LAT_IQ1S_BLOCK_SIZE];
+
+    const float x_p[3] = {-1 + LAT_IQ1S_DELTA,  LAT_IQ1S_DELTA, 1 + LAT_IQ1S_DELTA};
+    const float x_m[3] = {-1 - LAT_IQ1S_DELTA, -LAT_IQ1S_DELTA, 1 - LAT_IQ1S_DELTA};
+
+    y->d = GGML_FP32_TO_FP16(0.f);
+    memset(y->qs, 0, QK_K/8);
+    memset(y->qh, 0, QK_K/16);
+
+    float max_scale = 0;
+
+    const float * xbl = x;
+    float sumx2 = 0;
+    for (int i = 0; i < QK_K; ++i) sumx2 += xbl[i]*xbl[i];
+    float sigma2 = 2*sumx2/QK_K;
+
+    for (int ib = 0; ib < QK_K/block_size; ++ib) {
+        const float * xb = xbl + block_size*ib;
+        const float * qw = quant_weights + block_size*ib;
+        for (int i = 0; i < block_size; ++i) weight[i] = qw[i] * sqrtf(sigma2 + xb[i]*xb[i]);
+        float max = fabsf(xb[0]);
+        for (int i = 1; i < block_size; ++i) max = MAX(max, fabsf(xb[i]));
+        if (max < GROUP_MAX_EPS_IQ1_S) {
+            scales[ib] = 0;
+            shifts[ib] = 1;
+            memset(L, 1, block_size);
+            continue;
+        }
+        for (int j = 0; j < block_size; ++j) {
+            pv[j] = xb[j];
+            idx[j] = j;
+        }
+        lat_iq1_sort_pairs(pv, idx, block_size);
+        {
+            sumx[0] = sumw[0] = 0;
+            for (int j = 0; j < block_size; ++j) {
+                int i = idx[j];
+                sumx[j+1] = sumx[j] + weight[i]*xb[i];
+                sumw[j+1] = sumw[j] + weight[i];
+            }
+        }
+        float best_score = -LAT_FLT_MAX, scale = max;
+        int besti1 = -1, besti2 = -1, best_shift = 0;
+        for (int i1 = 0; i1 <= block_size; ++i1) {
+            for (int i2 = i1; i2 <= block_size; ++i2) {
+                float sumqx = (sumx[i1] - sumx[0])*x_p[0] + (sumx[i2] - sumx[i1])*x_p[1] + (sumx[block_size] - sumx[i2])*x_p[2];
+                float sumq2 = (sumw[i1] - sumw[0])*x_p[0]*x_p[0] + (sumw[i2] - sumw[i1])*x_p[1]*x_p[1] + (sumw[block_size] - sumw[i2])*x_p[2]*x_p[2];
+                if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) {
+                    scale = sumqx/sumq2; best_score = scale*sumqx;
+                    besti1 = i1; besti2 = i2; best_shift = 1;
+                }
+                sumqx = (sumx[i1] - sumx[0])*x_m[0] + (sumx[i2] - sumx[i1])*x_m[1] + (sumx[block_size] - sumx[i2])*x_m[2];
+                sumq2 = (sumw[i1] - sumw[0])*x_m[0]*x_m[0] + (sumw[i2] - sumw[i1])*x_m[1]*x_m[1] + (sumw[block_size] - sumw[i2])*x_m[2]*x_m[2];
+                if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) {
+                    scale = sumqx/sumq2; best_score = scale*sumqx;
+                    besti1 = i1; besti2 = i2; best_shift = -1;
+                }
+            }
+        }
+        if (besti1 < 0 || besti2 < 0 || best_shift == 0) {
+            scales[ib] = 0;
+            shifts[ib] = 1;
+            memset(L, 1, block_size);
+            continue;
+        }
+        for (int j =      0; j < besti1; ++j) L[idx[j]] = 0;
+        for (int j = besti1; j < besti2; ++j) L[idx[j]] = 1;
+        for (int j = besti2; j < block_size; ++j) L[idx[j]] = 2;
+        if (scale < 0) {
+            for (int j = 0; j < block_size; ++j) L[j] = 2 - L[j];
+            scale = -scale; best_shift = -best_shift;
+        }
+        bool all_on_grid = true;
+        const float * xx = best_shift == 1 ? x_p : x_m;
+        for (int k = 0; k < block_size/8; ++k) {
+            uint16_t u = 0;
+            for (int j = 0; j < 8; ++j) u |= (L[8*k+j] << 2*j);
+            int grid_index = kmap_q2xs[u];
+            if (grid_index < 0) {
+                all_on_grid = false;
+                const uint16_t * neighbours = kneighbors_q2xs - kmap_q2xs[u] - 1;
+                grid_index = lat_iq1_find_best_neighbour2(neighbours, kgrid_q2xs, xb + 8*k, weight + 8*k, scale, xx, L + 8*k);
+            }
+            index[k] = grid_index;
+        }
+        if (!all_on_grid) {
+            float sumqx = 0, sumq2 = 0;
+            for (int k = 0; k < block_size/8; ++k) {
+                const int8_t * pg = (const int8_t *)(kgrid_q2xs + index[k]);
+                for (int j = 0; j < 8; ++j) {
+                    float w = weight[8*k + j];
+                    float q = xx[(pg[j] - 1)/2];
+                    sumqx += w*q*xb[8*k+j];
+                    sumq2 += w*q*q;
+                }
+            }
+            if (sumqx > 0 && sumq2 > 0) scale = sumqx/sumq2;
+        }
+        uint16_t h = 0;
+        for (int k = 0; k < block_size/8; ++k) {
+            y->qs[(block_size/8)*ib + k] = index[k] & 255;
+            h |= (index[k] >> 8) << 3*k;
+        }
+        y->qh[ib] = h;
+        scales[ib] = scale;
+        shifts[ib] = best_shift;
+        max_scale = MAX(max_scale, scale);
+    }
+
+    if (!max_scale) {
+        return;
+    }
+
+    float d = max_scale/15;
+    y->d = GGML_FP32_TO_FP16(d*1.125f);
+    float id = 1/d;
+    for (int ib = 0; ib < QK_K/block_size; ++ib) {
+        int l = nearest_int(0.5f*(id*scales[ib]-1));
+        l = MAX(0, MIN(7, l));
+        if (shifts[ib] == -1) l |= 8;
+        y->qh[ib] |= (l << 12);
+    }
+}
+QTOOL_ROW_KERNEL(iq1_s, QK_K, block_iq1_s, iq1_s_block)
+
+// quantize_row_iq1_m_impl, one super-block.
+QDEV void iq1_m_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                      block_iq1_m * GGML_RESTRICT y, float unused) {
+    (void) unused;
+    const uint64_t * kgrid_q2xs      = lat_iq1_s_grid;
+    const int32_t  * kmap_q2xs       = lat_iq1_s_map;
+    const uint16_t * kneighbors_q2xs = lat_iq1_s_neighbours;
+
+    const int block_size = LAT_IQ1M_BLOCK_SIZE;
+
+    float  scales[QK_K/LAT_IQ1M_BLOCK_SIZE];
+    float  weight[LAT_IQ1M_BLOCK_SIZE];
+    int8_t L[LAT_IQ1M_BLOCK_SIZE];
+    float  pv[LAT_IQ1M_BLOCK_SIZE];
+    int    idx[LAT_IQ1M_BLOCK_SIZE];
+    uint16_t index[LAT_IQ1M_BLOCK_SIZE/8];
+    int8_t shifts[QK_K/LAT_IQ1M_BLOCK_SIZE];
+
+    const float x_p[3] = {-1 + LAT_IQ1M_DELTA,  LAT_IQ1M_DELTA, 1 + LAT_IQ1M_DELTA};
+    const float x_m[3] = {-1 - LAT_IQ1M_DELTA, -LAT_IQ1M_DELTA, 1 - LAT_IQ1M_DELTA};
+    const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
+
+    float sumqx[4], sumq2[4];
+
+    uint16_t s_u16;
+    const float * xx;
+
+    memset(y->qs, 0, QK_K/8);
+    memset(y->qh, 0, QK_K/16);
+    memset(y->scales, 0, QK_K/32);
+
+    float max_scale = 0;
+
+    const float * xbl = x;
+    float sumx2 = 0;
+    for (int i = 0; i < QK_K; ++i) sumx2 += xbl[i]*xbl[i];
+    float sigma2 = 2*sumx2/QK_K;
+
+    for (int ib = 0; ib < QK_K/block_size; ++ib) {
+        const float * xb = xbl + block_size*ib;
+        if (quant_weights) {
+            const float * qw = quant_weights + block_size*ib;
+            for (int i = 0; i < block_size; ++i) weight[i] = qw[i] * sqrtf(sigma2 + xb[i]*xb[i]);
+        } else {
+            for (int i = 0; i < block_size; ++i) weight[i] = xb[i]*xb[i];
+        }
+        float max = fabsf(xb[0]);
+        for (int i = 1; i < block_size; ++i) max = MAX(max, fabsf(xb[i]));
+        if (max < GROUP_MAX_EPS_IQ1_M) {
+            scales[ib] = 0;
+            shifts[ib] = 0;
+            memset(L, 1, block_size);
+            continue;
+        }
+        for (int j = 0; j < block_size; ++j) {
+            pv[j] = xb[j];
+            idx[j] = j;
+        }
+        lat_iq1_sort_pairs(pv, idx, block_size);
+        float best_score = -LAT_FLT_MAX, scale = max;
+        int besti1 = -1, besti2 = -1, best_k = -1;
+        {
+            float px[2][LAT_IQ1M_BLOCK_SIZE+1];
+            float pw[2][LAT_IQ1M_BLOCK_SIZE+1];
+            px[0][0] = px[1][0] = 0;
+            pw[0][0] = pw[1][0] = 0;
+            for (int j = 0; j < block_size; ++j) {
+                const int i = idx[j];
+                const int h = i < block_size/2 ? 0 : 1;
+                px[h][j+1]   = px[h][j] + weight[i]*xb[i];
+                px[1-h][j+1] = px[1-h][j];
+                pw[h][j+1]   = pw[h][j] + weight[i];
+                pw[1-h][j+1] = pw[1-h][j];
+            }
+            const float txs[2] = {px[0][block_size], px[1][block_size]};
+            const float tws[2] = {pw[0][block_size], pw[1][block_size]};
+            const float p2   = x_p[2], m2 = x_m[2];
+            const float cp1  = x_p[0]*x_p[0] - x_p[1]*x_p[1];
+            const float cp2  = x_p[1]*x_p[1] - x_p[2]*x_p[2];
+            const float cm1  = x_m[0]*x_m[0] - x_m[1]*x_m[1];
+            const float cm2  = x_m[1]*x_m[1] - x_m[2]*x_m[2];
+            for (int i1 = 0; i1 <= block_size; ++i1) {
+                for (int i2 = i1; i2 <= block_size; ++i2) {
+                    float qx_p[2], qx_m[2], q2_p[2], q2_m[2];
+                    for (int h = 0; h < 2; ++h) {
+                        const float sx = px[h][i1] + px[h][i2];
+                        qx_p[h] = txs[h]*p2 - sx;
+                        qx_m[h] = txs[h]*m2 - sx;
+                        q2_p[h] = tws[h]*p2*p2 + pw[h][i1]*cp1 + pw[h][i2]*cp2;
+                        q2_m[h] = tws[h]*m2*m2 + pw[h][i1]*cm1 + pw[h][i2]*cm2;
+                    }
+                    sumqx[0] = qx_p[0] + qx_p[1];
+                    sumqx[1] = qx_p[0] + qx_m[1];
+                    sumqx[2] = qx_m[0] + qx_p[1];
+                    sumqx[3] = qx_m[0] + qx_m[1];
+                    sumq2[0] = q2_p[0] + q2_p[1];
+                    sumq2[1] = q2_p[0] + q2_m[1];
+                    sumq2[2] = q2_m[0] + q2_p[1];
+                    sumq2[3] = q2_m[0] + q2_m[1];
+                    for (int k = 0; k < 4; ++k) {
+                        if (sumq2[k] > 0 && sumqx[k]*sumqx[k] > best_score*sumq2[k]) {
+                            scale = sumqx[k]/sumq2[k]; best_score = scale*sumqx[k];
+                            besti1 = i1; besti2 = i2; best_k = k;
+                        }
+                    }
+                }
+            }
+        }
+        if (besti1 < 0 || besti2 < 0 || best_k < 0) {
+            scales[ib] = 0;
+            shifts[ib] = 0;
+            memset(L, 1, block_size);
+            continue;
+        }
+        for (int j =      0; j < besti1; ++j) L[idx[j]] = 0;
+        for (int j = besti1; j < besti2; ++j) L[idx[j]] = 1;
+        for (int j = besti2; j < block_size; ++j) L[idx[j]] = 2;
+        if (scale < 0) {
+            for (int j = 0; j < block_size; ++j) L[j] = 2 - L[j];
+            scale = -scale;
+            best_k = best_k == 0 ? 3 : best_k == 1 ? 2 : best_k == 2 ? 1 : 0;
+        }
+        bool all_on_grid = true;
+        for (int k = 0; k < block_size/8; ++k) {
+            if (k == 0) xx = best_k < 2 ? x_p : x_m;
+            else xx = best_k%2 == 0 ? x_p : x_m;
+            uint16_t u = 0;
+            for (int j = 0; j < 8; ++j) u |= (L[8*k+j] << 2*j);
+            int grid_index = kmap_q2xs[u];
+            if (grid_index < 0) {
+                all_on_grid = false;
+                const uint16_t * neighbours = kneighbors_q2xs - kmap_q2xs[u] - 1;
+                grid_index = lat_iq1_find_best_neighbour2(neighbours, kgrid_q2xs, xb + 8*k, weight + 8*k, scale, xx, L + 8*k);
+            }
+            index[k] = grid_index;
+        }
+        if (!all_on_grid) {
+            float sumqx_f = 0, sumq2_f = 0;
+            for (int k = 0; k < block_size/8; ++k) {
+                if (k == 0) xx = best_k < 2 ? x_p : x_m;
+                else xx = best_k%2 == 0 ? x_p : x_m;
+                const int8_t * pg = (const int8_t *)(kgrid_q2xs + index[k]);
+                for (int j = 0; j < 8; ++j) {
+                    float w = weight[8*k + j];
+                    float q = xx[(pg[j] - 1)/2];
+                    sumqx_f += w*q*xb[8*k+j];
+                    sumq2_f += w*q*q;
+                }
+            }
+            if (sumqx_f > 0 && sumq2_f > 0) scale = sumqx_f/sumq2_f;
+        }
+        y->qs[2*ib + 0] = index[0] & 255;
+        y->qs[2*ib + 1] = index[1] & 255;
+        y->qh[ib] = (index[0] >> 8) | ((index[1] >> 8) << 4);
+        scales[ib] = scale;
+        shifts[ib] = best_k;
+        max_scale = MAX(max_scale, scale);
+    }
+
+    if (!max_scale) {
+        return;
+    }
+
+    uint16_t * sc = y->scales;
+    float d = max_scale/15;
+    float id = 1/d;
+    float sumqx_f = 0, sumq2_f = 0;
+    for (int ib = 0; ib < QK_K/block_size; ++ib) {
+        int l = nearest_int(0.5f*(id*scales[ib+0]-1));
+        l = MAX(0, MIN(7, l));
+        sc[ib/4] |= (l << 3*(ib%4));
+        y->qh[ib] |= masks[shifts[ib]];
+        const float * xb = xbl + block_size*ib;
+        if (quant_weights) {
+            const float * qw = quant_weights + block_size*ib;
+            for (int i = 0; i < block_size; ++i) weight[i] = qw[i] * sqrtf(sigma2 + xb[i]*xb[i]);
+        } else {
+            for (int i = 0; i < block_size; ++i) weight[i] = xb[i]*xb[i];
+        }
+        for (int k = 0; k < block_size/8; ++k) {
+            if (k == 0) xx = shifts[ib] < 2 ? x_p : x_m;
+            else xx = shifts[ib]%2 == 0 ? x_p : x_m;
+            const int8_t * pg = (const int8_t *)(kgrid_q2xs + y->qs[2*ib+k] + ((y->qh[ib] << (8 - 4*k)) & 0x700));
+            for (int j = 0; j < 8; ++j) {
+                float w = weight[8*k + j];
+                float q = xx[(pg[j] - 1)/2]*(2*l+1);
+                sumqx_f += w*q*xb[8*k+j];
+                sumq2_f += w*q*q;
+            }
+        }
+    }
+    if (sumq2_f > 0) d = sumqx_f/sumq2_f;
+    s_u16 = GGML_FP32_TO_FP16(d*1.1125f);
+    sc[0] |= ((s_u16 & 0x000f) << 12);
+    sc[1] |= ((s_u16 & 0x00f0) <<  8);
+    sc[2] |= ((s_u16 & 0x0f00) <<  4);
+    sc[3] |= ((s_u16 & 0xf000) <<  0);
+}
+QTOOL_ROW_KERNEL(iq1_m, QK_K, block_iq1_m, iq1_m_block)
