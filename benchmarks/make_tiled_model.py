@@ -4,10 +4,12 @@ cannot download one.
 
     python benchmarks/make_tiled_model.py IN.gguf OUT.gguf --keep-layers 2        # a small source to carry
     python benchmarks/make_tiled_model.py IN.gguf OUT.gguf --layers 174           # blk.i = IN's blk.(i % n)
+    python benchmarks/make_tiled_model.py IN.gguf OUT.gguf --layers 174 --imatrix IM.gguf --imatrix-out OUT-im.gguf
 
 Tensors outside blk.* are copied once; `<arch>.block_count` is set to the new layer count. The
 tensor bytes are copied as stored (any type): dequantize the result (`qtool dequantize`) for an
-F16 model.
+F16 model. --imatrix tiles an imatrix of the input's model the same way (its blk.N entries
+repeated), so the tiled model can be quantized with one.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def main() -> None:
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--keep-layers", type=int, help="keep the first N layers only")
     g.add_argument("--layers", type=int, help="repeat the input's layers to this many")
+    ap.add_argument("--imatrix", help="an imatrix of the input model to tile the same way")
+    ap.add_argument("--imatrix-out", help="where the tiled imatrix goes")
     a = ap.parse_args()
     m = GGUFModel(a.input)
     src_layers = sorted({int(mt.group(1)) for t in m.tensors if (mt := _BLK.match(t.name))})
@@ -56,6 +60,28 @@ def main() -> None:
             w.write_tensor_chunk(m.tensor_data(t))
     size = Path(a.output).stat().st_size
     print(f"{a.output}: {n_out} layers, {len(outs)} tensors, {size / 2**20:.1f} MiB")
+    if a.imatrix:
+        tile_imatrix(a.imatrix, a.imatrix_out or a.output + ".imatrix.gguf", src_layers, n_out)
+
+
+def tile_imatrix(path: str, out: str, src_layers: list[int], n_out: int) -> None:
+    """blk.i.* entries of the tiled model = the source's blk.(src_layers[i % n]).* entries."""
+    from qtool.imatrix import read_imatrix, write_imatrix
+
+    d = read_imatrix(path)
+    entries = {}
+    for name, e in d.entries.items():
+        mt = _BLK.match(name)
+        if not mt:
+            entries[name] = e
+            continue
+        layer, rest = int(mt.group(1)), mt.group(2)
+        for i in range(n_out):
+            if src_layers[i % len(src_layers)] == layer:
+                entries[f"blk.{i}.{rest}"] = e
+    d.entries = entries
+    write_imatrix(d, out)
+    print(f"{out}: {len(entries)} entries")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ GPU_KERNELS: dict[str, GpuKernel] = {k.type_name: k for k in (
     GpuKernel("IQ2_K", "quantize_iq2_k", flavour=IK),
     GpuKernel("IQ2_KS", "quantize_iq2_ks", flavour=IK, per_row=True),
     GpuKernel("IQ4_KSS", "quantize_iq4_kss", flavour=IK, per_row=True),
+    GpuKernel("IQ2_KL", "quantize_iq2_kl", flavour=IK, per_row=True),
 )}
 
 

@@ -2174,3 +2174,267 @@ QDEV void iq4_kss_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
     store_block(cy, meta, 4);
 }
 IQK_ROW_META_KERNEL(iq4_kss, block_iq4_kss, 4, iq4_kss_row)
+
+// ---- IQ2_KL -----------------------------------------------------------------------------------
+
+typedef struct {
+    uint16_t scales_h;
+    uint8_t  scales_l[QK_K/64];
+    uint8_t  qs[QK_K/4];
+    uint8_t  qh[QK_K/16];
+} block_iq2_kl;
+
+QCONST int iqk_kl_index[64] = {-1, -2, 0, -3, -4, 1, -5, -6, 2, -7, -8, 3, -9, 4, -10, 5, -11, 6, 7, -12, 8, 9, 10, -13, 11, -14, -15, -16, 12, 13, -17,
+    14, -18, -19, 15, 16, 17, 18, 19, -20, -21, 20, 21, 22, 23, 24, -22, -23, 25, -24, 26, -25, 27, -26, 28, 29, -27, -28, 30, -29, -30, 31, -31, -32};
+QCONST int8_t iqk_kl_neighbours[32][8] = {
+    { 2, 0, 6, 11, 7, 3, 8, 15,  },
+    { 0, 2, 3, 6, 7, 1, 8, 4,  },
+    { 0, 1, 3, 4, 8, 7, 9, 6,  },
+    { 1, 0, 3, 4, 8, 9, 7, 10,  },
+    { 1, 4, 5, 10, 9, 3, 8, 0,  },
+    { 5, 1, 4, 10, 9, 14, 8, 3,  },
+    { 6, 2, 7, 0, 3, 11, 8, 15,  },
+    { 3, 7, 0, 6, 8, 4, 12, 9,  },
+    { 3, 4, 8, 9, 1, 7, 12, 10,  },
+    { 4, 10, 5, 9, 1, 8, 13, 14,  },
+    { 11, 2, 6, 7, 20, 15, 25, 21,  },
+    { 8, 7, 3, 12, 9, 16, 17, 13,  },
+    { 14, 5, 10, 19, 9, 13, 4, 18,  },
+    { 6, 15, 7, 11, 20, 21, 16, 2,  },
+    { 15, 7, 16, 6, 21, 12, 17, 22,  },
+    { 12, 16, 17, 8, 15, 7, 13, 22,  },
+    { 19, 10, 13, 18, 14, 9, 12, 24,  },
+    { 11, 20, 25, 6, 15, 2, 21, 7,  },
+    { 20, 15, 21, 6, 11, 7, 16, 26,  },
+    { 14, 19, 29, 10, 28, 18, 13, 24,  },
+    { 25, 11, 20, 21, 15, 6, 26, 30,  },
+    { 19, 24, 28, 18, 29, 23, 13, 17,  },
+    { 29, 19, 14, 28, 24, 18, 10, 13,  },
+    { 20, 26, 21, 25, 30, 15, 22, 16,  },
+    { 27, 26, 22, 23, 21, 30, 16, 24,  },
+    { 27, 24, 28, 31, 23, 18, 22, 17,  },
+    { 25, 30, 20, 26, 21, 11, 15, 22,  },
+    { 30, 26, 25, 20, 21, 27, 22, 15,  },
+    { 30, 27, 31, 26, 22, 23, 21, 24,  },
+    { 31, 27, 30, 26, 28, 23, 22, 24,  },
+    { 31, 28, 29, 27, 24, 23, 19, 18,  },
+    { 29, 28, 31, 24, 19, 27, 14, 18,  },
+};
+
+// The C lambda `index` of quantize_row_iq2_kl_impl; grid1/grid2: grid[i].first / .second.
+QDEV int iq2_kl_index(const int8_t * grid1, const int8_t * grid2, float id, float x1, float x2, float w1, float w2) {
+    const int8_t * values = iqk_iq3nl_values;
+    float sx1 = id*x1;
+    float sx2 = id*x2;
+    int l1 = iqk_best_index_iq3nl(values, sx1);
+    int l2 = iqk_best_index_iq3nl(values, sx2);
+    int i = iqk_kl_index[8*l1 + l2];
+    if (i >= 0) return i;
+    const int8_t * neigh = iqk_kl_neighbours[-i-1];
+    float best = 3.40282347e+38f;  // std::numeric_limits<float>::max()
+    int ibest = -1;
+    for (int k = 0; k < 8; ++k) {
+        int n = neigh[k];
+        float diff1 = grid1[n] - sx1;
+        float diff2 = grid2[n] - sx2;
+        float score = w1*diff1*diff1 + w2*diff2*diff2;
+        if (score < best) {
+            best = score; ibest = n;
+        }
+    }
+    if (ibest < 0) ibest = 0;  // C: GGML_ASSERT(ibest >= 0) aborts
+    return ibest;
+}
+
+QDEV void iq2_kl_weights(const float * GGML_RESTRICT xb, const float * GGML_RESTRICT imatrix_b,
+                         float * GGML_RESTRICT weight, float sigma2) {
+    const int kBlockSize = 32;
+    if (imatrix_b) {
+        float qw[32];
+        iqk_row_weights(xb, imatrix_b, qw, kBlockSize, kBlockSize);
+        for (int j = 0; j < kBlockSize; ++j) weight[j] = qw[j]*sqrtf(sigma2 + xb[j]*xb[j]);
+    } else {
+        for (int j = 0; j < kBlockSize; ++j) weight[j] = fabsf(xb[j]);
+    }
+}
+
+// quantize_iq2_kl -> quantize_row_iq2_kl_impl (ntry 5, kSigmaFactor 2.25f); cy: fp16 d, blocks.
+QDEV void iq2_kl_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                     uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    const int kBlockSize = 32;
+    const float kSigmaFactor = 2.25f;
+    const int ntry = 5;
+    const int8_t * values = iqk_iq3nl_values;
+    int8_t grid1[32], grid2[32];
+    for (int j = 0; j < 64; ++j) {
+        int i = iqk_kl_index[j];
+        if (i >= 0) {
+            int i1 = j/8, i2 = j%8;
+            grid1[i] = values[i1]; grid2[i] = values[i2];
+        }
+    }
+    uint8_t * yb = cy + 2;
+    const int nsb = n_per_row/QK_K;
+
+    float weight[kBlockSize];
+
+    float max_scale = 0, max_abs_scale = 0;
+
+    for (int ibl = 0; ibl < nsb; ++ibl) {
+        block_iq2_kl blk;
+        memset(&blk, 0, sizeof(block_iq2_kl));
+        float scales[QK_K/32];
+        const float * xbl = x + ibl*QK_K;
+        float sigma2 = 0;
+        for (int j = 0; j < QK_K; ++j) sigma2 += xbl[j]*xbl[j];
+        sigma2 *= kSigmaFactor/QK_K;
+        for (int ib = 0; ib < QK_K/kBlockSize; ++ib) {
+            const float * xb = xbl + ib*kBlockSize;
+            iq2_kl_weights(xb, quant_weights ? quant_weights + ibl*QK_K + ib*kBlockSize : 0, weight, sigma2);
+            float amax = 0, max = 0;
+            for (int j = 0; j < kBlockSize; ++j) {
+                float ax = fabsf(xb[j]);
+                if (ax > amax) {
+                    amax = ax; max = xb[j];
+                }
+            }
+            if (amax < 1e-16f) {
+                scales[ib] = 0;
+                continue;
+            }
+            float d = ntry > 0 ? -max/values[0] : max/values[0];
+            float id = 1/d;
+            float sumqx_p = 0, sumq2_p = 0;
+            float sumqx_m = 0, sumq2_m = 0;
+            for (int j = 0; j < kBlockSize; j += 2) {
+                float w1 = weight[j+0];
+                float w2 = weight[j+1];
+                int idx = iq2_kl_index(grid1, grid2, id, xb[j+0], xb[j+1], w1, w2);
+                float q1 = grid1[idx];
+                float q2 = grid2[idx];
+                sumqx_p += w1*q1*xb[j] + w2*q2*xb[j+1];
+                sumq2_p += w1*q1*q1 + w2*q2*q2;
+                idx = iq2_kl_index(grid1, grid2, -id, xb[j+0], xb[j+1], w1, w2);
+                q1 = grid1[idx];
+                q2 = grid2[idx];
+                sumqx_m += w1*q1*xb[j] + w2*q2*xb[j+1];
+                sumq2_m += w1*q1*q1 + w2*q2*q2;
+            }
+            d = sumqx_p/sumq2_p;
+            float best = d*sumqx_p;
+            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                d = sumqx_m/sumq2_m; best = d*sumqx_m;
+            }
+            for (int itry = -ntry; itry <= ntry; ++itry) {
+                id = (itry + values[0])/max;
+                sumqx_p = sumq2_p = 0;
+                sumqx_m = sumq2_m = 0;
+                for (int j = 0; j < kBlockSize; j += 2) {
+                    float w1 = weight[j+0];
+                    float w2 = weight[j+1];
+                    int idx = iq2_kl_index(grid1, grid2, id, xb[j+0], xb[j+1], w1, w2);
+                    float q1 = grid1[idx];
+                    float q2 = grid2[idx];
+                    sumqx_p += w1*q1*xb[j] + w2*q2*xb[j+1];
+                    sumq2_p += w1*q1*q1 + w2*q2*q2;
+                    idx = iq2_kl_index(grid1, grid2, -id, xb[j+0], xb[j+1], w1, w2);
+                    q1 = grid1[idx];
+                    q2 = grid2[idx];
+                    sumqx_m += w1*q1*xb[j] + w2*q2*xb[j+1];
+                    sumq2_m += w1*q1*q1 + w2*q2*q2;
+                }
+                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
+                    d = sumqx_p/sumq2_p; best = d * sumqx_p;
+                }
+                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
+                    d = sumqx_m/sumq2_m; best = d * sumqx_m;
+                }
+            }
+            scales[ib] = d;
+            float ad = fabsf(d);
+            if (ad > max_abs_scale) {
+                max_abs_scale = ad; max_scale = d;
+            }
+        }
+        memcpy(blk.qs, scales, sizeof(scales));  // all_scales, parked until pass 2
+        store_block(yb + ibl*(int64_t)sizeof(block_iq2_kl), &blk, (int) sizeof(block_iq2_kl));
+    }
+
+    if (!max_abs_scale) {
+        block_iq2_kl zero;
+        memset(&zero, 0, sizeof(block_iq2_kl));
+        for (int ibl = 0; ibl < nsb; ++ibl) {
+            store_block(yb + ibl*(int64_t)sizeof(block_iq2_kl), &zero, (int) sizeof(block_iq2_kl));
+        }
+        ggml_half dh = GGML_FP32_TO_FP16(0.f);
+        store_block(cy, &dh, 2);
+        return;
+    }
+
+    float d = -max_scale/32;
+    float id = 1/d;
+
+    float sumqx = 0, sumq2 = 0;
+    for (int ibl = 0; ibl < nsb; ++ibl) {
+        block_iq2_kl blk;
+        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq2_kl), (int) sizeof(block_iq2_kl));
+        float scales[QK_K/32];
+        memcpy(scales, blk.qs, sizeof(scales));
+        memset(&blk, 0, sizeof(block_iq2_kl));
+        const float * xbl = x + ibl*QK_K;
+        float sigma2 = 0;
+        for (int j = 0; j < QK_K; ++j) sigma2 += xbl[j]*xbl[j];
+        sigma2 *= kSigmaFactor/QK_K;
+        for (int ib = 0; ib < QK_K/kBlockSize; ++ib) {
+            const float * xb = xbl + ib*kBlockSize;
+            iq2_kl_weights(xb, quant_weights ? quant_weights + ibl*QK_K + ib*kBlockSize : 0, weight, sigma2);
+            int ls = nearest_int(id*scales[ib]);
+            ls = MAX(-32, MIN(31, ls));
+            int lsmin = MAX(-32, ls-1);
+            int lsmax = MIN( 31, ls+1);
+            float best_score = 3.40282347e+38f;  // std::numeric_limits<float>::max()
+            int best_ls = ls;
+            for (int ils = lsmin; ils <= lsmax; ++ils) {
+                float dl = d*ils;
+                float idl = dl ? 1/dl : 0.f;
+                float score = 0;
+                for (int j = 0; j < kBlockSize/2; ++j) {
+                    float w1 = weight[2*j+0];
+                    float w2 = weight[2*j+1];
+                    int idx = iq2_kl_index(grid1, grid2, idl, xb[2*j+0], xb[2*j+1], w1, w2);
+                    float diff1 = dl*grid1[idx] - xb[2*j+0];
+                    float diff2 = dl*grid2[idx] - xb[2*j+1];
+                    score += w1*diff1*diff1 + w2*diff2*diff2;
+                }
+                if (score < best_score) {
+                    best_score = score;
+                    best_ls = ils;
+                }
+            }
+            ls = best_ls;
+            int uls = ls + 32;
+            blk.scales_l[ib%4] |= ((uls & 0xf) << 4*(ib/4));
+            blk.scales_h |= ((uls >> 4) << 2*ib);
+            if (ls == 0) continue;
+            float dl = d*ls;
+            float idl = 1/dl;
+            for (int j = 0; j < kBlockSize/2; ++j) {
+                float w1 = weight[2*j+0];
+                float w2 = weight[2*j+1];
+                int idx = iq2_kl_index(grid1, grid2, idl, xb[2*j+0], xb[2*j+1], w1, w2);
+                blk.qs[16*(ib/2) + j] |= ((idx & 0xf) << 4*(ib%2));
+                blk.qh[j] |= ((idx >> 4) << ib);
+                float q1 = ls*grid1[idx];
+                float q2 = ls*grid2[idx];
+                sumqx += w1*q1*xb[2*j] + w2*q2*xb[2*j+1];
+                sumq2 += w1*q1*q1 + w2*q2*q2;
+            }
+        }
+        store_block(yb + ibl*(int64_t)sizeof(block_iq2_kl), &blk, (int) sizeof(block_iq2_kl));
+    }
+    if (sumq2 > 0) d = sumqx/sumq2;
+
+    ggml_half dh = GGML_FP32_TO_FP16(1.025f * d);
+    store_block(cy, &dh, 2);
+}
+IQK_ROW_META_KERNEL(iq2_kl, block_iq2_kl, 2, iq2_kl_row)
