@@ -143,20 +143,24 @@ def _run_gpu(model: GGUFModel, w: GGUFStreamWriter, gpu: GpuPipeline, job: Tenso
     """One tensor through the GPU pipeline: chunks of rows as stored (F16/BF16/F32; other input
     types dequantized here first), written at their offsets; the writer moves past the tensor."""
     from .gpu.kernels import gpu_kernel
-    from .gpu.pipeline import FLOAT_INPUTS
+    from .gpu.pipeline import FLOAT_INPUTS, FileSpan
 
     t = job.info
     base = w.tensor_offset()
     row_bytes = job.out_type.row_bytes(t.n_per_row)
+    in_row_bytes = t.qtype.row_bytes(t.n_per_row)
     for start, stop, imx in _slabs(job, gpu.chunk_elements):
         k = gpu_kernel(job.out_type, imx is not None, flavour)
         assert k is not None
-        stored = t.qtype.name in FLOAT_INPUTS
-        raw = model.tensor_rows(t, start, stop) if stored else rows_to_float(model, t, start, stop)
+        src: FileSpan | np.ndarray
+        if t.qtype.name in FLOAT_INPUTS:  # read straight from the file (pread into pinned memory)
+            src = FileSpan(model.parts[t.part].path, t.offset + start * in_row_bytes, (stop - start) * in_row_bytes)
+        else:
+            src = rows_to_float(model, t, start, stop)
+            model.release(t, start, stop)
         n = (stop - start) * t.n_per_row
         done = (lambda name=job.out_name, n=n: on_progress(name, n)) if on_progress else None
-        gpu.submit(raw, t.qtype, t.n_per_row, k, imx, base + start * row_bytes, done)
-        model.release(t, start, stop)  # submit copied the rows into pinned memory
+        gpu.submit(src, t.qtype, t.n_per_row, k, imx, base + start * row_bytes, done)
     w.skip_tensor()
 
 
@@ -263,9 +267,9 @@ def run_jobs(model: GGUFModel, output: str, jobs: list[TensorJob], kvs: list[KV]
         pool: WorkerPool | None = None
         model.check_files()  # workers open the input again: it must still be what was planned
         on_gpu = {id(j) for j in jobs if device == "cuda" and gpu_job(j, flavour, recover)}
-        gpu = _open_gpu(stack, w.temp_path) if on_gpu else None
-        if nthreads > 1 and any(j.converts and id(j) not in on_gpu for j in jobs):
+        if nthreads > 1 and any(j.converts and id(j) not in on_gpu for j in jobs):  # fork before CUDA starts
             pool = stack.enter_context(WorkerPool(nthreads, _worker_init, (model.path, flavour)))
+        gpu = _open_gpu(stack, w.temp_path) if on_gpu else None
         inflight: InFlight[tuple[str, int]] = InFlight(2 * nthreads)
         try:
             _run(model, w, pool, inflight, jobs, index, flavour, tensors_report, on_progress, report, recover,

@@ -28,7 +28,17 @@ class GpuUnavailable(QtoolError):
 
 
 def cupy_module() -> Any:
-    """The cupy module, or GpuUnavailable saying how to get it."""
+    """The cupy module, or GpuUnavailable saying how to get it (checked once per process)."""
+    global _CUPY
+    if _CUPY is None:
+        _CUPY = _load_cupy()
+    return _CUPY
+
+
+_CUPY: Any = None
+
+
+def _load_cupy() -> Any:
     try:
         import cupy
     except ImportError as e:

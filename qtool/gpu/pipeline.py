@@ -1,21 +1,24 @@
 """Stream tensors through CUDA devices: raw input bytes in, quantized rows out, copies overlapped.
 
-A chunk of rows is taken as the input file stores it (F16 / BF16 / F32 bytes, half the bytes of
-float32 for the usual F16/BF16 models; other types are dequantized on the CPU first), copied into
-a pinned host buffer, sent to the device on its own CUDA stream, widened to float32 there,
-quantized by the type's kernel and copied back into a pinned buffer, all asynchronously. While
-the GPU works on one chunk, the host already copies the next one in (two slots per device), and
-results are written with os.pwrite at their final offsets in the output's temporary file, so
-chunks may finish in any order. With several devices, chunks go round-robin over them.
+A chunk of rows is taken as the input file stores it (F16 / BF16 / F32 bytes: half the bytes of
+float32 for the usual F16/BF16 models), read with pread straight from the file into a pinned
+host buffer (one copy out of the page cache, as `cat` does; no page faults of a memory map),
+sent to the device on the slot's own CUDA stream, widened to float32 there, quantized by the
+type's kernel and copied back into a pinned buffer, all asynchronously. Other input types are
+dequantized on the CPU and sent as float32. A writer thread waits for each chunk's event and
+writes its bytes with os.pwrite at their final offset in the output's temporary file, while
+the calling thread already reads the next chunks into the other slots (several per device), so
+reading, GPU work and writing overlap. With several devices, chunks go round-robin over them.
 
-Everything here is the same for any device count; `GpuPipeline.submit` and `drain` are the
-whole interface (qtool/runner.py calls them for the tensors whose type has a GPU kernel).
+`GpuPipeline.submit` and `drain` are the whole interface (qtool/runner.py calls them for the
+tensors whose type has a GPU kernel); the bytes are the numpy engine's.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,20 +30,30 @@ from .kernels import GpuKernel
 
 CHUNK_ELEMENTS = 1 << 25
 """Values per chunk (32 Mi: 64 MiB of F16 in, 128 MiB of float32 on the device)."""
+SLOTS_PER_DEVICE = 3
 FLOAT_INPUTS = ("F32", "F16", "BF16")
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """Bytes [offset, offset + nbytes) of a file: rows as the input stores them."""
+
+    path: str
+    offset: int
+    nbytes: int
 
 
 @dataclass
 class _Slot:
-    """One chunk in flight on one device: its buffers, stream and what to do when done."""
+    """Buffers and stream of one chunk in flight on one device."""
 
     kernels: CudaKernels
     stream: Any
-    pin_in: Any = None  # numpy view of pinned host memory
+    pin_in: Any = None  # numpy views of pinned host memory
     pin_out: Any = None
     dev_in: Any = None
     dev_out: Any = None
-    pending: tuple[int, int, Any, Callable[[], None] | None] | None = None  # (offset, nbytes, event, done)
+    busy: Future[None] | None = None  # the writer's job for the chunk in this slot
 
 
 def _pinned(cp: Any, nbytes: int) -> np.ndarray:
@@ -61,58 +74,79 @@ class GpuPipeline:
         for d in devices:
             k = CudaKernels(d)
             with cp.cuda.Device(d):
-                self.slots += [_Slot(k, cp.cuda.Stream(non_blocking=True)) for _ in range(2)]
+                self.slots += [_Slot(k, cp.cuda.Stream(non_blocking=True)) for _ in range(SLOTS_PER_DEVICE)]
         self._next = 0
         self._imatrix: dict[tuple[int, int, int], tuple[np.ndarray, Any]] = {}
+        self._fds: dict[str, int] = {}
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="qtool-gpu-writer")
 
     @property
     def devices(self) -> list[int]:
         return sorted({s.kernels.device for s in self.slots})
 
-    def _finish(self, s: _Slot) -> None:
-        assert s.pending is not None
-        offset, nbytes, event, done = s.pending
+    def _read(self, src: FileSpan | np.ndarray, dst: np.ndarray) -> None:
+        """Fill dst with the chunk's bytes (pread from the file, or a copy of rows in memory)."""
+        if isinstance(src, np.ndarray):
+            np.copyto(dst, src.reshape(-1).view(np.uint8))
+            return
+        fd = self._fds.get(src.path)
+        if fd is None:
+            fd = self._fds[src.path] = os.open(src.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        view = dst.data
+        done = 0
+        while done < src.nbytes:
+            n = os.preadv(fd, [view[done:]], src.offset + done)
+            if n <= 0:
+                raise OSError(f"{src.path}: unexpected end of file at byte {src.offset + done}")
+            done += n
+
+    def _write(self, s: _Slot, event: Any, offset: int, nbytes: int, done: Callable[[], None] | None) -> None:
+        """Writer thread: wait for the chunk's GPU work, write its bytes at offset."""
         event.synchronize()
         out = memoryview(s.pin_out[:nbytes])
         written = 0
         while written < nbytes:
             written += os.pwrite(self.fd, out[written:], offset + written)
-        s.pending = None
         if done is not None:
             done()
 
-    def submit(self, raw: np.ndarray, in_type: QType, n_per_row: int, kernel: GpuKernel,
+    def submit(self, src: FileSpan | np.ndarray, in_type: QType, n_per_row: int, kernel: GpuKernel,
                imatrix: np.ndarray | None, offset: int, done: Callable[[], None] | None = None) -> None:
-        """Quantize rows given as the input stores them (raw: uint8 [nrows, row bytes] of an
-        F16 / BF16 / F32 tensor, or float32 rows) and write them at `offset`; `done` is called
-        once the bytes are in the file."""
+        """Quantize rows given as the input stores them (a FileSpan of an F16 / BF16 / F32 tensor's
+        rows, or float32 rows in memory) and write them at `offset`; `done` is called (from the
+        writer thread) once the bytes are in the file."""
         cp = self.cp
         s = self.slots[self._next]
         self._next = (self._next + 1) % len(self.slots)
-        if s.pending is not None:
-            self._finish(s)
-        src = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
-        nrows = src.nbytes // (n_per_row * (4 if raw.dtype == np.float32 else _width(in_type)))
-        name = "F32" if raw.dtype == np.float32 else in_type.name
+        if s.busy is not None:
+            s.busy.result()  # the slot's previous chunk is written (its errors surface here)
+            s.busy = None
+        if isinstance(src, np.ndarray):
+            name, nbytes = "F32", src.nbytes
+            if src.dtype != np.float32:
+                raise TypeError("rows in memory must be float32")
+        else:
+            name, nbytes = in_type.name, src.nbytes
+        nrows = nbytes // (n_per_row * _width(name))
         out_bytes = nrows * kernel.qtype.row_bytes(n_per_row)
         with cp.cuda.Device(s.kernels.device):
-            if s.pin_in is None or s.pin_in.nbytes < src.nbytes:
-                s.pin_in = _pinned(cp, src.nbytes)
-                s.dev_in = cp.empty(src.nbytes, dtype=cp.uint8)
+            if s.pin_in is None or s.pin_in.nbytes < nbytes:
+                s.pin_in = _pinned(cp, nbytes)
+                s.dev_in = cp.empty(nbytes, dtype=cp.uint8)
             if s.pin_out is None or s.pin_out.nbytes < out_bytes:
                 s.pin_out = _pinned(cp, out_bytes)
                 s.dev_out = cp.empty(out_bytes, dtype=cp.uint8)
-            np.copyto(s.pin_in[:src.nbytes], src)  # the host's share: page cache -> pinned memory
+            self._read(src, s.pin_in[:nbytes])  # the host's share: page cache -> pinned memory
             with s.stream:
-                d_in = s.dev_in[:src.nbytes]
-                d_in.set(s.pin_in[:src.nbytes], stream=s.stream)
+                d_in = s.dev_in[:nbytes]
+                d_in.set(s.pin_in[:nbytes], stream=s.stream)
                 x = _widen(cp, d_in, name).reshape(nrows, n_per_row)
                 qw = None if imatrix is None else self._device_imatrix(s.kernels.device, imatrix)
                 d_out = s.dev_out[:out_bytes].reshape(nrows, -1)
                 s.kernels.quantize_device(x, kernel, qw, d_out)
                 d_out.reshape(-1).get(stream=s.stream, out=s.pin_out[:out_bytes])
                 event = s.stream.record()
-        s.pending = (offset, out_bytes, event, done)
+        s.busy = self._writer.submit(self._write, s, event, offset, out_bytes, done)
 
     def _device_imatrix(self, device: int, imatrix: np.ndarray) -> Any:
         """The imatrix row on the device, uploaded once per (device, host memory): the cache keeps
@@ -125,18 +159,26 @@ class GpuPipeline:
         return hit[1]
 
     def drain(self) -> None:
-        """Wait for every chunk and write it."""
+        """Wait until every submitted chunk is written (re-raising a write error)."""
         for s in self.slots:
-            if s.pending is not None:
-                self._finish(s)
+            if s.busy is not None:
+                f, s.busy = s.busy, None
+                f.result()
 
     def close(self) -> None:
-        self.drain()
-        self._imatrix.clear()
+        """Drain, stop the writer thread, close the input files."""
+        try:
+            self.drain()
+        finally:
+            self._writer.shutdown(wait=True, cancel_futures=True)
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self._imatrix.clear()
 
 
-def _width(qt: QType) -> int:
-    return {"F32": 4, "F16": 2, "BF16": 2}[qt.name]
+def _width(name: str) -> int:
+    return {"F32": 4, "F16": 2, "BF16": 2}[name]
 
 
 def _widen(cp: Any, raw: Any, name: str) -> Any:
