@@ -65,10 +65,9 @@ def test_float_specials_as_ggml(host, name: str) -> None:  # type: ignore[no-unt
     x = np.concatenate([FLOAT_SPECIALS, NAN_PAYLOADS])[None, :]
     got = host.quantize(x, name).view("<u2")[0].tolist()
     assert got == C_FLOATS[name]
-    # the numpy engine agrees without NaN payloads
-    y = FLOAT_SPECIALS[None, :]
+    # the numpy engine gives ggml's bytes too, NaN payloads included
     with np.errstate(all="ignore"):
-        assert (host.quantize(y, name) == engine.quantize(y, name)).all()
+        assert engine.quantize(x, name).view("<u2")[0].tolist() == C_FLOATS[name]
 
 
 def nan_row(n: int, with_inf: bool) -> np.ndarray:
