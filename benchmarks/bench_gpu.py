@@ -52,9 +52,11 @@ def bench_kernels(a: argparse.Namespace) -> list[dict]:
     imd = cp.asarray(im)
     small = x[:64]
     out = []
-    names = a.types or list(GPU_KERNELS)
-    for name in names:
-        k = GPU_KERNELS[name]
+    wanted = {t.upper() for t in a.types} if a.types else None
+    for k in GPU_KERNELS.values():
+        name = k.type_name
+        if wanted is not None and name not in wanted:
+            continue
         if a.n_per_row % k.qtype.block_size:
             continue
         for v in k.variants:
@@ -83,7 +85,8 @@ def bench_kernels(a: argparse.Namespace) -> list[dict]:
                 ggml_ref.quantize_chunk(ggml_ref.type_id(name), small, w)
                 t_c = time.perf_counter() - t0
             nw = x.size
-            row = {"type": name, "imatrix": v, "gpu_kernel_Gws": nw / best / 1e9, "gpu_e2e_Gws": nw / e2e / 1e9,
+            row = {"type": name, "flavour": k.flavour, "imatrix": v, "gpu_kernel_Gws": nw / best / 1e9,
+                   "gpu_e2e_Gws": nw / e2e / 1e9,
                    "numpy_Mws": small.size / t_np / 1e6, "ggml_Mws": None if t_c is None else small.size / t_c / 1e6,
                    "identical": ok}
             row["gpu_vs_ggml"] = None if t_c is None else row["gpu_kernel_Gws"] * 1e3 / row["ggml_Mws"]

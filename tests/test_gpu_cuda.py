@@ -20,7 +20,8 @@ from qtool.quants import engine
 from .vectors import expected, inputs, mismatched_rows
 
 pytestmark = pytest.mark.skipif(device_count() == 0, reason="no CUDA device (CuPy and a GPU needed)")
-CASES = [(name, v) for name, k in GPU_KERNELS.items() for v in k.variants]
+CASES = [pytest.param(k.type_name, k.flavour, v, id=f"{k.type_name}-{k.flavour}-{'im' if v else 'noim'}")
+         for k in GPU_KERNELS.values() for v in k.variants]
 DATA = Path(__file__).parent / "data"
 
 
@@ -31,9 +32,9 @@ def gpu():  # type: ignore[no-untyped-def]
     return CudaKernels(0)
 
 
-@pytest.mark.parametrize(("name", "imatrix"), CASES)
-def test_golden_vectors_on_gpu(gpu, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
-    k = GPU_KERNELS[name]
+@pytest.mark.parametrize(("name", "flavour", "imatrix"), CASES)
+def test_golden_vectors_on_gpu(gpu, name: str, flavour: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+    k = GPU_KERNELS[(name, flavour)]
     impl = "ik_llama" if k.flavour == "ik" else "mainline"
     x, im, kinds = inputs(impl)
     want = expected(name, impl)["q_im" if imatrix else "q_noim"]
@@ -42,9 +43,9 @@ def test_golden_vectors_on_gpu(gpu, name: str, imatrix: bool) -> None:  # type: 
     assert bad == [], f"{name} imatrix={imatrix}: rows {bad} ({[kinds[i] for i in bad]}) differ on the GPU"
 
 
-@pytest.mark.parametrize(("name", "imatrix"), CASES)
-def test_gpu_equals_numpy_engine(gpu, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
-    k = GPU_KERNELS[name]
+@pytest.mark.parametrize(("name", "flavour", "imatrix"), CASES)
+def test_gpu_equals_numpy_engine(gpu, name: str, flavour: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+    k = GPU_KERNELS[(name, flavour)]
     rng = np.random.default_rng(17)
     n = 4096 if 4096 % k.qtype.block_size == 0 else 16 * k.qtype.block_size
     x = rng.standard_normal((48, n)).astype(np.float32) * (10.0 ** rng.uniform(-3, 1, (48, 1))).astype(np.float32)

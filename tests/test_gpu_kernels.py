@@ -15,7 +15,8 @@ from qtool.quants.types import IK, MAINLINE
 
 from .vectors import expected, inputs, mismatched_rows
 
-CASES = [(name, v) for name, k in GPU_KERNELS.items() for v in k.variants]
+CASES = [pytest.param(k.type_name, k.flavour, v, id=f"{k.type_name}-{k.flavour}-{'im' if v else 'noim'}")
+         for k in GPU_KERNELS.values() for v in k.variants]
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +31,12 @@ def host():  # type: ignore[no-untyped-def]
         raise
 
 
-def _impl(name: str) -> str:
-    return "ik_llama" if GPU_KERNELS[name].flavour == IK else "mainline"
-
-
-@pytest.mark.parametrize(("name", "imatrix"), CASES)
-def test_golden_vectors(host, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
-    impl = _impl(name)
+@pytest.mark.parametrize(("name", "flavour", "imatrix"), CASES)
+def test_golden_vectors(host, name: str, flavour: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+    impl = "ik_llama" if flavour == IK else "mainline"
     x, im, kinds = inputs(impl)
     want = expected(name, impl)["q_im" if imatrix else "q_noim"]
-    got = host.quantize(x, name, im if imatrix else None, flavour=GPU_KERNELS[name].flavour)
+    got = host.quantize(x, name, im if imatrix else None, flavour=flavour)
     bad = mismatched_rows(got, want)
     assert bad == [], f"{name} imatrix={imatrix}: rows {bad} ({[kinds[i] for i in bad]}) differ"
 
@@ -59,9 +56,9 @@ def _extra_rows(n_per_row: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, im
 
 
-@pytest.mark.parametrize(("name", "imatrix"), CASES)
-def test_equals_numpy_engine(host, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
-    k = GPU_KERNELS[name]
+@pytest.mark.parametrize(("name", "flavour", "imatrix"), CASES)
+def test_equals_numpy_engine(host, name: str, flavour: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+    k = GPU_KERNELS[(name, flavour)]
     n = 4 * max(256, k.qtype.block_size)
     x, im = _extra_rows(n, seed=len(name) * 7 + imatrix)
     w = im if imatrix else None
@@ -71,8 +68,8 @@ def test_equals_numpy_engine(host, name: str, imatrix: bool) -> None:  # type: i
 
 
 def test_kernel_table_is_consistent() -> None:
-    for name, k in GPU_KERNELS.items():
-        assert k.type_name == name and k.kernel.startswith("quantize_")
+    for (name, flavour), k in GPU_KERNELS.items():
+        assert k.type_name == name and k.flavour == flavour and k.kernel.startswith("quantize_")
         assert set(k.row_prepass) <= set(k.variants)
         assert all(t in TABLES for t in k.tables), name
         for v in k.variants:

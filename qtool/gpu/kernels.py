@@ -44,7 +44,7 @@ class GpuKernel:
         return get_type(self.type_name)
 
 
-GPU_KERNELS: dict[str, GpuKernel] = {k.type_name: k for k in (
+GPU_KERNELS: dict[tuple[str, str], GpuKernel] = {(k.type_name, k.flavour): k for k in (
     GpuKernel("Q4_0", "quantize_q4_0", row_prepass=(True,)),
     # legacy.cuh, iq4.cuh: Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL IQ4_XS
     GpuKernel("Q4_1", "quantize_q4_1", row_prepass=(True,)),
@@ -85,6 +85,8 @@ GPU_KERNELS: dict[str, GpuKernel] = {k.type_name: k for k in (
               tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
     GpuKernel("IQ1_M", "quantize_iq1_m", variants=(False, True),
               tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
+    # ik_mainline.cuh (ik_llama.cpp's own algorithms for mainline types, flavour=IK): Q4_0 Q4_1 Q5_0 Q5_1 Q6_0 Q2_K..Q6_K IQ4_NL IQ4_XS IQ1_BN IQ2_BN
+    # trellis.cuh (ik_llama.cpp, flavour=IK): IQ1_KT IQ2_KT IQ3_KT IQ4_KT
     # iqk.cuh (ik_llama.cpp): IQ4_K IQ5_K IQ6_K IQ3_K IQ2_K IQ4_KS IQ5_KS ...
     GpuKernel("IQ4_K", "quantize_iq4_k", flavour=IK),
     GpuKernel("IQ5_K", "quantize_iq5_k", flavour=IK),
@@ -101,15 +103,18 @@ GPU_KERNELS: dict[str, GpuKernel] = {k.type_name: k for k in (
 
 
 def gpu_kernel(qtype: str | QType, imatrix: bool, flavour: str = MAINLINE) -> GpuKernel | None:
-    """The kernel giving `flavour`'s bytes for a type and variant, or None: a kernel ported from
-    one flavour serves the other where the numpy engine runs the same function for both."""
+    """The kernel giving `flavour`'s bytes for a type and variant, or None: the kernel ported from
+    that flavour's algorithm, else one ported from the other flavour where the numpy engine runs
+    the same function for both (ik_llama.cpp keeps mainline's code for many types)."""
     qt = get_type(qtype)
-    k = GPU_KERNELS.get(qt.name)
-    if k is None or bool(imatrix) not in k.variants:
-        return None
-    if k.flavour == flavour:
-        return k
+    own = GPU_KERNELS.get((qt.name, str(flavour)))
+    if own is not None and bool(imatrix) in own.variants:
+        return own
     from ..quants.registry import quantizer
 
-    mine = quantizer(qt, k.flavour, bool(imatrix))
-    return k if mine is not None and mine is quantizer(qt, flavour, bool(imatrix)) else None
+    mine = quantizer(qt, flavour, bool(imatrix))
+    for (name, fl), k in GPU_KERNELS.items():
+        if name == qt.name and fl != flavour and bool(imatrix) in k.variants:
+            if mine is not None and quantizer(qt, fl, bool(imatrix)) is mine:
+                return k
+    return None

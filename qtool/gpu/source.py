@@ -11,7 +11,8 @@ from functools import lru_cache
 from importlib import resources
 
 SOURCE_FILES = ("prelude.cuh", "search.cuh", "search_k.cuh", "legacy.cuh", "iq4.cuh", "kquants_23.cuh",
-                "kquants_45.cuh", "q6_k.cuh", "small.cuh", "lattice.cuh", "iqk.cuh")
+                "kquants_45.cuh", "q6_k.cuh", "small.cuh", "lattice.cuh", "iqk.cuh",
+                "ik_mainline.cuh", "trellis.cuh")
 """Order matters: each file may use what the files before it define."""
 
 
