@@ -85,8 +85,34 @@ GPU_KERNELS: dict[tuple[str, str], GpuKernel] = {(k.type_name, k.flavour): k for
               tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
     GpuKernel("IQ1_M", "quantize_iq1_m", variants=(False, True),
               tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
-    # ik_mainline.cuh (ik_llama.cpp's own algorithms for mainline types, flavour=IK): Q4_0 Q4_1 Q5_0 Q5_1 Q6_0 Q2_K..Q6_K IQ4_NL IQ4_XS IQ1_BN IQ2_BN
+    # ik_mainline.cuh (ik_llama.cpp's own algorithms for mainline types, flavour=IK):
+    #   Q4_0 Q4_1 Q5_0 Q5_1 Q6_0 Q2_K..Q6_K IQ4_NL IQ4_XS IQ1_BN IQ2_BN
+    GpuKernel("Q4_K", "quantize_q4_K_ik", flavour=IK),
+    GpuKernel("Q5_K", "quantize_q5_K_ik", flavour=IK),
+    GpuKernel("Q2_K", "quantize_q2_K_ik", flavour=IK, variants=(True,)),
+    GpuKernel("Q3_K", "quantize_q3_K_ik", flavour=IK, variants=(True,)),
+    GpuKernel("Q6_K", "quantize_q6_K_ik", flavour=IK),
+    GpuKernel("Q4_0", "quantize_q4_0_ik", flavour=IK, variants=(True,), row_prepass=(True,)),
+    GpuKernel("Q4_1", "quantize_q4_1_ik", flavour=IK, variants=(True,), row_prepass=(True,)),
+    GpuKernel("Q5_0", "quantize_q5_0_ik", flavour=IK, variants=(True,), row_prepass=(True,)),
+    GpuKernel("Q5_1", "quantize_q5_1_ik", flavour=IK, variants=(True,), row_prepass=(True,)),
+    GpuKernel("Q6_0", "quantize_q6_0", flavour=IK, row_prepass=(True,)),
+    # IQ4_NL/IQ4_XS with an imatrix: the kernels give ik's C bytes, the numpy engine differs on blocks
+    # whose imatrix is all zero (NaN scale), so those variants wait for an engine fix
+    GpuKernel("IQ4_NL", "quantize_iq4_nl_ik", flavour=IK, variants=(False,)),
+    GpuKernel("IQ4_XS", "quantize_iq4_xs_ik", flavour=IK, variants=(False,)),
+    GpuKernel("IQ1_BN", "quantize_iq1_bn_ik", flavour=IK, per_row=True),
+    GpuKernel("IQ2_BN", "quantize_iq2_bn_ik", flavour=IK, per_row=True),
     # trellis.cuh (ik_llama.cpp, flavour=IK): IQ1_KT IQ2_KT IQ3_KT IQ4_KT
+    GpuKernel("IQ2_KT", "quantize_iq2_kt", flavour=IK, per_row=True,
+              tables=("kt_iq2_start", "kt_iq2_members", "kt_iq2_mvals", "kt_iq2_mid")),
+    GpuKernel("IQ3_KT", "quantize_iq3_kt", flavour=IK, per_row=True,
+              tables=("kt_iq3_start", "kt_iq3_members", "kt_iq3_mvals", "kt_iq3_mid")),
+    GpuKernel("IQ4_KT", "quantize_iq4_kt", flavour=IK, per_row=True,
+              tables=("kt_iq4_start", "kt_iq4_members", "kt_iq4_mvals", "kt_iq4o_start", "kt_iq4o_members",
+                      "kt_iq4o_mvals")),
+    GpuKernel("IQ1_KT", "quantize_iq1_kt", flavour=IK, per_row=True,
+              tables=("kt_iq1_start", "kt_iq1_members", "kt_iq1_mvals", "kt_iq1_mid")),
     # iqk.cuh (ik_llama.cpp): IQ4_K IQ5_K IQ6_K IQ3_K IQ2_K IQ4_KS IQ5_KS ...
     GpuKernel("IQ4_K", "quantize_iq4_k", flavour=IK),
     GpuKernel("IQ5_K", "quantize_iq5_k", flavour=IK),

@@ -59,3 +59,27 @@ def table(name: str) -> np.ndarray:
     except KeyError:
         raise KeyError(f"no GPU table named {name!r} (known: {', '.join(sorted(TABLES)) or 'none'})") from None
     return np.ascontiguousarray(fn())
+
+
+# trellis.cuh (ik_llama.cpp's IQ1_KT IQ2_KT IQ3_KT IQ4_KT): QuantizerIQKT's clusters from the numpy
+# engine's builder: cluster offsets (int32, n_clusters + 1), member indices (int32), the members'
+# trellis values (int8: every value is an integer in -126..126), m_mid of groups of 8 (float32).
+def _kt(type_name: str, what: str) -> Callable[[], np.ndarray]:
+    def build() -> np.ndarray:
+        from ..quants.ik.trellis_tables import kt_tables
+
+        t = kt_tables(type_name)
+        if what == "start":
+            return np.asarray(t.start, np.int32)
+        if what == "members":
+            return np.asarray(t.members, np.int32)
+        if what == "mvals":
+            return np.asarray(t.mvalues, np.int8).reshape(-1)
+        return np.asarray(t.mid[:t.params.group], np.float32)
+    return build
+
+
+for _what in ("start", "members", "mvals", "mid"):
+    for _tn, _key in (("IQ2_KT", "iq2"), ("IQ3_KT", "iq3"), ("IQ1_KT", "iq1"), ("IQ4_KT", "iq4"),
+                      ("IQ4_KT_OFFSET", "iq4o")):
+        TABLES[f"kt_{_key}_{_what}"] = _kt(_tn, _what)
