@@ -1,7 +1,7 @@
 """Run the kernels on a CUDA GPU through CuPy (`pip install qtool[cuda]`).
 
-`CudaKernels(device)` compiles the kernel source once per process and device with NVRTC
-(`--fmad=false`; IEEE division and square root are NVRTC's defaults) and quantizes rows that
+`CudaKernels(device)` compiles the kernel source per module, at first use, with NVRTC
+(`--fmad=false`; IEEE division and square root are NVRTC's defaults; CuPy caches the binaries) and quantizes rows that
 are already on the device (CuPy arrays) or on the host (numpy arrays, copied over and back).
 Every launch is one thread per block (or per row, for kernels that carry state along a row).
 """
@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import QtoolError
 from ..quants.types import MAINLINE, QType, get_type
 from .kernels import GpuKernel, gpu_kernel
-from .source import kernel_source
+from .source import kernel_modules, module_source
 from .tables import table
 
 NVRTC_OPTIONS = ("--fmad=false", "-std=c++17")
@@ -61,37 +61,51 @@ def device_count() -> int:
 
 
 class CudaKernels:
-    """The compiled kernels on one device."""
+    """The kernels on one device, compiled per source module (qtool.gpu.source.MODULES) when a
+    kernel of it is first launched."""
 
     def __init__(self, device: int = 0) -> None:
-        cp = self.cp = cupy_module()
+        self.cp = cupy_module()
         self.device = device
-        with cp.cuda.Device(device):
-            self.module = cp.RawModule(code=kernel_source(), options=NVRTC_OPTIONS)
-            self.module.compile()
+        self._modules: dict[str, Any] = {}
         self._fns: dict[str, Any] = {}
-        self._tables: dict[str, Any] = {}
+        self._tables: dict[tuple[str, str], Any] = {}
 
-    def _fn(self, name: str) -> Any:
-        f = self._fns.get(name)
+    def module(self, name: str) -> Any:
+        """The compiled module (NVRTC through CuPy, which caches the binary on disk)."""
+        m = self._modules.get(name)
+        if m is None:
+            cp = self.cp
+            with cp.cuda.Device(self.device):
+                m = cp.RawModule(code=module_source(name), options=NVRTC_OPTIONS)
+                m.compile()
+            self._modules[name] = m
+        return m
+
+    def _fn(self, name: str, module: str) -> Any:
+        key = f"{module}:{name}"
+        f = self._fns.get(key)
         if f is None:
-            f = self._fns[name] = self.module.get_function(name)
+            f = self._fns[key] = self.module(module).get_function(name)
         return f
 
-    def _bind_tables(self, names: tuple[str, ...]) -> None:
+    def _bind_tables(self, module: str, names: tuple[str, ...]) -> None:
         cp = self.cp
         for name in names:
-            if name in self._tables:
+            if (module, name) in self._tables:
                 continue
-            arr = self._tables[name] = cp.asarray(table(name))
-            ptr = self.module.get_global(name)  # the QTABLE pointer variable (8 bytes)
+            arr = self._tables.get(("", name))
+            if arr is None:
+                arr = self._tables[("", name)] = cp.asarray(table(name))  # one copy per device
+            ptr = self.module(module).get_global(name)  # the QTABLE pointer variable (8 bytes)
             ptr.copy_from_host(np.array([arr.data.ptr], dtype=np.uint64).ctypes.data, 8)
+            self._tables[(module, name)] = arr
 
-    def _launch(self, name: str, n_threads: int, args: tuple[Any, ...]) -> None:
+    def _launch(self, name: str, module: str, n_threads: int, args: tuple[Any, ...]) -> None:
         if n_threads <= 0:
             return
         grid = (n_threads + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-        self._fn(name)((grid,), (THREADS_PER_BLOCK,), args)
+        self._fn(name, module)((grid,), (THREADS_PER_BLOCK,), args)
 
     def quantize_device(self, x: Any, k: GpuKernel, qw: Any | None, out: Any | None = None) -> Any:
         """Quantize float32 rows on the device (x: CuPy [nrows, n_per_row], C-contiguous) into
@@ -102,12 +116,13 @@ class CudaKernels:
         qt = k.qtype
         if out is None:
             out = cp.empty((nrows, qt.row_bytes(n)), dtype=cp.uint8)
-        self._bind_tables(k.tables)
+        module = kernel_modules()[k.kernel]
+        self._bind_tables(module, k.tables)
         aux = None
         if (qw is not None) in k.row_prepass:
             aux = cp.empty(nrows, dtype=cp.float32)
-            self._launch("row_mean_square", nrows, (x, aux, np.int64(nrows), np.int64(n)))
-        self._launch(k.kernel, k.threads(nrows, n),
+            self._launch("row_mean_square", module, nrows, (x, aux, np.int64(nrows), np.int64(n)))
+        self._launch(k.kernel, module, k.threads(nrows, n),
                      (x, _NULL if qw is None else qw, out, _NULL if aux is None else aux,
                       np.int64(nrows), np.int64(n)))
         return out

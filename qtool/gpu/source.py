@@ -1,30 +1,65 @@
 """The CUDA C source of the kernels: the files of qtool/gpu/cuda/ joined in dependency order.
 
 One text serves NVRTC (the GPU) and a host C++ compiler (tests); `#pragma once` and includes
-are not needed because the files are concatenated, prelude first.
+are not needed because the files are concatenated, prelude first. On the GPU the kernels are
+compiled in modules (`MODULES`), each only when a kernel of it is first needed: NVRTC takes about
+a minute for all of them together, a few seconds for the common types' module.
 """
 
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+import re
+from functools import cache, lru_cache
 from importlib import resources
 
-SOURCE_FILES = ("prelude.cuh", "search.cuh", "search_k.cuh", "legacy.cuh", "iq4.cuh", "kquants_23.cuh",
-                "kquants_45.cuh", "q6_k.cuh", "small.cuh", "lattice.cuh", "iqk.cuh",
-                "ik_mainline.cuh", "trellis.cuh")
-"""Order matters: each file may use what the files before it define."""
+BASE = ("prelude.cuh", "search.cuh", "search_k.cuh")
+CORE = ("legacy.cuh", "iq4.cuh", "kquants_23.cuh", "kquants_45.cuh", "q6_k.cuh", "small.cuh")
+MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # name: (files it needs first, files whose kernels it holds)
+    "core": ((), CORE),
+    "lattice": ((), ("lattice.cuh",)),
+    "iqk": (("iq4.cuh",), ("iqk.cuh",)),
+    "ik_mainline": (CORE + ("iqk.cuh",), ("ik_mainline.cuh",)),
+    "trellis": (("iq4.cuh", "iqk.cuh"), ("trellis.cuh",)),
+}
+SOURCE_FILES = BASE + CORE + ("lattice.cuh", "iqk.cuh", "ik_mainline.cuh", "trellis.cuh")
+"""Every file, in an order where each may use what the files before it define (the host build)."""
+
+_KERNEL_DEF = re.compile(r"^\s*(?:[A-Z_]*KERNEL\((\w+),|QKERNEL void (quantize_\w+)\s*\()", re.M)
+
+
+def _text(name: str) -> str:
+    return (resources.files("qtool.gpu") / "cuda" / name).read_text(encoding="utf-8")
+
+
+def _join(files: tuple[str, ...]) -> str:
+    return "\n".join(f"// ---- {f}\n" + _text(f).replace("#pragma once\n", "") for f in files)
 
 
 @lru_cache(maxsize=1)
 def kernel_source() -> str:
-    """The whole kernel source as one translation unit."""
-    base = resources.files("qtool.gpu") / "cuda"
-    parts = []
-    for name in SOURCE_FILES:
-        text = (base / name).read_text(encoding="utf-8")
-        parts.append(f"// ---- {name}\n" + text.replace("#pragma once\n", ""))
-    return "\n".join(parts)
+    """The whole kernel source as one translation unit (the host build)."""
+    return _join(SOURCE_FILES)
+
+
+@cache
+def module_source(module: str) -> str:
+    """The translation unit of one GPU module: the base files, its dependencies, its own files."""
+    deps, own = MODULES[module]
+    files = BASE + tuple(dict.fromkeys(deps + own))
+    return _join(files)
+
+
+@lru_cache(maxsize=1)
+def kernel_modules() -> dict[str, str]:
+    """kernel function name -> the module that defines it."""
+    out: dict[str, str] = {}
+    for module, (_, own) in MODULES.items():
+        for f in own:
+            for m in _KERNEL_DEF.finditer(_text(f)):
+                out[m.group(2) or f"quantize_{m.group(1)}"] = module
+    return out
 
 
 def source_digest() -> str:
