@@ -128,7 +128,7 @@ def bench_model(a: argparse.Namespace) -> list[dict]:
                "qtool_over_cat": t_q / t_cat, "GBps": size / t_q / 1e9}
         if a.llama_quantize:
             threads = str(a.threads or os.cpu_count())
-            t_l = min(_timed([a.llama_quantize, *im, a.model, l_out, ft, threads]) for _ in range(a.repeat))
+            t_l = min(_timed([a.llama_quantize, *im, a.model, l_out, ft, threads]) for _ in range(a.llama_repeat))
             row.update(llama_quantize_s=t_l, speedup_vs_llama=t_l / t_q,
                        identical=Path(q_out).read_bytes() == Path(l_out).read_bytes())
         out.append(row)
@@ -149,7 +149,8 @@ def main() -> None:
     m.add_argument("--imatrix")
     m.add_argument("--llama-quantize")
     m.add_argument("--threads", type=int)
-    m.add_argument("--repeat", type=int, default=2)
+    m.add_argument("--repeat", type=int, default=2, help="qtool runs (best of)")
+    m.add_argument("--llama-repeat", type=int, default=1, help="llama-quantize runs (best of)")
     m.add_argument("--workdir", default="/tmp")
     ap.add_argument("--json", help="write the rows to this file")
     a = ap.parse_args()
