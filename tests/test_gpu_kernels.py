@@ -83,3 +83,19 @@ def test_flavour_reuse_only_where_the_engine_shares_the_function() -> None:
     assert ik is None or ik.flavour == IK
     # without an imatrix both trees run quantize_row_q4_0_ref: the engine shares it, so does the GPU
     assert gpu_kernel("Q4_0", False, IK) is gpu_kernel("Q4_0", False, MAINLINE)
+
+
+def test_types_command_shows_the_gpu_kernels() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from qtool.cli import cli
+
+    res = CliRunner().invoke(cli, ["types", "--flavour", "ik", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)["types"]}
+    assert rows["IQ4_K"]["gpu_without_imatrix"] and rows["IQ4_K"]["gpu_with_imatrix"]
+    assert not rows["Q4_0_R8"]["gpu_without_imatrix"]  # repacks run on the CPU
+    assert gpu_kernel("Q2_K", False, IK) is None  # ik's Q2_K without imatrix (TriNet): CPU only
+    assert not rows["Q2_K"]["gpu_without_imatrix"] and rows["Q2_K"]["gpu_with_imatrix"]

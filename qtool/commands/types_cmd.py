@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..gpu.kernels import gpu_kernel
 from ..quants import can_dequantize
 from ..quants.registry import support
 from ..quants.types import BOTH, FLAVOURS, MAINLINE, QType, all_types
@@ -25,6 +26,7 @@ def type_rows(flavour: str | None) -> list[dict]:
     for t in all_types(flavour):
         fl = _flavour_for(t, flavour)
         noim, im = support(t, fl)
+        g_noim, g_im = (gpu_kernel(t, v, fl) is not None if t.name != "F32" else False for v in (False, True))
         kind = "repack of " + t.repack_of if t.repack_of else ("activations" if t.internal else "")
         rows.append({
             "name": t.name, "id": t.id, "block_size": t.block_size, "type_size": t.type_size,
@@ -33,6 +35,7 @@ def type_rows(flavour: str | None) -> list[dict]:
             "quantize": noim and im if not t.needs_imatrix else im,
             "quantize_without_imatrix": noim, "quantize_with_imatrix": im,
             "dequantize": can_dequantize(t),
+            "gpu_without_imatrix": g_noim, "gpu_with_imatrix": g_im,
         })
     return rows
 
@@ -46,19 +49,24 @@ def types(flavour: str | None, as_json: bool) -> None:
     """List GGML types: id, block size, bytes per block, bits per weight, engine support.
 
     "quantize" is the engine's support for the flavour: `yes` (with and without an imatrix),
-    `no imatrix` / `imatrix only` where one variant is ported, empty where refused.
+    `no imatrix` / `imatrix only` where one variant is ported, empty where refused; "gpu" the
+    same for the CUDA kernels of `quantize --device cuda`.
     """
     rows = type_rows(flavour)
     if as_json:
         click.echo(json.dumps({"flavour": flavour, "types": rows}, indent=1))
         return
     table = Table(title=f"GGML types ({flavour or 'all'})")
-    for col in ("name", "id", "block", "bytes", "bpw", "flavour", "imatrix", "quantize", "dequantize", "note"):
+    for col in ("name", "id", "block", "bytes", "bpw", "flavour", "imatrix", "quantize", "gpu", "dequantize", "note"):
         table.add_column(col, justify="right" if col in ("id", "block", "bytes", "bpw") else "left")
     for r in rows:
-        q = ("yes" if r["quantize_without_imatrix"] and r["quantize_with_imatrix"] else
-             "imatrix only" if r["quantize_with_imatrix"] else "no imatrix" if r["quantize_without_imatrix"] else "")
         table.add_row(r["name"], str(r["id"]), str(r["block_size"]), str(r["type_size"]),
-                      f"{r['bpw']:.4g}", r["flavour"], "required" if r["needs_imatrix"] else "", q,
+                      f"{r['bpw']:.4g}", r["flavour"], "required" if r["needs_imatrix"] else "",
+                      _variants(r["quantize_without_imatrix"], r["quantize_with_imatrix"]),
+                      _variants(r["gpu_without_imatrix"], r["gpu_with_imatrix"]),
                       "yes" if r["dequantize"] else "", r["kind"])
     Console().print(table)
+
+
+def _variants(noim: bool, im: bool) -> str:
+    return "yes" if noim and im else "imatrix only" if im else "no imatrix" if noim else ""
