@@ -134,7 +134,18 @@ def _open_gpu(stack: contextlib.ExitStack, path: str) -> GpuPipeline:
     fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
     stack.callback(os.close, fd)
     gpu = GpuPipeline(fd)
-    stack.callback(gpu.close)
+
+    def close(exc_type: type[BaseException] | None, *_: object) -> bool:
+        try:
+            gpu.close()
+        except Exception:
+            if exc_type is None:
+                raise
+            # unwinding from an error already (a chunk's write failed: the other slots' chunks fail
+            # too): that error is reported, not the other slots' raw OSError
+        return False
+
+    stack.push(close)
     return gpu
 
 

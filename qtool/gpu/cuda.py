@@ -90,7 +90,11 @@ class CudaKernels:
         return f
 
     def _bind_tables(self, module: str, names: tuple[str, ...]) -> None:
+        """Upload the tables once per device and point the module's QTABLE variables at them; then
+        wait for the device, so kernels on any stream see both (the uploads ran on the current
+        stream, the pointer copies on the default one)."""
         cp = self.cp
+        bound = False
         for name in names:
             if (module, name) in self._tables:
                 continue
@@ -100,6 +104,10 @@ class CudaKernels:
             ptr = self.module(module).get_global(name)  # the QTABLE pointer variable (8 bytes)
             ptr.copy_from_host(np.array([arr.data.ptr], dtype=np.uint64).ctypes.data, 8)
             self._tables[(module, name)] = arr
+            bound = True
+        if bound:
+            with cp.cuda.Device(self.device):
+                cp.cuda.runtime.deviceSynchronize()
 
     def _launch(self, name: str, module: str, n_threads: int, args: tuple[Any, ...]) -> None:
         if n_threads <= 0:

@@ -97,10 +97,8 @@ GPU_KERNELS: dict[tuple[str, str], GpuKernel] = {(k.type_name, k.flavour): k for
     GpuKernel("Q5_0", "quantize_q5_0_ik", flavour=IK, variants=(True,), row_prepass=(True,)),
     GpuKernel("Q5_1", "quantize_q5_1_ik", flavour=IK, variants=(True,), row_prepass=(True,)),
     GpuKernel("Q6_0", "quantize_q6_0", flavour=IK, row_prepass=(True,)),
-    # IQ4_NL/IQ4_XS with an imatrix: the kernels give ik's C bytes, the numpy engine differs on blocks
-    # whose imatrix is all zero (NaN scale), so those variants wait for an engine fix
-    GpuKernel("IQ4_NL", "quantize_iq4_nl_ik", flavour=IK, variants=(False,)),
-    GpuKernel("IQ4_XS", "quantize_iq4_xs_ik", flavour=IK, variants=(False,)),
+    GpuKernel("IQ4_NL", "quantize_iq4_nl_ik", flavour=IK, variants=(False, True)),
+    GpuKernel("IQ4_XS", "quantize_iq4_xs_ik", flavour=IK, variants=(False, True)),
     GpuKernel("IQ1_BN", "quantize_iq1_bn_ik", flavour=IK, per_row=True),
     GpuKernel("IQ2_BN", "quantize_iq2_bn_ik", flavour=IK, per_row=True),
     # trellis.cuh (ik_llama.cpp, flavour=IK): IQ1_KT IQ2_KT IQ3_KT IQ4_KT

@@ -64,19 +64,19 @@ def _pinned(cp: Any, nbytes: int) -> np.ndarray:
 class GpuPipeline:
     """Quantize chunks of rows on the GPUs and pwrite the bytes into `fd` at given offsets."""
 
-    def __init__(self, fd: int, devices: list[int] | None = None, chunk_elements: int = CHUNK_ELEMENTS) -> None:
+    def __init__(self, fd: int, devices: list[int] | None = None, chunk_elements: int | None = None) -> None:
         cp = self.cp = cupy_module()
         if devices is None:
             devices = list(range(cp.cuda.runtime.getDeviceCount()))
         self.fd = fd
-        self.chunk_elements = chunk_elements
+        self.chunk_elements = chunk_elements or CHUNK_ELEMENTS
         self.slots: list[_Slot] = []
         for d in devices:
             k = CudaKernels(d)
             with cp.cuda.Device(d):
                 self.slots += [_Slot(k, cp.cuda.Stream(non_blocking=True)) for _ in range(SLOTS_PER_DEVICE)]
         self._next = 0
-        self._imatrix: dict[tuple[int, int, int], tuple[np.ndarray, Any]] = {}
+        self._imatrix: dict[int, tuple[tuple[int, int], np.ndarray, Any]] = {}  # id(slot) -> its last row
         self._fds: dict[str, int] = {}
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="qtool-gpu-writer")
 
@@ -141,22 +141,27 @@ class GpuPipeline:
                 d_in = s.dev_in[:nbytes]
                 d_in.set(s.pin_in[:nbytes], stream=s.stream)
                 x = _widen(cp, d_in, name).reshape(nrows, n_per_row)
-                qw = None if imatrix is None else self._device_imatrix(s.kernels.device, imatrix)
+                qw = None if imatrix is None else self._device_imatrix(s, imatrix)
                 d_out = s.dev_out[:out_bytes].reshape(nrows, -1)
                 s.kernels.quantize_device(x, kernel, qw, d_out)
                 d_out.reshape(-1).get(stream=s.stream, out=s.pin_out[:out_bytes])
                 event = s.stream.record()
         s.busy = self._writer.submit(self._write, s, event, offset, out_bytes, done)
 
-    def _device_imatrix(self, device: int, imatrix: np.ndarray) -> Any:
-        """The imatrix row on the device, uploaded once per (device, host memory): the cache keeps
-        the host array alive, so its address cannot be reused by another row while cached (an
-        id() of a per-slab view can be, and was: a stale row quantized the next tensor)."""
-        key = (device, imatrix.__array_interface__["data"][0], imatrix.size)
-        hit = self._imatrix.get(key)
-        if hit is None or not np.array_equal(hit[0], imatrix):
-            hit = self._imatrix[key] = (imatrix, self.cp.asarray(np.ascontiguousarray(imatrix, dtype=np.float32)))
-        return hit[1]
+    def _device_imatrix(self, s: _Slot, imatrix: np.ndarray) -> Any:
+        """The imatrix row on the device, uploaded on the slot's own stream when it differs from the
+        slot's previous chunk's: a copy uploaded on another slot's stream would not be ordered before
+        this slot's kernel (two CUDA streams run in no given order; tensors that share an imatrix
+        row share its host array), and one row per slot bounds the device memory (a cache of every
+        row grew with the model: experts x tensors). The entry keeps the host array alive, so its
+        address cannot be reused by another row while cached (an id() of a per-slab view can be,
+        and was: a stale row quantized the next tensor)."""
+        key = (imatrix.__array_interface__["data"][0], imatrix.size)
+        hit = self._imatrix.get(id(s))
+        if hit is None or hit[0] != key or not np.array_equal(hit[1], imatrix):
+            row = self.cp.asarray(np.ascontiguousarray(imatrix, dtype=np.float32))  # on the slot's stream
+            hit = self._imatrix[id(s)] = (key, imatrix, row)
+        return hit[2]
 
     def drain(self) -> None:
         """Wait until every submitted chunk is written (re-raising a write error)."""

@@ -95,6 +95,72 @@ QDEV void iqk_row_weights(const float * GGML_RESTRICT x, const float * GGML_REST
     }
 }
 
+// ik's per-block sums for one trial scale id: sumqx/sumq2 of the levels nearest to +id*x (p) and
+// to -id*x (m), C's order (IQ4_K, IQ5_K, IQ6_K, IQ3_K, IQ4_KS, IQ5_KS, IQ3_KS).
+template <typename V, int (*BEST)(const V *, float)>
+QDEV void iqk_pm_sums(const V * values, const float * GGML_RESTRICT xb, const float * GGML_RESTRICT weight,
+                      int block_size, float id, float * s) {
+    float sumqx_p = 0, sumq2_p = 0;
+    float sumqx_m = 0, sumq2_m = 0;
+    for (int j = 0; j < block_size; ++j) {
+        float w = weight[j];
+        float al = id*xb[j];
+        int l = BEST(values, al);
+        float q = values[l];
+        sumqx_p += w*q*xb[j];
+        sumq2_p += w*q*q;
+        l = BEST(values, -al);
+        q = values[l];
+        sumqx_m += w*q*xb[j];
+        sumq2_m += w*q*q;
+    }
+    s[0] = sumqx_p; s[1] = sumq2_p; s[2] = sumqx_m; s[3] = sumq2_m;
+}
+
+// The block scale search those types share (C: from `float d = ntry > 0 ? ...` to the end of the
+// itry loop): d from the block's max, then 2*ntry+1 trial scales (itry*step + values[0])/max on
+// values and on shifted_values. step's type is C's (int: IQ4_K(S), IQ5_KS, IQ3_K(S); float: IQ5_K,
+// IQ6_K). guard_p (IQ3_K, IQ3_KS): best starts at 0 and the first + fit is taken only where
+// sumq2_p > 0. Returns d; *is_shifted as C leaves it.
+template <typename V, int (*BEST)(const V *, float), typename S>
+QDEV float iqk_shift_search(const V * values, const V * shifted_values, const float * GGML_RESTRICT xb,
+                            const float * GGML_RESTRICT weight, int block_size, int ntry, S step, float max,
+                            bool guard_p, bool * is_shifted_out) {
+    float s[4];
+    float d = ntry > 0 ? -max/values[0] : max/values[0];
+    float id = 1/d;
+    iqk_pm_sums<V, BEST>(values, xb, weight, block_size, id, s);
+    float best = 0;
+    if (!guard_p || s[1] > 0) {
+        d = s[0]/s[1];
+        best = d*s[0];
+    }
+    if (s[3] > 0 && s[2]*s[2] > best*s[3]) {
+        d = s[2]/s[3]; best = d*s[2];
+    }
+    bool is_shifted = false;
+    for (int itry = -ntry; itry <= ntry; ++itry) {
+        id = (itry*step + values[0])/max;
+        iqk_pm_sums<V, BEST>(values, xb, weight, block_size, id, s);
+        if (s[1] > 0 && s[0]*s[0] > best*s[1]) {
+            d = s[0]/s[1]; best = d * s[0]; is_shifted = false;
+        }
+        if (s[3] > 0 && s[2]*s[2] > best*s[3]) {
+            d = s[2]/s[3]; best = d * s[2]; is_shifted = false;
+        }
+        id = (itry*step + shifted_values[0])/max;
+        iqk_pm_sums<V, BEST>(shifted_values, xb, weight, block_size, id, s);
+        if (s[1] > 0 && s[0]*s[0] > best*s[1]) {
+            d = s[0]/s[1]; best = d * s[0]; is_shifted = true;
+        }
+        if (s[3] > 0 && s[2]*s[2] > best*s[3]) {
+            d = s[2]/s[3]; best = d * s[2]; is_shifted = true;
+        }
+    }
+    *is_shifted_out = is_shifted;
+    return d;
+}
+
 // ---- IQ4_K ------------------------------------------------------------------------------------
 
 typedef struct {
@@ -153,72 +219,8 @@ QDEV void iq4_k_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
             scales[ib] = 0;
             continue;
         }
-        float d = ntry > 0 ? -max/values[0] : max/values[0];
-        float id = 1/d;
-        float sumqx_p = 0, sumq2_p = 0;
-        float sumqx_m = 0, sumq2_m = 0;
-        for (int j = 0; j < block_size; ++j) {
-            float w = weight[j];
-            float al = id*xb[j];
-            int l = iqk_best_index_iq4nl(values, al);
-            float q = values[l];
-            sumqx_p += w*q*xb[j];
-            sumq2_p += w*q*q;
-            l = iqk_best_index_iq4nl(values, -al);
-            q = values[l];
-            sumqx_m += w*q*xb[j];
-            sumq2_m += w*q*q;
-        }
-        d = sumqx_p/sumq2_p;
-        bool is_shifted = false;
-        float best = d*sumqx_p;
-        if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-            d = sumqx_m/sumq2_m; best = d*sumqx_m;
-        }
-        for (int itry = -ntry; itry <= ntry; ++itry) {
-            id = (itry + values[0])/max;
-            sumqx_p = sumq2_p = 0;
-            sumqx_m = sumq2_m = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq4nl(values, al);
-                float q = values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq4nl(values, -al);
-                q = values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
-            }
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
-            }
-            id = (itry + shifted_values[0])/max;
-            sumqx_p = sumq2_p = 0;
-            sumqx_m = sumq2_m = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq4nl(shifted_values, al);
-                float q = shifted_values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq4nl(shifted_values, -al);
-                q = shifted_values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
-            }
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
-            }
-        }
+        bool is_shifted;
+        float d = iqk_shift_search<int8_t, iqk_best_index_iq4nl>(values, shifted_values, xb, weight, block_size, ntry, 1, max, false, &is_shifted);
         if (is_shifted) extra |= (1 << ib);
         scales[ib] = d;
         float abs_d = fabsf(d);
@@ -332,72 +334,9 @@ QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
             scales[ib] = 0;
             continue;
         }
-        float d = ntry > 0 ? -max/iq5nl_values[0] : max/iq5nl_values[0];
-        float id = 1/d;
-        float sumqx_p = 0, sumq2_p = 0;
-        float sumqx_m = 0, sumq2_m = 0;
-        for (int j = 0; j < 16; ++j) {
-            float w = weight[j];
-            float al = id*xb[j];
-            int l = iqk_best_index_iq5nl(iq5nl_values, al);
-            float q = iq5nl_values[l];
-            sumqx_p += w*q*xb[j];
-            sumq2_p += w*q*q;
-            l = iqk_best_index_iq5nl(iq5nl_values, -al);
-            q = iq5nl_values[l];
-            sumqx_m += w*q*xb[j];
-            sumq2_m += w*q*q;
-        }
-        d = sumqx_p/sumq2_p;
-        float best = d*sumqx_p;
-        if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-            d = sumqx_m/sumq2_m; best = d*sumqx_m;
-        }
-        bool is_shifted = false;
-        for (int itry = -ntry; itry <= ntry; ++itry) {
-            id = (itry*step + iq5nl_values[0])/max;
-            sumqx_p = sumq2_p = 0;
-            sumqx_m = sumq2_m = 0;
-            for (int j = 0; j < 16; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq5nl(iq5nl_values, al);
-                float q = iq5nl_values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq5nl(iq5nl_values, -al);
-                q = iq5nl_values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
-            }
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
-            }
-            id = (itry*step + shifted_values[0])/max;
-            sumqx_p = sumq2_p = 0;
-            sumqx_m = sumq2_m = 0;
-            for (int j = 0; j < 16; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq5nl(shifted_values, al);
-                float q = shifted_values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq5nl(shifted_values, -al);
-                q = shifted_values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
-            }
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
-            }
-        }
+        bool is_shifted;
+        float d = iqk_shift_search<int8_t, iqk_best_index_iq5nl>(iq5nl_values, shifted_values, xb, weight, 16, ntry, step, max, false, &is_shifted);
+        float id;
         if (d) {
             const int8_t * block_values = is_shifted ? shifted_values : iq5nl_values;
             float sumqx = 0, sumq2 = 0;
@@ -528,72 +467,9 @@ QDEV void iq6_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
             scales[ib] = 0;
             continue;
         }
-        float d = ntry > 0 ? -max/values[0] : max/values[0];
-        float id = 1/d;
-        float sumqx_p = 0, sumq2_p = 0;
-        float sumqx_m = 0, sumq2_m = 0;
-        for (int j = 0; j < 16; ++j) {
-            float w = weight[j];
-            float al = id*xb[j];
-            int l = iqk_best_index_iq6nl(values, al);
-            float q = values[l];
-            sumqx_p += w*q*xb[j];
-            sumq2_p += w*q*q;
-            l = iqk_best_index_iq6nl(values, -al);
-            q = values[l];
-            sumqx_m += w*q*xb[j];
-            sumq2_m += w*q*q;
-        }
-        d = sumqx_p/sumq2_p;
-        float best = d*sumqx_p;
-        if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-            d = sumqx_m/sumq2_m; best = d*sumqx_m;
-        }
-        bool is_shifted = false;
-        for (int itry = -ntry; itry <= ntry; ++itry) {
-            id = (itry*step + values[0])/max;
-            sumqx_p = sumq2_p = 0;
-            sumqx_m = sumq2_m = 0;
-            for (int j = 0; j < 16; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq6nl(values, al);
-                float q = values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq6nl(values, -al);
-                q = values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
-            }
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
-            }
-            id = (itry*step + shifted_values[0])/max;
-            sumqx_p = sumq2_p = 0;
-            sumqx_m = sumq2_m = 0;
-            for (int j = 0; j < 16; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq6nl(shifted_values, al);
-                float q = shifted_values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq6nl(shifted_values, -al);
-                q = shifted_values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
-            }
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
-            }
-        }
+        bool is_shifted;
+        float d = iqk_shift_search<float, iqk_best_index_iq6nl>(values, shifted_values, xb, weight, 16, ntry, step, max, false, &is_shifted);
+        float id;
         if (d) {
             const float * block_values = is_shifted ? shifted_values : values;
             float sumqx = 0, sumq2 = 0;
@@ -737,75 +613,9 @@ QDEV void iq3_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
             scales[ib] = 0;
             continue;
         }
-        float d = ntry > 0 ? -max/iq3nl_values[0] : max/iq3nl_values[0];
-        float id = 1/d;
-        float sumqx_p = 0, sumq2_p = 0;
-        float sumqx_m = 0, sumq2_m = 0;
-        float best = 0;
-        for (int j = 0; j < 16; ++j) {
-            float w = weight[j];
-            float al = id*xb[j];
-            int l = iqk_best_index_iq3nl(iq3nl_values, al);
-            float q = iq3nl_values[l];
-            sumqx_p += w*q*xb[j];
-            sumq2_p += w*q*q;
-            l = iqk_best_index_iq3nl(iq3nl_values, -al);
-            q = iq3nl_values[l];
-            sumqx_m += w*q*xb[j];
-            sumq2_m += w*q*q;
-        }
-        if (sumq2_p > 0) {
-            d = sumqx_p/sumq2_p;
-            best = d*sumqx_p;
-        }
-        if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-            d = sumqx_m/sumq2_m; best = d*sumqx_m;
-        }
-        bool is_shifted = false;
-        for (int itry = -ntry; itry <= ntry; ++itry) {
-            id = (2*itry + iq3nl_values[0])/max;
-            sumqx_p = sumq2_p = 0;
-            sumqx_m = sumq2_m = 0;
-            for (int j = 0; j < 16; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq3nl(iq3nl_values, al);
-                float q = iq3nl_values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq3nl(iq3nl_values, -al);
-                q = iq3nl_values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
-            }
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
-            }
-            id = (2*itry + shifted_values[0])/max;
-            sumqx_p = sumq2_p = 0;
-            sumqx_m = sumq2_m = 0;
-            for (int j = 0; j < 16; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq3nl(shifted_values, al);
-                float q = shifted_values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq3nl(shifted_values, -al);
-                q = shifted_values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
-            }
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
-            }
-        }
+        bool is_shifted;
+        float d = iqk_shift_search<int8_t, iqk_best_index_iq3nl>(iq3nl_values, shifted_values, xb, weight, 16, ntry, 2, max, true, &is_shifted);
+        float id;
         if (!d) {
             scales[ib] = 0; continue;
         }
@@ -960,72 +770,8 @@ QDEV void iq4_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
                 scales[ib] = 0;
                 continue;
             }
-            float d = ntry > 0 ? -max/values[0] : max/values[0];
-            float id = 1/d;
-            float sumqx_p = 0, sumq2_p = 0;
-            float sumqx_m = 0, sumq2_m = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq4nl(values, al);
-                float q = values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq4nl(values, -al);
-                q = values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            d = sumqx_p/sumq2_p;
-            bool is_shifted = false;
-            float best = d*sumqx_p;
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d*sumqx_m;
-            }
-            for (int itry = -ntry; itry <= ntry; ++itry) {
-                id = (itry + values[0])/max;
-                sumqx_p = sumq2_p = 0;
-                sumqx_m = sumq2_m = 0;
-                for (int j = 0; j < block_size; ++j) {
-                    float w = weight[j];
-                    float al = id*xb[j];
-                    int l = iqk_best_index_iq4nl(values, al);
-                    float q = values[l];
-                    sumqx_p += w*q*xb[j];
-                    sumq2_p += w*q*q;
-                    l = iqk_best_index_iq4nl(values, -al);
-                    q = values[l];
-                    sumqx_m += w*q*xb[j];
-                    sumq2_m += w*q*q;
-                }
-                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
-                }
-                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
-                }
-                id = (itry + shifted_values[0])/max;
-                sumqx_p = sumq2_p = 0;
-                sumqx_m = sumq2_m = 0;
-                for (int j = 0; j < block_size; ++j) {
-                    float w = weight[j];
-                    float al = id*xb[j];
-                    int l = iqk_best_index_iq4nl(shifted_values, al);
-                    float q = shifted_values[l];
-                    sumqx_p += w*q*xb[j];
-                    sumq2_p += w*q*q;
-                    l = iqk_best_index_iq4nl(shifted_values, -al);
-                    q = shifted_values[l];
-                    sumqx_m += w*q*xb[j];
-                    sumq2_m += w*q*q;
-                }
-                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
-                }
-                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
-                }
-            }
+            bool is_shifted;
+            float d = iqk_shift_search<int8_t, iqk_best_index_iq4nl>(values, shifted_values, xb, weight, block_size, ntry, 1, max, false, &is_shifted);
             if (is_shifted) blk.scales[ib] = 0x01;
             scales[ib] = d;
             amax_scale = iqk_std_max(amax_scale, fabsf(d));
@@ -1133,72 +879,8 @@ QDEV void iq5_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
                 scales[ib] = 0;
                 continue;
             }
-            float d = ntry > 0 ? -max/values[0] : max/values[0];
-            float id = 1/d;
-            float sumqx_p = 0, sumq2_p = 0;
-            float sumqx_m = 0, sumq2_m = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq5nl(values, al);
-                float q = values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq5nl(values, -al);
-                q = values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            d = sumqx_p/sumq2_p;
-            bool is_shifted = false;
-            float best = d*sumqx_p;
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d*sumqx_m;
-            }
-            for (int itry = -ntry; itry <= ntry; ++itry) {
-                id = (itry + values[0])/max;
-                sumqx_p = sumq2_p = 0;
-                sumqx_m = sumq2_m = 0;
-                for (int j = 0; j < block_size; ++j) {
-                    float w = weight[j];
-                    float al = id*xb[j];
-                    int l = iqk_best_index_iq5nl(values, al);
-                    float q = values[l];
-                    sumqx_p += w*q*xb[j];
-                    sumq2_p += w*q*q;
-                    l = iqk_best_index_iq5nl(values, -al);
-                    q = values[l];
-                    sumqx_m += w*q*xb[j];
-                    sumq2_m += w*q*q;
-                }
-                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
-                }
-                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
-                }
-                id = (itry + shifted_values[0])/max;
-                sumqx_p = sumq2_p = 0;
-                sumqx_m = sumq2_m = 0;
-                for (int j = 0; j < block_size; ++j) {
-                    float w = weight[j];
-                    float al = id*xb[j];
-                    int l = iqk_best_index_iq5nl(shifted_values, al);
-                    float q = shifted_values[l];
-                    sumqx_p += w*q*xb[j];
-                    sumq2_p += w*q*q;
-                    l = iqk_best_index_iq5nl(shifted_values, -al);
-                    q = shifted_values[l];
-                    sumqx_m += w*q*xb[j];
-                    sumq2_m += w*q*q;
-                }
-                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
-                }
-                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
-                }
-            }
+            bool is_shifted;
+            float d = iqk_shift_search<int8_t, iqk_best_index_iq5nl>(values, shifted_values, xb, weight, block_size, ntry, 1, max, false, &is_shifted);
             if (is_shifted) blk.scales[ib] = 0x01;
             scales[ib] = d;
             amax_scale = iqk_std_max(amax_scale, fabsf(d));
@@ -1306,75 +988,8 @@ QDEV void iq3_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
                 scales[ib] = 0;
                 continue;
             }
-            float d = ntry > 0 ? -max/values[0] : max/values[0];
-            float id = 1/d;
-            float sumqx_p = 0, sumq2_p = 0;
-            float sumqx_m = 0, sumq2_m = 0;
-            float best = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq3nl(values, al);
-                float q = values[l];
-                sumqx_p += w*q*xb[j];
-                sumq2_p += w*q*q;
-                l = iqk_best_index_iq3nl(values, -al);
-                q = values[l];
-                sumqx_m += w*q*xb[j];
-                sumq2_m += w*q*q;
-            }
-            if (sumq2_p > 0) {
-                d = sumqx_p/sumq2_p;
-                best = d*sumqx_p;
-            }
-            if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                d = sumqx_m/sumq2_m; best = d*sumqx_m;
-            }
-            bool is_shifted = false;
-            for (int itry = -ntry; itry <= ntry; ++itry) {
-                id = (itry + values[0])/max;
-                sumqx_p = sumq2_p = 0;
-                sumqx_m = sumq2_m = 0;
-                for (int j = 0; j < block_size; ++j) {
-                    float w = weight[j];
-                    float al = id*xb[j];
-                    int l = iqk_best_index_iq3nl(values, al);
-                    float q = values[l];
-                    sumqx_p += w*q*xb[j];
-                    sumq2_p += w*q*q;
-                    l = iqk_best_index_iq3nl(values, -al);
-                    q = values[l];
-                    sumqx_m += w*q*xb[j];
-                    sumq2_m += w*q*q;
-                }
-                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = false;
-                }
-                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = false;
-                }
-                id = (itry + shifted_values[0])/max;
-                sumqx_p = sumq2_p = 0;
-                sumqx_m = sumq2_m = 0;
-                for (int j = 0; j < block_size; ++j) {
-                    float w = weight[j];
-                    float al = id*xb[j];
-                    int l = iqk_best_index_iq3nl(shifted_values, al);
-                    float q = shifted_values[l];
-                    sumqx_p += w*q*xb[j];
-                    sumq2_p += w*q*q;
-                    l = iqk_best_index_iq3nl(shifted_values, -al);
-                    q = shifted_values[l];
-                    sumqx_m += w*q*xb[j];
-                    sumq2_m += w*q*q;
-                }
-                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                    d = sumqx_p/sumq2_p; best = d * sumqx_p; is_shifted = true;
-                }
-                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                    d = sumqx_m/sumq2_m; best = d * sumqx_m; is_shifted = true;
-                }
-            }
+            bool is_shifted;
+            float d = iqk_shift_search<int8_t, iqk_best_index_iq3nl>(values, shifted_values, xb, weight, block_size, ntry, 1, max, true, &is_shifted);
             if (is_shifted) blk.extra |= (1 << (8 + ib));
             scales[ib] = d;
             float ascale = fabsf(d);
