@@ -123,6 +123,7 @@ def scale_search_t(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
 
 
 ScaleSearch = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (xt, wt) (32, nb) -> d (nb,)
+LevelIndex = Callable[[np.ndarray], np.ndarray]  # float32 a (any shape) -> level uint8 (best_index_t)
 
 
 def pack_nibbles_t(lt: np.ndarray) -> np.ndarray:
@@ -136,9 +137,11 @@ def pack_nibbles_t(lt: np.ndarray) -> np.ndarray:
 # --- IQ4_NL -------------------------------------------------------------------------------------
 
 @ieee
-def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleSearch = scale_search_t) -> np.ndarray:
+def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleSearch = scale_search_t,
+                    index: LevelIndex = best_index_t) -> np.ndarray:
     """quantize_iq4_nl: rows float32 (nrows, n) -> uint8 (nrows, n/32*18). search: the block scale
-    search (mainline's; ik_llama.cpp's differs)."""
+    search (mainline's; ik_llama.cpp's differs); index: the final levels' lookup (ik's differs on
+    NaN and on values >= 2^31)."""
     nrows, n = rows.shape
     nbr = n // QK4_NL
     xb = rows.reshape(-1, QK4_NL)
@@ -155,7 +158,7 @@ def quantize_iq4_nl(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleS
             sigma2 = seq_sum_t(xt * xt) * F32(2.0 / QK4_NL)
             wt = iq4_weights_t(xt, qwt, sigma2)
         d = search(xt, wt)
-        lt = best_index_t(xt * recip(d))
+        lt = index(xt * recip(d))
         out["d"][b0:b1] = fp16_bits(d)
         out["qs"][b0:b1] = pack_nibbles_t(lt)
     return out.view(np.uint8).reshape(nrows, nbr * BLOCK_IQ4_NL.itemsize)
@@ -177,8 +180,12 @@ def dequantize_iq4_nl(data: np.ndarray, n: int) -> np.ndarray:
 # --- IQ4_XS -------------------------------------------------------------------------------------
 
 @ieee
-def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleSearch = scale_search_t) -> np.ndarray:
-    """quantize_iq4_xs: rows float32 (nrows, n) -> uint8 (nrows, n/256*136). search: as quantize_iq4_nl."""
+def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleSearch = scale_search_t,
+                    index: LevelIndex = best_index_t) -> np.ndarray:
+    """quantize_iq4_xs: rows float32 (nrows, n) -> uint8 (nrows, n/256*136). search, index: as
+    quantize_iq4_nl. A NaN block scale (ik's search, all weights 0) never wins C's `abs_d >
+    amax_scale`, and nearest_int(NaN) is 0: its 6-bit scale is 0 (stored 32), its levels
+    index(0*x)."""
     nrows, n = rows.shape
     nsr = n // QK_K
     xs = rows.reshape(-1, QK_K)
@@ -200,13 +207,14 @@ def quantize_iq4_xs(rows: np.ndarray, imatrix: np.ndarray | None, search: ScaleS
             wt = iq4_weights_t(xt, qwt, np.repeat(sigma2, 8))
         scales = search(xt, wt).reshape(ns, 8)
         abs_d = np.abs(scales)
+        abs_d[np.isnan(abs_d)] = 0  # C: NaN > amax_scale is false
         ib = np.argmax(abs_d, axis=1)
         ar = np.arange(ns)
         max_scale = np.where(abs_d[ar, ib] > 0, scales[ar, ib], F32(0))
         dsup = -max_scale / F32(32)
         ls = np.clip(nearest_int(recip(dsup)[:, None] * scales), -32, 31)
         dl = dsup[:, None] * ls.astype(F32)
-        lt = best_index_t(xt * recip(dl).reshape(-1))
+        lt = index(xt * recip(dl).reshape(-1))
         out["d"][s0:s1] = fp16_bits(dsup)
         lu = (ls + 32).astype(np.uint16)
         out["scales_h"][s0:s1] = np.bitwise_or.reduce((lu >> 4) << (2 * np.arange(8, dtype=np.uint16)), axis=1)

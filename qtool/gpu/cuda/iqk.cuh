@@ -95,6 +95,50 @@ QDEV void iqk_row_weights(const float * GGML_RESTRICT x, const float * GGML_REST
     }
 }
 
+// The weights of one block: qw[j]*sqrtf(sigma2 + x*x) with an imatrix (qw: the block's), else x*x,
+// or 0.25f*sigma2 + x*x where with_sigma2 (IQ5_K, IQ6_K, IQ3_K, IQ2_KS, IQ2_KL).
+QDEV void iqk_block_weights(const float * GGML_RESTRICT xb, const float * GGML_RESTRICT qw,
+                            float * GGML_RESTRICT weight, float sigma2, int n, bool with_sigma2) {
+    if (qw) {
+        for (int j = 0; j < n; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
+    } else if (with_sigma2) {
+        for (int j = 0; j < n; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
+    } else {
+        for (int j = 0; j < n; ++j) weight[j] = xb[j]*xb[j];
+    }
+}
+
+// The largest |x| of a block (returned) and the x it belongs to (*max_out), the first one on ties.
+QDEV float iqk_block_amax(const float * GGML_RESTRICT xb, int n, float * max_out) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < n; ++j) {
+        float ax = fabsf(xb[j]);
+        if (ax > amax) {
+            amax = ax; max = xb[j];
+        }
+    }
+    *max_out = max;
+    return amax;
+}
+
+// The refit of a block's d on its chosen table (IQ5_K, IQ6_K, IQ3_K): d = sumqx/sumq2 at 1/d.
+template <typename V, int (*BEST)(const V *, float)>
+QDEV float iqk_refit(const V * block_values, const float * GGML_RESTRICT xb, const float * GGML_RESTRICT weight,
+                     int n, float d) {
+    float sumqx = 0, sumq2 = 0;
+    float id = 1/d;
+    for (int j = 0; j < n; ++j) {
+        float w = weight[j];
+        float al = id*xb[j];
+        int l = BEST(block_values, al);
+        float q = block_values[l];
+        sumqx += w*q*xb[j];
+        sumq2 += w*q*q;
+    }
+    if (sumq2 > 0) d = sumqx/sumq2;
+    return d;
+}
+
 // ik's per-block sums for one trial scale id: sumqx/sumq2 of the levels nearest to +id*x (p) and
 // to -id*x (m), C's order (IQ4_K, IQ5_K, IQ6_K, IQ3_K, IQ4_KS, IQ5_KS, IQ3_KS).
 template <typename V, int (*BEST)(const V *, float)>
@@ -202,19 +246,9 @@ QDEV void iq4_k_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
     uint16_t extra = 0;
     for (int ib = 0; ib < super_block_size/block_size; ++ib) {
         const float * xb = x + ib*block_size;
-        if (quant_weights) {
-            const float * qw = quant_weights + ib*block_size;
-            for (int j = 0; j < block_size; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-        } else {
-            for (int j = 0; j < block_size; ++j) weight[j] = xb[j]*xb[j];
-        }
-        float amax = 0, max = 0;
-        for (int j = 0; j < block_size; ++j) {
-            float ax = fabsf(xb[j]);
-            if (ax > amax) {
-                amax = ax; max = xb[j];
-            }
-        }
+        iqk_block_weights(xb, quant_weights ? quant_weights + ib*block_size : 0, weight, sigma2, block_size, false);
+        float max;
+        float amax = iqk_block_amax(xb, block_size, &max);
         if (amax < 1e-16f) {
             scales[ib] = 0;
             continue;
@@ -241,12 +275,7 @@ QDEV void iq4_k_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
         float idl = dl ? 1/dl : 0.f;
         uint8_t * Lb = L + ib*block_size;
         const float * xb = x + ib*block_size;
-        if (quant_weights) {
-            const float * qw = quant_weights + ib*block_size;
-            for (int j = 0; j < block_size; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-        } else {
-            for (int j = 0; j < block_size; ++j) weight[j] = xb[j]*xb[j];
-        }
+        iqk_block_weights(xb, quant_weights ? quant_weights + ib*block_size : 0, weight, sigma2, block_size, false);
         for (int j = 0; j < block_size; ++j) {
             Lb[j] = iqk_best_index_iq4nl(block_values, idl*xb[j]);
             float w = weight[j];
@@ -317,39 +346,17 @@ QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
 
     for (int ib = 0; ib < QK_K/16; ++ib) {
         const float * xb = xbl + 16*ib;
-        if (quant_weights) {
-            const float * qw = quant_weights + ib*16;
-            for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-        } else {
-            for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
-        }
-        float amax = 0, max = 0;
-        for (int j = 0; j < 16; ++j) {
-            float ax = fabsf(xb[j]);
-            if (ax > amax) {
-                amax = ax; max = xb[j];
-            }
-        }
+        iqk_block_weights(xb, quant_weights ? quant_weights + ib*16 : 0, weight, sigma2, 16, true);
+        float max;
+        float amax = iqk_block_amax(xb, 16, &max);
         if (amax < 1e-16f) {
             scales[ib] = 0;
             continue;
         }
         bool is_shifted;
         float d = iqk_shift_search<int8_t, iqk_best_index_iq5nl>(iq5nl_values, shifted_values, xb, weight, 16, ntry, step, max, false, &is_shifted);
-        float id;
         if (d) {
-            const int8_t * block_values = is_shifted ? shifted_values : iq5nl_values;
-            float sumqx = 0, sumq2 = 0;
-            id = 1/d;
-            for (int j = 0; j < 16; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq5nl(block_values, al);
-                float q = block_values[l];
-                sumqx += w*q*xb[j];
-                sumq2 += w*q*q;
-            }
-            if (sumq2 > 0) d = sumqx/sumq2;
+            d = iqk_refit<int8_t, iqk_best_index_iq5nl>(is_shifted ? shifted_values : iq5nl_values, xb, weight, 16, d);
         }
         scales[ib] = d;
         if (is_shifted) extra |= (1 << ib);
@@ -378,12 +385,7 @@ QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
         if (dl) {
             const int8_t * block_values = y->extra & (1 << ib) ? shifted_values : iq5nl_values;
             const float * xb = xbl + 16*ib;
-            if (quant_weights) {
-                const float * qw = quant_weights + ib*16;
-                for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-            } else {
-                for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
-            }
+            iqk_block_weights(xb, quant_weights ? quant_weights + ib*16 : 0, weight, sigma2, 16, true);
             float idl = 1/dl;
             int ib32 = ib/2;
             int offset = 16*(ib%2);
@@ -450,39 +452,17 @@ QDEV void iq6_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
 
     for (int ib = 0; ib < QK_K/16; ++ib) {
         const float * xb = xbl + 16*ib;
-        if (quant_weights) {
-            const float * qw = quant_weights + ib*16;
-            for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-        } else {
-            for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
-        }
-        float amax = 0, max = 0;
-        for (int j = 0; j < 16; ++j) {
-            float ax = fabsf(xb[j]);
-            if (ax > amax) {
-                amax = ax; max = xb[j];
-            }
-        }
+        iqk_block_weights(xb, quant_weights ? quant_weights + ib*16 : 0, weight, sigma2, 16, true);
+        float max;
+        float amax = iqk_block_amax(xb, 16, &max);
         if (amax < 1e-16f) {
             scales[ib] = 0;
             continue;
         }
         bool is_shifted;
         float d = iqk_shift_search<float, iqk_best_index_iq6nl>(values, shifted_values, xb, weight, 16, ntry, step, max, false, &is_shifted);
-        float id;
         if (d) {
-            const float * block_values = is_shifted ? shifted_values : values;
-            float sumqx = 0, sumq2 = 0;
-            id = 1/d;
-            for (int j = 0; j < 16; ++j) {
-                float w = weight[j];
-                float al = id*xb[j];
-                int l = iqk_best_index_iq6nl(block_values, al);
-                float q = block_values[l];
-                sumqx += w*q*xb[j];
-                sumq2 += w*q*q;
-            }
-            if (sumq2 > 0) d = sumqx/sumq2;
+            d = iqk_refit<float, iqk_best_index_iq6nl>(is_shifted ? shifted_values : values, xb, weight, 16, d);
         }
         scales[ib] = d;
         if (is_shifted) extra |= (1 << ib);
@@ -509,12 +489,7 @@ QDEV void iq6_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
         if (dl) {
             const float * block_values = y->extra & (1 << ib) ? shifted_values : values;
             const float * xb = xbl + 16*ib;
-            if (quant_weights) {
-                const float * qw = quant_weights + ib*16;
-                for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-            } else {
-                for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
-            }
+            iqk_block_weights(xb, quant_weights ? quant_weights + ib*16 : 0, weight, sigma2, 16, true);
             float idl = 1/dl;
             int ib32 = ib/2;
             int offset = 16*(ib%2);
@@ -596,42 +571,20 @@ QDEV void iq3_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
 
     for (int ib = 0; ib < QK_K/16; ++ib) {
         const float * xb = xbl + 16*ib;
-        if (quant_weights) {
-            const float * qw = quant_weights + ib*16;
-            for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-        } else {
-            for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
-        }
-        float amax = 0, max = 0;
-        for (int j = 0; j < 16; ++j) {
-            float ax = fabsf(xb[j]);
-            if (ax > amax) {
-                amax = ax; max = xb[j];
-            }
-        }
+        iqk_block_weights(xb, quant_weights ? quant_weights + ib*16 : 0, weight, sigma2, 16, true);
+        float max;
+        float amax = iqk_block_amax(xb, 16, &max);
         if (amax < 1e-16f) {
             scales[ib] = 0;
             continue;
         }
         bool is_shifted;
         float d = iqk_shift_search<int8_t, iqk_best_index_iq3nl>(iq3nl_values, shifted_values, xb, weight, 16, ntry, 2, max, true, &is_shifted);
-        float id;
         if (!d) {
             scales[ib] = 0; continue;
         }
 
-        const int8_t * block_values = is_shifted ? shifted_values : iq3nl_values;
-        float sumqx = 0, sumq2 = 0;
-        id = 1/d;
-        for (int j = 0; j < 16; ++j) {
-            float w = weight[j];
-            float al = id*xb[j];
-            int l = iqk_best_index_iq3nl(block_values, al);
-            float q = block_values[l];
-            sumqx += w*q*xb[j];
-            sumq2 += w*q*q;
-        }
-        if (sumq2 > 0) d = sumqx/sumq2;
+        d = iqk_refit<int8_t, iqk_best_index_iq3nl>(is_shifted ? shifted_values : iq3nl_values, xb, weight, 16, d);
 
         scales[ib] = d;
 
@@ -658,12 +611,7 @@ QDEV void iq3_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
         if (dl) {
             const int8_t * block_values = y->extra & (1 << ib) ? shifted_values : iq3nl_values;
             const float * xb = xbl + 16*ib;
-            if (quant_weights) {
-                const float * qw = quant_weights + ib*16;
-                for (int j = 0; j < 16; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-            } else {
-                for (int j = 0; j < 16; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
-            }
+            iqk_block_weights(xb, quant_weights ? quant_weights + ib*16 : 0, weight, sigma2, 16, true);
             float idl = 1/dl;
             int ib32 = ib/2;
             int offset = 16*(ib%2);
@@ -704,16 +652,12 @@ QDEV void iqk_load_block(void * dst, const uint8_t * GGML_RESTRICT src, int nbyt
 QDEV float iqk_std_max(float a, float b) { return (a < b) ? b : a; }
 
 // The weights of block ib (32 values) of a row: QHelper::row_weights (block size 32), then C's
-// qw[j] * sqrtf(sigma2 + x*x), or x*x without an imatrix.
+// qw[j] * sqrtf(sigma2 + x*x), or x*x without an imatrix (0.25f*sigma2 + x*x where with_sigma2).
 QDEV void iqk_ks_weights(const float * GGML_RESTRICT xb, const float * GGML_RESTRICT imatrix_b,
-                         float * GGML_RESTRICT weight, float sigma2, int block_size) {
-    if (imatrix_b) {
-        float qw[32];
-        iqk_row_weights(xb, imatrix_b, qw, block_size, block_size);
-        for (int j = 0; j < block_size; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-    } else {
-        for (int j = 0; j < block_size; ++j) weight[j] = xb[j]*xb[j];
-    }
+                         float * GGML_RESTRICT weight, float sigma2, int block_size, bool with_sigma2 = false) {
+    float qw[32];
+    if (imatrix_b) iqk_row_weights(xb, imatrix_b, qw, block_size, block_size);
+    iqk_block_weights(xb, imatrix_b ? qw : 0, weight, sigma2, block_size, with_sigma2);
 }
 
 #define IQK_ROW_META_KERNEL(NAME, BLOCK_T, META, ROWFN)                                            \
@@ -759,13 +703,8 @@ QDEV void iq4_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
             const float * xb = xbl + ib*block_size;
             iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
                            weight, sigma2, block_size);
-            float amax = 0, max = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float ax = fabsf(xb[j]);
-                if (ax > amax) {
-                    amax = ax; max = xb[j];
-                }
-            }
+            float max;
+            float amax = iqk_block_amax(xb, block_size, &max);
             if (amax < 1e-16f) {
                 scales[ib] = 0;
                 continue;
@@ -868,13 +807,8 @@ QDEV void iq5_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
             const float * xb = xbl + ib*block_size;
             iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
                            weight, sigma2, block_size);
-            float amax = 0, max = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float ax = fabsf(xb[j]);
-                if (ax > amax) {
-                    amax = ax; max = xb[j];
-                }
-            }
+            float max;
+            float amax = iqk_block_amax(xb, block_size, &max);
             if (amax < 1e-16f) {
                 scales[ib] = 0;
                 continue;
@@ -977,13 +911,8 @@ QDEV void iq3_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
             const float * xb = xbl + ib*block_size;
             iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
                            weight, sigma2, block_size);
-            float amax = 0, max = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float ax = fabsf(xb[j]);
-                if (ax > amax) {
-                    amax = ax; max = xb[j];
-                }
-            }
+            float max;
+            float amax = iqk_block_amax(xb, block_size, &max);
             if (amax < 1e-16f) {
                 scales[ib] = 0;
                 continue;
@@ -1170,12 +1099,7 @@ QDEV void iq2_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
 
     for (int ib = 0; ib < QK_K/kBlockSize; ++ib) {
         const float * xb = xbl + kBlockSize*ib;
-        if (quant_weights) {
-            const float * qw = quant_weights + ib*kBlockSize;
-            for (int j = 0; j < kBlockSize; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-        } else {
-            for (int j = 0; j < kBlockSize; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
-        }
+        iqk_block_weights(xb, quant_weights ? quant_weights + ib*kBlockSize : 0, weight, sigma2, kBlockSize, true);
         sw[ib] = 0;
         float amax = 0;
         for (int j = 0; j < kBlockSize; ++j) {
@@ -1255,12 +1179,7 @@ QDEV void iq2_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
         if (dl) {
             const int8_t * block_values = y->extra & (1 << ib) ? shifted_values : iq2nl_values;
             const float * xb = xbl + kBlockSize*ib;
-            if (quant_weights) {
-                const float * qw = quant_weights + ib*kBlockSize;
-                for (int j = 0; j < kBlockSize; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-            } else {
-                for (int j = 0; j < kBlockSize; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
-            }
+            iqk_block_weights(xb, quant_weights ? quant_weights + ib*kBlockSize : 0, weight, sigma2, kBlockSize, true);
             float idl = 1/dl;
             int ib32 = ib/2;
             int offset = 16*(ib%2);
@@ -1389,13 +1308,7 @@ QDEV void iq2_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
 
         for (int ib = 0; ib < QK_K/kBlockSize; ++ib) {
             const float * xb = xbl + kBlockSize*ib;
-            if (quant_weights) {
-                float qw[32];
-                iqk_row_weights(xb, quant_weights + ibl*QK_K + ib*kBlockSize, qw, kBlockSize, kBlockSize);
-                for (int j = 0; j < kBlockSize; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-            } else {
-                for (int j = 0; j < kBlockSize; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
-            }
+            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*QK_K + ib*kBlockSize : 0, weight, sigma2, kBlockSize, true);
             sw[ib] = 0;
             float amax = 0;
             for (int j = 0; j < kBlockSize; ++j) {
@@ -1502,13 +1415,7 @@ QDEV void iq2_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
             if (dl) {
                 const int8_t * block_values = blk.extra & (1 << ib) ? shifted_values : iq2nl_values;
                 const float * xb = xbl + kBlockSize*ib;
-                if (quant_weights) {
-                    float qw[32];
-                    iqk_row_weights(xb, quant_weights + ibl*QK_K + ib*kBlockSize, qw, kBlockSize, kBlockSize);
-                    for (int j = 0; j < kBlockSize; ++j) weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]);
-                } else {
-                    for (int j = 0; j < kBlockSize; ++j) weight[j] = 0.25f*sigma2 + xb[j]*xb[j];
-                }
+                iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*QK_K + ib*kBlockSize : 0, weight, sigma2, kBlockSize, true);
                 float idl = 1/dl;
                 uint8_t * qs = blk.qs + 32*(ib/4);
                 for (int j = 0; j < 32; ++j) {
@@ -1613,13 +1520,8 @@ QDEV void iq4_kss_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
             const float * xb = xbl + ib*block_size;
             iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
                            weight, sigma2, block_size);
-            float amax = 0, max = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float ax = fabsf(xb[j]);
-                if (ax > amax) {
-                    amax = ax; max = xb[j];
-                }
-            }
+            float max;
+            float amax = iqk_block_amax(xb, block_size, &max);
             if (amax < 1e-16f) {
                 scales[ib] = 0;
                 continue;
@@ -1906,13 +1808,8 @@ QDEV void iq2_kl_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
         for (int ib = 0; ib < QK_K/kBlockSize; ++ib) {
             const float * xb = xbl + ib*kBlockSize;
             iq2_kl_weights(xb, quant_weights ? quant_weights + ibl*QK_K + ib*kBlockSize : 0, weight, sigma2);
-            float amax = 0, max = 0;
-            for (int j = 0; j < kBlockSize; ++j) {
-                float ax = fabsf(xb[j]);
-                if (ax > amax) {
-                    amax = ax; max = xb[j];
-                }
-            }
+            float max;
+            float amax = iqk_block_amax(xb, kBlockSize, &max);
             if (amax < 1e-16f) {
                 scales[ib] = 0;
                 continue;

@@ -11,9 +11,18 @@ for each block's scale d:
   kept when it raises sumqx²/sumq2, else the search stops (at most 32*32 steps).
 
 With ntry = 7 (`quantize_iq4_nl` / `quantize_iq4_xs`, what llama-quantize calls) the levels are
-then rebuilt from d exactly as in mainline. With ntry = -1 (`quantize_row_iq4_nl`, the row
-quantizer quantize-stats measures) the first d is -max/127 with no other candidate, the descent
-still runs, d is stored and the descent's levels are kept.
+then rebuilt from d as in mainline, but with ik's lookup best_index_iq4nl (best_index_ik_t).
+
+A block whose weights are all 0 (an imatrix with a zero 32-block) gets d = sumqx/sumq2 = 0/0 =
+NaN (no guard; no candidate passes `sumq2 > 0`, the descent sees g = NaN and stops). IQ4_NL
+stores fp16(NaN) = 0xfe00 and levels best_index_iq4nl(NaN*x) = 0: (int)NaN is INT_MIN on x86,
+so ix = INT_MIN + 127 < 0. IQ4_XS ignores the NaN in its max and stores 6-bit scale 0 (code 32,
+nearest_int(NaN) = 0), levels best_index_iq4nl(0) = 8 (nonlinear.quantize_iq4_xs). Where d is
+tiny (the only weighted value tiny), x/d >= 2^31 also gives level 0 in ik (mainline: 15).
+
+With ntry = -1 (`quantize_row_iq4_nl`, the row quantizer quantize-stats measures) the first d is
+-max/127 with no other candidate, the descent still runs, d is stored and the descent's levels
+are kept.
 
 Shapes: xt, wt (32, nb) float32, a block per column (C's summation order down axis 0); the
 descent works on the (32, nact) columns of blocks still moving, one numpy step per C iteration.
@@ -42,6 +51,18 @@ NTRY = 7
 _V0 = int(KVALUES_IQ4NL[0])
 _V15 = int(KVALUES_IQ4NL[15])
 _KV_SQ = (KVALUES_IQ4NL.astype(np.int32) ** 2).astype(F32)  # values[l]*values[l], exact int products
+
+
+_INT_MIN_AT = F32(2.0 ** 31)  # (int)x is INT_MIN on x86 for x >= 2^31, +inf, NaN (and x < -2^31)
+
+
+def best_index_ik_t(a: np.ndarray) -> np.ndarray:
+    """ik's best_index_iq4nl(kvalues_iq4nl, a) for float32 a (any shape) -> uint8: mainline's level
+    (best_index_t) for every a that (int) converts; where (int)a is INT_MIN (NaN, a >= 2^31,
+    a < -2^31), ix = INT_MIN + 127 < 0 gives level 0 (mainline's binary search: 15 above)."""
+    lt = best_index_t(a)
+    lt[~(a < _INT_MIN_AT)] = 0
+    return lt
 
 
 def iq4_sums(xt: np.ndarray, wt: np.ndarray, lt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,12 +145,12 @@ def scale_search_ik_t(xt: np.ndarray, wt: np.ndarray) -> np.ndarray:
 
 def quantize_iq4_nl_ik(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """ik_llama.cpp quantize_iq4_nl: rows float32 (nrows, n) -> uint8 (nrows, n/32*18)."""
-    return quantize_iq4_nl(rows, imatrix, scale_search_ik_t)
+    return quantize_iq4_nl(rows, imatrix, scale_search_ik_t, best_index_ik_t)
 
 
 def quantize_iq4_xs_ik(rows: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
     """ik_llama.cpp quantize_iq4_xs: rows float32 (nrows, n) -> uint8 (nrows, n/256*136)."""
-    return quantize_iq4_xs(rows, imatrix, scale_search_ik_t)
+    return quantize_iq4_xs(rows, imatrix, scale_search_ik_t, best_index_ik_t)
 
 
 @ieee
