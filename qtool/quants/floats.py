@@ -15,7 +15,8 @@ def _q_f32(x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
 def _q_f16(x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
     """Round to nearest even as ggml_compute_fp32_to_fp16; a NaN becomes 0x7E00 with its sign
     there, whatever its payload (numpy's cast keeps payload bits)."""
-    h = np.ascontiguousarray(x.astype("<f2")).view("<u2")
+    with np.errstate(over="ignore"):  # beyond 65504 is inf, as in C
+        h = np.ascontiguousarray(x.astype("<f2")).view("<u2")
     nan = np.isnan(x)
     if nan.any():
         sign = (np.ascontiguousarray(x, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16) & 0x8000
