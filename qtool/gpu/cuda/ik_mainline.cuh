@@ -7,17 +7,11 @@
 // types' sigma2 (sum of x^2 over the row / n_per_row) comes from the row pre-pass (aux).
 #pragma once
 
-// NaN as x86 makes it. A GPU's invalid operation (0/0) gives the canonical NaN 0x7FFFFFFF and
-// arithmetic on a NaN gives that again; x86 gives the "default NaN" 0xFFC00000 (negative), and
-// its sign reaches the bytes through GGML_FP32_TO_FP16. ik's unguarded divisions (make_qp_quants'
-// sumlx/suml2, the IQ4 search's sumqx/sumq2) are 0/0 on blocks whose imatrix is all zero, so
-// their results pass through ik_x86_nan; and nearest_int of x86's default NaN is 0 whatever its
-// sign (the mantissa bits are 0x400000), which nearest_int_ik gives for every NaN.
-QDEV float ik_x86_nan(float v) { return v != v ? QBITS_U2F(0xFFC00000u) : v; }
-QDEV int nearest_int_ik(float v) { return v != v ? 0 : nearest_int(v); }
+// ik_x86_nan / nearest_int_ik (x86's NaN for ik's unguarded divisions): search_k.cuh.
 
 // ---- ik's searches (ggml-quants.c of ik_llama.cpp)
 
+// Not merged with ggml's make_qx_quants (search.cuh): ik adds a greedy descent after the trial scales.
 QDEV float make_qx_quants_ik(int n, int nmax, const float * GGML_RESTRICT x, int8_t * GGML_RESTRICT L, int rmse_type,
         const float * GGML_RESTRICT qw) {
     float max = 0;
@@ -141,79 +135,10 @@ QDEV float make_qx_quants_ik(int n, int nmax, const float * GGML_RESTRICT x, int
 QDEV float make_qkx2_quants_ik(int n, int nmax, const float * GGML_RESTRICT x, const float * GGML_RESTRICT weights,
         uint8_t * GGML_RESTRICT L, float * GGML_RESTRICT the_min, uint8_t * GGML_RESTRICT Laux,
         float rmin, float rdelta, int nstep, bool use_mad) {
-    float min = x[0];
-    float max = x[0];
-    float sum_w = weights[0];
-    float sum_x = sum_w * x[0];
-    for (int i = 1; i < n; ++i) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        float w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if (min > 0) min = 0;
-    if (max - min < 1e-10f) {
-        for (int i = 0; i < n; ++i) L[i] = 0;
-        *the_min = -min;
-        return 0.f;
-    }
-    float iscale = nmax/(max - min);
-    float scale = 1/iscale;
-    float best_mad = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = nearest_int_ik(iscale*(x[i] - min));
-        L[i] = MAX(0, MIN(nmax, l));
-        float diff = scale * L[i] + min - x[i];
-        diff = use_mad ? fabsf(diff) : diff * diff;
-        float w = weights[i];
-        best_mad += w * diff;
-    }
-    if (nstep < 1) {
-        *the_min = -min;
-        return scale;
-    }
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta*is + nmax)/(max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = nearest_int_ik(iscale*(x[i] - min));
-            l = MAX(0, MIN(nmax, l));
-            Laux[i] = l;
-            float w = weights[i];
-            sum_l += w*l;
-            sum_l2 += w*l*l;
-            sum_xl += w*l*x[i];
-        }
-        float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l)/D;
-            float this_min   = (sum_l2 * sum_x - sum_l * sum_xl)/D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
-            }
-            float mad = 0;
-            for (int i = 0; i < n; ++i) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
-                diff = use_mad ? fabsf(diff) : diff * diff;
-                float w = weights[i];
-                mad += w * diff;
-            }
-            if (mad < best_mad) {
-                for (int i = 0; i < n; ++i) {
-                    L[i] = Laux[i];
-                }
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    *the_min = -min;
-    return scale;
+    return make_qkx2_quants_t<true>(n, nmax, x, weights, L, the_min, Laux, rmin, rdelta, nstep, use_mad);  // search_k.cuh
 }
 
+// Not merged with ggml's make_qkx3_quants (search_k.cuh): ik sums in double and adds a descent.
 QDEV float make_qkx3_quants_ik(int n, int nmax, const float * GGML_RESTRICT x, const float * GGML_RESTRICT weights,
         uint8_t * GGML_RESTRICT L, float * GGML_RESTRICT the_min, uint8_t * GGML_RESTRICT Laux,
         float rmin, float rdelta, int nstep, bool use_mad) {
@@ -351,205 +276,28 @@ QDEV float make_qkx3_quants_ik(int n, int nmax, const float * GGML_RESTRICT x, c
 }
 
 QDEV float make_qp_quants_ik(int n, int nmax, const float * GGML_RESTRICT x, uint8_t * GGML_RESTRICT L, const float * quant_weights) {
-    float max = 0;
-    for (int i = 0; i < n; ++i) {
-        max = MAX(max, x[i]);
-    }
-    if (max < 1e-16f) { // all zero
-        for (int i = 0; i < n; ++i) { L[i] = 0; }
-        return 0.f;
-    }
-    float iscale = nmax / max;
-    for (int i = 0; i < n; ++i) {
-        L[i] = nearest_int_ik(iscale * x[i]);
-    }
-    float scale = 1/iscale;
-    float best_mse = 0;
-    for (int i = 0; i < n; ++i) {
-        float diff = x[i] - scale*L[i];
-        float w = quant_weights[i];
-        best_mse += w*diff*diff;
-    }
-    for (int is = -4; is <= 4; ++is) {
-        if (is == 0) continue;
-        float iscale_is = (0.1f*is + nmax)/max;
-        float scale_is = 1/iscale_is;
-        float mse = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = nearest_int_ik(iscale_is*x[i]);
-            l = MIN(nmax, l);
-            float diff = x[i] - scale_is*l;
-            float w = quant_weights[i];
-            mse += w*diff*diff;
-        }
-        if (mse < best_mse) {
-            best_mse = mse;
-            iscale = iscale_is;
-        }
-    }
-    float sumlx = 0;
-    float suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        int l = nearest_int_ik(iscale * x[i]);
-        l = MIN(nmax, l);
-        L[i] = l;
-        float w = quant_weights[i];
-        sumlx += w*x[i]*l;
-        suml2 += w*l*l;
-    }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
-        for (int i = 0; i < n; ++i) {
-            float w = quant_weights[i];
-            float slx = sumlx - w*x[i]*L[i];
-            float sl2 = suml2 - w*L[i]*L[i];
-            if (slx > 0 && sl2 > 0) {
-                int new_l = nearest_int_ik(x[i] * sl2 / slx);
-                new_l = MIN(nmax, new_l);
-                if (new_l != L[i]) {
-                    slx += w*x[i]*new_l;
-                    sl2 += w*new_l*new_l;
-                    if (slx*slx*suml2 > sumlx*sumlx*sl2) {
-                        L[i] = new_l; sumlx = slx; suml2 = sl2;
-                        ++n_changed;
-                    }
-                }
-            }
-        }
-        if (!n_changed) {
-            break;
-        }
-    }
-    return ik_x86_nan(sumlx/suml2);
+    return make_qp_quants_t<true>(n, nmax, x, L, quant_weights);  // search_k.cuh
 }
 
 // ---- Q4_K / Q5_K: quantize_row_q{4,5}_K_ref and quantize_row_q{4,5}_K_impl of ik_llama.cpp, one super-block
 
+// (ggml's code, kquants_45.cuh, with ik's searches and rounding)
 QDEV void kq45_scales_and_L_ik(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights, int nmax,
                                ggml_half * GGML_RESTRICT y_d, ggml_half * GGML_RESTRICT y_dmin,
                                uint8_t * GGML_RESTRICT y_scales, uint8_t * GGML_RESTRICT L) {
-    uint8_t Laux[32];
-    float   weights[32];
-    float   mins[QK_K/32];
-    float   scales[QK_K/32];
-    if (!quant_weights) {  // quantize_row_q4_K_ref / quantize_row_q5_K_ref
-        const float rmin = nmax == 15 ? -1.f : -0.5f;
-        const int nstep = nmax == 15 ? 20 : 15;
-        float max_scale = 0; // as we are deducting the min, scales are always positive
-        float max_min = 0;
-        for (int j = 0; j < QK_K/32; ++j) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; ++l) sum_x2 += x[32*j + l] * x[32*j + l];
-            float av_x = sqrtf(sum_x2/32);
-            for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32*j + l]);
-            scales[j] = make_qkx2_quants_ik(32, nmax, x + 32*j, weights, L + 32*j, &mins[j], Laux, rmin, 0.1f, nstep, false);
-            float scale = scales[j];
-            if (scale > max_scale) {
-                max_scale = scale;
-            }
-            float min = mins[j];
-            if (min > max_min) {
-                max_min = min;
-            }
-        }
-
-        float inv_scale = max_scale > 0 ? 63.f/max_scale : 0.f;
-        float inv_min   = max_min   > 0 ? 63.f/max_min   : 0.f;
-        for (int j = 0; j < QK_K/32; ++j) {
-            uint8_t ls = nearest_int_ik(inv_scale*scales[j]);
-            uint8_t lm = nearest_int_ik(inv_min*mins[j]);
-            ls = MIN(63, ls);
-            lm = MIN(63, lm);
-            kq45_pack_scales(y_scales, j, ls, lm);
-        }
-        *y_d = GGML_FP32_TO_FP16(max_scale/63.f);
-        *y_dmin = GGML_FP32_TO_FP16(max_min/63.f);
-    } else {  // quantize_row_q4_K_impl / quantize_row_q5_K_impl (quant_weights: this super-block's)
-        uint8_t Ls[QK_K/32];
-        uint8_t Lm[QK_K/32];
-        float   sw[QK_K/32];
-
-        float sum_x2 = 0;
-        for (int l = 0; l < QK_K; ++l) sum_x2 += x[l] * x[l];
-        float sigma2 = 2*sum_x2/QK_K;
-
-        for (int j = 0; j < QK_K/32; ++j) {
-            const float * qw = quant_weights + 32*j;
-            for (int l = 0; l < 32; ++l) weights[l] = qw[l] * sqrtf(sigma2 + x[32*j + l]*x[32*j + l]);
-            float sumw = 0;
-            for (int l = 0; l < 32; ++l) sumw += weights[l];
-            sw[j] = sumw;
-            scales[j] = make_qkx3_quants_ik(32, nmax, x + 32*j, weights, L + 32*j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
-        }
-
-        float d_block = make_qp_quants_ik(QK_K/32, 63, scales, Ls, sw);
-        float m_block = make_qp_quants_ik(QK_K/32, 63, mins,   Lm, sw);
-        for (int j = 0; j < QK_K/32; ++j) {
-            uint8_t ls = Ls[j];
-            uint8_t lm = Lm[j];
-            if (nmax == 31) {  // q5_K's impl clamps, q4_K's does not
-                ls = MIN(63, ls);
-                lm = MIN(63, lm);
-            }
-            kq45_pack_scales(y_scales, j, ls, lm);
-        }
-        *y_d = GGML_FP32_TO_FP16(d_block);
-        *y_dmin = GGML_FP32_TO_FP16(m_block);
-    }
-
-    uint8_t sc, m;
-    for (int j = 0; j < QK_K/32; ++j) {
-        get_scale_min_k4(j, y_scales, &sc, &m);
-        const float d = GGML_FP16_TO_FP32(*y_d) * sc;
-        if (!d) continue;
-        const float dm = GGML_FP16_TO_FP32(*y_dmin) * m;
-        for (int ii = 0; ii < 32; ++ii) {
-            int l = nearest_int_ik((x[32*j + ii] + dm)/d);
-            l = MAX(0, MIN(nmax, l));
-            L[32*j + ii] = l;
-        }
-    }
+    kq45_scales_and_L_t<make_qkx2_quants_ik, make_qkx3_quants_ik, make_qp_quants_ik, nearest_int_ik>(
+        x, quant_weights, nmax, y_d, y_dmin, y_scales, L);
 }
 
 QDEV void q4_K_block_ik(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                         block_q4_K * GGML_RESTRICT y, float unused) {
-    (void) unused;
-    uint8_t L[QK_K];
-    kq45_scales_and_L_ik(x, quant_weights, 15, &y->d, &y->dmin, y->scales, L);
-    uint8_t * q = y->qs;
-    for (int j = 0; j < QK_K; j += 64) {
-        for (int l = 0; l < 32; ++l) q[l] = L[j + l] | (L[j + l + 32] << 4);
-        q += 32;
-    }
+    q4_K_block_t<kq45_scales_and_L_ik>(x, quant_weights, y, unused);
 }
 QTOOL_ROW_KERNEL(q4_K_ik, QK_K, block_q4_K, q4_K_block_ik)
 
 QDEV void q5_K_block_ik(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                         block_q5_K * GGML_RESTRICT y, float unused) {
-    (void) unused;
-    uint8_t L[QK_K];
-    kq45_scales_and_L_ik(x, quant_weights, 31, &y->d, &y->dmin, y->scales, L);
-
-    uint8_t * GGML_RESTRICT qh = y->qh;
-    uint8_t * GGML_RESTRICT ql = y->qs;
-    memset(qh, 0, QK_K/8);
-
-    uint8_t m1 = 1, m2 = 2;
-    for (int n = 0; n < QK_K; n += 64) {
-        for (int j = 0; j < 32; ++j) {
-            int l1 = L[n + j];
-            if (l1 > 15) {
-                l1 -= 16; qh[j] |= m1;
-            }
-            int l2 = L[n + j + 32];
-            if (l2 > 15) {
-                l2 -= 16; qh[j] |= m2;
-            }
-            ql[j] = l1 | (l2 << 4);
-        }
-        m1 <<= 2; m2 <<= 2;
-        ql += 32;
-    }
+    q5_K_block_t<kq45_scales_and_L_ik>(x, quant_weights, y, unused);
 }
 QTOOL_ROW_KERNEL(q5_K_ik, QK_K, block_q5_K, q5_K_block_ik)
 
@@ -612,79 +360,7 @@ QTOOL_ROW_KERNEL(q2_K_ik, QK_K, block_q2_K, q2_K_block_ik)
 
 QDEV void q3_K_block_ik(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                         block_q3_K * GGML_RESTRICT y, float unused) {
-    (void) unused;
-    int8_t L[QK_K];
-    float scales[QK_K / 16];
-    float weight[16];
-    float sw[QK_K / 16];
-    int8_t Ls[QK_K / 16];
-
-    float sumx2 = 0;
-    for (int j = 0; j < QK_K; ++j) sumx2 += x[j]*x[j];
-    float sigma2 = 2*sumx2/QK_K;
-
-    for (int j = 0; j < QK_K/16; ++j) {
-        if (quant_weights) {
-            const float * qw = quant_weights + 16*j;
-            for (int l = 0; l < 16; ++l) weight[l] = qw[l] * sqrtf(sigma2 + x[16*j+l]*x[16*j+l]);
-        } else {
-            for (int l = 0; l < 16; ++l) weight[l] = x[16*j+l]*x[16*j+l];
-        }
-        float sumw = 0;
-        for (int l = 0; l < 16; ++l) sumw += weight[l];
-        sw[j] = sumw;
-
-        scales[j] = make_qx_quants_ik(16, 4, x + 16*j, L + 16*j, 1, weight);
-    }
-
-    memset(y->scales, 0, 12);
-
-    float d_block = make_qx_quants_ik(QK_K/16, 32, scales, Ls, 1, sw);
-    for (int j = 0; j < QK_K/16; ++j) {
-        int l = Ls[j];
-        if (j < 8) {
-            y->scales[j] = l & 0xF;
-        } else {
-            y->scales[j-8] |= ((l & 0xF) << 4);
-        }
-        l >>= 4;
-        y->scales[j%4 + 8] |= (l << (2*(j/4)));
-    }
-    y->d = GGML_FP32_TO_FP16(d_block);
-
-    int8_t sc;
-    for (int j = 0; j < QK_K/16; ++j) {
-        sc = j < 8 ? y->scales[j] & 0xF : y->scales[j-8] >> 4;
-        sc = (sc | (((y->scales[8 + j%4] >> (2*(j/4))) & 3) << 4)) - 32;
-        float d = GGML_FP16_TO_FP32(y->d) * sc;
-        if (!d) {
-            continue;
-        }
-        for (int ii = 0; ii < 16; ++ii) {
-            int l = nearest_int_ik(x[16*j + ii]/d);
-            l = MAX(-4, MIN(3, l));
-            L[16*j + ii] = l + 4;
-        }
-    }
-
-    memset(y->hmask, 0, QK_K/8);
-    // We put the high-bit for the 1st 8 quants into bit 0, the next 8 into bit 1, etc.
-    int m = 0;
-    uint8_t hm = 1;
-    for (int j = 0; j < QK_K; ++j) {
-        if (L[j] > 3) {
-            y->hmask[m] |= hm;
-            L[j] -= 4;
-        }
-        if (++m == QK_K/8) {
-            m = 0; hm <<= 1;
-        }
-    }
-    for (int j = 0; j < QK_K; j += 128) {
-        for (int l = 0; l < 32; ++l) {
-            y->qs[j/4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
-        }
-    }
+    q3_K_block_t<make_qx_quants_ik, nearest_int_ik, true>(x, quant_weights, y, unused);  // kquants_23.cuh
 }
 QTOOL_ROW_KERNEL(q3_K_ik, QK_K, block_q3_K, q3_K_block_ik)
 
@@ -692,71 +368,7 @@ QTOOL_ROW_KERNEL(q3_K_ik, QK_K, block_q3_K, q3_K_block_ik)
 
 QDEV void q6_K_block_ik(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                         block_q6_K * GGML_RESTRICT y, float unused) {
-    (void) unused;
-    int8_t L[QK_K];
-    float   scales[QK_K/16];
-
-    float max_scale = 0;
-    float max_abs_scale = 0;
-
-    for (int ib = 0; ib < QK_K/16; ++ib) {
-
-        float scale;
-        if (quant_weights) {
-            const float * qw = quant_weights + 16*ib;
-            scale = make_qx_quants_ik(16, 32, x + 16*ib, L + 16*ib, 1, qw);
-        } else {
-            scale = make_qx_quants_ik(16, 32, x + 16*ib, L + 16*ib, 1, (const float *) 0);
-        }
-        scales[ib] = scale;
-
-        const float abs_scale = fabsf(scale);
-        if (abs_scale > max_abs_scale) {
-            max_abs_scale = abs_scale;
-            max_scale = scale;
-        }
-
-    }
-
-    if (max_abs_scale < GROUP_MAX_EPS) {
-        memset(y, 0, sizeof(block_q6_K));
-        y->d = GGML_FP32_TO_FP16(0.f);
-        return;
-    }
-
-    float iscale = -128.f/max_scale;
-    y->d = GGML_FP32_TO_FP16(1/iscale);
-    for (int ib = 0; ib < QK_K/16; ++ib) {
-        y->scales[ib] = MIN(127, nearest_int_ik(iscale*scales[ib]));
-    }
-
-    for (int j = 0; j < QK_K/16; ++j) {
-        float d = GGML_FP16_TO_FP32(y->d) * y->scales[j];
-        if (!d) {
-            continue;
-        }
-        for (int ii = 0; ii < 16; ++ii) {
-            int l = nearest_int_ik(x[16*j + ii]/d);
-            l = MAX(-32, MIN(31, l));
-            L[16*j + ii] = l + 32;
-        }
-    }
-
-    uint8_t * GGML_RESTRICT ql = y->ql;
-    uint8_t * GGML_RESTRICT qh = y->qh;
-    for (int j = 0; j < QK_K; j += 128) {
-        for (int l = 0; l < 32; ++l) {
-            const uint8_t q1 = L[j + l +  0] & 0xF;
-            const uint8_t q2 = L[j + l + 32] & 0xF;
-            const uint8_t q3 = L[j + l + 64] & 0xF;
-            const uint8_t q4 = L[j + l + 96] & 0xF;
-            ql[l+ 0] = q1 | (q3 << 4);
-            ql[l+32] = q2 | (q4 << 4);
-            qh[l] = (L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6);
-        }
-        ql += 64;
-        qh += 32;
-    }
+    q6_K_block_t<make_qx_quants_ik, nearest_int_ik>(x, quant_weights, y, unused);  // q6_k.cuh
 }
 QTOOL_ROW_KERNEL(q6_K_ik, QK_K, block_q6_K, q6_K_block_ik)
 
@@ -766,69 +378,25 @@ QTOOL_ROW_KERNEL(q6_K_ik, QK_K, block_q6_K, q6_K_block_ik)
 
 QDEV void q4_0_block_ik(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                         block_q4_0 * GGML_RESTRICT y, float sigma2) {
-    float weight[QK4_0];
-    int8_t L[QK4_0];
-    for (int j = 0; j < QK4_0; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
-    float d = make_qx_quants_ik(QK4_0, 8, x, L, 1, weight);
-    y->d = GGML_FP32_TO_FP16(d);
-    for (int j = 0; j < 16; ++j) {
-        y->qs[j] = L[j] | (L[j+16] << 4);
-    }
+    q4_0_impl_t<make_qx_quants_ik>(x, quant_weights, y, sigma2);  // legacy.cuh
 }
 QTOOL_ROW_KERNEL(q4_0_ik, QK4_0, block_q4_0, q4_0_block_ik)
 
 QDEV void q4_1_block_ik(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                         block_q4_1 * GGML_RESTRICT y, float sigma2) {
-    float weight[QK4_1];
-    uint8_t L[QK4_1], Laux[QK4_1];
-    for (int j = 0; j < QK4_1; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
-    float min;
-    float d = make_qkx3_quants_ik(QK4_1, 15, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
-    y->d = GGML_FP32_TO_FP16(d);
-    y->m = GGML_FP32_TO_FP16(-min);
-    for (int j = 0; j < 16; ++j) {
-        y->qs[j] = L[j] | (L[j+16] << 4);
-    }
+    q4_1_impl_t<make_qkx3_quants_ik>(x, quant_weights, y, sigma2);  // legacy.cuh
 }
 QTOOL_ROW_KERNEL(q4_1_ik, QK4_1, block_q4_1, q4_1_block_ik)
 
 QDEV void q5_0_block_ik(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                         block_q5_0 * GGML_RESTRICT y, float sigma2) {
-    float weight[QK5_0];
-    int8_t L[QK5_0];
-    for (int j = 0; j < QK5_0; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
-    float d = make_qx_quants_ik(QK5_0, 16, x, L, 1, weight);
-    y->d = GGML_FP32_TO_FP16(d);
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; ++j) {
-        const uint8_t xi0 = L[j];
-        const uint8_t xi1 = L[j+16];
-        y->qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
-        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
-        qh |= ((xi1 & 0x10u) >> 4) << (j + QK5_0/2);
-    }
-    memcpy(&y->qh, &qh, sizeof(qh));
+    q5_0_impl_t<make_qx_quants_ik>(x, quant_weights, y, sigma2);  // legacy.cuh
 }
 QTOOL_ROW_KERNEL(q5_0_ik, QK5_0, block_q5_0, q5_0_block_ik)
 
 QDEV void q5_1_block_ik(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                         block_q5_1 * GGML_RESTRICT y, float sigma2) {
-    float weight[QK5_1];
-    uint8_t L[QK5_1], Laux[QK5_1];
-    for (int j = 0; j < QK5_1; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
-    float min;
-    float d = make_qkx3_quants_ik(QK5_1, 31, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
-    y->d = GGML_FP32_TO_FP16(d);
-    y->m = GGML_FP32_TO_FP16(-min);
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; ++j) {
-        const uint8_t xi0 = L[j];
-        const uint8_t xi1 = L[j+16];
-        y->qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
-        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
-        qh |= ((xi1 & 0x10u) >> 4) << (j + QK5_0/2);
-    }
-    memcpy(&y->qh, &qh, sizeof(qh));
+    q5_1_impl_t<make_qkx3_quants_ik>(x, quant_weights, y, sigma2);  // legacy.cuh
 }
 QTOOL_ROW_KERNEL(q5_1_ik, QK5_1, block_q5_1, q5_1_block_ik)
 
@@ -870,6 +438,31 @@ QTOOL_ROW_KERNEL(q6_0, QK6_0, block_q6_0, q6_0_block)
 // ik's table-driven best_index_iq4nl = iqk.cuh's iqk_best_index_iq4nl), one (super-)block;
 // quantize_iq4_nl / quantize_iq4_xs call it with ntry = 7 for both variants.
 
+// One trial scale id of ik's IQ4_NL / IQ4_XS search (C's loop body, twice per itry): the sums at
+// id; where they beat best, C's updates of d, best, the best sums and the block's levels Lb.
+QDEV void ik_iq4_try(float id, const int8_t * values, const float * GGML_RESTRICT xb, const float * GGML_RESTRICT weight,
+                     int block_size, uint8_t * GGML_RESTRICT Lb, float * d, float * best,
+                     float * best_sumqx, float * best_sumq2) {
+    float sumqx = 0, sumq2 = 0;
+    for (int j = 0; j < block_size; ++j) {
+        float al = id*xb[j];
+        int l = iqk_best_index_iq4nl(values, al);
+        float q = values[l];
+        float w = weight[j];
+        sumqx += w*q*xb[j];
+        sumq2 += w*q*q;
+    }
+    if (sumq2 > 0 && sumqx*sumqx > *best*sumq2) {
+        *d = sumqx/sumq2; *best = *d * sumqx;
+        *best_sumqx = sumqx; *best_sumq2 = sumq2;
+        for (int j = 0; j < block_size; ++j) {
+            float al = id*xb[j];
+            Lb[j] = iqk_best_index_iq4nl(values, al);
+        }
+    }
+}
+
+// Not merged with iq4.cuh's quantize_row_iq4_nl_impl: ik tries both candidates per itry and descends.
 QDEV void quantize_row_iq4_nl_impl_ik(const int super_block_size, const int block_size, const float * GGML_RESTRICT x,
         ggml_half * dh, uint8_t * q4, uint16_t * scales_h, uint8_t * scales_l,
         float * scales, float * weight, uint8_t * L,
@@ -922,41 +515,9 @@ QDEV void quantize_row_iq4_nl_impl_ik(const int super_block_size, const int bloc
         float best_sumqx = sumqx, best_sumq2 = sumq2;
         for (int itry = -ntry; itry <= ntry; ++itry) {
             id = (itry + values[0])/max;
-            sumqx = sumq2 = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float al = id*xb[j];
-                int l = iqk_best_index_iq4nl(values, al);
-                float q = values[l];
-                float w = weight[j];
-                sumqx += w*q*xb[j];
-                sumq2 += w*q*q;
-            }
-            if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-                d = sumqx/sumq2; best = d * sumqx;
-                best_sumqx = sumqx; best_sumq2 = sumq2;
-                for (int j = 0; j < block_size; ++j) {
-                    float al = id*xb[j];
-                    Lb[j] = iqk_best_index_iq4nl(values, al);
-                }
-            }
+            ik_iq4_try(id, values, xb, weight, block_size, Lb, &d, &best, &best_sumqx, &best_sumq2);
             id = (itry + values[15])/max;
-            sumqx = sumq2 = 0;
-            for (int j = 0; j < block_size; ++j) {
-                float al = id*xb[j];
-                int l = iqk_best_index_iq4nl(values, al);
-                float q = values[l];
-                float w = weight[j];
-                sumqx += w*q*xb[j];
-                sumq2 += w*q*q;
-            }
-            if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-                d = sumqx/sumq2; best = d * sumqx;
-                best_sumqx = sumqx; best_sumq2 = sumq2;
-                for (int j = 0; j < block_size; ++j) {
-                    float al = id*xb[j];
-                    Lb[j] = iqk_best_index_iq4nl(values, al);
-                }
-            }
+            ik_iq4_try(id, values, xb, weight, block_size, Lb, &d, &best, &best_sumqx, &best_sumq2);
         }
         sumqx = best_sumqx; sumq2 = best_sumq2;
         for (int iter = 0; iter < 32*block_size; ++iter) {

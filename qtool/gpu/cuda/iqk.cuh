@@ -315,13 +315,14 @@ typedef struct {
     uint8_t  qh[QK_K/8];
 } block_iq5_k;
 
-// quantize_row_iq5_k_impl, one super-block (ibl's loop body)
-QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRICT imatrix,
-                      block_iq5_k * GGML_RESTRICT y, float row_aux) {
-    (void) row_aux;
+// IQ5_K and IQ6_K (quantize_row_iq5_k_impl / quantize_row_iq6_k_impl, one super-block): C's code
+// is the same but for the table (nvalues levels, then the shifted ones; IQ6_K: float values), the
+// row scale (max/32 or max/127), the scales' range and packing and qh's layout (IQ6: 2 bits).
+template <typename V, int (*BEST)(const V *, float), typename BLOCK_T, bool IQ6>
+QDEV void iqk_k56_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRICT imatrix,
+                        BLOCK_T * GGML_RESTRICT y, const V * values, int nvalues) {
     const int ntry = 5;
     const float step = 1.f;
-    const int8_t * iq5nl_values = iqk_iq5nl_values;
     float qwbuf[QK_K];
     const float * quant_weights = 0;
     if (imatrix) {
@@ -332,9 +333,9 @@ QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
     float scales[QK_K/16];
     float weight[16];
 
-    const int8_t * shifted_values = iq5nl_values + 32;
+    const V * shifted_values = values + nvalues;
 
-    memset(y, 0, sizeof(block_iq5_k));
+    memset(y, 0, sizeof(BLOCK_T));
     y->d = GGML_FP32_TO_FP16(0.f);
 
     float sumx2 = 0;
@@ -354,9 +355,9 @@ QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
             continue;
         }
         bool is_shifted;
-        float d = iqk_shift_search<int8_t, iqk_best_index_iq5nl>(iq5nl_values, shifted_values, xb, weight, 16, ntry, step, max, false, &is_shifted);
+        float d = iqk_shift_search<V, BEST>(values, shifted_values, xb, weight, 16, ntry, step, max, false, &is_shifted);
         if (d) {
-            d = iqk_refit<int8_t, iqk_best_index_iq5nl>(is_shifted ? shifted_values : iq5nl_values, xb, weight, 16, d);
+            d = iqk_refit<V, BEST>(is_shifted ? shifted_values : values, xb, weight, 16, d);
         }
         scales[ib] = d;
         if (is_shifted) extra |= (1 << ib);
@@ -368,7 +369,7 @@ QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
     }
 
     if (!max_abs_scale) return;
-    float d = -max_scale/32;
+    float d = -max_scale/(IQ6 ? 127 : 32);
     y->d = GGML_FP32_TO_FP16(d);
     y->extra = extra;
 
@@ -377,25 +378,30 @@ QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
     float sumqx = 0, sumq2 = 0;
     for (int ib = 0; ib < QK_K/16; ++ib) {
         int ls = nearest_int(id*scales[ib]);
-        ls = MAX(-32, MIN(31, ls));
-        int uls = ls + 32;
-        y->scales_l[ib/2] |= ((uls & 0xf) << 4*(ib%2));
-        y->scales_h[ib/4] |= ((uls >>  4) << 2*(ib%4));
+        if constexpr (IQ6) {
+            ls = MAX(-127, MIN(127, ls));
+            y->scales[ib] |= ls;
+        } else {
+            ls = MAX(-32, MIN(31, ls));
+            int uls = ls + 32;
+            y->scales_l[ib/2] |= ((uls & 0xf) << 4*(ib%2));
+            y->scales_h[ib/4] |= ((uls >>  4) << 2*(ib%4));
+        }
         float dl = d * ls;
         if (dl) {
-            const int8_t * block_values = y->extra & (1 << ib) ? shifted_values : iq5nl_values;
+            const V * block_values = y->extra & (1 << ib) ? shifted_values : values;
             const float * xb = xbl + 16*ib;
             iqk_block_weights(xb, quant_weights ? quant_weights + ib*16 : 0, weight, sigma2, 16, true);
             float idl = 1/dl;
             int ib32 = ib/2;
             int offset = 16*(ib%2);
             uint8_t * qs = y->qs + 32*(ib32/2) + offset;
-            uint8_t * qh = y->qh + 32*(ib32/8) + offset;
+            uint8_t * qh = y->qh + 32*(ib32/(IQ6 ? 4 : 8)) + offset;
             for (int j = 0; j < 16; ++j) {
                 const float al = idl*xb[j];
-                int ibest = iqk_best_index_iq5nl(block_values, al);
+                int ibest = BEST(block_values, al);
                 qs[j] |= ((ibest & 0xf) << 4*(ib32%2));
-                qh[j] |= ((ibest >>  4) << (ib32%8));
+                qh[j] |= ((ibest >>  4) << (IQ6 ? 2*(ib32%4) : (ib32%8)));
                 float w = weight[j];
                 float q = block_values[ibest]*ls;
                 sumqx += w*q*xb[j];
@@ -404,6 +410,13 @@ QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
         }
     }
     if (sumq2 > 0) y->d = GGML_FP32_TO_FP16(sumqx/sumq2);
+}
+
+// quantize_row_iq5_k_impl, one super-block (ibl's loop body)
+QDEV void iq5_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRICT imatrix,
+                      block_iq5_k * GGML_RESTRICT y, float row_aux) {
+    (void) row_aux;
+    iqk_k56_block<int8_t, iqk_best_index_iq5nl, block_iq5_k, false>(xbl, imatrix, y, iqk_iq5nl_values, 32);
 }
 QTOOL_ROW_KERNEL(iq5_k, QK_K, block_iq5_k, iq5_k_block)
 
@@ -422,92 +435,12 @@ typedef struct {
 QDEV void iq6_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRICT imatrix,
                       block_iq6_k * GGML_RESTRICT y, float row_aux) {
     (void) row_aux;
-    const int ntry = 5;
-    const float step = 1.f;
     float values[128];
     for (int i = 0; i < 64; ++i) {
         values[i] = iqk_iq6nl_values[i];
         values[i+64] = values[i] + 1;
     }
-    const float * shifted_values = values + 64;
-    float qwbuf[QK_K];
-    const float * quant_weights = 0;
-    if (imatrix) {
-        iqk_row_weights(xbl, imatrix, qwbuf, QK_K, 16);
-        quant_weights = qwbuf;
-    }
-
-    float scales[QK_K/16];
-    float weight[16];
-
-    memset(y, 0, sizeof(block_iq6_k));
-    y->d = GGML_FP32_TO_FP16(0.f);
-
-    float sumx2 = 0;
-    for (int j = 0; j < QK_K; ++j) sumx2 += xbl[j]*xbl[j];
-    const float sigma2 = 2*sumx2/QK_K;
-
-    float max_scale = 0, max_abs_scale = 0;
-    uint16_t extra = 0;
-
-    for (int ib = 0; ib < QK_K/16; ++ib) {
-        const float * xb = xbl + 16*ib;
-        iqk_block_weights(xb, quant_weights ? quant_weights + ib*16 : 0, weight, sigma2, 16, true);
-        float max;
-        float amax = iqk_block_amax(xb, 16, &max);
-        if (amax < 1e-16f) {
-            scales[ib] = 0;
-            continue;
-        }
-        bool is_shifted;
-        float d = iqk_shift_search<float, iqk_best_index_iq6nl>(values, shifted_values, xb, weight, 16, ntry, step, max, false, &is_shifted);
-        if (d) {
-            d = iqk_refit<float, iqk_best_index_iq6nl>(is_shifted ? shifted_values : values, xb, weight, 16, d);
-        }
-        scales[ib] = d;
-        if (is_shifted) extra |= (1 << ib);
-
-        float abs_scale = fabsf(scales[ib]);
-        if (abs_scale > max_abs_scale) {
-            max_abs_scale = abs_scale; max_scale = scales[ib];
-        }
-    }
-
-    if (!max_abs_scale) return;
-    float d = -max_scale/127;
-    y->d = GGML_FP32_TO_FP16(d);
-    y->extra = extra;
-
-    float id = 1/d;
-
-    float sumqx = 0, sumq2 = 0;
-    for (int ib = 0; ib < QK_K/16; ++ib) {
-        int ls = nearest_int(id*scales[ib]);
-        ls = MAX(-127, MIN(127, ls));
-        y->scales[ib] |= ls;
-        float dl = d * ls;
-        if (dl) {
-            const float * block_values = y->extra & (1 << ib) ? shifted_values : values;
-            const float * xb = xbl + 16*ib;
-            iqk_block_weights(xb, quant_weights ? quant_weights + ib*16 : 0, weight, sigma2, 16, true);
-            float idl = 1/dl;
-            int ib32 = ib/2;
-            int offset = 16*(ib%2);
-            uint8_t * qs = y->qs + 32*(ib32/2) + offset;
-            uint8_t * qh = y->qh + 32*(ib32/4) + offset;
-            for (int j = 0; j < 16; ++j) {
-                const float al = idl*xb[j];
-                int ibest = iqk_best_index_iq6nl(block_values, al);
-                qs[j] |= ((ibest & 0xf) << 4*(ib32%2));
-                qh[j] |= ((ibest >>  4) << 2*(ib32%4));
-                float w = weight[j];
-                float q = block_values[ibest]*ls;
-                sumqx += w*q*xb[j];
-                sumq2 += w*q*q;
-            }
-        }
-    }
-    if (sumq2 > 0) y->d = GGML_FP32_TO_FP16(sumqx/sumq2);
+    iqk_k56_block<float, iqk_best_index_iq6nl, block_iq6_k, true>(xbl, imatrix, y, values, 64);
 }
 QTOOL_ROW_KERNEL(iq6_k, QK_K, block_iq6_k, iq6_k_block)
 
@@ -678,13 +611,15 @@ typedef struct {
     uint8_t  qs[QK_K/2];
 } block_iq4_ks;
 
-// quantize_iq4_ks -> quantize_row_iq4_k_impl_bs128 (super_block_size 256, block_size 32, ntry 7,
-// iq4k_values); cy: the row's bytes (float d, then the blocks).
-QDEV void iq4_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
-                     uint8_t * GGML_RESTRICT cy, int n_per_row) {
-    const int super_block_size = QK_K, block_size = 32, ntry = 7;
-    const int8_t * values = iqk_iq4k_values;
-    const int8_t * shifted_values = values + 16;
+// IQ4_KS and IQ5_KS (quantize_row_iq4_k_impl_bs128 / quantize_row_iq5_ks_impl): the same two
+// passes, C's code line for line; only the table (nvalues levels, then the shifted ones), ntry, the
+// best-index function and pass 2's packing (IQ5: 4 low bits in qs, the 5th in qh) differ.
+template <typename BLOCK_T, int (*BEST)(const int8_t *, float), bool IQ5>
+QDEV void iqk_ks45_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                       uint8_t * GGML_RESTRICT cy, int n_per_row, const int8_t * values, int nvalues,
+                       const int ntry) {
+    const int super_block_size = QK_K, block_size = 32;
+    const int8_t * shifted_values = values + nvalues;
     uint8_t * yb = cy + 4;
     const int nsb = n_per_row/super_block_size;
     float weight[32];
@@ -692,8 +627,8 @@ QDEV void iq4_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
     float amax_scale = 0;
 
     for (int ibl = 0; ibl < nsb; ++ibl) {
-        block_iq4_ks blk;
-        memset(&blk, 0, sizeof(block_iq4_ks));
+        BLOCK_T blk;
+        memset(&blk, 0, sizeof(BLOCK_T));
         const float * xbl = x + ibl*super_block_size;
         float scales[QK_K/32];
         float sigma2 = 0;
@@ -710,23 +645,23 @@ QDEV void iq4_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
                 continue;
             }
             bool is_shifted;
-            float d = iqk_shift_search<int8_t, iqk_best_index_iq4nl>(values, shifted_values, xb, weight, block_size, ntry, 1, max, false, &is_shifted);
+            float d = iqk_shift_search<int8_t, BEST>(values, shifted_values, xb, weight, block_size, ntry, 1, max, false, &is_shifted);
             if (is_shifted) blk.scales[ib] = 0x01;
             scales[ib] = d;
             amax_scale = iqk_std_max(amax_scale, fabsf(d));
         }
         memcpy(blk.qs, scales, sizeof(scales));  // all_scales, parked until pass 2
-        store_block(yb + ibl*(int64_t)sizeof(block_iq4_ks), &blk, (int) sizeof(block_iq4_ks));
+        store_block(yb + ibl*(int64_t)sizeof(BLOCK_T), &blk, (int) sizeof(BLOCK_T));
     }
     float d = amax_scale/127;
     uint16_t meta[2];
     memcpy(meta, &d, 4);
     if (!d) {
         for (int ibl = 0; ibl < nsb; ++ibl) {
-            block_iq4_ks blk;
-            iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq4_ks), (int) sizeof(block_iq4_ks));
+            BLOCK_T blk;
+            iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(BLOCK_T), (int) sizeof(BLOCK_T));
             memset(blk.qs, 0, sizeof(blk.qs));
-            store_block(yb + ibl*(int64_t)sizeof(block_iq4_ks), &blk, (int) sizeof(block_iq4_ks));
+            store_block(yb + ibl*(int64_t)sizeof(BLOCK_T), &blk, (int) sizeof(BLOCK_T));
         }
         store_block(cy, meta, 4);
         return;
@@ -734,8 +669,8 @@ QDEV void iq4_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
     float id = d ? 1/d : 0.f;
     float sumqx = 0, sumq2 = 0;
     for (int ibl = 0; ibl < nsb; ++ibl) {
-        block_iq4_ks blk;
-        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq4_ks), (int) sizeof(block_iq4_ks));
+        BLOCK_T blk;
+        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(BLOCK_T), (int) sizeof(BLOCK_T));
         float scales[QK_K/32];
         memcpy(scales, blk.qs, sizeof(scales));
         memset(blk.qs, 0, sizeof(blk.qs));
@@ -754,24 +689,43 @@ QDEV void iq4_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
             const float * xb = xbl + ib*block_size;
             iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
                            weight, sigma2, block_size);
-            uint8_t * qs = blk.qs + ib*(block_size/2);
-            for (int j = 0; j < block_size/2; ++j) {
-                uint8_t i1 = iqk_best_index_iq4nl(block_values, idl*xb[j]);
-                uint8_t i2 = iqk_best_index_iq4nl(block_values, idl*xb[j+block_size/2]);
-                qs[j] = i1 | (i2 << 4);
-                float w1 = weight[j];
-                float w2 = weight[j+block_size/2];
-                float q1 = block_values[i1]*l;
-                float q2 = block_values[i2]*l;
-                sumqx += w1*q1*xb[j] + w2*q2*xb[j+block_size/2];
-                sumq2 += w1*q1*q1 + w2*q2*q2;
+            if constexpr (IQ5) {
+                for (int j = 0; j < block_size; ++j) {
+                    uint8_t idx = BEST(block_values, idl*xb[j]);
+                    blk.qs[block_size*(ib/2) + j] |= ((idx & 0xf) << 4*(ib%2));
+                    blk.qh[j] |= ((idx >> 4) << ib);
+                    float w = weight[j];
+                    float q = block_values[idx]*l;
+                    sumqx += w*q*xb[j];
+                    sumq2 += w*q*q;
+                }
+            } else {
+                uint8_t * qs = blk.qs + ib*(block_size/2);
+                for (int j = 0; j < block_size/2; ++j) {
+                    uint8_t i1 = BEST(block_values, idl*xb[j]);
+                    uint8_t i2 = BEST(block_values, idl*xb[j+block_size/2]);
+                    qs[j] = i1 | (i2 << 4);
+                    float w1 = weight[j];
+                    float w2 = weight[j+block_size/2];
+                    float q1 = block_values[i1]*l;
+                    float q2 = block_values[i2]*l;
+                    sumqx += w1*q1*xb[j] + w2*q2*xb[j+block_size/2];
+                    sumq2 += w1*q1*q1 + w2*q2*q2;
+                }
             }
         }
-        store_block(yb + ibl*(int64_t)sizeof(block_iq4_ks), &blk, (int) sizeof(block_iq4_ks));
+        store_block(yb + ibl*(int64_t)sizeof(BLOCK_T), &blk, (int) sizeof(BLOCK_T));
     }
     if (sumq2 > 0) d = sumqx/sumq2;
     memcpy(meta, &d, 4);
     store_block(cy, meta, 4);
+}
+
+// quantize_iq4_ks -> quantize_row_iq4_k_impl_bs128 (super_block_size 256, block_size 32, ntry 7,
+// iq4k_values); cy: the row's bytes (float d, then the blocks).
+QDEV void iq4_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                     uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    iqk_ks45_row<block_iq4_ks, iqk_best_index_iq4nl, false>(x, quant_weights, cy, n_per_row, iqk_iq4k_values, 16, 7);
 }
 IQK_ROW_META_KERNEL(iq4_ks, block_iq4_ks, 4, iq4_ks_row)
 
@@ -786,93 +740,7 @@ typedef struct {
 // quantize_iq5_ks -> quantize_row_iq5_ks_impl (super_block_size 256, block_size 32, ntry 5).
 QDEV void iq5_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                      uint8_t * GGML_RESTRICT cy, int n_per_row) {
-    const int super_block_size = QK_K, block_size = 32, ntry = 5;
-    const int8_t * values = iqk_iq5nl_values;
-    const int8_t * shifted_values = values + 32;
-    uint8_t * yb = cy + 4;
-    const int nsb = n_per_row/super_block_size;
-    float weight[32];
-
-    float amax_scale = 0;
-
-    for (int ibl = 0; ibl < nsb; ++ibl) {
-        block_iq5_ks blk;
-        memset(&blk, 0, sizeof(block_iq5_ks));
-        const float * xbl = x + ibl*super_block_size;
-        float scales[QK_K/32];
-        float sigma2 = 0;
-        for (int j = 0; j < super_block_size; ++j) sigma2 += xbl[j]*xbl[j];
-        sigma2 *= 2.f/super_block_size;
-        for (int ib = 0; ib < super_block_size/block_size; ++ib) {
-            const float * xb = xbl + ib*block_size;
-            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
-                           weight, sigma2, block_size);
-            float max;
-            float amax = iqk_block_amax(xb, block_size, &max);
-            if (amax < 1e-16f) {
-                scales[ib] = 0;
-                continue;
-            }
-            bool is_shifted;
-            float d = iqk_shift_search<int8_t, iqk_best_index_iq5nl>(values, shifted_values, xb, weight, block_size, ntry, 1, max, false, &is_shifted);
-            if (is_shifted) blk.scales[ib] = 0x01;
-            scales[ib] = d;
-            amax_scale = iqk_std_max(amax_scale, fabsf(d));
-        }
-        memcpy(blk.qs, scales, sizeof(scales));  // all_scales, parked until pass 2
-        store_block(yb + ibl*(int64_t)sizeof(block_iq5_ks), &blk, (int) sizeof(block_iq5_ks));
-    }
-    float d = amax_scale/127;
-    uint16_t meta[2];
-    memcpy(meta, &d, 4);
-    if (!d) {
-        for (int ibl = 0; ibl < nsb; ++ibl) {
-            block_iq5_ks blk;
-            iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq5_ks), (int) sizeof(block_iq5_ks));
-            memset(blk.qs, 0, sizeof(blk.qs));
-            store_block(yb + ibl*(int64_t)sizeof(block_iq5_ks), &blk, (int) sizeof(block_iq5_ks));
-        }
-        store_block(cy, meta, 4);
-        return;
-    }
-    float id = d ? 1/d : 0.f;
-    float sumqx = 0, sumq2 = 0;
-    for (int ibl = 0; ibl < nsb; ++ibl) {
-        block_iq5_ks blk;
-        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(block_iq5_ks), (int) sizeof(block_iq5_ks));
-        float scales[QK_K/32];
-        memcpy(scales, blk.qs, sizeof(scales));
-        memset(blk.qs, 0, sizeof(blk.qs));
-        const float * xbl = x + ibl*super_block_size;
-        float sigma2 = 0;
-        for (int j = 0; j < super_block_size; ++j) sigma2 += xbl[j]*xbl[j];
-        sigma2 *= 2.f/super_block_size;
-        for (int ib = 0; ib < super_block_size/block_size; ++ib) {
-            const int8_t * block_values = blk.scales[ib] & 0x01 ? shifted_values : values;
-            int l = nearest_int(0.5f*(id*scales[ib]+127.f));
-            l = MAX(0, MIN(127, l)) << 1;
-            blk.scales[ib] |= l;
-            l -= 127;
-            float dl = d * l;
-            float idl = dl ? 1/dl : 0.f;
-            const float * xb = xbl + ib*block_size;
-            iqk_ks_weights(xb, quant_weights ? quant_weights + ibl*super_block_size + ib*block_size : 0,
-                           weight, sigma2, block_size);
-            for (int j = 0; j < block_size; ++j) {
-                uint8_t idx = iqk_best_index_iq5nl(block_values, idl*xb[j]);
-                blk.qs[block_size*(ib/2) + j] |= ((idx & 0xf) << 4*(ib%2));
-                blk.qh[j] |= ((idx >> 4) << ib);
-                float w = weight[j];
-                float q = block_values[idx]*l;
-                sumqx += w*q*xb[j];
-                sumq2 += w*q*q;
-            }
-        }
-        store_block(yb + ibl*(int64_t)sizeof(block_iq5_ks), &blk, (int) sizeof(block_iq5_ks));
-    }
-    if (sumq2 > 0) d = sumqx/sumq2;
-    memcpy(meta, &d, 4);
-    store_block(cy, meta, 4);
+    iqk_ks45_row<block_iq5_ks, iqk_best_index_iq5nl, true>(x, quant_weights, cy, n_per_row, iqk_iq5nl_values, 32, 5);
 }
 IQK_ROW_META_KERNEL(iq5_ks, block_iq5_ks, 4, iq5_ks_row)
 
@@ -1063,6 +931,54 @@ typedef struct {
     uint8_t  qs[QK_K/4];
 } block_iq2_k;
 
+// IQ2_K's and IQ2_KS's exhaustive block search (C's loops): every split i1 <= i2 <= i3 of the block's
+// values sorted ascending (sumx, sumw: weighted prefix sums) among the 4 levels of val and of sval
+// (the shifted table), ascending and descending; IQ2_KS bounds i1 < max_i1 and i3 >= min_i3
+// (IQ2_K: kBlockSize, 0). V: int8_t (IQ2_K's table) or float (IQ2_KS's copies), as in C.
+template <typename V>
+QDEV float iqk_iq2_split_search(const float * GGML_RESTRICT sumx, const float * GGML_RESTRICT sumw, int kBlockSize,
+                                const V * val, const V * sval, int max_i1, int min_i3, bool * is_shifted_out) {
+    float best = 0, d = 0;
+    bool is_shifted = false;
+    float sumqx, sumq2;
+    for (int i1 = 0; i1 < max_i1; ++i1) {
+        for (int i2 = i1; i2 < kBlockSize; ++i2) {
+            for (int i3 = MAX(i2, min_i3); i3 < kBlockSize; ++i3) {
+                sumqx = (sumx[i1] - sumx[ 0])*val[0] + (sumx[i2] - sumx[i1])*val[1]
+                      + (sumx[i3] - sumx[i2])*val[2] + (sumx[kBlockSize] - sumx[i3])*val[3];
+                sumq2 = (sumw[i1] - sumw[ 0])*val[0]*val[0] + (sumw[i2] - sumw[i1])*val[1]*val[1]
+                      + (sumw[i3] - sumw[i2])*val[2]*val[2] + (sumw[kBlockSize] - sumw[i3])*val[3]*val[3];
+                if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                    d = sumqx/sumq2; best = d*sumqx; is_shifted = false;
+                }
+                sumqx = (sumx[i1] - sumx[ 0])*sval[0] + (sumx[i2] - sumx[i1])*sval[1]
+                      + (sumx[i3] - sumx[i2])*sval[2] + (sumx[kBlockSize] - sumx[i3])*sval[3];
+                sumq2 = (sumw[i1] - sumw[ 0])*sval[0]*sval[0] + (sumw[i2] - sumw[i1])*sval[1]*sval[1]
+                      + (sumw[i3] - sumw[i2])*sval[2]*sval[2] + (sumw[kBlockSize] - sumw[i3])*sval[3]*sval[3];
+                if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                    d = sumqx/sumq2; best = d*sumqx; is_shifted = true;
+                }
+                sumqx = (sumx[i1] - sumx[ 0])*val[3] + (sumx[i2] - sumx[i1])*val[2]
+                      + (sumx[i3] - sumx[i2])*val[1] + (sumx[kBlockSize] - sumx[i3])*val[0];
+                sumq2 = (sumw[i1] - sumw[ 0])*val[3]*val[3] + (sumw[i2] - sumw[i1])*val[2]*val[2]
+                      + (sumw[i3] - sumw[i2])*val[1]*val[1] + (sumw[kBlockSize] - sumw[i3])*val[0]*val[0];
+                if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                    d = sumqx/sumq2; best = d*sumqx; is_shifted = false;
+                }
+                sumqx = (sumx[i1] - sumx[ 0])*sval[3] + (sumx[i2] - sumx[i1])*sval[2]
+                      + (sumx[i3] - sumx[i2])*sval[1] + (sumx[kBlockSize] - sumx[i3])*sval[0];
+                sumq2 = (sumw[i1] - sumw[ 0])*sval[3]*sval[3] + (sumw[i2] - sumw[i1])*sval[2]*sval[2]
+                      + (sumw[i3] - sumw[i2])*sval[1]*sval[1] + (sumw[kBlockSize] - sumw[i3])*sval[0]*sval[0];
+                if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+                    d = sumqx/sumq2; best = d*sumqx; is_shifted = true;
+                }
+            }
+        }
+    }
+    *is_shifted_out = is_shifted;
+    return d;
+}
+
 // quantize_row_iq2_k_impl, one super-block.
 QDEV void iq2_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRICT imatrix,
                       block_iq2_k * GGML_RESTRICT y, float row_aux) {
@@ -1119,43 +1035,8 @@ QDEV void iq2_k_block(const float * GGML_RESTRICT xbl, const float * GGML_RESTRI
             sumw[j+1] = sumw[j] + weight[jj];
             sumx[j+1] = sumx[j] + weight[jj]*xb[jj];
         }
-        float best = 0, d = 0;
-        bool is_shifted = false;
-        float sumqx, sumq2;
-        for (int i1 = 0; i1 < kBlockSize; ++i1) {
-            for (int i2 = i1; i2 < kBlockSize; ++i2) {
-                for (int i3 = i2; i3 < kBlockSize; ++i3) {
-                    sumqx = (sumx[i1] - sumx[ 0])*iq2nl_values[0] + (sumx[i2] - sumx[i1])*iq2nl_values[1]
-                          + (sumx[i3] - sumx[i2])*iq2nl_values[2] + (sumx[kBlockSize] - sumx[i3])*iq2nl_values[3];
-                    sumq2 = (sumw[i1] - sumw[ 0])*iq2nl_values[0]*iq2nl_values[0] + (sumw[i2] - sumw[i1])*iq2nl_values[1]*iq2nl_values[1]
-                          + (sumw[i3] - sumw[i2])*iq2nl_values[2]*iq2nl_values[2] + (sumw[kBlockSize] - sumw[i3])*iq2nl_values[3]*iq2nl_values[3];
-                    if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-                        d = sumqx/sumq2; best = d*sumqx; is_shifted = false;
-                    }
-                    sumqx = (sumx[i1] - sumx[ 0])*shifted_values[0] + (sumx[i2] - sumx[i1])*shifted_values[1]
-                          + (sumx[i3] - sumx[i2])*shifted_values[2] + (sumx[kBlockSize] - sumx[i3])*shifted_values[3];
-                    sumq2 = (sumw[i1] - sumw[ 0])*shifted_values[0]*shifted_values[0] + (sumw[i2] - sumw[i1])*shifted_values[1]*shifted_values[1]
-                          + (sumw[i3] - sumw[i2])*shifted_values[2]*shifted_values[2] + (sumw[kBlockSize] - sumw[i3])*shifted_values[3]*shifted_values[3];
-                    if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-                        d = sumqx/sumq2; best = d*sumqx; is_shifted = true;
-                    }
-                    sumqx = (sumx[i1] - sumx[ 0])*iq2nl_values[3] + (sumx[i2] - sumx[i1])*iq2nl_values[2]
-                          + (sumx[i3] - sumx[i2])*iq2nl_values[1] + (sumx[kBlockSize] - sumx[i3])*iq2nl_values[0];
-                    sumq2 = (sumw[i1] - sumw[ 0])*iq2nl_values[3]*iq2nl_values[3] + (sumw[i2] - sumw[i1])*iq2nl_values[2]*iq2nl_values[2]
-                          + (sumw[i3] - sumw[i2])*iq2nl_values[1]*iq2nl_values[1] + (sumw[kBlockSize] - sumw[i3])*iq2nl_values[0]*iq2nl_values[0];
-                    if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-                        d = sumqx/sumq2; best = d*sumqx; is_shifted = false;
-                    }
-                    sumqx = (sumx[i1] - sumx[ 0])*shifted_values[3] + (sumx[i2] - sumx[i1])*shifted_values[2]
-                          + (sumx[i3] - sumx[i2])*shifted_values[1] + (sumx[kBlockSize] - sumx[i3])*shifted_values[0];
-                    sumq2 = (sumw[i1] - sumw[ 0])*shifted_values[3]*shifted_values[3] + (sumw[i2] - sumw[i1])*shifted_values[2]*shifted_values[2]
-                          + (sumw[i3] - sumw[i2])*shifted_values[1]*shifted_values[1] + (sumw[kBlockSize] - sumw[i3])*shifted_values[0]*shifted_values[0];
-                    if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-                        d = sumqx/sumq2; best = d*sumqx; is_shifted = true;
-                    }
-                }
-            }
-        }
+        bool is_shifted;
+        float d = iqk_iq2_split_search<int8_t>(sumx, sumw, kBlockSize, iq2nl_values, shifted_values, kBlockSize, 0, &is_shifted);
         scales[ib] = d;
         if (is_shifted) extra |= (1 << ib);
 
@@ -1328,43 +1209,8 @@ QDEV void iq2_ks_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
                 sumw[j+1] = sumw[j] + weight[jj];
                 sumx[j+1] = sumx[j] + weight[jj]*xb[jj];
             }
-            float best = 0, d = 0;
-            bool is_shifted = false;
-            float sumqx, sumq2;
-            for (int i1 = 0; i1 < kMax_i1; ++i1) {
-                for (int i2 = i1; i2 < kBlockSize; ++i2) {
-                    for (int i3 = MAX(i2, kMin_i3); i3 < kBlockSize; ++i3) {
-                        sumqx = (sumx[i1] - sumx[ 0])*val[0] + (sumx[i2] - sumx[i1])*val[1]
-                              + (sumx[i3] - sumx[i2])*val[2] + (sumx[kBlockSize] - sumx[i3])*val[3];
-                        sumq2 = (sumw[i1] - sumw[ 0])*val[0]*val[0] + (sumw[i2] - sumw[i1])*val[1]*val[1]
-                              + (sumw[i3] - sumw[i2])*val[2]*val[2] + (sumw[kBlockSize] - sumw[i3])*val[3]*val[3];
-                        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-                            d = sumqx/sumq2; best = d*sumqx; is_shifted = false;
-                        }
-                        sumqx = (sumx[i1] - sumx[ 0])*sval[0] + (sumx[i2] - sumx[i1])*sval[1]
-                              + (sumx[i3] - sumx[i2])*sval[2] + (sumx[kBlockSize] - sumx[i3])*sval[3];
-                        sumq2 = (sumw[i1] - sumw[ 0])*sval[0]*sval[0] + (sumw[i2] - sumw[i1])*sval[1]*sval[1]
-                              + (sumw[i3] - sumw[i2])*sval[2]*sval[2] + (sumw[kBlockSize] - sumw[i3])*sval[3]*sval[3];
-                        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-                            d = sumqx/sumq2; best = d*sumqx; is_shifted = true;
-                        }
-                        sumqx = (sumx[i1] - sumx[ 0])*val[3] + (sumx[i2        ] - sumx[i1])*val[2]
-                              + (sumx[i3] - sumx[i2])*val[1] + (sumx[kBlockSize] - sumx[i3])*val[0];
-                        sumq2 = (sumw[i1] - sumw[ 0])*val[3]*val[3] + (sumw[i2        ] - sumw[i1])*val[2]*val[2]
-                              + (sumw[i3] - sumw[i2])*val[1]*val[1] + (sumw[kBlockSize] - sumw[i3])*val[0]*val[0];
-                        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-                            d = sumqx/sumq2; best = d*sumqx; is_shifted = false;
-                        }
-                        sumqx = (sumx[i1] - sumx[ 0])*sval[3] + (sumx[i2        ] - sumx[i1])*sval[2]
-                              + (sumx[i3] - sumx[i2])*sval[1] + (sumx[kBlockSize] - sumx[i3])*sval[0];
-                        sumq2 = (sumw[i1] - sumw[ 0])*sval[3]*sval[3] + (sumw[i2        ] - sumw[i1])*sval[2]*sval[2]
-                              + (sumw[i3] - sumw[i2])*sval[1]*sval[1] + (sumw[kBlockSize] - sumw[i3])*sval[0]*sval[0];
-                        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-                            d = sumqx/sumq2; best = d*sumqx; is_shifted = true;
-                        }
-                    }
-                }
-            }
+            bool is_shifted;
+            float d = iqk_iq2_split_search<float>(sumx, sumw, kBlockSize, val, sval, kMax_i1, kMin_i3, &is_shifted);
             scales[ib] = d;
             if (is_shifted) extra |= (1 << ib);
         }
@@ -1490,6 +1336,37 @@ QDEV uint16_t iqk_prune_iq4ks(uint16_t v, const int8_t * values, const float * x
     return (q4[0] | (q4[1] << 4) | (q4[2] << 8) | (q4[3] << 12));
 }
 
+// IQ4_KSS's pass-1 sums of one block at trial scale id: each group of 4 levels nearest to +id*x (p)
+// and -id*x (m), pruned by iqk_prune_iq4ks at this_d = 1/id; C's order.
+QDEV void iqk_kss_pm_sums(const int8_t * values, const float * GGML_RESTRICT xb, const float * GGML_RESTRICT weight,
+                          int block_size, float id, float this_d, float * s) {
+    float xv[4], wv[4];
+    float sumqx_p = 0, sumq2_p = 0;
+    float sumqx_m = 0, sumq2_m = 0;
+    for (int k = 0; k < block_size/4; ++k) {
+        xv[0] =     xb[2*k+0]; xv[1] =     xb[2*k+0+block_size/2]; xv[2] =     xb[2*k+1]; xv[3] =     xb[2*k+1+block_size/2];
+        wv[0] = weight[2*k+0]; wv[1] = weight[2*k+0+block_size/2]; wv[2] = weight[2*k+1]; wv[3] = weight[2*k+1+block_size/2];
+        uint16_t vp = 0, vm = 0;
+        for (int j = 0; j < 4; ++j) {
+            float al = id*xv[j];
+            vp |= (iqk_best_index_iq4nl(values,  al) << 4*j);
+            vm |= (iqk_best_index_iq4nl(values, -al) << 4*j);
+        }
+        vp = iqk_prune_iq4ks(vp, values, xv, wv,  this_d);
+        vm = iqk_prune_iq4ks(vm, values, xv, wv,  this_d);
+        for (int j = 0; j < 4; ++j) {
+            float w = wv[j];
+            float q = values[(vp >> 4*j) & 0xf];
+            sumqx_p += w*q*xv[j];
+            sumq2_p += w*q*q;
+            q = values[(vm >> 4*j) & 0xf];
+            sumqx_m += w*q*xv[j];
+            sumq2_m += w*q*q;
+        }
+    }
+    s[0] = sumqx_p; s[1] = sumq2_p; s[2] = sumqx_m; s[3] = sumq2_m;
+}
+
 // quantize_iq4_kss -> quantize_row_iq4_kss_impl (ntry 7, iq4k_values); pass 1 keeps no shift bit
 // (vs/vps/vms of pass 1 are never read afterwards), so all_scales is the only state carried.
 QDEV void iq4_kss_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
@@ -1529,68 +1406,22 @@ QDEV void iq4_kss_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
             float best = 0;
             float d = -max/iqk_iq4k_values[0];
             for (int itry = -ntry; itry <= ntry; ++itry) {
+                float s[4];
                 float id = (itry + values[0])/max;
-                float sumqx_p = 0, sumq2_p = 0;
-                float sumqx_m = 0, sumq2_m = 0;
-                float this_d = 1/id;
-                for (int k = 0; k < block_size/4; ++k) {
-                    xv[0] =     xb[2*k+0]; xv[1] =     xb[2*k+0+block_size/2]; xv[2] =     xb[2*k+1]; xv[3] =     xb[2*k+1+block_size/2];
-                    wv[0] = weight[2*k+0]; wv[1] = weight[2*k+0+block_size/2]; wv[2] = weight[2*k+1]; wv[3] = weight[2*k+1+block_size/2];
-                    uint16_t vp = 0, vm = 0;
-                    for (int j = 0; j < 4; ++j) {
-                        float al = id*xv[j];
-                        vp |= (iqk_best_index_iq4nl(values,  al) << 4*j);
-                        vm |= (iqk_best_index_iq4nl(values, -al) << 4*j);
-                    }
-                    vp = iqk_prune_iq4ks(vp, values, xv, wv,  this_d);
-                    vm = iqk_prune_iq4ks(vm, values, xv, wv,  this_d);
-                    for (int j = 0; j < 4; ++j) {
-                        float w = wv[j];
-                        float q = values[(vp >> 4*j) & 0xf];
-                        sumqx_p += w*q*xv[j];
-                        sumq2_p += w*q*q;
-                        q = values[(vm >> 4*j) & 0xf];
-                        sumqx_m += w*q*xv[j];
-                        sumq2_m += w*q*q;
-                    }
+                iqk_kss_pm_sums(values, xb, weight, block_size, id, 1/id, s);
+                if (s[1] > 0 && s[0]*s[0] > best*s[1]) {
+                    d = s[0]/s[1]; best = d * s[0];
                 }
-                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                    d = sumqx_p/sumq2_p; best = d * sumqx_p;
+                if (s[3] > 0 && s[2]*s[2] > best*s[3]) {
+                    d = s[2]/s[3]; best = d * s[2];
                 }
-                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                    d = sumqx_m/sumq2_m; best = d * sumqx_m;
-                }
-
                 id = (itry + shifted_values[0])/max;
-                this_d = 1/id;
-                sumqx_p = sumq2_p = 0;
-                sumqx_m = sumq2_m = 0;
-                for (int k = 0; k < block_size/4; ++k) {
-                    xv[0] =     xb[2*k+0]; xv[1] =     xb[2*k+0+block_size/2]; xv[2] =     xb[2*k+1]; xv[3] =     xb[2*k+1+block_size/2];
-                    wv[0] = weight[2*k+0]; wv[1] = weight[2*k+0+block_size/2]; wv[2] = weight[2*k+1]; wv[3] = weight[2*k+1+block_size/2];
-                    uint16_t vp = 0, vm = 0;
-                    for (int j = 0; j < 4; ++j) {
-                        float al = id*xv[j];
-                        vp |= (iqk_best_index_iq4nl(shifted_values,  al) << 4*j);
-                        vm |= (iqk_best_index_iq4nl(shifted_values, -al) << 4*j);
-                    }
-                    vp = iqk_prune_iq4ks(vp, shifted_values, xv, wv,  this_d);
-                    vm = iqk_prune_iq4ks(vm, shifted_values, xv, wv,  this_d);
-                    for (int j = 0; j < 4; ++j) {
-                        float w = wv[j];
-                        float q = shifted_values[(vp >> 4*j) & 0xf];
-                        sumqx_p += w*q*xv[j];
-                        sumq2_p += w*q*q;
-                        q = shifted_values[(vm >> 4*j) & 0xf];
-                        sumqx_m += w*q*xv[j];
-                        sumq2_m += w*q*q;
-                    }
+                iqk_kss_pm_sums(shifted_values, xb, weight, block_size, id, 1/id, s);
+                if (s[1] > 0 && s[0]*s[0] > best*s[1]) {
+                    d = s[0]/s[1]; best = d * s[0];
                 }
-                if (sumq2_p > 0 && sumqx_p*sumqx_p > best*sumq2_p) {
-                    d = sumqx_p/sumq2_p; best = d * sumqx_p;
-                }
-                if (sumq2_m > 0 && sumqx_m*sumqx_m > best*sumq2_m) {
-                    d = sumqx_m/sumq2_m; best = d * sumqx_m;
+                if (s[3] > 0 && s[2]*s[2] > best*s[3]) {
+                    d = s[2]/s[3]; best = d * s[2];
                 }
             }
             scales[ib] = d;

@@ -126,12 +126,15 @@ QDEV void q2_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
 }
 QTOOL_ROW_KERNEL(q2_K, QK_K, block_q2_K, q2_K_block)
 
-QDEV void q3_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
-                     block_q3_K * GGML_RESTRICT y, float unused) {
+// IK: ik_llama.cpp's quantize_row_q3_K_impl, also without an imatrix (weights x*x; ik runs ggml's
+// _ref there, so that variant is not registered); QX, ROUND: the search and rounding of the impl.
+template <kq_qx_fn QX, kq_round_fn ROUND, bool IK>
+QDEV void q3_K_block_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                       block_q3_K * GGML_RESTRICT y, float unused) {
     (void) unused;
     int8_t L[QK_K];
     float scales[QK_K / 16];
-    if (!quant_weights) {  // quantize_row_q3_K_ref, one super-block
+    if (!quant_weights && !IK) {  // quantize_row_q3_K_ref, one super-block
         float max_scale = 0;
         float amax = 0;
         for (int j = 0; j < QK_K/16; ++j) {
@@ -170,18 +173,22 @@ QDEV void q3_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
         float sigma2 = 2*sumx2/QK_K;
 
         for (int j = 0; j < QK_K/16; ++j) {
-            const float * qw = quant_weights + 16*j;
-            for (int l = 0; l < 16; ++l) weight[l] = qw[l] * sqrtf(sigma2 + x[16*j+l]*x[16*j+l]);
+            if (quant_weights) {
+                const float * qw = quant_weights + 16*j;
+                for (int l = 0; l < 16; ++l) weight[l] = qw[l] * sqrtf(sigma2 + x[16*j+l]*x[16*j+l]);
+            } else {
+                for (int l = 0; l < 16; ++l) weight[l] = x[16*j+l]*x[16*j+l];
+            }
             float sumw = 0;
             for (int l = 0; l < 16; ++l) sumw += weight[l];
             sw[j] = sumw;
 
-            scales[j] = make_qx_quants(16, 4, x + 16*j, L + 16*j, 1, weight);
+            scales[j] = QX(16, 4, x + 16*j, L + 16*j, 1, weight);
         }
 
         memset(y->scales, 0, 12);
 
-        float d_block = make_qx_quants(QK_K/16, 32, scales, Ls, 1, sw);
+        float d_block = QX(QK_K/16, 32, scales, Ls, 1, sw);
         for (int j = 0; j < QK_K/16; ++j) {
             int l = Ls[j];
             if (j < 8) {
@@ -204,7 +211,7 @@ QDEV void q3_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
             continue;
         }
         for (int ii = 0; ii < 16; ++ii) {
-            int l = nearest_int(x[16*j + ii]/d);
+            int l = ROUND(x[16*j + ii]/d);
             l = MAX(-4, MIN(3, l));
             L[16*j + ii] = l + 4;
         }
@@ -228,5 +235,9 @@ QDEV void q3_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
             y->qs[j/4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
         }
     }
+}
+QDEV void q3_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                     block_q3_K * GGML_RESTRICT y, float unused) {
+    q3_K_block_t<make_qx_quants, nearest_int, false>(x, quant_weights, y, unused);
 }
 QTOOL_ROW_KERNEL(q3_K, QK_K, block_q3_K, q3_K_block)

@@ -31,11 +31,18 @@ QDEV void kq45_pack_scales(uint8_t * GGML_RESTRICT y_scales, int j, uint8_t ls, 
     }
 }
 
+// The searches the first part calls, as template arguments: ggml's (this file) or ik_llama.cpp's
+// (ik_mainline.cuh: make_qkx2_quants_ik, make_qkx3_quants_ik, make_qp_quants_ik, nearest_int_ik),
+// whose quantize_row_q{4,5}_K_ref / _impl are ggml's line for line but for these calls
+// (kq_qkx_fn, kq_qp_fn, kq_round_fn: search_k.cuh).
+typedef void (*kq45_sl_fn)(const float *, const float *, int, ggml_half *, ggml_half *, uint8_t *, uint8_t *);
+
 // The first part of both types' quantization: the sub-block scales and mins into y's d, dmin,
 // scales, then the final quants L (nmax: 15 for Q4_K, 31 for Q5_K).
-QDEV void kq45_scales_and_L(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights, int nmax,
-                            ggml_half * GGML_RESTRICT y_d, ggml_half * GGML_RESTRICT y_dmin,
-                            uint8_t * GGML_RESTRICT y_scales, uint8_t * GGML_RESTRICT L) {
+template <kq_qkx_fn QKX2, kq_qkx_fn QKX3, kq_qp_fn QP, kq_round_fn ROUND>
+QDEV void kq45_scales_and_L_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights, int nmax,
+                              ggml_half * GGML_RESTRICT y_d, ggml_half * GGML_RESTRICT y_dmin,
+                              uint8_t * GGML_RESTRICT y_scales, uint8_t * GGML_RESTRICT L) {
     uint8_t Laux[32];
     float   weights[32];
     float   mins[QK_K/32];
@@ -51,7 +58,7 @@ QDEV void kq45_scales_and_L(const float * GGML_RESTRICT x, const float * GGML_RE
             for (int l = 0; l < 32; ++l) sum_x2 += x[32*j + l] * x[32*j + l];
             float av_x = sqrtf(sum_x2/32);
             for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32*j + l]);
-            scales[j] = make_qkx2_quants(32, nmax, x + 32*j, weights, L + 32*j, &mins[j], Laux, rmin, 0.1f, nstep, false);
+            scales[j] = QKX2(32, nmax, x + 32*j, weights, L + 32*j, &mins[j], Laux, rmin, 0.1f, nstep, false);
             float scale = scales[j];
             if (scale > max_scale) {
                 max_scale = scale;
@@ -65,8 +72,8 @@ QDEV void kq45_scales_and_L(const float * GGML_RESTRICT x, const float * GGML_RE
         float inv_scale = max_scale > 0 ? 63.f/max_scale : 0.f;
         float inv_min   = max_min   > 0 ? 63.f/max_min   : 0.f;
         for (int j = 0; j < QK_K/32; ++j) {
-            uint8_t ls = nearest_int(inv_scale*scales[j]);
-            uint8_t lm = nearest_int(inv_min*mins[j]);
+            uint8_t ls = ROUND(inv_scale*scales[j]);
+            uint8_t lm = ROUND(inv_min*mins[j]);
             ls = MIN(63, ls);
             lm = MIN(63, lm);
             kq45_pack_scales(y_scales, j, ls, lm);
@@ -88,11 +95,11 @@ QDEV void kq45_scales_and_L(const float * GGML_RESTRICT x, const float * GGML_RE
             float sumw = 0;
             for (int l = 0; l < 32; ++l) sumw += weights[l];
             sw[j] = sumw;
-            scales[j] = make_qkx3_quants(32, nmax, x + 32*j, weights, L + 32*j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
+            scales[j] = QKX3(32, nmax, x + 32*j, weights, L + 32*j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
         }
 
-        float d_block = make_qp_quants(QK_K/32, 63, scales, Ls, sw);
-        float m_block = make_qp_quants(QK_K/32, 63, mins,   Lm, sw);
+        float d_block = QP(QK_K/32, 63, scales, Ls, sw);
+        float m_block = QP(QK_K/32, 63, mins,   Lm, sw);
         for (int j = 0; j < QK_K/32; ++j) {
             uint8_t ls = Ls[j];
             uint8_t lm = Lm[j];
@@ -113,31 +120,43 @@ QDEV void kq45_scales_and_L(const float * GGML_RESTRICT x, const float * GGML_RE
         if (!d) continue;
         const float dm = GGML_FP16_TO_FP32(*y_dmin) * m;
         for (int ii = 0; ii < 32; ++ii) {
-            int l = nearest_int((x[32*j + ii] + dm)/d);
+            int l = ROUND((x[32*j + ii] + dm)/d);
             l = MAX(0, MIN(nmax, l));
             L[32*j + ii] = l;
         }
     }
 }
 
-QDEV void q4_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
-                     block_q4_K * GGML_RESTRICT y, float unused) {
+QDEV void kq45_scales_and_L(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights, int nmax,
+                            ggml_half * GGML_RESTRICT y_d, ggml_half * GGML_RESTRICT y_dmin,
+                            uint8_t * GGML_RESTRICT y_scales, uint8_t * GGML_RESTRICT L) {
+    kq45_scales_and_L_t<make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int>(x, quant_weights, nmax, y_d, y_dmin, y_scales, L);
+}
+
+template <kq45_sl_fn SL>
+QDEV void q4_K_block_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                       block_q4_K * GGML_RESTRICT y, float unused) {
     (void) unused;
     uint8_t L[QK_K];
-    kq45_scales_and_L(x, quant_weights, 15, &y->d, &y->dmin, y->scales, L);
+    SL(x, quant_weights, 15, &y->d, &y->dmin, y->scales, L);
     uint8_t * q = y->qs;
     for (int j = 0; j < QK_K; j += 64) {
         for (int l = 0; l < 32; ++l) q[l] = L[j + l] | (L[j + l + 32] << 4);
         q += 32;
     }
 }
+QDEV void q4_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                     block_q4_K * GGML_RESTRICT y, float unused) {
+    q4_K_block_t<kq45_scales_and_L>(x, quant_weights, y, unused);
+}
 QTOOL_ROW_KERNEL(q4_K, QK_K, block_q4_K, q4_K_block)
 
-QDEV void q5_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
-                     block_q5_K * GGML_RESTRICT y, float unused) {
+template <kq45_sl_fn SL>
+QDEV void q5_K_block_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                       block_q5_K * GGML_RESTRICT y, float unused) {
     (void) unused;
     uint8_t L[QK_K];
-    kq45_scales_and_L(x, quant_weights, 31, &y->d, &y->dmin, y->scales, L);
+    SL(x, quant_weights, 31, &y->d, &y->dmin, y->scales, L);
 
     uint8_t * GGML_RESTRICT qh = y->qh;
     uint8_t * GGML_RESTRICT ql = y->qs;
@@ -159,5 +178,9 @@ QDEV void q5_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
         m1 <<= 2; m2 <<= 2;
         ql += 32;
     }
+}
+QDEV void q5_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                     block_q5_K * GGML_RESTRICT y, float unused) {
+    q5_K_block_t<kq45_scales_and_L>(x, quant_weights, y, unused);
 }
 QTOOL_ROW_KERNEL(q5_K, QK_K, block_q5_K, q5_K_block)

@@ -7,6 +7,33 @@
 
 #define LAT_FLT_MAX 3.40282346638528859811704183484516925e+38F
 
+// The signs of 8 values (ggml's loop over a group of 8 of the IQ3_XXS / IQ2_* quantizers):
+// xval = |x|, bit i of the result set where x[i] < 0; where even (all but IQ2_S), an odd count of
+// negatives is made even by flipping the value of least weight*x*x (its xval becomes negative).
+QDEV uint8_t lat_group_signs(const float * GGML_RESTRICT xb, const float * GGML_RESTRICT weight,
+                             float * GGML_RESTRICT xval, bool even) {
+    int nflip = 0;
+    uint8_t s = 0;
+    for (int i = 0; i < 8; ++i) {
+        if (xb[i] >= 0) xval[i] = xb[i];
+        else {
+            xval[i] = -xb[i]; ++nflip; s |= (1 << i);
+        }
+    }
+    if (even && nflip%2) {
+        int imin = 0; float min = weight[imin]*xb[imin]*xb[imin];
+        for (int i = 1; i < 8; ++i) {
+            float ax = weight[i]*xb[i]*xb[i];
+            if (ax < min) {
+                min = ax; imin = i;
+            }
+        }
+        xval[imin] = -xval[imin];
+        s ^= (1 << imin);
+    }
+    return s;
+}
+
 // ---------------------------------------------------------------- IQ3_XXS / IQ3_S (D4 grids)
 
 QTABLE(uint32_t, lat_iq3_256_grid)        // kgrid_q3xs of iq3xs_init_impl(256)
@@ -85,28 +112,7 @@ QDEV void iq3_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
             for (int i = 0; i < 32; ++i) weight[i] = xb[i]*xb[i];
         }
         for (int i = 0; i < 32; ++i) waux[i] = sqrtf(weight[i]);
-        for (int k = 0; k < 4; ++k) {
-            int nflip = 0;
-            uint8_t s = 0;
-            for (int i = 0; i < 8; ++i) {
-                if (xb[8*k + i] >= 0) xval[8*k + i] = xb[8*k + i];
-                else {
-                    xval[8*k + i] = -xb[8*k + i]; ++nflip; s |= (1 << i);
-                }
-            }
-            if (nflip%2) {
-                int imin = 0; float min = weight[8*k+imin]*xb[8*k+imin]*xb[8*k+imin];
-                for (int i = 1; i < 8; ++i) {
-                    float ax = weight[8*k+i]*xb[8*k+i]*xb[8*k+i];
-                    if (ax < min) {
-                        min = ax; imin = i;
-                    }
-                }
-                xval[8*k+imin] = -xval[8*k+imin];
-                s ^= (1 << imin);
-            }
-            block_signs[k] = s & 127;
-        }
+        for (int k = 0; k < 4; ++k) block_signs[k] = lat_group_signs(xb + 8*k, weight + 8*k, xval + 8*k, true) & 127;
         float max = xval[0];
         for (int i = 1; i < 32; ++i) max = MAX(max, xval[i]);
         memset(L, 0, 32);
@@ -442,28 +448,7 @@ QDEV void iq2_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
         const float * qw = quant_weights + 32*ib;
         for (int i = 0; i < 32; ++i) weight[i] = qw[i] * sqrtf(sigma2 + xb[i]*xb[i]);
         for (int i = 0; i < 32; ++i) waux[i] = sqrtf(weight[i]);
-        for (int k = 0; k < 4; ++k) {
-            int nflip = 0;
-            uint8_t s = 0;
-            for (int i = 0; i < 8; ++i) {
-                if (xb[8*k + i] >= 0) xval[8*k + i] = xb[8*k + i];
-                else {
-                    xval[8*k + i] = -xb[8*k + i]; ++nflip; s |= (1 << i);
-                }
-            }
-            if (nflip%2) {
-                int imin = 0; float min = weight[8*k+imin]*xb[8*k+imin]*xb[8*k+imin];
-                for (int i = 1; i < 8; ++i) {
-                    float ax = weight[8*k+i]*xb[8*k+i]*xb[8*k+i];
-                    if (ax < min) {
-                        min = ax; imin = i;
-                    }
-                }
-                xval[8*k+imin] = -xval[8*k+imin];
-                s ^= (1 << imin);
-            }
-            block_signs[k] = s & 127;
-        }
+        for (int k = 0; k < 4; ++k) block_signs[k] = lat_group_signs(xb + 8*k, weight + 8*k, xval + 8*k, true) & 127;
         float max = xval[0];
         for (int i = 1; i < 32; ++i) max = MAX(max, xval[i]);
         if (max < GROUP_MAX_EPS) {
@@ -594,25 +579,7 @@ QTOOL_ROW_KERNEL(iq2_xxs, QK_K, block_iq2_xxs, iq2_xxs_block)
         }                                                                                                    \
         for (int i = 0; i < 16; ++i) waux[i] = sqrtf(weight[i]);                                             \
         for (int k = 0; k < 2; ++k) {                                                                        \
-            int nflip = 0;                                                                                   \
-            uint8_t s = 0;                                                                                   \
-            for (int i = 0; i < 8; ++i) {                                                                    \
-                if (xb[8*k + i] >= 0) xval[8*k + i] = xb[8*k + i];                                           \
-                else {                                                                                       \
-                    xval[8*k + i] = -xb[8*k + i]; ++nflip; s |= (1 << i);                                    \
-                }                                                                                            \
-            }                                                                                                \
-            if (!(IS_S) && nflip%2) {                                                                        \
-                int imin = 0; float min = weight[8*k+imin]*xb[8*k+imin]*xb[8*k+imin];                        \
-                for (int i = 1; i < 8; ++i) {                                                                \
-                    float ax = weight[8*k+i]*xb[8*k+i]*xb[8*k+i];                                            \
-                    if (ax < min) {                                                                          \
-                        min = ax; imin = i;                                                                  \
-                    }                                                                                        \
-                }                                                                                            \
-                xval[8*k+imin] = -xval[8*k+imin];                                                            \
-                s ^= (1 << imin);                                                                            \
-            }                                                                                                \
+            uint8_t s = lat_group_signs(xb + 8*k, weight + 8*k, xval + 8*k, !(IS_S));                        \
             block_signs[k] = (IS_S) ? s : (uint8_t)(s & 127);                                                \
         }                                                                                                    \
         float max = xval[0];                                                                                 \

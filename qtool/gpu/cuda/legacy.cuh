@@ -4,6 +4,20 @@
 #define QK4_0 32
 typedef struct { ggml_half d; uint8_t qs[QK4_0 / 2]; } block_q4_0;
 
+// quantize_row_q4_0_impl, one block (sigma2: the row's sum_x2 / n_per_row)
+template <kq_qx_fn QX>
+QDEV void q4_0_impl_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                      block_q4_0 * GGML_RESTRICT y, float sigma2) {
+    float weight[QK4_0];
+    int8_t L[QK4_0];
+    for (int j = 0; j < QK4_0; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
+    float d = QX(QK4_0, 8, x, L, 1, weight);
+    y->d = GGML_FP32_TO_FP16(d);
+    for (int j = 0; j < 16; ++j) {
+        y->qs[j] = L[j] | (L[j+16] << 4);
+    }
+}
+
 QDEV void q4_0_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                      block_q4_0 * GGML_RESTRICT y, float sigma2) {
     if (!quant_weights) {  // quantize_row_q4_0_ref
@@ -30,15 +44,7 @@ QDEV void q4_0_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
         }
         return;
     }
-    // quantize_row_q4_0_impl, one block (sigma2: the row's sum_x2 / n_per_row)
-    float weight[QK4_0];
-    int8_t L[QK4_0];
-    for (int j = 0; j < QK4_0; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
-    float d = make_qx_quants(QK4_0, 8, x, L, 1, weight);
-    y->d = GGML_FP32_TO_FP16(d);
-    for (int j = 0; j < 16; ++j) {
-        y->qs[j] = L[j] | (L[j+16] << 4);
-    }
+    q4_0_impl_t<make_qx_quants>(x, quant_weights, y, sigma2);
 }
 QTOOL_ROW_KERNEL(q4_0, QK4_0, block_q4_0, q4_0_block)
 
@@ -47,6 +53,22 @@ QTOOL_ROW_KERNEL(q4_0, QK4_0, block_q4_0, q4_0_block)
 
 #define QK4_1 32
 typedef struct { ggml_half d; ggml_half m; uint8_t qs[QK4_1 / 2]; } block_q4_1;
+
+// quantize_row_q4_1_impl, one block (sigma2: the row's sum_x2 / n_per_row)
+template <kq_qkx_fn QKX3>
+QDEV void q4_1_impl_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                      block_q4_1 * GGML_RESTRICT y, float sigma2) {
+    float weight[QK4_1];
+    uint8_t L[QK4_1], Laux[QK4_1];
+    for (int j = 0; j < QK4_1; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
+    float min;
+    float d = QKX3(QK4_1, 15, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
+    y->d = GGML_FP32_TO_FP16(d);
+    y->m = GGML_FP32_TO_FP16(-min);
+    for (int j = 0; j < 16; ++j) {
+        y->qs[j] = L[j] | (L[j+16] << 4);
+    }
+}
 
 QDEV void q4_1_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                      block_q4_1 * GGML_RESTRICT y, float sigma2) {
@@ -73,22 +95,32 @@ QDEV void q4_1_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
         }
         return;
     }
-    // quantize_row_q4_1_impl, one block (sigma2: the row's sum_x2 / n_per_row)
-    float weight[QK4_1];
-    uint8_t L[QK4_1], Laux[QK4_1];
-    for (int j = 0; j < QK4_1; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
-    float min;
-    float d = make_qkx3_quants(QK4_1, 15, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
-    y->d = GGML_FP32_TO_FP16(d);
-    y->m = GGML_FP32_TO_FP16(-min);
-    for (int j = 0; j < 16; ++j) {
-        y->qs[j] = L[j] | (L[j+16] << 4);
-    }
+    q4_1_impl_t<make_qkx3_quants>(x, quant_weights, y, sigma2);
 }
 QTOOL_ROW_KERNEL(q4_1, QK4_1, block_q4_1, q4_1_block)
 
 #define QK5_0 32
 typedef struct { ggml_half d; uint8_t qh[4]; uint8_t qs[QK5_0 / 2]; } block_q5_0;
+
+// quantize_row_q5_0_impl, one block (sigma2: the row's sum_x2 / n_per_row)
+template <kq_qx_fn QX>
+QDEV void q5_0_impl_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                      block_q5_0 * GGML_RESTRICT y, float sigma2) {
+    float weight[QK5_0];
+    int8_t L[QK5_0];
+    for (int j = 0; j < QK5_0; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
+    float d = QX(QK5_0, 16, x, L, 1, weight);
+    y->d = GGML_FP32_TO_FP16(d);
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        const uint8_t xi0 = L[j];
+        const uint8_t xi1 = L[j+16];
+        y->qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
+        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
+        qh |= ((xi1 & 0x10u) >> 4) << (j + QK5_0/2);
+    }
+    memcpy(&y->qh, &qh, sizeof(qh));
+}
 
 QDEV void q5_0_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                      block_q5_0 * GGML_RESTRICT y, float sigma2) {
@@ -119,12 +151,24 @@ QDEV void q5_0_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
         memcpy(&y->qh, &qh, sizeof(qh));
         return;
     }
-    // quantize_row_q5_0_impl, one block (sigma2: the row's sum_x2 / n_per_row)
-    float weight[QK5_0];
-    int8_t L[QK5_0];
-    for (int j = 0; j < QK5_0; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
-    float d = make_qx_quants(QK5_0, 16, x, L, 1, weight);
+    q5_0_impl_t<make_qx_quants>(x, quant_weights, y, sigma2);
+}
+QTOOL_ROW_KERNEL(q5_0, QK5_0, block_q5_0, q5_0_block)
+
+#define QK5_1 32
+typedef struct { ggml_half d; ggml_half m; uint8_t qh[4]; uint8_t qs[QK5_1 / 2]; } block_q5_1;
+
+// quantize_row_q5_1_impl, one block (sigma2: the row's sum_x2 / n_per_row)
+template <kq_qkx_fn QKX3>
+QDEV void q5_1_impl_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                      block_q5_1 * GGML_RESTRICT y, float sigma2) {
+    float weight[QK5_1];
+    uint8_t L[QK5_1], Laux[QK5_1];
+    for (int j = 0; j < QK5_1; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
+    float min;
+    float d = QKX3(QK5_1, 31, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
     y->d = GGML_FP32_TO_FP16(d);
+    y->m = GGML_FP32_TO_FP16(-min);
     uint32_t qh = 0;
     for (int j = 0; j < 16; ++j) {
         const uint8_t xi0 = L[j];
@@ -135,10 +179,6 @@ QDEV void q5_0_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
     }
     memcpy(&y->qh, &qh, sizeof(qh));
 }
-QTOOL_ROW_KERNEL(q5_0, QK5_0, block_q5_0, q5_0_block)
-
-#define QK5_1 32
-typedef struct { ggml_half d; ggml_half m; uint8_t qh[4]; uint8_t qs[QK5_1 / 2]; } block_q5_1;
 
 QDEV void q5_1_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                      block_q5_1 * GGML_RESTRICT y, float sigma2) {
@@ -168,23 +208,7 @@ QDEV void q5_1_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
         memcpy(&y->qh, &qh, sizeof(y->qh));
         return;
     }
-    // quantize_row_q5_1_impl, one block (sigma2: the row's sum_x2 / n_per_row)
-    float weight[QK5_1];
-    uint8_t L[QK5_1], Laux[QK5_1];
-    for (int j = 0; j < QK5_1; ++j) weight[j] = quant_weights[j] * sqrtf(sigma2 + x[j]*x[j]);
-    float min;
-    float d = make_qkx3_quants(QK5_1, 31, x, weight, L, &min, Laux, -0.9f, 0.05f, 36, false);
-    y->d = GGML_FP32_TO_FP16(d);
-    y->m = GGML_FP32_TO_FP16(-min);
-    uint32_t qh = 0;
-    for (int j = 0; j < 16; ++j) {
-        const uint8_t xi0 = L[j];
-        const uint8_t xi1 = L[j+16];
-        y->qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
-        qh |= ((xi0 & 0x10u) >> 4) << (j + 0);
-        qh |= ((xi1 & 0x10u) >> 4) << (j + QK5_0/2);
-    }
-    memcpy(&y->qh, &qh, sizeof(qh));
+    q5_1_impl_t<make_qkx3_quants>(x, quant_weights, y, sigma2);
 }
 QTOOL_ROW_KERNEL(q5_1, QK5_1, block_q5_1, q5_1_block)
 

@@ -11,8 +11,9 @@ typedef struct {
 } block_q6_K;
 
 // quantize_row_q6_K_ref (quant_weights null) and quantize_row_q6_K_impl, one super-block
-QDEV void q6_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
-                     block_q6_K * GGML_RESTRICT y, float unused) {
+template <kq_qx_fn QX, kq_round_fn ROUND>
+QDEV void q6_K_block_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                       block_q6_K * GGML_RESTRICT y, float unused) {
     (void) unused;
     int8_t L[QK_K];
     float   scales[QK_K/16];
@@ -25,9 +26,9 @@ QDEV void q6_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
         float scale;
         if (quant_weights) {
             const float * qw = quant_weights + 16*ib;
-            scale = make_qx_quants(16, 32, x + 16*ib, L + 16*ib, 1, qw);
+            scale = QX(16, 32, x + 16*ib, L + 16*ib, 1, qw);
         } else {
-            scale = make_qx_quants(16, 32, x + 16*ib, L + 16*ib, 1, (const float *) 0);
+            scale = QX(16, 32, x + 16*ib, L + 16*ib, 1, (const float *) 0);
         }
         scales[ib] = scale;
 
@@ -48,7 +49,7 @@ QDEV void q6_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
     float iscale = -128.f/max_scale;
     y->d = GGML_FP32_TO_FP16(1/iscale);
     for (int ib = 0; ib < QK_K/16; ++ib) {
-        y->scales[ib] = MIN(127, nearest_int(iscale*scales[ib]));
+        y->scales[ib] = MIN(127, ROUND(iscale*scales[ib]));
     }
 
     for (int j = 0; j < QK_K/16; ++j) {
@@ -57,7 +58,7 @@ QDEV void q6_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
             continue;
         }
         for (int ii = 0; ii < 16; ++ii) {
-            int l = nearest_int(x[16*j + ii]/d);
+            int l = ROUND(x[16*j + ii]/d);
             l = MAX(-32, MIN(31, l));
             L[16*j + ii] = l + 32;
         }
@@ -78,5 +79,9 @@ QDEV void q6_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT 
         ql += 64;
         qh += 32;
     }
+}
+QDEV void q6_K_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                     block_q6_K * GGML_RESTRICT y, float unused) {
+    q6_K_block_t<make_qx_quants, nearest_int>(x, quant_weights, y, unused);
 }
 QTOOL_ROW_KERNEL(q6_K, QK_K, block_q6_K, q6_K_block)

@@ -1,7 +1,19 @@
 // ggml's k-quant scale searches (ggml-quants.c: make_q3_quants, make_qkx2_quants, make_qkx3_quants,
 // make_qp_quants, get_scale_min_k4), unchanged but for the qualifiers (float -> int casts are
-// nearest_int here, as in C).
+// nearest_int here, as in C). make_qkx2_quants and make_qp_quants are templates that also serve
+// ik_llama.cpp's versions (ik_mainline.cuh), whose arithmetic is the same.
 #pragma once
+
+// NaN as x86 makes it. A GPU's invalid operation (0/0) gives the canonical NaN 0x7FFFFFFF and
+// arithmetic on a NaN gives that again; x86 gives the "default NaN" 0xFFC00000 (negative), and
+// its sign reaches the bytes through GGML_FP32_TO_FP16. ik's unguarded divisions (make_qp_quants'
+// sumlx/suml2, the IQ4 search's sumqx/sumq2) are 0/0 on blocks whose imatrix is all zero, so
+// their results pass through ik_x86_nan; and nearest_int of x86's default NaN is 0 whatever its
+// sign (the mantissa bits are 0x400000), which nearest_int_ik gives for every NaN.
+QDEV float ik_x86_nan(float v) { return v != v ? QBITS_U2F(0xFFC00000u) : v; }
+QDEV int nearest_int_ik(float v) { return v != v ? 0 : nearest_int(v); }
+// nearest_int (ggml) or nearest_int_ik (IK: ik_llama.cpp's searches).
+template <bool IK> QDEV int nearest_int_sel(float v) { return IK ? nearest_int_ik(v) : nearest_int(v); }
 
 QDEV float make_q3_quants(int n, int nmax, const float * GGML_RESTRICT x, int8_t * GGML_RESTRICT L, bool do_rmse) {
     float max = 0;
@@ -62,7 +74,10 @@ QDEV float make_q3_quants(int n, int nmax, const float * GGML_RESTRICT x, int8_t
     return 1/iscale;
 }
 
-QDEV float make_qkx2_quants(int n, int nmax, const float * GGML_RESTRICT x, const float * GGML_RESTRICT weights,
+// make_qkx2_quants of ggml and (IK) of ik_llama.cpp, the same arithmetic: ik's degenerate test is
+// max - min < 1e-10f (ggml: max == min) and ik rounds through nearest_int_ik.
+template <bool IK>
+QDEV float make_qkx2_quants_t(int n, int nmax, const float * GGML_RESTRICT x, const float * GGML_RESTRICT weights,
         uint8_t * GGML_RESTRICT L, float * GGML_RESTRICT the_min, uint8_t * GGML_RESTRICT Laux,
         float rmin, float rdelta, int nstep, bool use_mad) {
     float min = x[0];
@@ -82,7 +97,7 @@ QDEV float make_qkx2_quants(int n, int nmax, const float * GGML_RESTRICT x, cons
         sum_x += w * x[i];
     }
     if (min > 0) min = 0;
-    if (max == min) {
+    if (IK ? max - min < 1e-10f : max == min) {
         for (int i = 0; i < n; ++i) L[i] = 0;
         *the_min = -min;
         return 0.f;
@@ -91,7 +106,7 @@ QDEV float make_qkx2_quants(int n, int nmax, const float * GGML_RESTRICT x, cons
     float scale = 1/iscale;
     float best_error = 0;
     for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale*(x[i] - min));
+        int l = nearest_int_sel<IK>(iscale*(x[i] - min));
         L[i] = MAX(0, MIN(nmax, l));
         float diff = scale * L[i] + min - x[i];
         diff = use_mad ? fabsf(diff) : diff * diff;
@@ -106,7 +121,7 @@ QDEV float make_qkx2_quants(int n, int nmax, const float * GGML_RESTRICT x, cons
         iscale = (rmin + rdelta*is + nmax)/(max - min);
         float sum_l = 0, sum_l2 = 0, sum_xl = 0;
         for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale*(x[i] - min));
+            int l = nearest_int_sel<IK>(iscale*(x[i] - min));
             l = MAX(0, MIN(nmax, l));
             Laux[i] = l;
             float w = weights[i];
@@ -141,6 +156,12 @@ QDEV float make_qkx2_quants(int n, int nmax, const float * GGML_RESTRICT x, cons
     }
     *the_min = -min;
     return scale;
+}
+
+QDEV float make_qkx2_quants(int n, int nmax, const float * GGML_RESTRICT x, const float * GGML_RESTRICT weights,
+        uint8_t * GGML_RESTRICT L, float * GGML_RESTRICT the_min, uint8_t * GGML_RESTRICT Laux,
+        float rmin, float rdelta, int nstep, bool use_mad) {
+    return make_qkx2_quants_t<false>(n, nmax, x, weights, L, the_min, Laux, rmin, rdelta, nstep, use_mad);
 }
 
 QDEV void get_scale_min_k4(int j, const uint8_t * GGML_RESTRICT q, uint8_t * GGML_RESTRICT d, uint8_t * GGML_RESTRICT m) {
@@ -235,18 +256,22 @@ QDEV float make_qkx3_quants(int n, int nmax, const float * GGML_RESTRICT x, cons
     return scale;
 }
 
-QDEV float make_qp_quants(int n, int nmax, const float * GGML_RESTRICT x, uint8_t * GGML_RESTRICT L, const float * quant_weights) {
+// make_qp_quants of ggml and (IK) of ik_llama.cpp, the same arithmetic: ik's all-zero test is
+// max < 1e-16f (ggml's GROUP_MAX_EPS), ik rounds through nearest_int_ik and returns the unguarded
+// sumlx/suml2 (ggml: 0 where suml2 <= 0).
+template <bool IK>
+QDEV float make_qp_quants_t(int n, int nmax, const float * GGML_RESTRICT x, uint8_t * GGML_RESTRICT L, const float * quant_weights) {
     float max = 0;
     for (int i = 0; i < n; ++i) {
         max = MAX(max, x[i]);
     }
-    if (max < GROUP_MAX_EPS) { // all zero
+    if (max < (IK ? 1e-16f : GROUP_MAX_EPS)) { // all zero
         for (int i = 0; i < n; ++i) { L[i] = 0; }
         return 0.f;
     }
     float iscale = nmax / max;
     for (int i = 0; i < n; ++i) {
-        L[i] = nearest_int(iscale * x[i]);
+        L[i] = nearest_int_sel<IK>(iscale * x[i]);
     }
     float scale = 1/iscale;
     float best_mse = 0;
@@ -261,7 +286,7 @@ QDEV float make_qp_quants(int n, int nmax, const float * GGML_RESTRICT x, uint8_
         float scale_is = 1/iscale_is;
         float mse = 0;
         for (int i = 0; i < n; ++i) {
-            int l = nearest_int(iscale_is*x[i]);
+            int l = nearest_int_sel<IK>(iscale_is*x[i]);
             l = MIN(nmax, l);
             float diff = x[i] - scale_is*l;
             float w = quant_weights[i];
@@ -275,7 +300,7 @@ QDEV float make_qp_quants(int n, int nmax, const float * GGML_RESTRICT x, uint8_
     float sumlx = 0;
     float suml2 = 0;
     for (int i = 0; i < n; ++i) {
-        int l = nearest_int(iscale * x[i]);
+        int l = nearest_int_sel<IK>(iscale * x[i]);
         l = MIN(nmax, l);
         L[i] = l;
         float w = quant_weights[i];
@@ -289,7 +314,7 @@ QDEV float make_qp_quants(int n, int nmax, const float * GGML_RESTRICT x, uint8_
             float slx = sumlx - w*x[i]*L[i];
             float sl2 = suml2 - w*L[i]*L[i];
             if (slx > 0 && sl2 > 0) {
-                int new_l = nearest_int(x[i] * sl2 / slx);
+                int new_l = nearest_int_sel<IK>(x[i] * sl2 / slx);
                 new_l = MIN(nmax, new_l);
                 if (new_l != L[i]) {
                     slx += w*x[i]*new_l;
@@ -305,5 +330,18 @@ QDEV float make_qp_quants(int n, int nmax, const float * GGML_RESTRICT x, uint8_
             break;
         }
     }
+    if (IK) return ik_x86_nan(sumlx/suml2);
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
+
+QDEV float make_qp_quants(int n, int nmax, const float * GGML_RESTRICT x, uint8_t * GGML_RESTRICT L, const float * quant_weights) {
+    return make_qp_quants_t<false>(n, nmax, x, L, quant_weights);
+}
+
+// The searches' and nearest_int's types, for kernels that are templates over them: ik_llama.cpp's
+// legacy / k-quant quantizers are ggml's code calling ik's make_qx_quants / make_qkx*_quants /
+// make_qp_quants / nearest_int_ik (ik_mainline.cuh), so one template serves both.
+typedef float (*kq_qx_fn)(int, int, const float *, int8_t *, int, const float *);
+typedef float (*kq_qkx_fn)(int, int, const float *, const float *, uint8_t *, float *, uint8_t *, float, float, int, bool);
+typedef float (*kq_qp_fn)(int, int, const float *, uint8_t *, const float *);
+typedef int (*kq_round_fn)(float);

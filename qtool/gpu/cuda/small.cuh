@@ -275,6 +275,20 @@ QDEV int64_t lroundf_small(float f) {
     return (int64_t) roundf(f);
 }
 
+// quantize_row_tq1_0_ref's 5 values per byte: byte m of `width` packs x[m + n*width], n = 0..4.
+QDEV void tq1_pack5(const float * GGML_RESTRICT x, float id, uint8_t * GGML_RESTRICT qs, size_t width) {
+    for (size_t m = 0; m < width; ++m) {
+        uint8_t q = 0;
+        for (size_t n = 0; n < 5; ++n) {
+            int xi = (int) (lroundf_small(x[m + n*width] * id) + 1);
+            q *= 3;
+            q += xi;
+        }
+        q = ((uint16_t)q * 256 + (243 - 1)) / 243;
+        qs[m] = q;
+    }
+}
+
 QDEV void tq1_0_block(const float * GGML_RESTRICT xb, const float * GGML_RESTRICT quant_weights,
                       block_tq1_0 * GGML_RESTRICT y, float unused) {
     (void) quant_weights; (void) unused;
@@ -289,30 +303,12 @@ QDEV void tq1_0_block(const float * GGML_RESTRICT xb, const float * GGML_RESTRIC
     y->d = GGML_FP32_TO_FP16(d);
     // 5 elements per byte, along 32 bytes
     for (size_t j = 0; j < sizeof(y->qs) - sizeof(y->qs) % 32; j += 32) {
-        for (size_t m = 0; m < 32; ++m) {
-            uint8_t q = 0;
-            for (size_t n = 0; n < 5; ++n) {
-                int xi = (int) (lroundf_small(x[m + n*32] * id) + 1);
-                q *= 3;
-                q += xi;
-            }
-            q = ((uint16_t)q * 256 + (243 - 1)) / 243;
-            y->qs[j + m] = q;
-        }
+        tq1_pack5(x, id, y->qs + j, 32);
         x += 5*32;
     }
     // along 16 bytes
     for (size_t j = sizeof(y->qs) - sizeof(y->qs) % 32; j < sizeof(y->qs); j += 16) {
-        for (size_t m = 0; m < 16; ++m) {
-            uint8_t q = 0;
-            for (size_t n = 0; n < 5; ++n) {
-                int xi = (int) (lroundf_small(x[m + n*16] * id) + 1);
-                q *= 3;
-                q += xi;
-            }
-            q = ((uint16_t)q * 256 + (243 - 1)) / 243;
-            y->qs[j + m] = q;
-        }
+        tq1_pack5(x, id, y->qs + j, 16);
         x += 5*16;
     }
     // 4 elements per byte

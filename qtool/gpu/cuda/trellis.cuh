@@ -162,6 +162,42 @@ QDEV void kt_store_f32(uint8_t * dst, float v) {
     store_block(dst, h, 4);
 }
 
+// One block's share of the 19 trial row scales tid[] of IQ2_KT / IQ1_KT (the level of a block:
+// iq4k_values[best_index(tid*scale)]) and IQ3_KT (iq3: nearest_int(tid*scale) clamped to 0..15,
+// on |x|); each trial's sums continue along the row in C's order.
+QDEV void kt_trials_add(const float * GGML_RESTRICT tid, float scale, const float * GGML_RESTRICT xb,
+                        const float * GGML_RESTRICT wb, const float * GGML_RESTRICT qv, bool iq3,
+                        float * GGML_RESTRICT tsumqx, float * GGML_RESTRICT tsumq2) {
+    for (int t = 0; t < 19; ++t) {
+        float dl;
+        if (iq3) {
+            int ls = nearest_int(tid[t]*scale);
+            ls = MAX(0, MIN(15, ls));
+            dl = ls;
+        } else {
+            const int ls = iqk_best_index_iq4nl(iqk_iq4k_values, tid[t]*scale);
+            dl = iqk_iq4k_values[ls];
+        }
+        float sumqx = tsumqx[t], sumq2 = tsumq2[t];
+        for (int j = 0; j < KT_BLOCK; ++j) {
+            const float q = dl*qv[j];
+            sumqx += wb[j]*(iq3 ? fabsf(xb[j]) : xb[j])*q;
+            sumq2 += wb[j]*q*q;
+        }
+        tsumqx[t] = sumqx; tsumq2[t] = sumq2;
+    }
+}
+
+// C's itry loop over the 19 trials' row sums: d and best as C updates them.
+QDEV void kt_trials_best(const float * GGML_RESTRICT tsumqx, const float * GGML_RESTRICT tsumq2, float * d, float * best) {
+    for (int t = 0; t < 19; ++t) {
+        const float sumqx = tsumqx[t], sumq2 = tsumq2[t];
+        if (sumq2 > 0 && sumqx*sumqx > *best*sumq2) {
+            *d = sumqx/sumq2; *best = *d*sumqx;
+        }
+    }
+}
+
 #define KT_ROW_KERNEL(NAME, BLOCK_BYTES, ROWFN)                                                     \
     QKERNEL void quantize_##NAME(const float * GGML_RESTRICT x, const float * GGML_RESTRICT qw,    \
                                  uint8_t * GGML_RESTRICT y, const float * GGML_RESTRICT aux,       \
@@ -264,25 +300,10 @@ QDEV void kt_iq2_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
             const float scale = kt_iq2_scale(xb, wb, idx);
             float qv[KT_BLOCK];
             kt_block_values(idx, qv, 8, false, 4096);
-            for (int t = 0; t < 19; ++t) {
-                const int ls = iqk_best_index_iq4nl(iqk_iq4k_values, tid[t]*scale);
-                const float dl = iqk_iq4k_values[ls];
-                float sumqx = tsumqx[t], sumq2 = tsumq2[t];
-                for (int jj = 0; jj < KT_BLOCK; ++jj) {
-                    const float q = dl*qv[jj];
-                    sumqx += wb[jj]*xb[jj]*q;
-                    sumq2 += wb[jj]*q*q;
-                }
-                tsumqx[t] = sumqx; tsumq2[t] = sumq2;
-            }
+            kt_trials_add(tid, scale, xb, wb, qv, false, tsumqx, tsumq2);
         }
     }
-    for (int t = 0; t < 19; ++t) {
-        const float sumqx = tsumqx[t], sumq2 = tsumq2[t];
-        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-            d = sumqx/sumq2; best = d*sumqx;
-        }
-    }
+    kt_trials_best(tsumqx, tsumq2, &d, &best);
 
     const float id = d ? 1/d : 0.f;
     float sumqx = 0, sumq2 = 0;
@@ -451,26 +472,10 @@ QDEV void kt_iq3_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
             const float scale = kt_iq3_scale(xaux, wb, idx);
             float qb[KT_BLOCK];
             kt_block_values(idx, qb, 8, true, 4096);
-            for (int t = 0; t < 19; ++t) {
-                int ls = nearest_int(tid[t]*scale);
-                ls = MAX(0, MIN(15, ls));
-                const float dl = ls;
-                float sumqx = tsumqx[t], sumq2 = tsumq2[t];
-                for (int j = 0; j < KT_BLOCK; ++j) {
-                    const float q = dl*qb[j];
-                    sumqx += wb[j]*fabsf(xb[j])*q;
-                    sumq2 += wb[j]*q*q;
-                }
-                tsumqx[t] = sumqx; tsumq2[t] = sumq2;
-            }
+            kt_trials_add(tid, scale, xb, wb, qb, true, tsumqx, tsumq2);
         }
     }
-    for (int t = 0; t < 19; ++t) {
-        const float sumqx = tsumqx[t], sumq2 = tsumq2[t];
-        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-            d = sumqx/sumq2; best = d*sumqx;
-        }
-    }
+    kt_trials_best(tsumqx, tsumq2, &d, &best);
 
     const float id = d ? 1/d : 0.f;
     float sumqx = 0, sumq2 = 0;
@@ -853,25 +858,10 @@ QDEV void kt_iq1_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
             const float scale = kt_iq1_scale(xb, wb, idx);
             float qv[KT_BLOCK];
             kt_block_values(idx, qv, 8, false, 4096);
-            for (int t = 0; t < 19; ++t) {
-                const int ls = iqk_best_index_iq4nl(iqk_iq4k_values, tid[t]*scale);
-                const float dl = iqk_iq4k_values[ls];
-                float sumqx = tsumqx[t], sumq2 = tsumq2[t];
-                for (int jj = 0; jj < KT_BLOCK; ++jj) {
-                    const float q = dl*qv[jj];
-                    sumqx += wb[jj]*xb[jj]*q;
-                    sumq2 += wb[jj]*q*q;
-                }
-                tsumqx[t] = sumqx; tsumq2[t] = sumq2;
-            }
+            kt_trials_add(tid, scale, xb, wb, qv, false, tsumqx, tsumq2);
         }
     }
-    for (int t = 0; t < 19; ++t) {
-        const float sumqx = tsumqx[t], sumq2 = tsumq2[t];
-        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
-            d = sumqx/sumq2; best = d*sumqx;
-        }
-    }
+    kt_trials_best(tsumqx, tsumq2, &d, &best);
 
     const float id = d ? 1/d : 0.f;
     float sumqx = 0, sumq2 = 0;
