@@ -203,3 +203,18 @@ def test_write_error(tiny256: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(OutputError, match="No space left"):
         quantize_file(tiny256, tmp_path / "gpu.gguf", "Q4_0", nthreads=1, device="cuda")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_short_read_is_an_input_error(tiny256: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An input that ends inside a tensor while its rows are read (truncated during the run) is
+    reported as the input's error, naming it, not as a failed write; no output is left."""
+    from qtool.errors import OutputError, QtoolError
+
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setattr(pipeline.os, "preadv", lambda fd, bufs, offset: 0)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(QtoolError, match="tiny-256.gguf: the file ends at byte") as e:
+        quantize_file(tiny256, out_dir / "gpu.gguf", "Q4_0", nthreads=1, device="cuda")
+    assert not isinstance(e.value, OutputError)
+    assert list(out_dir.iterdir()) == []

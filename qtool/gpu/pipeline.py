@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..gguf_io import GGUFError
 from ..quants.types import QType
 from .cuda import CudaKernels, cupy_module
 from .kernels import GpuKernel
@@ -96,8 +97,9 @@ class GpuPipeline:
         done = 0
         while done < src.nbytes:
             n = os.preadv(fd, [view[done:]], src.offset + done)
-            if n <= 0:
-                raise OSError(f"{src.path}: unexpected end of file at byte {src.offset + done}")
+            if n <= 0:  # an input error, not the output's (run_jobs reports OSError as a write error)
+                raise GGUFError(f"{src.path}: the file ends at byte {src.offset + done}, inside a tensor "
+                                "(it changed during the run?)")
             done += n
 
     def _write(self, s: _Slot, event: Any, offset: int, nbytes: int, done: Callable[[], None] | None) -> None:
