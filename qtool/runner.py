@@ -160,7 +160,10 @@ def _run_gpu(model: GGUFModel, w: GGUFStreamWriter, gpu: GpuPipeline, job: Tenso
     base = w.tensor_offset()
     row_bytes = job.out_type.row_bytes(t.n_per_row)
     in_row_bytes = t.qtype.row_bytes(t.n_per_row)
-    for start, stop, imx in _slabs(job, gpu.chunk_elements):
+    k0 = gpu_kernel(job.out_type, job.imatrix is not None, flavour)
+    # kernels whose C carries state from row to row within a call get the CPU engine's calls
+    elements = SLAB_ELEMENTS if k0 is not None and k0.carries_rows else gpu.chunk_elements
+    for start, stop, imx in _slabs(job, elements):
         k = gpu_kernel(job.out_type, imx is not None, flavour)
         assert k is not None
         src: FileSpan | np.ndarray

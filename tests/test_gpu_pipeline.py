@@ -218,3 +218,23 @@ def test_short_read_is_an_input_error(tiny256: Path, tmp_path: Path, monkeypatch
         quantize_file(tiny256, out_dir / "gpu.gguf", "Q4_0", nthreads=1, device="cuda")
     assert not isinstance(e.value, OutputError)
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("ftype", ["IQ3_XXS", "IQ2_S"])
+def test_row_carrying_kernels_follow_the_cpu_calls(ftype: str, tiny256: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """ik's lattice variants carry state from row to row within a call, in C and in the engine:
+    their GPU launches take the CPU engine's slabs (here 3 rows), not the GPU's chunk size (7 rows),
+    so both devices make the same calls and the same bytes."""
+    import qtool.runner as runner
+    from qtool.gpu import gpu_kernel
+
+    assert gpu_kernel(ftype, True, "ik") is not None and gpu_kernel(ftype, True, "ik").carries_rows
+    monkeypatch.setattr(runner, "SLAB_ELEMENTS", 3 * 256)
+    cpu, gpu = tmp_path / "cpu.gguf", tmp_path / "gpu.gguf"
+    quantize_file(tiny256, cpu, ftype, imatrix=IMATRIX, nthreads=1, flavour="ik")
+    fake_cupy.install(monkeypatch)
+    sizes = small_chunks(monkeypatch, 7 * 256)
+    quantize_file(tiny256, gpu, ftype, imatrix=IMATRIX, nthreads=1, flavour="ik", device="cuda")
+    assert gpu.read_bytes() == cpu.read_bytes()
+    assert 3 * 256 * 2 in sizes  # F16 rows: a carrying kernel's launch is one CPU slab (3 rows)

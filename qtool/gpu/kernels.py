@@ -34,6 +34,11 @@ class GpuKernel:
     block) instead of one thread per block."""
     tables: tuple[str, ...] = ()
     """lookup tables (names in qtool.gpu.tables) the kernel reads through `QTABLE` pointers."""
+    carries_rows: bool = False
+    """C carries state from one row to the next within one ggml_quantize_chunk call (ik's lattice
+    variants: IQ3_XXS's L, IQ1_M's shifts ...), and so does the numpy engine within one call: a
+    launch must cover exactly the rows of the CPU engine's call (the runner's slab), so that
+    both devices give the same bytes."""
 
     def threads(self, nrows: int, n_per_row: int) -> int:
         """How many threads one launch over nrows rows takes."""
@@ -85,6 +90,17 @@ GPU_KERNELS: dict[tuple[str, str], GpuKernel] = {(k.type_name, k.flavour): k for
               tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
     GpuKernel("IQ1_M", "quantize_iq1_m", variants=(False, True),
               tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
+    # lattice_ik.cuh (ik_llama.cpp's lattice variants)
+    #   (kernels quantize_iq2_xxs_ik / quantize_iq1_s_ik exist but are not registered: ik's C aborts,
+    #   and the engine raises, on the extra rows' all-zero imatrix stretch of test_equals_numpy_engine)
+    GpuKernel("IQ3_XXS", "quantize_iq3_xxs_ik", flavour=IK, variants=(False, True), per_row=True, carries_rows=True,
+              tables=("lat_iq3_256_grid", "lat_iq3_256_map", "lat_iq3_256_neighbours")),
+    GpuKernel("IQ2_S", "quantize_iq2_s_ik", flavour=IK, variants=(False, True), per_row=True, carries_rows=True,
+              tables=("lat_iq2_s_grid", "lat_iq2_s_map", "lat_iq2_s_neighbours")),
+    GpuKernel("IQ1_M", "quantize_iq1_m_ik", flavour=IK, variants=(False, True), per_row=True, carries_rows=True,
+              tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
+    GpuKernel("IQ2_XS", "quantize_iq2_xs_ik", flavour=IK, variants=(True,), per_row=True, carries_rows=True,
+              tables=("lat_iq2_xs_grid", "lat_iq2_xs_map", "lat_iq2_xs_neighbours")),
     # ik_mainline.cuh (ik_llama.cpp's own algorithms for mainline types, flavour=IK):
     #   Q4_0 Q4_1 Q5_0 Q5_1 Q6_0 Q2_K..Q6_K IQ4_NL IQ4_XS IQ1_BN IQ2_BN
     GpuKernel("Q4_K", "quantize_q4_K_ik", flavour=IK),

@@ -19,11 +19,12 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # name: (files it needs first, files whose kernels it holds)
     "core": ((), CORE),
     "lattice": ((), ("lattice.cuh",)),
+    "lattice_ik": (("lattice.cuh",), ("lattice_ik.cuh",)),
     "iqk": (("iq4.cuh",), ("iqk.cuh",)),
     "ik_mainline": (CORE + ("iqk.cuh",), ("ik_mainline.cuh",)),
     "trellis": (("iq4.cuh", "iqk.cuh"), ("trellis.cuh",)),
 }
-SOURCE_FILES = BASE + CORE + ("lattice.cuh", "iqk.cuh", "ik_mainline.cuh", "trellis.cuh")
+SOURCE_FILES = BASE + CORE + ("lattice.cuh", "lattice_ik.cuh", "iqk.cuh", "ik_mainline.cuh", "trellis.cuh")
 """Every file, in an order where each may use what the files before it define (the host build)."""
 
 _KERNEL_DEF = re.compile(r"^\s*(?:[A-Z_]*KERNEL\((\w+),|QKERNEL void (quantize_\w+)\s*\()", re.M)

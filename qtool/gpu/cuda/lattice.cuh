@@ -70,9 +70,14 @@ QDEV int lat_iq3_find_best_neighbour(const uint16_t * GGML_RESTRICT neighbours, 
 }
 
 // quantize_row_iq3_xxs_impl(256, ...), one super-block (x, quant_weights: its 256 values).
-QDEV void iq3_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
-                        block_iq3_xxs * GGML_RESTRICT y, float unused) {
-    (void) unused;
+// IK: ik_llama.cpp's version (lattice_ik.cuh): L is cleared only in the eps branch and
+// is_on_grid never, so both (the caller's arrays) carry over from the sub-blocks before. Returns
+// a mask: bit ib set where sub-block ib accepted a candidate, bit 16+ib where it accepted none
+// (and was past the eps test).
+template <bool IK>
+QDEV int iq3_xxs_block_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                         block_iq3_xxs * GGML_RESTRICT y, int8_t * GGML_RESTRICT L, bool * GGML_RESTRICT is_on_grid) {
+    int status = 0;
     const uint32_t * kgrid_q3xs      = lat_iq3_256_grid;
     const int32_t  * kmap_q3xs       = lat_iq3_256_map;
     const uint16_t * kneighbors_q3xs = lat_iq3_256_neighbours;
@@ -83,10 +88,8 @@ QDEV void iq3_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
     float scales[QK_K/32];
     float weight[32];
     float xval[32];
-    int8_t L[32];
     int8_t Laux[32];
     float  waux[32];
-    bool   is_on_grid[8];
     bool   is_on_grid_aux[8];
     uint8_t block_signs[8];
     uint32_t q3buf[(3*(QK_K/8)+QK_K/32)/4];
@@ -115,14 +118,16 @@ QDEV void iq3_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
         for (int k = 0; k < 4; ++k) block_signs[k] = lat_group_signs(xb + 8*k, weight + 8*k, xval + 8*k, true) & 127;
         float max = xval[0];
         for (int i = 1; i < 32; ++i) max = MAX(max, xval[i]);
-        memset(L, 0, 32);
+        if (!IK) memset(L, 0, 32);
         if (max < GROUP_MAX_EPS_IQ3_XXS) {
             scales[ib] = 0;
+            if (IK) memset(L, 0, 32);
             continue;
         }
         float best = 0;
         float scale = max/(2*kMaxQ-1);
-        for (int k = 0; k < 8; ++k) is_on_grid[k] = true;
+        if (!IK) for (int k = 0; k < 8; ++k) is_on_grid[k] = true;
+        status |= 1 << (16 + ib);
         for (int is = -15; is <= 15; ++is) {
             float id = (2*kMaxQ-1+is*0.2f)/max;
             float this_scale = 1/id;
@@ -152,6 +157,7 @@ QDEV void iq3_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
                 scale = sumqx/sumq2; best = scale*sumqx;
                 for (int i = 0; i < 32; ++i) L[i] = Laux[i];
                 for (int k = 0; k <  8; ++k) is_on_grid[k] = is_on_grid_aux[k];
+                status = (status & ~(1 << (16 + ib))) | (1 << ib);
             }
         }
         int n_not_ongrid = 0;
@@ -200,7 +206,7 @@ QDEV void iq3_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
 
     if (!max_scale) {
         memset(y->qs, 0, quant_size);
-        return;
+        return status;
     }
 
     float d = max_scale/31;
@@ -212,6 +218,14 @@ QDEV void iq3_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
         scales_and_signs[ib] |= ((uint32_t)l << 28);
     }
     memcpy(y->qs, q3, quant_size);
+    return status;
+}
+QDEV void iq3_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                        block_iq3_xxs * GGML_RESTRICT y, float unused) {
+    (void) unused;
+    int8_t L[32];
+    bool is_on_grid[8];
+    iq3_xxs_block_t<false>(x, quant_weights, y, L, is_on_grid);
 }
 QTOOL_ROW_KERNEL(iq3_xxs, QK_K, block_iq3_xxs, iq3_xxs_block)
 
@@ -415,6 +429,9 @@ QDEV int lat_iq2_find_best_neighbour(const uint16_t * GGML_RESTRICT neighbours, 
 }
 
 // quantize_row_iq2_xxs_impl, one super-block (quant_weights required: the imatrix variant only).
+// IK: ik_llama.cpp's version (lattice_ik.cuh): no eff_max <= 0 skip, ik's make_qp_quants (the
+// unguarded sumlx/suml2: NaN gives id = NaN, rounded to 0 as x86 does).
+template <bool IK>
 QDEV void iq2_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                         block_iq2_xxs * GGML_RESTRICT y, float unused) {
     (void) unused;
@@ -456,9 +473,9 @@ QDEV void iq2_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
             memset(L, 0, 32);
             continue;
         }
-        float scale = make_qp_quants(32, kMaxQ+1, xval, (uint8_t*)L, weight);
+        float scale = make_qp_quants_t<IK>(32, kMaxQ+1, xval, (uint8_t*)L, weight);
         float eff_max = scale*kMaxQ;
-        if (eff_max <= 0) {
+        if (!IK && eff_max <= 0) {
             scales[ib] = 0;
             memset(L, 0, 32);
             continue;
@@ -469,7 +486,7 @@ QDEV void iq2_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
             float this_scale = 1/id;
             for (int k = 0; k < 4; ++k) {
                 for (int i = 0; i < 8; ++i) {
-                    int l = nearest_int(0.5f*(id*xval[8*k+i]-1));
+                    int l = nearest_int_sel<IK>(0.5f*(id*xval[8*k+i]-1));
                     Laux[8*k+i] = MAX(0, MIN(kMaxQ-1, l));
                 }
                 uint16_t u = 0;
@@ -548,17 +565,16 @@ QDEV void iq2_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
     }
     memcpy(y->qs, q2, QK_K/4);
 }
-QTOOL_ROW_KERNEL(iq2_xxs, QK_K, block_iq2_xxs, iq2_xxs_block)
+QTOOL_ROW_KERNEL(iq2_xxs, QK_K, block_iq2_xxs, iq2_xxs_block<false>)
 
 // quantize_row_iq2_xs_impl (XS: the imatrix variant only) and quantize_row_iq2_s_impl, one
 // super-block: the two differ in the sign handling (XS: 7 bits + the flip of the least important
 // element; S: 8 bits), the weights without an imatrix (S only), eps, the fudge on d and packing.
-#define LAT_IQ2_XS_S_BODY(IS_S)                                                                              \
+#define LAT_IQ2_XS_S_BODY(IS_S, IK)                                                                            \
     const int kMaxQ = 3;                                                                                     \
     float scales[QK_K/16];                                                                                   \
     float weight[16];                                                                                        \
     float xval[16];                                                                                          \
-    int8_t L[16];                                                                                            \
     int8_t Laux[16];                                                                                         \
     float  waux[16];                                                                                         \
     bool   is_on_grid[2];                                                                                    \
@@ -584,7 +600,7 @@ QTOOL_ROW_KERNEL(iq2_xxs, QK_K, block_iq2_xxs, iq2_xxs_block)
         }                                                                                                    \
         float max = xval[0];                                                                                 \
         for (int i = 1; i < 16; ++i) max = MAX(max, xval[i]);                                                \
-        memset(L, 0, 16);                                                                                    \
+        if (!(IK)) memset(L, 0, 16);                                                                         \
         if (max < ((IS_S) ? GROUP_MAX_EPS_IQ2_S : GROUP_MAX_EPS)) {                                          \
             scales[ib] = 0;                                                                                  \
             continue;                                                                                        \
@@ -592,6 +608,7 @@ QTOOL_ROW_KERNEL(iq2_xxs, QK_K, block_iq2_xxs, iq2_xxs_block)
         float best = 0;                                                                                      \
         float scale = max/(2*kMaxQ-1);                                                                       \
         is_on_grid[0] = is_on_grid[1] = true;                                                                \
+        status |= 1 << (16 + ib);                                                                            \
         for (int is = -9; is <= 9; ++is) {                                                                   \
             float id = (2*kMaxQ-1+is*0.1f)/max;                                                              \
             float this_scale = 1/id;                                                                         \
@@ -622,6 +639,7 @@ QTOOL_ROW_KERNEL(iq2_xxs, QK_K, block_iq2_xxs, iq2_xxs_block)
                 scale = sumqx/sumq2; best = scale*sumqx;                                                     \
                 for (int i = 0; i < 16; ++i) L[i] = Laux[i];                                                 \
                 for (int k = 0; k <  2; ++k) is_on_grid[k] = is_on_grid_aux[k];                              \
+                status = (status & ~(1 << (16 + ib))) | (1 << ib);                                           \
             }                                                                                                \
         }                                                                                                    \
         int n_not_ongrid = 0;                                                                                \
@@ -675,12 +693,15 @@ QDEV void iq2_xs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRIC
     const int32_t  * kmap_q2xs       = lat_iq2_xs_map;
     const uint16_t * kneighbors_q2xs = lat_iq2_xs_neighbours;
     uint16_t q2[2*(QK_K/16)];
+    int8_t L[16];
+    int status = 0;
 
     y->d = GGML_FP32_TO_FP16(0.f);
     memset(q2, 0, QK_K/4);
     memset(y->scales, 0, QK_K/32);
 #define LAT_IQ2_STORE(ib, k, grid_index, sgn) q2[2*(ib)+(k)] = (grid_index) | ((sgn) << 9)
-    LAT_IQ2_XS_S_BODY(false)
+    LAT_IQ2_XS_S_BODY(false, false)
+    (void) status;
 #undef LAT_IQ2_STORE
 
     if (!max_scale) {
@@ -701,9 +722,13 @@ QDEV void iq2_xs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRIC
 }
 QTOOL_ROW_KERNEL(iq2_xs, QK_K, block_iq2_xs, iq2_xs_block)
 
-QDEV void iq2_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
-                      block_iq2_s * GGML_RESTRICT y, float unused) {
-    (void) unused;
+// IK: ik_llama.cpp's version (lattice_ik.cuh): L (the caller's array) is never cleared, so a
+// sub-block where no candidate is accepted encodes the levels of the last one that accepted one.
+// Returns a mask: bit ib where sub-block ib accepted a candidate, bit 16+ib where it accepted none.
+template <bool IK>
+QDEV int iq2_s_block_t(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                       block_iq2_s * GGML_RESTRICT y, int8_t * GGML_RESTRICT L) {
+    int status = 0;
     const uint64_t * kgrid_q2xs      = lat_iq2_s_grid;
     const int32_t  * kmap_q2xs       = lat_iq2_s_map;
     const uint16_t * kneighbors_q2xs = lat_iq2_s_neighbours;
@@ -716,11 +741,11 @@ QDEV void iq2_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
         y->qh[i8/4] |= (((grid_index) >> 8) << 2*(i8%4));               \
         y->qs[QK_K/8 + i8] = (sgn);                                     \
     } while (0)
-    LAT_IQ2_XS_S_BODY(true)
+    LAT_IQ2_XS_S_BODY(true, IK)
 #undef LAT_IQ2_STORE
 
     if (!max_scale) {
-        return;
+        return status;
     }
 
     float d = max_scale/31;
@@ -732,6 +757,13 @@ QDEV void iq2_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
         if (ib%2 == 0) y->scales[ib/2] = l;
         else y->scales[ib/2] |= (l << 4);
     }
+    return status;
+}
+QDEV void iq2_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                      block_iq2_s * GGML_RESTRICT y, float unused) {
+    (void) unused;
+    int8_t L[16];
+    iq2_s_block_t<false>(x, quant_weights, y, L);
 }
 QTOOL_ROW_KERNEL(iq2_s, QK_K, block_iq2_s, iq2_s_block)
 
@@ -795,6 +827,9 @@ QDEV void lat_iq1_sort_pairs(float * GGML_RESTRICT pv, int * GGML_RESTRICT pi, i
 }
 
 // quantize_row_iq1_s_impl, one super-block (quant_weights required: the imatrix variant only).
+// IK: ik_llama.cpp's (iq1s_process_1block): the split scan starts from best = -FLT_MIN (C aborts
+// where no split is accepted; here the sub-block gets mainline's scale 0).
+template <bool IK>
 QDEV void iq1_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                       block_iq1_s * GGML_RESTRICT y, float unused) {
     (void) unused;
@@ -853,7 +888,7 @@ QDEV void iq1_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
                 sumw[j+1] = sumw[j] + weight[i];
             }
         }
-        float best_score = -LAT_FLT_MAX, scale = max;
+        float best_score = IK ? -1.17549435082228750797e-38F : -LAT_FLT_MAX, scale = max;  // -FLT_MIN : -FLT_MAX
         int besti1 = -1, besti2 = -1, best_shift = 0;
         for (int i1 = 0; i1 <= block_size; ++i1) {
             for (int i2 = i1; i2 <= block_size; ++i2) {
@@ -935,7 +970,7 @@ QDEV void iq1_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
         y->qh[ib] |= (l << 12);
     }
 }
-QTOOL_ROW_KERNEL(iq1_s, QK_K, block_iq1_s, iq1_s_block)
+QTOOL_ROW_KERNEL(iq1_s, QK_K, block_iq1_s, iq1_s_block<false>)
 
 // quantize_row_iq1_m_impl, one super-block.
 QDEV void iq1_m_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
