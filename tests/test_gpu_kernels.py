@@ -99,3 +99,13 @@ def test_types_command_shows_the_gpu_kernels() -> None:
     assert not rows["Q4_0_R8"]["gpu_without_imatrix"]  # repacks run on the CPU
     assert gpu_kernel("Q2_K", False, IK) is None  # ik's Q2_K without imatrix (TriNet): CPU only
     assert not rows["Q2_K"]["gpu_without_imatrix"] and rows["Q2_K"]["gpu_with_imatrix"]
+
+
+def test_host_kernels_check_their_input_as_the_engine_does(host) -> None:  # type: ignore[no-untyped-def]
+    x = np.ones((2, 256), dtype=np.float32)
+    with pytest.raises(ValueError, match="imatrix has 128 values"):  # C would read past its end
+        host.quantize(x, "Q4_K", np.ones(128, dtype=np.float32))
+    with pytest.raises(ValueError, match="not a multiple of 256"):
+        host.quantize(np.ones((2, 320), dtype=np.float32), "Q4_K")
+    with pytest.raises(ValueError, match="no GPU kernel for Q4_0_R8"):
+        host.quantize(x, "Q4_0_R8", flavour=IK)

@@ -1,8 +1,9 @@
 """Run the kernels on a CUDA GPU through CuPy (`pip install qtool[cuda]`).
 
 `CudaKernels(device)` compiles the kernel source per module, at first use, with NVRTC
-(`--fmad=false`; IEEE division and square root are NVRTC's defaults; CuPy caches the binaries) and quantizes rows that
-are already on the device (CuPy arrays) or on the host (numpy arrays, copied over and back).
+(`--fmad=false`; IEEE division and square root are NVRTC's defaults; CuPy caches the binaries)
+and quantizes rows that are already on the device (CuPy arrays) or on the host (numpy arrays,
+copied over and back).
 Every launch is one thread per block (or per row, for kernels that carry state along a row).
 """
 
@@ -13,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import QtoolError
+from ..quants.engine import check_rows
 from ..quants.types import MAINLINE, QType, get_type
-from .kernels import GpuKernel, gpu_kernel
+from .kernels import GpuKernel, kernel_for
 from .source import kernel_modules, module_source
 from .tables import table
 
@@ -69,7 +71,8 @@ class CudaKernels:
         self.device = device
         self._modules: dict[str, Any] = {}
         self._fns: dict[str, Any] = {}
-        self._tables: dict[tuple[str, str], Any] = {}
+        self._tables: dict[str, Any] = {}  # table name -> its copy on this device
+        self._bound: set[tuple[str, str]] = set()  # (module, table) whose QTABLE pointer is set
 
     def module(self, name: str) -> Any:
         """The compiled module (NVRTC through CuPy, which caches the binary on disk)."""
@@ -96,14 +99,14 @@ class CudaKernels:
         cp = self.cp
         bound = False
         for name in names:
-            if (module, name) in self._tables:
+            if (module, name) in self._bound:
                 continue
-            arr = self._tables.get(("", name))
+            arr = self._tables.get(name)
             if arr is None:
-                arr = self._tables[("", name)] = cp.asarray(table(name))  # one copy per device
+                arr = self._tables[name] = cp.asarray(table(name))
             ptr = self.module(module).get_global(name)  # the QTABLE pointer variable (8 bytes)
             ptr.copy_from_host(np.array([arr.data.ptr], dtype=np.uint64).ctypes.data, 8)
-            self._tables[(module, name)] = arr
+            self._bound.add((module, name))
             bound = True
         if bound:
             with cp.cuda.Device(self.device):
@@ -140,15 +143,8 @@ class CudaKernels:
         """The engine contract on the GPU: numpy rows in, numpy bytes out."""
         cp = self.cp
         qt = get_type(qtype)
-        k = gpu_kernel(qt, imatrix is not None, flavour)
-        if k is None:
-            raise ValueError(f"no GPU kernel for {qt.name} {'with' if imatrix is not None else 'without'} "
-                             f"an imatrix ({flavour})")
-        x = np.ascontiguousarray(rows, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None, :]
+        k = kernel_for(qt, imatrix is not None, flavour)
+        x, qw = check_rows(rows, qt, imatrix)
         with cp.cuda.Device(self.device):
-            xd = cp.asarray(x)
-            qw = None if imatrix is None else cp.asarray(np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1))
-            out = self.quantize_device(xd, k, qw)
+            out = self.quantize_device(cp.asarray(x), k, None if qw is None else cp.asarray(qw))
             return cp.asnumpy(out)

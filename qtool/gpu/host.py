@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ..quants.engine import check_rows
 from ..quants.types import MAINLINE, QType, get_type
-from .kernels import gpu_kernel
+from .kernels import kernel_for
 from .source import kernel_source, source_digest
 from .tables import table
 
@@ -85,18 +86,13 @@ class HostKernels:
                  flavour: str = MAINLINE) -> np.ndarray:
         """Quantize float32 rows as the GPU kernel does (same contract as qtool.quants.quantize)."""
         qt = get_type(qtype)
-        k = gpu_kernel(qt, imatrix is not None, flavour)
-        if k is None:
-            raise ValueError(f"no GPU kernel for {qt.name} {'with' if imatrix is not None else 'without'} an imatrix")
-        x = np.ascontiguousarray(rows, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None, :]
+        k = kernel_for(qt, imatrix is not None, flavour)
+        x, qw = check_rows(rows, qt, imatrix)
         nrows, n = x.shape
         y = np.zeros((nrows, qt.row_bytes(n)), dtype=np.uint8)
-        qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
         self._bind_tables(k.tables)
         aux = None
-        if (imatrix is not None) in k.row_prepass:
+        if (qw is not None) in k.row_prepass:
             aux = np.empty(nrows, dtype=np.float32)
             self._fn("row_mean_square")(x.ctypes.data_as(_F32P), aux.ctypes.data_as(_F32P),
                                         ctypes.c_int64(nrows), ctypes.c_int64(n))

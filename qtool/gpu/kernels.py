@@ -5,9 +5,8 @@ block). `row_prepass` names the variants whose C code needs a per-row quantity f
 legacy types with an imatrix: sigma2 = sum(x^2) / n_per_row over the whole row, in C's order),
 computed by the `row_mean_square` kernel and passed as `aux`.
 
-The kernels port mainline ggml's code, so they serve mainline's variants; for `--flavour ik`
-a kernel is used only where the numpy engine uses the same function for both flavours
-(`qtool.quants.registry.device_quantizer`).
+Each kernel ports one flavour's algorithm (`flavour`); `gpu_kernel` picks the flavour's own
+kernel, else the other flavour's where the numpy engine runs the same function for both.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ class GpuKernel:
     type_name: str
     kernel: str
     variants: tuple[bool, ...] = (False, True)
-    """imatrix variants (False: without, True: with) the kernel gives mainline's bytes for."""
+    """imatrix variants (False: without, True: with) the kernel gives its flavour's bytes for."""
     row_prepass: tuple[bool, ...] = ()
     """variants that need the per-row mean square (`aux`)."""
     flavour: str = MAINLINE
@@ -158,3 +157,12 @@ def gpu_kernel(qtype: str | QType, imatrix: bool, flavour: str = MAINLINE) -> Gp
             if mine is not None and quantizer(qt, fl, bool(imatrix)) is mine:
                 return k
     return None
+
+
+def kernel_for(qtype: str | QType, imatrix: bool, flavour: str) -> GpuKernel:
+    """gpu_kernel, or a ValueError naming the type, variant and flavour (backends' quantize)."""
+    k = gpu_kernel(qtype, imatrix, flavour)
+    if k is None:
+        raise ValueError(f"no GPU kernel for {get_type(qtype).name} {'with' if imatrix else 'without'} an imatrix "
+                         f"({flavour})")
+    return k

@@ -43,6 +43,18 @@ def quantize(rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = 
     if fn is None:
         how = " with an imatrix" if imatrix is not None else ""
         raise NotImplementedType(f"qtool cannot quantize to {qt.name}{how} as {flavour} does yet")
+    x, qw = check_rows(rows, qt, imatrix)
+    n_per_row = x.shape[1]
+    out = fn(x, qw)
+    assert out.dtype == np.uint8 and out.shape == (x.shape[0], qt.row_bytes(n_per_row)), (
+        f"{qt.name} kernel returned {out.dtype}{out.shape}")
+    return out
+
+
+def check_rows(rows: np.ndarray, qt: QType, imatrix: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The engine contract's inputs as every backend takes them: C-contiguous float32 rows
+    (nrows, n_per_row) with n_per_row a multiple of the block size, and the imatrix as float32
+    [n_per_row] (required where the type needs one)."""
     x = np.ascontiguousarray(rows, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]
@@ -58,10 +70,7 @@ def quantize(rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = 
             raise ValueError(f"imatrix has {qw.shape[0]} values, rows have {n_per_row}")
     elif qt.needs_imatrix:
         raise ValueError(f"{qt.name} requires an importance matrix")
-    out = fn(x, qw)
-    assert out.dtype == np.uint8 and out.shape == (x.shape[0], qt.row_bytes(n_per_row)), (
-        f"{qt.name} kernel returned {out.dtype}{out.shape}")
-    return out
+    return x, qw
 
 
 def dequantize(data: np.ndarray, qtype: str | QType, n_per_row: int) -> np.ndarray:
