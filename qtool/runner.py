@@ -160,12 +160,11 @@ def _run_gpu(model: GGUFModel, w: GGUFStreamWriter, gpu: GpuPipeline, job: Tenso
     base = w.tensor_offset()
     row_bytes = job.out_type.row_bytes(t.n_per_row)
     in_row_bytes = t.qtype.row_bytes(t.n_per_row)
-    k0 = gpu_kernel(job.out_type, job.imatrix is not None, flavour)
+    k = gpu_kernel(job.out_type, job.imatrix is not None, flavour)  # one variant for all slabs
+    assert k is not None  # gpu_job chose this tensor
     # kernels whose C carries state from row to row within a call get the CPU engine's calls
-    elements = SLAB_ELEMENTS if k0 is not None and k0.carries_rows else gpu.chunk_elements
+    elements = SLAB_ELEMENTS if k.carries_rows else gpu.chunk_elements
     for start, stop, imx in _slabs(job, elements):
-        k = gpu_kernel(job.out_type, imx is not None, flavour)
-        assert k is not None
         src: FileSpan | np.ndarray
         if t.qtype.name in FLOAT_INPUTS:  # read straight from the file (pread into pinned memory)
             src = FileSpan(model.parts[t.part].path, t.offset + start * in_row_bytes, (stop - start) * in_row_bytes)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..gguf_io import GGUFError
-from ..quants.types import QType
+from ..quants.types import QType, get_type
 from .cuda import CudaKernels, cupy_module
 from .kernels import GpuKernel
 
@@ -185,7 +185,7 @@ class GpuPipeline:
 
 
 def _width(name: str) -> int:
-    return {"F32": 4, "F16": 2, "BF16": 2}[name]
+    return get_type(name).type_size  # bytes per value of F32 / F16 / BF16 (blocks of one)
 
 
 def _widen(cp: Any, raw: Any, name: str) -> Any:
