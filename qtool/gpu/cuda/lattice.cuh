@@ -973,6 +973,59 @@ QDEV void iq1_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
 QTOOL_ROW_KERNEL(iq1_s, QK_K, block_iq1_s, iq1_s_block<false>)
 
 // quantize_row_iq1_m_impl, one super-block.
+// The second pass of quantize_row_iq1_m_impl, mainline's and ik's alike: 3-bit sub-block scales
+// from max_scale, the shift bits, then the super-block scale refitted on the dequantized values
+// and stored times `dscale` (mainline 1.1125, ik 1.085). sigma2_32[i]: the weights' sigma2 of the
+// i-th 32 values (mainline: one value for the whole super-block, ik: one per 32).
+QDEV void lat_iq1_m_refit(const float * GGML_RESTRICT xbl, const float * GGML_RESTRICT quant_weights,
+                          const float * GGML_RESTRICT sigma2_32, const float * GGML_RESTRICT scales,
+                          const int8_t * GGML_RESTRICT shifts, float max_scale, block_iq1_m * GGML_RESTRICT y,
+                          float dscale) {
+    const uint64_t * kgrid_q2xs = lat_iq1_s_grid;
+    const int block_size = LAT_IQ1M_BLOCK_SIZE;
+    const float x_p[3] = {-1 + LAT_IQ1M_DELTA,  LAT_IQ1M_DELTA, 1 + LAT_IQ1M_DELTA};
+    const float x_m[3] = {-1 - LAT_IQ1M_DELTA, -LAT_IQ1M_DELTA, 1 - LAT_IQ1M_DELTA};
+    const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
+    float weight[LAT_IQ1M_BLOCK_SIZE];
+    const float * xx;
+
+    uint16_t * sc = y->scales;
+    float d = max_scale/15;
+    float id = 1/d;
+    float sumqx_f = 0, sumq2_f = 0;
+    for (int ib = 0; ib < QK_K/block_size; ++ib) {
+        float sigma2 = sigma2_32[ib*block_size/32];
+        int l = nearest_int(0.5f*(id*scales[ib+0]-1));
+        l = MAX(0, MIN(7, l));
+        sc[ib/4] |= (l << 3*(ib%4));
+        y->qh[ib] |= masks[shifts[ib] & 3];
+        const float * xb = xbl + block_size*ib;
+        if (quant_weights) {
+            const float * qw = quant_weights + block_size*ib;
+            for (int i = 0; i < block_size; ++i) weight[i] = qw[i] * sqrtf(sigma2 + xb[i]*xb[i]);
+        } else {
+            for (int i = 0; i < block_size; ++i) weight[i] = xb[i]*xb[i];
+        }
+        for (int k = 0; k < block_size/8; ++k) {
+            if (k == 0) xx = shifts[ib] < 2 ? x_p : x_m;
+            else xx = shifts[ib]%2 == 0 ? x_p : x_m;
+            const int8_t * pg = (const int8_t *)(kgrid_q2xs + y->qs[2*ib+k] + ((y->qh[ib] << (8 - 4*k)) & 0x700));
+            for (int j = 0; j < 8; ++j) {
+                float w = weight[8*k + j];
+                float q = xx[(pg[j] - 1)/2]*(2*l+1);
+                sumqx_f += w*q*xb[8*k+j];
+                sumq2_f += w*q*q;
+            }
+        }
+    }
+    if (sumq2_f > 0) d = sumqx_f/sumq2_f;
+    uint16_t s_u16 = GGML_FP32_TO_FP16(d*dscale);
+    sc[0] |= ((s_u16 & 0x000f) << 12);
+    sc[1] |= ((s_u16 & 0x00f0) <<  8);
+    sc[2] |= ((s_u16 & 0x0f00) <<  4);
+    sc[3] |= ((s_u16 & 0xf000) <<  0);
+}
+
 QDEV void iq1_m_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                       block_iq1_m * GGML_RESTRICT y, float unused) {
     (void) unused;
@@ -992,11 +1045,9 @@ QDEV void iq1_m_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
 
     const float x_p[3] = {-1 + LAT_IQ1M_DELTA,  LAT_IQ1M_DELTA, 1 + LAT_IQ1M_DELTA};
     const float x_m[3] = {-1 - LAT_IQ1M_DELTA, -LAT_IQ1M_DELTA, 1 - LAT_IQ1M_DELTA};
-    const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
 
     float sumqx[4], sumq2[4];
 
-    uint16_t s_u16;
     const float * xx;
 
     memset(y->qs, 0, QK_K/8);
@@ -1135,39 +1186,9 @@ QDEV void iq1_m_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
         return;
     }
 
-    uint16_t * sc = y->scales;
-    float d = max_scale/15;
-    float id = 1/d;
-    float sumqx_f = 0, sumq2_f = 0;
-    for (int ib = 0; ib < QK_K/block_size; ++ib) {
-        int l = nearest_int(0.5f*(id*scales[ib+0]-1));
-        l = MAX(0, MIN(7, l));
-        sc[ib/4] |= (l << 3*(ib%4));
-        y->qh[ib] |= masks[shifts[ib]];
-        const float * xb = xbl + block_size*ib;
-        if (quant_weights) {
-            const float * qw = quant_weights + block_size*ib;
-            for (int i = 0; i < block_size; ++i) weight[i] = qw[i] * sqrtf(sigma2 + xb[i]*xb[i]);
-        } else {
-            for (int i = 0; i < block_size; ++i) weight[i] = xb[i]*xb[i];
-        }
-        for (int k = 0; k < block_size/8; ++k) {
-            if (k == 0) xx = shifts[ib] < 2 ? x_p : x_m;
-            else xx = shifts[ib]%2 == 0 ? x_p : x_m;
-            const int8_t * pg = (const int8_t *)(kgrid_q2xs + y->qs[2*ib+k] + ((y->qh[ib] << (8 - 4*k)) & 0x700));
-            for (int j = 0; j < 8; ++j) {
-                float w = weight[8*k + j];
-                float q = xx[(pg[j] - 1)/2]*(2*l+1);
-                sumqx_f += w*q*xb[8*k+j];
-                sumq2_f += w*q*q;
-            }
-        }
-    }
-    if (sumq2_f > 0) d = sumqx_f/sumq2_f;
-    s_u16 = GGML_FP32_TO_FP16(d*1.1125f);
-    sc[0] |= ((s_u16 & 0x000f) << 12);
-    sc[1] |= ((s_u16 & 0x00f0) <<  8);
-    sc[2] |= ((s_u16 & 0x0f00) <<  4);
-    sc[3] |= ((s_u16 & 0xf000) <<  0);
+    float sigma2_32[QK_K/32];
+    for (int i = 0; i < QK_K/32; ++i) sigma2_32[i] = sigma2;
+    lat_iq1_m_refit(xbl, quant_weights, sigma2_32, scales, shifts, max_scale, y, 1.1125f);
 }
+
 QTOOL_ROW_KERNEL(iq1_m, QK_K, block_iq1_m, iq1_m_block)

@@ -263,20 +263,13 @@ QDEV int latik_iq1m_process_1block(const float * GGML_RESTRICT xb, const float *
 // One super-block of ik's quantize_row_iq1_m_impl; shifts: C's array, carried in and out.
 QDEV void latik_iq1_m_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                             block_iq1_m * GGML_RESTRICT y, int8_t * GGML_RESTRICT shifts) {
-    const uint64_t * kgrid_q2xs = lat_iq1_s_grid;
     const int block_size = LAT_IQ1M_BLOCK_SIZE;
 
-    const float x_p[3] = {-1 + LAT_IQ1M_DELTA,  LAT_IQ1M_DELTA, 1 + LAT_IQ1M_DELTA};
-    const float x_m[3] = {-1 - LAT_IQ1M_DELTA, -LAT_IQ1M_DELTA, 1 - LAT_IQ1M_DELTA};
-    const uint8_t masks[4] = {0x00, 0x80, 0x08, 0x88};
     float all_sigma2[QK_K/32];
     float scales[QK_K/LAT_IQ1M_BLOCK_SIZE];
     float weight[LAT_IQ1M_BLOCK_SIZE];
     int8_t L[LAT_IQ1M_BLOCK_SIZE];
     uint16_t index[LAT_IQ1M_BLOCK_SIZE/8];
-
-    uint16_t s_u16;
-    const float * xx;
 
     memset(y->qs, 0, QK_K/8);
     memset(y->qh, 0, QK_K/16);
@@ -308,41 +301,7 @@ QDEV void latik_iq1_m_block(const float * GGML_RESTRICT x, const float * GGML_RE
         return;
     }
 
-    uint16_t * sc = y->scales;
-    float d = max_scale/15;
-    float id = 1/d;
-    float sumqx_f = 0, sumq2_f = 0;
-    for (int ib = 0; ib < QK_K/block_size; ++ib) {
-        float sigma2 = all_sigma2[ib/2];
-        int l = nearest_int(0.5f*(id*scales[ib+0]-1));
-        l = MAX(0, MIN(7, l));
-        sc[ib/4] |= (l << 3*(ib%4));
-        y->qh[ib] |= masks[shifts[ib] & 3];
-        const float * xb = xbl + block_size*ib;
-        if (quant_weights) {
-            const float * qw = quant_weights + block_size*ib;
-            for (int i = 0; i < block_size; ++i) weight[i] = qw[i] * sqrtf(sigma2 + xb[i]*xb[i]);
-        } else {
-            for (int i = 0; i < block_size; ++i) weight[i] = xb[i]*xb[i];
-        }
-        for (int k = 0; k < block_size/8; ++k) {
-            if (k == 0) xx = shifts[ib] < 2 ? x_p : x_m;
-            else xx = shifts[ib]%2 == 0 ? x_p : x_m;
-            const int8_t * pg = (const int8_t *)(kgrid_q2xs + y->qs[2*ib+k] + ((y->qh[ib] << (8 - 4*k)) & 0x700));
-            for (int j = 0; j < 8; ++j) {
-                float w = weight[8*k + j];
-                float q = xx[(pg[j] - 1)/2]*(2*l+1);
-                sumqx_f += w*q*xb[8*k+j];
-                sumq2_f += w*q*q;
-            }
-        }
-    }
-    if (sumq2_f > 0) d = sumqx_f/sumq2_f;
-    s_u16 = GGML_FP32_TO_FP16(d*1.085f);
-    sc[0] |= ((s_u16 & 0x000f) << 12);
-    sc[1] |= ((s_u16 & 0x00f0) <<  8);
-    sc[2] |= ((s_u16 & 0x0f00) <<  4);
-    sc[3] |= ((s_u16 & 0xf000) <<  0);
+    lat_iq1_m_refit(xbl, quant_weights, all_sigma2, scales, shifts, max_scale, y, 1.085f);
 }
 
 QKERNEL void quantize_iq1_m_ik(const float * GGML_RESTRICT x, const float * GGML_RESTRICT qw,
