@@ -1,10 +1,12 @@
 """Shared fixtures: the tiny fixture models of tests/data/quantize, decompressed once per session,
-and a 23 KB model with a real header for fuzzing and malformed-file tests."""
+a 23 KB model with a real header for fuzzing and malformed-file tests, and the GPU kernels built
+for the CPU (`gpu_host`)."""
 
 from __future__ import annotations
 
 import lzma
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,3 +36,17 @@ def mini_gguf(tiny256: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
                 rows = 2 if len(t.shape) > 1 else 1
                 w.write_tensor_chunk(np.ascontiguousarray(m.tensor_rows(t, 0, rows)).reshape(-1))
     return small.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def gpu_host() -> Any:
+    """The GPU kernels' source built for the CPU (qtool.gpu.host.HostKernels), once per session;
+    skips the test where no C++ compiler is found (a source that does not compile fails it)."""
+    from qtool.gpu.host import HostBuildError, HostKernels
+
+    try:
+        return HostKernels()
+    except HostBuildError as e:
+        if "no C++ compiler" in str(e):
+            pytest.skip(str(e))
+        raise

@@ -19,24 +19,13 @@ CASES = [pytest.param(k.type_name, k.flavour, v, id=f"{k.type_name}-{k.flavour}-
          for k in GPU_KERNELS.values() for v in k.variants]
 
 
-@pytest.fixture(scope="module")
-def host():  # type: ignore[no-untyped-def]
-    from qtool.gpu.host import HostBuildError, HostKernels
-
-    try:
-        return HostKernels()
-    except HostBuildError as e:
-        if "no C++ compiler" in str(e):
-            pytest.skip(str(e))
-        raise
-
 
 @pytest.mark.parametrize(("name", "flavour", "imatrix"), CASES)
-def test_golden_vectors(host, name: str, flavour: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+def test_golden_vectors(gpu_host, name: str, flavour: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
     impl = "ik_llama" if flavour == IK else "mainline"
     x, im, kinds = inputs(impl)
     want = expected(name, impl)["q_im" if imatrix else "q_noim"]
-    got = host.quantize(x, name, im if imatrix else None, flavour=flavour)
+    got = gpu_host.quantize(x, name, im if imatrix else None, flavour=flavour)
     bad = mismatched_rows(got, want)
     assert bad == [], f"{name} imatrix={imatrix}: rows {bad} ({[kinds[i] for i in bad]}) differ"
 
@@ -57,13 +46,13 @@ def _extra_rows(n_per_row: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize(("name", "flavour", "imatrix"), CASES)
-def test_equals_numpy_engine(host, name: str, flavour: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+def test_equals_numpy_engine(gpu_host, name: str, flavour: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
     k = GPU_KERNELS[(name, flavour)]
     n = 4 * max(256, k.qtype.block_size)
     x, im = _extra_rows(n, seed=len(name) * 7 + imatrix)
     w = im if imatrix else None
     want = engine.quantize(x, name, w, flavour=k.flavour)
-    got = host.quantize(x, name, w, flavour=k.flavour)
+    got = gpu_host.quantize(x, name, w, flavour=k.flavour)
     assert mismatched_rows(got, want) == []
 
 
@@ -101,11 +90,11 @@ def test_types_command_shows_the_gpu_kernels() -> None:
     assert not rows["Q2_K"]["gpu_without_imatrix"] and rows["Q2_K"]["gpu_with_imatrix"]
 
 
-def test_host_kernels_check_their_input_as_the_engine_does(host) -> None:  # type: ignore[no-untyped-def]
+def test_host_kernels_check_their_input_as_the_engine_does(gpu_host) -> None:  # type: ignore[no-untyped-def]
     x = np.ones((2, 256), dtype=np.float32)
     with pytest.raises(ValueError, match="imatrix has 128 values"):  # C would read past its end
-        host.quantize(x, "Q4_K", np.ones(128, dtype=np.float32))
+        gpu_host.quantize(x, "Q4_K", np.ones(128, dtype=np.float32))
     with pytest.raises(ValueError, match="not a multiple of 256"):
-        host.quantize(np.ones((2, 320), dtype=np.float32), "Q4_K")
+        gpu_host.quantize(np.ones((2, 320), dtype=np.float32), "Q4_K")
     with pytest.raises(ValueError, match="no GPU kernel for Q4_0_R8"):
-        host.quantize(x, "Q4_0_R8", flavour=IK)
+        gpu_host.quantize(x, "Q4_0_R8", flavour=IK)

@@ -20,17 +20,6 @@ SIZES = {"F16": 64, "BF16": 64, "TQ1_0": 256, "TQ2_0": 256, "MXFP4": 96, "NVFP4"
 """Row length of the C-checked rows (MXFP4: three blocks, an odd count)."""
 
 
-@pytest.fixture(scope="module")
-def host():  # type: ignore[no-untyped-def]
-    from qtool.gpu.host import HostBuildError, HostKernels
-
-    try:
-        return HostKernels()
-    except HostBuildError as e:
-        if "no C++ compiler" in str(e):
-            pytest.skip(str(e))
-        raise
-
 
 def bits(*u: int) -> np.ndarray:
     return np.array(u, np.uint32).view(F)
@@ -61,9 +50,9 @@ C_FLOATS = {
 
 
 @pytest.mark.parametrize("name", ["F16", "BF16"])
-def test_float_specials_as_ggml(host, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_float_specials_as_ggml(gpu_host, name: str) -> None:  # type: ignore[no-untyped-def]
     x = np.concatenate([FLOAT_SPECIALS, NAN_PAYLOADS])[None, :]
-    got = host.quantize(x, name).view("<u2")[0].tolist()
+    got = gpu_host.quantize(x, name).view("<u2")[0].tolist()
     assert got == C_FLOATS[name]
     # the numpy engine gives ggml's bytes too, NaN payloads included
     with np.errstate(all="ignore"):
@@ -128,10 +117,10 @@ C_BLOCKS = {
 
 @pytest.mark.parametrize("name", list(C_BLOCKS))
 @pytest.mark.parametrize("imatrix", [False, True])
-def test_nan_and_huge_blocks_as_ggml(host, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+def test_nan_and_huge_blocks_as_ggml(gpu_host, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
     n = SIZES[name]
     rows = np.stack([nan_row(n, False), nan_row(n, True), big_row(n)])
-    got = host.quantize(rows, name, np.ones(n, F) if imatrix else None)
+    got = gpu_host.quantize(rows, name, np.ones(n, F) if imatrix else None)
     for i, want in enumerate(C_BLOCKS[name]):
         assert got[i].tobytes().hex() == want, f"{name} row {i}"
 
@@ -160,15 +149,15 @@ def edge_rows(n: int) -> np.ndarray:
 
 @pytest.mark.parametrize("name", list(SIZES))
 @pytest.mark.parametrize("imatrix", [False, True])
-def test_edge_rows_equal_numpy_engine(host, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
+def test_edge_rows_equal_numpy_engine(gpu_host, name: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
     bs = 64 if name in ("F16", "BF16") else get_type(name).block_size
     for n in (3 * bs, 8 * bs):
         x = edge_rows(n)
         w = np.ones(n, F) if imatrix else None
         with np.errstate(all="ignore"):
             want = engine.quantize(x, name, w)
-        assert mismatched_rows(host.quantize(x, name, w), want) == [], (name, n)
+        assert mismatched_rows(gpu_host.quantize(x, name, w), want) == [], (name, n)
     # an odd number of blocks in all (MXFP4 stores its 17-byte blocks in pairs)
     x = edge_rows(bs)[[3, 5, 9]]
     with np.errstate(all="ignore"):
-        assert mismatched_rows(host.quantize(x, name), engine.quantize(x, name)) == []
+        assert mismatched_rows(gpu_host.quantize(x, name), engine.quantize(x, name)) == []
