@@ -1,13 +1,14 @@
 """GPU backend throughput (issue 17): per type and variant, the CUDA kernels vs qtool's numpy
 engine and ggml's single-thread C on the same rows; and whole-model wall times.
 
-    python benchmarks/bench_gpu.py kernels [--rows 4096] [--n-per-row 4096] [--types Q4_K IQ4_XS]
+    python benchmarks/bench_gpu.py kernels [--rows 4096] [--n-per-row 4096] [--types Q4_K IQ4_XS] [--flavour ik]
     python benchmarks/bench_gpu.py model F16.gguf --ftype Q8_0 --ftype Q4_K_M [--imatrix I.gguf]
         [--llama-quantize PATH] [--threads N]
 
 `kernels`: G weights/s of the kernel alone (CUDA events around the launches, rows already on the
 device, best of 5) and end to end from host float32 rows to host bytes (copies included); the
-numpy engine and ggml (QTOOL_GGML_LIB, through benchmarks/ggml_ref.py) on the first 64 rows; every
+numpy engine and ggml (QTOOL_GGML_LIB, through benchmarks/ggml_ref.py; ik_llama.cpp's library for
+flavour ik with QTOOL_IK_LIB, through benchmarks/bench_ik_types.py) on the first 64 rows; every
 GPU result is compared with the numpy engine's bytes on those rows (MISMATCH fails the run).
 `model`: wall time of `qtool quantize --device cuda` (a fresh process), of reading the input once
 (`cat FILE > /dev/null`, page-cache state reported: it is timed cold after a drop where allowed,
@@ -53,9 +54,12 @@ def bench_kernels(a: argparse.Namespace) -> list[dict]:
     small = x[:64]
     out = []
     wanted = {t.upper() for t in a.types} if a.types else None
+    from benchmarks.bench_ik_types import IK_IDS, load_ik
+
+    ik, _ = load_ik()
     for k in GPU_KERNELS.values():
         name = k.type_name
-        if wanted is not None and name not in wanted:
+        if (wanted is not None and name not in wanted) or (a.flavour and k.flavour != a.flavour):
             continue
         if a.n_per_row % k.qtype.block_size:
             continue
@@ -83,6 +87,12 @@ def bench_kernels(a: argparse.Namespace) -> list[dict]:
             if ggml_ref.available() and k.flavour == "mainline" and name in ggml_ref.MAINLINE_IDS:
                 t0 = time.perf_counter()
                 ggml_ref.quantize_chunk(ggml_ref.type_id(name), small, w)
+                t_c = time.perf_counter() - t0
+            elif ik is not None and k.flavour == "ik" and name in IK_IDS:  # ggml_Mws is then ik's C
+                ik.lib.ggml_quantize_init(IK_IDS[name])
+                ik.quantize_chunk(IK_IDS[name], small[:1], w)  # untimed: ik builds some tables lazily
+                t0 = time.perf_counter()
+                ik.quantize_chunk(IK_IDS[name], small, w)
                 t_c = time.perf_counter() - t0
             nw = x.size
             row = {"type": name, "flavour": k.flavour, "imatrix": v, "gpu_kernel_Gws": nw / best / 1e9,
@@ -143,6 +153,7 @@ def main() -> None:
     k.add_argument("--rows", type=int, default=4096)
     k.add_argument("--n-per-row", type=int, default=4096)
     k.add_argument("--types", nargs="*")
+    k.add_argument("--flavour", choices=["mainline", "ik"], help="only this flavour's kernels")
     m = sub.add_parser("model")
     m.add_argument("model")
     m.add_argument("--ftype", action="append", required=True)

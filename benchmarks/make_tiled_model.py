@@ -6,6 +6,7 @@ cannot download one.
     python benchmarks/make_tiled_model.py IN.gguf OUT.gguf --layers 174           # blk.i = IN's blk.(i % n)
     python benchmarks/make_tiled_model.py IN.gguf OUT.gguf --layers 174 --imatrix IM.gguf --imatrix-out OUT-im.gguf
     python benchmarks/make_tiled_model.py IN.gguf OUT.gguf --layers 20 --scale 4     # F16, every matrix 4x4 tiled
+    python benchmarks/make_tiled_model.py IN.gguf OUT.gguf --keep-layers 2 --vocab 4096  # and the first 4096 tokens
 
 Tensors outside blk.* are copied once; `<arch>.block_count` is set to the new layer count. The
 tensor bytes are copied as stored (any type): dequantize the result (`qtool dequantize`) for an
@@ -14,7 +15,9 @@ times along each of its two dimensions (token_embd along its rows only), written
 the widths in the metadata scaled to match: the shapes of a larger model (tensors
 of millions of rows rather than SmolLM2's small ones) from the same real weights. --imatrix tiles
 an imatrix of the input's model the same way (its blk.N entries repeated), so the tiled model can
-be quantized with one.
+be quantized with one. --vocab N keeps the first N tokens (token_embd / output rows and the
+tokenizer's per-token arrays; merges are dropped): a small source of a large-vocabulary model
+(Gemma3's 262,144 tokens) for quantize benchmarks; such a model quantizes but is no language model.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qtool.gguf_io import GGUFModel, GGUFStreamWriter, OutTensor, kv_u32, set_kv  # noqa: E402
+from qtool.gguf_io.format import make_kv  # noqa: E402
 
 _BLK = re.compile(r"^blk\.(\d+)\.(.*)$")
 
@@ -41,6 +46,7 @@ def main() -> None:
     g.add_argument("--keep-layers", type=int, help="keep the first N layers only")
     g.add_argument("--layers", type=int, help="repeat the input's layers to this many")
     ap.add_argument("--scale", type=int, default=1, help="tile every matrix N x N (output F16)")
+    ap.add_argument("--vocab", type=int, help="keep the first N tokens only")
     ap.add_argument("--imatrix", help="an imatrix of the input model to tile the same way")
     ap.add_argument("--imatrix-out", help="where the tiled imatrix goes")
     a = ap.parse_args()
@@ -62,17 +68,41 @@ def main() -> None:
     for i in range(n_out):
         plan += [(f"blk.{i}.{rest}", t) for rest, t in by_layer[src_layers[i % n_src]]]
     kvs = set_kv(list(m.kvs), kv_u32(f"{m.arch}.block_count", n_out))
+    if a.vocab:
+        kvs = truncate_vocab(kvs, a.vocab)
     if a.scale == 1:
-        outs = [OutTensor(name, t.shape, t.qtype) for name, t in plan]
+        rows = {name: _vocab_rows(name, t, a.vocab) for name, t in plan}
+        outs = [OutTensor(name, (*t.shape[:-1], rows[name]) if rows[name] != t.n_rows else t.shape, t.qtype)
+                for name, t in plan]
         with GGUFStreamWriter(a.output, kvs, outs, m.alignment) as w:
-            for _, t in plan:
-                w.write_tensor_chunk(m.tensor_data(t))
+            for name, t in plan:
+                w.write_tensor_chunk(m.tensor_rows(t, 0, rows[name]))
     else:
         write_scaled(m, plan, kvs, a.output, a.scale)
     size = Path(a.output).stat().st_size
     print(f"{a.output}: {n_out} layers, {len(plan)} tensors, {size / 2**20:.1f} MiB")
     if a.imatrix:
         tile_imatrix(a.imatrix, a.imatrix_out or a.output + ".imatrix.gguf", src_layers, n_out, a.scale)
+
+
+def _vocab_rows(name: str, t: Any, vocab: int | None) -> int:
+    """Rows of a tensor to keep: the first `vocab` of the token embedding and output matrices."""
+    if vocab and len(t.shape) == 2 and (name.startswith("token_embd") or name.startswith("output.")):
+        return min(vocab, t.n_rows)
+    return int(t.n_rows)
+
+
+def truncate_vocab(kvs: list, n: int) -> list:
+    """The tokenizer's per-token arrays cut to n entries (merges dropped: they name cut tokens)."""
+    out = []
+    for kv in kvs:
+        if kv.key.startswith("tokenizer.ggml.") and kv.atype is not None:
+            if kv.key == "tokenizer.ggml.merges":
+                continue
+            if kv.key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+                kv = make_kv(kv.key, kv.vtype, list(kv.value)[:n], kv.atype)
+        out.append(kv)
+    return out
 
 
 def _scaled_shape(name: str, shape: tuple[int, ...], k: int) -> tuple[int, ...]:

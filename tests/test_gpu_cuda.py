@@ -74,10 +74,47 @@ def _extra_models() -> list[tuple[str, str | None]]:
     return [(p, os.environ.get(f"QTOOL_GPU_IMATRIX_{i}")) for i, p in enumerate(paths)]
 
 
+def _model_ftypes() -> list[tuple[str, str]]:
+    """(ftype, flavour) for the extra models: QTOOL_GPU_FTYPES=all gives every ftype of both
+    flavours whose default type has a GPU kernel (ik's mainline ftypes too: ik's algorithms
+    differ); a comma list names ftypes (mainline, or FTYPE@ik); unset, five common ones."""
+    from qtool.gpu import gpu_kernel
+    from qtool.mix.ftypes import ftype_names, ftype_table
+
+    spec = os.environ.get("QTOOL_GPU_FTYPES", "Q8_0,Q4_K_M,IQ4_XS,Q6_K,Q4_0")
+    if spec != "all":
+        return [(w.split("@")[0], w.split("@")[1] if "@" in w else "mainline") for w in spec.split(",") if w]
+    out = []
+    for fl in ("mainline", "ik"):
+        valid, seen = set(ftype_names(fl)), set()
+        for f in ftype_table(fl):
+            if f.key in seen or f.default_type == "F32":
+                continue
+            seen.add(f.key)
+            if gpu_kernel(f.default_type, True, fl) or gpu_kernel(f.default_type, False, fl):
+                out.append((f.key if f.key in valid else f.name, fl))  # Q4_K_M, not its alias Q4_K
+    return out
+
+
 @pytest.mark.parametrize(("model", "imatrix"), _extra_models())
-@pytest.mark.parametrize("ftype", ["Q8_0", "Q4_K_M", "IQ4_XS", "Q6_K", "Q4_0"])
-def test_real_model_cuda_equals_cpu(model: str, imatrix: str | None, ftype: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("ftype", "flavour"), _model_ftypes())
+@pytest.mark.parametrize("with_imatrix", [True, False], ids=["im", "noim"])
+def test_real_model_cuda_equals_cpu(model: str, imatrix: str | None, ftype: str, flavour: str,
+                                    with_imatrix: bool, tmp_path: Path) -> None:
+    """Whole model, one ftype: the bytes of device="cuda" equal the CPU engine's (or both refuse
+    with the same QuantizeError, e.g. an i-quant ftype without an imatrix)."""
+    from qtool.api import QuantizeError
+
+    if with_imatrix and imatrix is None:
+        pytest.skip("no imatrix for this model")
+    im = imatrix if with_imatrix else None
     cpu, cuda = tmp_path / "cpu.gguf", tmp_path / "cuda.gguf"
-    quantize_file(model, cpu, ftype, nthreads=0, imatrix=imatrix)
-    quantize_file(model, cuda, ftype, nthreads=0, imatrix=imatrix, device="cuda")
+    try:
+        quantize_file(model, cpu, ftype, nthreads=0, imatrix=im, flavour=flavour)
+    except QuantizeError as e:
+        with pytest.raises(QuantizeError) as got:
+            quantize_file(model, cuda, ftype, nthreads=0, imatrix=im, flavour=flavour, device="cuda")
+        assert str(got.value) == str(e)
+        return
+    quantize_file(model, cuda, ftype, nthreads=0, imatrix=im, flavour=flavour, device="cuda")
     assert cuda.read_bytes() == cpu.read_bytes()
