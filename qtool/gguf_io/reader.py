@@ -60,7 +60,9 @@ def read_gguf_file(path: str | os.PathLike[str], part: int = 0, flavour: str = M
     mm = np.memmap(p, dtype=np.uint8, mode="r")
     c = Cursor(mm.data, p)
     h = read_header(c, partial(type_by_id, flavour=flavour), part=part)
-    if h.data_offset > size or any(bytes(c.buf[h.info_end:h.data_offset])):
+    # a file without tensor data may end unpadded right after its header (gguf.cpp seeks past the
+    # end then; llama.cpp's vocab-only models/ggml-vocab-*.gguf are such files)
+    if (h.data_offset > size and h.data_size) or any(bytes(c.buf[h.info_end:min(h.data_offset, size)])):
         raise c.err(f"corrupt header: the padding at offsets {h.info_end}..{h.data_offset} before the tensor data "
                     "is not zero (wrong tensor or key count?)")
     end = h.data_offset + h.data_size
