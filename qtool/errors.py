@@ -21,6 +21,11 @@ class QtoolError(Exception):
         return str(self.args[0]) if self.args else ""
 
 
+class AbortError(QtoolError, RuntimeError):
+    """Rows on which ggml's / ik_llama.cpp's C quantizer aborts (GGML_ASSERT): the engine refuses
+    them rather than invent bytes (the reference writes no file for them either)."""
+
+
 class OutputError(QtoolError):
     """An output path that cannot or must not be written (an input, a directory, a device ...)."""
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-float16, float32, uint8, uint16, uint32 = np.float16, np.float32, np.uint8, np.uint16, np.uint32
+float16, float32, int32, uint8, uint16, uint32 = np.float16, np.float32, np.int32, np.uint8, np.uint16, np.uint32
 POISON = 0xA5
 DEVICES = 1
 """Device count reported by cuda.runtime.getDeviceCount (install() sets it)."""
@@ -169,6 +169,10 @@ def asarray(a: Any) -> ndarray:
     dst = out.view(np.ndarray)
     _on(_current_stream(), lambda: np.copyto(dst, src), writes=(dst,))
     return out
+
+
+def zeros(shape: Any, dtype: Any = np.float32) -> ndarray:
+    return asarray(np.zeros(shape, dtype=dtype))
 
 
 def asnumpy(a: Any) -> np.ndarray:

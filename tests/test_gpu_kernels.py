@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from qtool.gpu import GPU_KERNELS, gpu_kernel
+from qtool.gpu.kernels import KernelAbort
 from qtool.gpu.tables import TABLES
 from qtool.quants import engine
 from qtool.quants.types import IK, MAINLINE
@@ -51,7 +52,13 @@ def test_equals_numpy_engine(gpu_host, name: str, flavour: str, imatrix: bool) -
     n = 4 * max(256, k.qtype.block_size)
     x, im = _extra_rows(n, seed=len(name) * 7 + imatrix)
     w = im if imatrix else None
-    want = engine.quantize(x, name, w, flavour=k.flavour)
+    try:
+        want = engine.quantize(x, name, w, flavour=k.flavour)
+    except RuntimeError:  # rows on which the C aborts (ik's IQ2_XXS / IQ1_S on the zero stretch)
+        with pytest.raises(KernelAbort, match=f"{name} \\({k.flavour}\\)"):
+            gpu_host.quantize(x, name, w, flavour=k.flavour)
+        w = None if w is None else w + np.float32(0.25)  # then the bytes, on an imatrix without zeros
+        want = engine.quantize(x, name, w, flavour=k.flavour)
     got = gpu_host.quantize(x, name, w, flavour=k.flavour)
     assert mismatched_rows(got, want) == []
 

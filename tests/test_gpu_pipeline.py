@@ -231,3 +231,29 @@ def test_row_carrying_kernels_follow_the_cpu_calls(ftype: str, tiny256: Path, tm
     quantize_file(tiny256, gpu, ftype, imatrix=IMATRIX, nthreads=1, flavour="ik", device="cuda")
     assert gpu.read_bytes() == cpu.read_bytes()
     assert 3 * 256 * 2 in sizes  # F16 rows: a carrying kernel's launch is one CPU slab (3 rows)
+
+
+def test_rows_the_c_aborts_on_are_an_error_on_both_devices(tiny256: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """ik's IQ2_XXS aborts (GGML_ASSERT) on a sub-block whose imatrix is all zero: the CPU engine
+    refuses it, and so does the GPU run (the kernel sets prelude.cuh's qtool_abort; the writer
+    thread raises KernelAbort): a clean error on the command line, and no output file."""
+    import numpy as np
+
+    from qtool.errors import AbortError
+    from qtool.imatrix import read_imatrix, write_imatrix
+
+    d = read_imatrix(IMATRIX)
+    for e in d.entries.values():
+        e.sums[..., : e.sums.shape[-1] // 8] = np.float32(0)
+    im = tmp_path / "im0.gguf"
+    write_imatrix(d, im)
+    with pytest.raises(AbortError, match="IQ2_XXS"):
+        quantize_file(tiny256, tmp_path / "cpu.gguf", "IQ2_XXS", imatrix=im, flavour="ik", nthreads=1)
+    fake_cupy.install(monkeypatch)
+    out = tmp_path / "gpu.gguf"
+    r = CliRunner().invoke(cli, ["quantize", "--device", "cuda", "--flavour", "ik", "--imatrix", str(im),
+                                 str(tiny256), str(out), "IQ2_XXS", "1"], env={"COLUMNS": "200"})
+    assert r.exit_code == 1 and "make the C quantizer abort" in r.output and "Traceback" not in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["im0.gguf"]
+    assert "quantize_iq2_xxs_ik" in fake_cupy.CALLS

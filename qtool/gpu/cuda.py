@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import QtoolError
 from ..quants.engine import check_rows
 from ..quants.types import MAINLINE, QType, get_type
-from .kernels import GpuKernel, kernel_for
+from .kernels import GpuKernel, KernelAbort, kernel_for
 from .source import kernel_modules, module_source
 from .tables import table
 
@@ -73,6 +73,7 @@ class CudaKernels:
         self._fns: dict[str, Any] = {}
         self._tables: dict[str, Any] = {}  # table name -> its copy on this device
         self._bound: set[tuple[str, str]] = set()  # (module, table) whose QTABLE pointer is set
+        self._abort: dict[str, Any] = {}  # module -> the int its qtool_abort points at (prelude.cuh)
 
     def module(self, name: str) -> Any:
         """The compiled module (NVRTC through CuPy, which caches the binary on disk)."""
@@ -112,6 +113,30 @@ class CudaKernels:
             with cp.cuda.Device(self.device):
                 cp.cuda.runtime.deviceSynchronize()
 
+    def _abort_flag(self, module: str) -> Any:
+        """The module's abort flag on this device (zeroed, bound at the module's first launch)."""
+        f = self._abort.get(module)
+        if f is None:
+            cp = self.cp
+            with cp.cuda.Device(self.device):
+                f = cp.zeros(1, dtype=cp.int32)
+                ptr = self.module(module).get_global("qtool_abort")
+                ptr.copy_from_host(np.array([f.data.ptr], dtype=np.uint64).ctypes.data, 8)
+                cp.cuda.runtime.deviceSynchronize()
+            self._abort[module] = f
+        return f
+
+    def check_abort(self, k: GpuKernel) -> None:
+        """Raise KernelAbort if a launch of k's module met rows on which the C aborts; call it once
+        the launch has finished (the flag is sticky: any launch of the module since the last check)."""
+        f = self._abort.get(kernel_modules()[k.kernel])
+        if f is None:
+            return
+        with self.cp.cuda.Device(self.device):
+            if int(f.get()[0]):
+                f.fill(0)
+                raise KernelAbort(k)
+
     def _launch(self, name: str, module: str, n_threads: int, args: tuple[Any, ...]) -> None:
         if n_threads <= 0:
             return
@@ -121,13 +146,14 @@ class CudaKernels:
     def quantize_device(self, x: Any, k: GpuKernel, qw: Any | None, out: Any | None = None) -> Any:
         """Quantize float32 rows on the device (x: CuPy [nrows, n_per_row], C-contiguous) into
         out (CuPy uint8 [nrows, row_bytes], allocated if None); qw: CuPy float32 [n_per_row].
-        Runs on the current CuPy stream."""
+        Runs on the current CuPy stream; check_abort(k) once it has finished."""
         cp = self.cp
         nrows, n = (int(s) for s in x.shape)
         qt = k.qtype
         if out is None:
             out = cp.empty((nrows, qt.row_bytes(n)), dtype=cp.uint8)
         module = kernel_modules()[k.kernel]
+        self._abort_flag(module)
         self._bind_tables(module, k.tables)
         aux = None
         if (qw is not None) in k.row_prepass:
@@ -146,5 +172,6 @@ class CudaKernels:
         k = kernel_for(qt, imatrix is not None, flavour)
         x, qw = check_rows(rows, qt, imatrix)
         with cp.cuda.Device(self.device):
-            out = self.quantize_device(cp.asarray(x), k, None if qw is None else cp.asarray(qw))
-            return cp.asnumpy(out)
+            out = cp.asnumpy(self.quantize_device(cp.asarray(x), k, None if qw is None else cp.asarray(qw)))
+        self.check_abort(k)
+        return out

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..quants.engine import check_rows
 from ..quants.types import MAINLINE, QType, get_type
-from .kernels import kernel_for
+from .kernels import KernelAbort, kernel_for
 from .source import kernel_source, source_digest
 from .tables import table
 
@@ -71,6 +71,7 @@ class HostKernels:
             os.replace(tmp, lib)
         self.lib = ctypes.CDLL(str(lib))
         self._tables: dict[str, np.ndarray] = {}
+        self._abort = ctypes.c_int(0)  # prelude.cuh's qtool_abort points here during a call
 
     def _bind_tables(self, names: tuple[str, ...]) -> None:
         """Point the source's QTABLE pointers at the tables (kept alive by this object)."""
@@ -96,7 +97,11 @@ class HostKernels:
             aux = np.empty(nrows, dtype=np.float32)
             self._fn("row_mean_square")(x.ctypes.data_as(_F32P), aux.ctypes.data_as(_F32P),
                                         ctypes.c_int64(nrows), ctypes.c_int64(n))
+        self._abort.value = 0
+        ctypes.c_void_p.in_dll(self.lib, "qtool_abort").value = ctypes.addressof(self._abort)
         self._fn(k.kernel)(x.ctypes.data_as(_F32P), None if qw is None else qw.ctypes.data_as(_F32P),
                            y.ctypes.data_as(_U8P), None if aux is None else aux.ctypes.data_as(_F32P),
                            ctypes.c_int64(nrows), ctypes.c_int64(n))
+        if self._abort.value:
+            raise KernelAbort(k)
         return y

@@ -13,7 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import AbortError
 from ..quants.types import IK, MAINLINE, QType, get_type
+
+
+class KernelAbort(AbortError):
+    """A kernel met rows on which ggml's / ik_llama.cpp's C aborts (GGML_ASSERT): the numpy engine
+    raises on them too (a RuntimeError naming the cause), so the GPU's bytes are not used."""
+
+    def __init__(self, k: GpuKernel) -> None:
+        super().__init__(f"{k.type_name} ({k.flavour}): these rows make the C quantizer abort (GGML_ASSERT); "
+                         "the CPU engine refuses them too (--device cpu names the cause)")
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,12 @@ GPU_KERNELS: dict[tuple[str, str], GpuKernel] = {(k.type_name, k.flavour): k for
               tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
     GpuKernel("IQ1_M", "quantize_iq1_m", variants=(False, True),
               tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
-    # lattice_ik.cuh (ik_llama.cpp's lattice variants)
-    #   (kernels quantize_iq2_xxs_ik / quantize_iq1_s_ik exist but are not registered: ik's C aborts,
-    #   and the engine raises, on the extra rows' all-zero imatrix stretch of test_equals_numpy_engine)
+    # lattice_ik.cuh (ik_llama.cpp's lattice variants; where ik's C aborts, the kernels raise KernelAbort
+    #   through the backends, as the engine raises)
+    GpuKernel("IQ2_XXS", "quantize_iq2_xxs_ik", flavour=IK, variants=(True,),
+              tables=("lat_iq2_xxs_grid", "lat_iq2_xxs_map", "lat_iq2_xxs_neighbours")),
+    GpuKernel("IQ1_S", "quantize_iq1_s_ik", flavour=IK, variants=(True,),
+              tables=("lat_iq1_s_grid", "lat_iq1_s_map", "lat_iq1_s_neighbours")),
     GpuKernel("IQ3_XXS", "quantize_iq3_xxs_ik", flavour=IK, variants=(False, True), per_row=True, carries_rows=True,
               tables=("lat_iq3_256_grid", "lat_iq3_256_map", "lat_iq3_256_neighbours")),
     GpuKernel("IQ2_S", "quantize_iq2_s_ik", flavour=IK, variants=(False, True), per_row=True, carries_rows=True,

@@ -102,9 +102,12 @@ class GpuPipeline:
                                 "(it changed during the run?)")
             done += n
 
-    def _write(self, s: _Slot, event: Any, offset: int, nbytes: int, done: Callable[[], None] | None) -> None:
-        """Writer thread: wait for the chunk's GPU work, write its bytes at offset."""
+    def _write(self, s: _Slot, event: Any, kernel: GpuKernel, offset: int, nbytes: int,
+               done: Callable[[], None] | None) -> None:
+        """Writer thread: wait for the chunk's GPU work, write its bytes at offset (unless the kernel
+        met rows on which the C aborts: KernelAbort, as the engine raises)."""
         event.synchronize()
+        s.kernels.check_abort(kernel)
         out = memoryview(s.pin_out[:nbytes])
         written = 0
         while written < nbytes:
@@ -148,7 +151,7 @@ class GpuPipeline:
                 s.kernels.quantize_device(x, kernel, qw, d_out)
                 d_out.reshape(-1).get(stream=s.stream, out=s.pin_out[:out_bytes])
                 event = s.stream.record()
-        s.busy = self._writer.submit(self._write, s, event, offset, out_bytes, done)
+        s.busy = self._writer.submit(self._write, s, event, kernel, offset, out_bytes, done)
 
     def _device_imatrix(self, s: _Slot, imatrix: np.ndarray) -> Any:
         """The imatrix row on the device, uploaded on the slot's own stream when it differs from the

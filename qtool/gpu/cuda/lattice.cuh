@@ -481,6 +481,7 @@ QDEV void iq2_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
             continue;
         }
         float best = 0;
+        bool accepted = false;
         for (int is = -6; is <= 6; ++is) {
             float id = (2*kMaxQ-1+is*0.1f)/eff_max;
             float this_scale = 1/id;
@@ -507,8 +508,11 @@ QDEV void iq2_xxs_block(const float * GGML_RESTRICT x, const float * GGML_RESTRI
             if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
                 scale = sumqx/sumq2; best = scale*sumqx;
                 memcpy(L, Laux, 32);
+                accepted = true;
             }
         }
+        // ik: no candidate taken and no refinement below: C encodes stale levels or aborts
+        if (IK && !accepted && !(scale > 0)) QTOOL_ABORT();
         if (scale > 0) {
             float id = 1/scale;
             for (int k = 0; k < 4; ++k) {
@@ -907,6 +911,7 @@ QDEV void iq1_s_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT
             }
         }
         if (besti1 < 0 || besti2 < 0 || best_shift == 0) {
+            if (IK) QTOOL_ABORT();  // ik's iq1s_process_1block: GGML_ASSERT(besti1 >= 0 ...)
             scales[ib] = 0;
             shifts[ib] = 1;
             memset(L, 1, block_size);

@@ -199,6 +199,7 @@ QDEV int latik_iq1m_process_1block(const float * GGML_RESTRICT xb, const float *
         }
     }
     if (besti1 < 0 || besti2 < 0 || best_k < 0) {  // C aborts (GGML_ASSERT)
+        QTOOL_ABORT();
         *the_scale = 0;
         the_index[0] = the_index[1] = 0;
         return 0;

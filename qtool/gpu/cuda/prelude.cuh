@@ -149,3 +149,9 @@ QKERNEL void row_mean_square(const float * GGML_RESTRICT x, float * GGML_RESTRIC
 #else
 #define QTABLE(T, name) extern "C" { const T * name = 0; }
 #endif
+
+// Where ggml's / ik_llama.cpp's C aborts (GGML_ASSERT) and the numpy engine raises, a kernel says
+// so here: the backends point this at an int of their own, check it after the launch and raise
+// (the bytes of such a launch are not used). One store of 1 from any thread; never cleared here.
+QTABLE(int, qtool_abort)
+#define QTOOL_ABORT() do { if (qtool_abort) *(int *) qtool_abort = 1; } while (0)

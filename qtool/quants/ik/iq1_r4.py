@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import AbortError
 from ..lattice.grids_iq1 import Iq1Tables
 from ..lattice.grids_iq1 import tables as iq1_tables
 from ..lattice.iq1 import (
@@ -112,7 +113,7 @@ def iq1s_process(t: Iq1Tables, xt: np.ndarray, w: np.ndarray, proc: np.ndarray
     sq2[:, :, ~proc] = 0
     win, scale = scan_best0(sqx.reshape(-1, nb), sq2.reshape(-1, nb), safe_blocks(wx, ws, xt), -_FLT_MIN)
     if (proc & (win < 0)).any():
-        raise RuntimeError("IQ1_S_R4: no split accepted (ik_llama.cpp aborts here: GGML_ASSERT(besti1 >= 0 ...))")
+        raise AbortError("IQ1_S_R4: no split accepted (ik_llama.cpp aborts here: GGML_ASSERT(besti1 >= 0 ...))")
     L, scale, shift = split_levels(order, win, scale, proc, 2)
     gshift = np.broadcast_to(shift, (4, nb))
     gi, moved = snap_groups(t, L, xt, w, scale, proc, gshift)

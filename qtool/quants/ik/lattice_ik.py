@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import AbortError
 from ..lattice.grids_d4 import Iq3Tables, iq3_tables
 from ..lattice.grids_e8 import Iq2Tables
 from ..lattice.grids_e8 import tables as e8_tables
@@ -330,7 +331,7 @@ def iq1_m_process(t: Iq1Tables, xt: np.ndarray, w: np.ndarray, proc: np.ndarray,
     sq2[:, ~proc] = 0
     win, scale = scan_best0(sqx, sq2, safe_blocks(wv, ws, xt))
     if (proc & (win < 0)).any():
-        raise RuntimeError(f"{what}: no split accepted (ik_llama.cpp aborts here: GGML_ASSERT(besti1 >= 0 ...))")
+        raise AbortError(f"{what}: no split accepted (ik_llama.cpp aborts here: GGML_ASSERT(besti1 >= 0 ...))")
     L, scale, bk = split_levels(order, win, scale, proc, 4)
     gshift = np.stack([bk >> 1, bk & 1])
     # groups off the grid take their best neighbour (iq1_find_best_neighbour2, w = weight); their
@@ -435,7 +436,7 @@ def _e8_chunk(t: Iq2Tables, kind: str, xr: np.ndarray, qwt: np.ndarray | None, s
     scale, L, acc = _e8_search(t, kind, xval, w, waux, proc)
     if kind == "IQ2_XXS":
         if (proc & ~acc).any():
-            raise RuntimeError("IQ2_XXS: no scale accepted in a sub-block and none to refine (ik_llama.cpp encodes "
+            raise AbortError("IQ2_XXS: no scale accepted in a sub-block and none to refine (ik_llama.cpp encodes "
                                "make_qp_quants' levels there or aborts)")
     else:
         stale = proc & ~acc
@@ -528,10 +529,10 @@ def _iq3_xxs_chunk(tab: Iq3Tables, xr: np.ndarray, qwt: np.ndarray | None,
         scale = np.where(flip, -scale, scale)
         signs[:, flip] = ~signs[:, flip] & np.uint8(127)
     if (np.isnan(scale) & proc).any():
-        raise RuntimeError("IQ3_XXS: a NaN sub-block scale (ik_llama.cpp aborts here: GGML_ASSERT(scale >= 0))")
+        raise AbortError("IQ3_XXS: a NaN sub-block scale (ik_llama.cpp aborts here: GGML_ASSERT(scale >= 0))")
     gi = tab.kmap[(L.reshape(8, 4, nb) << _SHIFT3).sum(axis=1)]
     if (gi[:, proc] < 0).any():
-        raise RuntimeError("IQ3_XXS: a point off the grid after the search (ik_llama.cpp aborts here)")
+        raise AbortError("IQ3_XXS: a point off the grid after the search (ik_llama.cpp aborts here)")
     gi = np.where(proc[None, :], gi, 0)
     return pack_iq3_xxs(gi, signs, np.where(proc, scale, F32(0)), ~proc)
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ...errors import AbortError
 from ..numeric import QK_K, blocks_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int, seq_sum_t
 from ..registry import register
 from .grids_iq1 import Iq1Tables, tables
@@ -332,7 +333,7 @@ def iq1_s_chunk(t: Iq1Tables, xr: np.ndarray, qwt: np.ndarray | None, scan: Scan
     sq2[:, :, ~proc] = 0
     win, scale = scan(sqx.reshape(-1, nb), sq2.reshape(-1, nb), safe_blocks(wx, ws, xt))
     if strict and (proc & (win < 0)).any():
-        raise RuntimeError("IQ1_S: no split accepted (ik_llama.cpp aborts here: GGML_ASSERT(besti1 >= 0 ...))")
+        raise AbortError("IQ1_S: no split accepted (ik_llama.cpp aborts here: GGML_ASSERT(besti1 >= 0 ...))")
     proc &= win >= 0
     L, scale, shift = split_levels(order, win, scale, proc, 2)  # shift 0: x_p, 1: x_m
     gshift = np.broadcast_to(shift, (S // 8, nb))

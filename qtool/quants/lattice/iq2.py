@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import AbortError
 from ..numeric import GROUP_MAX_EPS, QK_K, blocks_t, fp16_bits, fp16_bits_to_fp32, ieee, nearest_int, seq_sum_t
 from ..registry import register
 from .grids_e8 import Iq2Tables, tables
@@ -300,10 +301,10 @@ def finish_subblocks(t: Iq2Tables, kind: str, L: np.ndarray, scale: np.ndarray, 
         if kind != "IQ2_S":
             signs[:, neg] &= np.uint8(127)
     if nan_check and (np.isnan(scale) & proc).any():
-        raise RuntimeError(f"{kind}: a NaN sub-block scale ({abort_by} aborts here: GGML_ASSERT(scale >= 0))")
+        raise AbortError(f"{kind}: a NaN sub-block scale ({abort_by} aborts here: GGML_ASSERT(scale >= 0))")
     gi = t.kmap[group_codes(L.reshape(L.shape[0] // 8, 8, nb))]
     if (gi[:, proc] < 0).any():
-        raise RuntimeError(f"{kind}: a point off the grid after the search ({abort_by} aborts here)")
+        raise AbortError(f"{kind}: a point off the grid after the search ({abort_by} aborts here)")
     gi = np.where(proc, gi, 0).astype(np.uint32)
     return gi, np.where(proc, signs, np.uint8(0)), np.where(proc, scale, F32(0))
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import AbortError
+
 F32 = np.float32
 _FLT_MAX = np.finfo(F32).max
 _KP = 5  # elements summed through the per-group prefix table (3^_KP level combinations)
@@ -216,7 +218,7 @@ def best_neighbours_bucketed(t, u: np.ndarray, x: np.ndarray, w: np.ndarray, sc:
         res[a:b] = lay.candidates(k)[jj, uu]
         a = b
     if bad:
-        raise RuntimeError("no grid neighbour with a finite distance (ggml aborts here)")
+        raise AbortError("no grid neighbour with a finite distance (ggml aborts here)")
     out[order] = res
     return out
 
@@ -246,7 +248,7 @@ def best_neighbours_flat(t, u: np.ndarray, x: np.ndarray, w: np.ndarray, sc: np.
         d2 += flat[base + term_off[i][cand]]
     mn = np.fmin.reduceat(d2, begins)
     if strict and not (mn < _FLT_MAX).all():
-        raise RuntimeError("no grid neighbour with a finite distance (ggml aborts here)")
+        raise AbortError("no grid neighbour with a finite distance (ggml aborts here)")
     hit = np.flatnonzero(d2 == np.repeat(mn, n))
     hseg = np.searchsorted(ends, hit, side="right")
     first = np.ones(hit.size, bool)
