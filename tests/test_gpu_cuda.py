@@ -56,6 +56,25 @@ def test_gpu_equals_numpy_engine(gpu, name: str, flavour: str, imatrix: bool) ->
     assert mismatched_rows(gpu.quantize(x, name, im, flavour=k.flavour), want) == []
 
 
+@pytest.mark.parametrize("name", ["IQ2_XXS", "IQ1_S"])
+def test_rows_ik_aborts_on_raise_on_gpu(gpu, name: str) -> None:  # type: ignore[no-untyped-def]
+    """ik's C aborts on a sub-block whose imatrix is all zero: KernelAbort, as the engine raises;
+    the flag is cleared, so the next launch gives the engine's bytes."""
+    from qtool.errors import AbortError
+    from qtool.gpu.kernels import KernelAbort
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, 1024)).astype(np.float32)
+    im = rng.chisquare(2, 1024).astype(np.float32)
+    im[:128] = 0
+    with pytest.raises(AbortError):
+        engine.quantize(x, name, im, flavour="ik")
+    with pytest.raises(KernelAbort):
+        gpu.quantize(x, name, im, flavour="ik")
+    im += np.float32(0.25)
+    assert mismatched_rows(gpu.quantize(x, name, im, flavour="ik"), engine.quantize(x, name, im, flavour="ik")) == []
+
+
 FTYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_S", "Q6_K", "IQ4_NL", "IQ4_XS"]
 
 
