@@ -9,6 +9,13 @@ keys removed), the same layout. This is a quantize run with the float ftype and
 --allow-requantize, so it streams slab by slab through the runner, the GGUFStreamWriter and
 AtomicOutput like `qtool quantize`; what is added here is the check, before anything is written,
 that the engine can dequantize every tensor the run converts.
+
+Speed: each slab goes from the stored bytes straight to the float type's bytes
+(qtool.quants.to_float, through runner.convert_slab): Q8_0 / Q5_0 / Q4_0 by one table gather per
+value, the other types dequantized a cache-sized chunk at a time and cast by integer rounding
+(numpy's own float32 -> float16 cast is scalar here). The slabs run in the worker pool, which
+inherits the parsed model through fork. benchmarks/bench_dequantize.py times a run against
+`cat` and llama-quantize (benchmarks/README.md).
 """
 
 from __future__ import annotations

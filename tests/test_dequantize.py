@@ -172,3 +172,85 @@ def test_combine_from_several_quants_cli(tiny256: Path, q4km: Path, tmp_path: Pa
     code, text = _run("dequantize", "--from", str(q5), "--from", str(other), str(tmp_path / "c.gguf"))
     assert code == 1 and "not a quant of the same model" in text, text
     assert not (tmp_path / "c.gguf").exists()
+
+
+# --- the fast path: qtool.quants.to_float (dequantize straight to F16 / BF16 / F32 bytes) --------
+
+def _f16_edge_values() -> np.ndarray:
+    """float32 values around every fp16: each fp16 (as float32), the ties halfway to its neighbour
+    and one float32 ulp either side of them, tiny and huge values, NaNs with payloads, -0."""
+    h = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    f = h[np.isfinite(h)].astype(np.float32)
+    with np.errstate(over="ignore"):  # 65504's neighbour is inf (the tie then inf too)
+        up = np.nextafter(f.astype(np.float16), np.float16(np.inf)).astype(np.float32)
+        tie = ((f.astype(np.float64) + up.astype(np.float64)) / 2).astype(np.float32)
+    near = [tie, np.nextafter(tie, np.float32(np.inf)), np.nextafter(tie, np.float32(-np.inf))]
+    bits = np.array([0x7FC00000, 0xFFC00001, 0x7F800001, 0xFF812345, 0x7F800000, 0xFF800000, 0x80000000,
+                     0x00000001, 0x80400000, 0x33000000, 0x33000001, 0xB3000001, 0x387FFFFF, 0x38800000,
+                     0x477FEFFF, 0x477FF000, 0xC77FF000, 0x47800000, 0x4F000000], dtype=np.uint32)
+    return np.concatenate([f, *near, bits.view(np.float32)]).astype(np.float32)
+
+
+def test_fast_fp16_cast_is_ggml_rounding() -> None:
+    """fp32_to_fp16_bits == the exact cast (round to nearest even, NaN -> 0x7E00 | sign) on every
+    fp16 neighbourhood, NaNs, infs, subnormals; also where a chunk holds a few tiny values among
+    normal ones (fixed one by one) or no special value at all (the fast path alone)."""
+    from qtool.quants.to_float import CHUNK, fp16_bits_slow, fp32_to_fp16_bits
+
+    x = _f16_edge_values()
+    assert np.array_equal(fp32_to_fp16_bits(x), fp16_bits_slow(x))
+    assert fp16_bits_slow(np.array([np.float32("nan")]))[0] == 0x7E00  # not numpy's payload-keeping cast
+    rng = np.random.default_rng(5)
+    y = (rng.standard_normal(3 * CHUNK + 77) * 0.05).astype(np.float32)
+    y[rng.integers(0, y.size, 40)] = 0
+    normal = np.where(np.abs(y) < 2**-14, np.float32(0), y)
+    ties = (np.arange(4096, dtype=np.float32) + np.float32(0.5)) * np.float32(2**-11) + np.float32(1)
+    for v in (normal, y, np.concatenate([ties, -ties]), np.where(np.abs(y) < 1e-2, y * np.float32(1e-3), y)):
+        got = fp32_to_fp16_bits(v.reshape(-1, 1))
+        assert got.shape == (v.size, 1)
+        assert np.array_equal(got.reshape(-1), fp16_bits_slow(v))
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q5_0", "Q4_0", "Q4_1", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q3_K",
+                                   "Q2_K", "IQ4_NL", "F16", "BF16", "F32"])
+@pytest.mark.parametrize("to", ["F16", "BF16", "F32"])
+def test_dequantize_to_is_dequantize_then_cast(qtype: str, to: str) -> None:
+    """dequantize_to(bytes) == quantize(dequantize(bytes), to), over more than one chunk of rows:
+    blocks of quantized weights (the fast paths), a few of them random bytes (any scale: zero,
+    negative, subnormal, inf and NaN fp16 scales; those chunks take the exact path)."""
+    from qtool.quants import quantize
+    from qtool.quants.to_float import CHUNK, dequantize_to
+
+    qt = get_type(qtype)
+    n_per_row = 512
+    nrows = 2 * CHUNK // n_per_row + 3
+    rng = np.random.default_rng(sum(map(ord, qtype)))
+    x = (rng.standard_normal((nrows, n_per_row)) * 0.02).astype(np.float32)
+    x[rng.random(x.shape) < 0.01] = 0
+    x[-1] *= np.float32(1e-5)  # a row of tiny values: subnormal fp16 results
+    raw = np.ascontiguousarray(quantize(x, qt))
+    blk = raw.reshape(-1, qt.type_size) if qt.block_size > 1 else raw.reshape(-1, 2 * qt.type_size)
+    bad = rng.permutation(blk.shape[0] // 3)[:16]  # in the first third: the other chunks stay clean
+    blk[bad] = rng.integers(0, 256, blk[bad].shape, dtype=np.uint8)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf scales
+        want = quantize(dequantize(raw, qt, n_per_row), to)
+        got = dequantize_to(raw, qt, n_per_row, to)
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("ftype", ["Q8_0", "Q5_0", "Q4_0"])
+def test_table_types_same_bytes_as_llama_quantize(tiny256: Path, tmp_path: Path, ftype: str) -> None:
+    """The q * d types (F16 through a table per scale exponent) against llama-quantize's F16."""
+    exe = llama_bin("llama-quantize")
+    if exe is None:
+        pytest.skip(why("QTOOL_LLAMA_BIN"))
+    q = tmp_path / "q.gguf"
+    assert _run("quantize", "-q", "--pure", "-t", "1", str(tiny256), str(q), ftype)[0] == 0
+    ref = tmp_path / "ref.gguf"
+    subprocess.run([str(exe), "--allow-requantize", str(q), str(ref), "F16"], check=True, capture_output=True)
+    for t in ("1", "2"):
+        out = tmp_path / f"ours{t}.gguf"
+        code, text = _run("dequantize", "-q", "-t", t, str(q), str(out))
+        assert code == 0, text
+        assert out.read_bytes() == ref.read_bytes()
