@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import OutputError, QtoolError, WorkerError
+from .errors import AbortError, OutputError, QtoolError, WorkerError
 from .gguf_io import KV, GGUFModel, GGUFStreamWriter, OutTensor, TensorInfo, kv_u32, remove_kv, set_kv
 from .pool import InFlight, WorkerPool
 from .quants import dequantize, quantize
@@ -126,10 +126,14 @@ def convert_rows(x: np.ndarray, out_type: QType, imatrix: np.ndarray | None, fla
 def convert_slab(model: GGUFModel, t: TensorInfo, start: int, stop: int, out_type: QType,
                  imatrix: np.ndarray | None, flavour: str, recover: str | None = None) -> np.ndarray:
     """Rows [start, stop) of a tensor as out_type's bytes. A float output (F16 / BF16 / F32) goes
-    straight from the stored bytes (qtool.quants.to_float: same bytes, no float32 slab)."""
+    straight from the stored bytes (qtool.quants.to_float: same bytes, no float32 slab). Rows the
+    C quantizer aborts on raise AbortError naming the tensor."""
     if recover is None and out_type.name in FLOAT_TARGETS:
         return dequantize_to(model.tensor_rows(t, start, stop), t.qtype, t.n_per_row, out_type.name)
-    return convert_rows(rows_to_float(model, t, start, stop), out_type, imatrix, flavour, recover)
+    try:
+        return convert_rows(rows_to_float(model, t, start, stop), out_type, imatrix, flavour, recover)
+    except AbortError as e:
+        raise AbortError(f"{t.name} (rows {start}..{stop - 1}): {e}") from None
 
 
 def _recover_for(t: TensorInfo, recover_grid: bool) -> str | None:

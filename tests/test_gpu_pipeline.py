@@ -248,7 +248,7 @@ def test_rows_the_c_aborts_on_are_an_error_on_both_devices(tiny256: Path, tmp_pa
         e.sums[..., : e.sums.shape[-1] // 8] = np.float32(0)
     im = tmp_path / "im0.gguf"
     write_imatrix(d, im)
-    with pytest.raises(AbortError, match="IQ2_XXS"):
+    with pytest.raises(AbortError, match=r"^blk\.\d+\.\w+\.weight \(rows \d+\.\.\d+\): IQ2_XXS: "):
         quantize_file(tiny256, tmp_path / "cpu.gguf", "IQ2_XXS", imatrix=im, flavour="ik", nthreads=1)
     fake_cupy.install(monkeypatch)
     out = tmp_path / "gpu.gguf"
