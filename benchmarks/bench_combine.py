@@ -26,7 +26,15 @@ from collections import defaultdict
 
 import numpy as np
 
-from qtool.combine import MAX_EMPTY, CombineStats, can_combine, distinct_sources, estimate, intervals
+from qtool.combine import (
+    MAX_EMPTY,
+    CombineStats,
+    can_combine,
+    distinct_sources,
+    estimate,
+    intervals,
+    requantize_rule,
+)
 from qtool.gguf_io import GGUFModel
 from qtool.quants import dequantize
 
@@ -143,6 +151,9 @@ def main() -> None:
                 ivs = [iv[c[k]] for k in order]
                 for v in variants:
                     est, st = estimate(ivs, method=v[0], grid=v[1], max_empty=v[2])
+                    if v[1]:  # with the block rules: the requantize rule last (combine_rows' order)
+                        est, st.requantized_blocks = requantize_rule(
+                            [raws[c[k]] for k in order], [infos[c[k]].qtype for k in order], n, est, "F16")
                     comb[(c, v)].add(cls, f16(est) - x, w)
                     if v == variants[0]:
                         stats[c].add(st)
@@ -192,7 +203,8 @@ def main() -> None:
         print(f"- {{{', '.join(c)}}}: {st.weights} weights, {st.empty} ({100 * st.empty / max(1, st.weights):.3f}%) "
               f"with disjoint intervals; {st.blocks} blocks, {st.grid_blocks} "
               f"({100 * st.grid_blocks / max(1, st.blocks):.2f}%) grid, {st.fallback_blocks} "
-              f"({100 * st.fallback_blocks / max(1, st.blocks):.3f}%) fallback")
+              f"({100 * st.fallback_blocks / max(1, st.blocks):.3f}%) fallback, {st.requantized_blocks} "
+              f"({100 * st.requantized_blocks / max(1, st.blocks):.2f}%) requantize rule")
     print(f"\n{secs:.0f} s")
     if args.json:
         with open(args.json, "w") as f:

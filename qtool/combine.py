@@ -261,6 +261,7 @@ class CombineStats:
     blocks: int = 0
     grid_blocks: int = 0  # blocks where one source's dequant satisfies every interval (taken as is)
     fallback_blocks: int = 0  # blocks given the best single source (too many empty intersections)
+    requantized_blocks: int = 0  # blocks whose original one source's dequant reproduces exactly
 
     def add(self, o: CombineStats) -> None:
         self.weights += o.weights
@@ -268,10 +269,12 @@ class CombineStats:
         self.blocks += o.blocks
         self.grid_blocks += o.grid_blocks
         self.fallback_blocks += o.fallback_blocks
+        self.requantized_blocks += o.requantized_blocks
 
     def as_dict(self) -> dict[str, int]:
         return {"weights": self.weights, "empty": self.empty, "blocks": self.blocks,
-                "grid_blocks": self.grid_blocks, "fallback_blocks": self.fallback_blocks}
+                "grid_blocks": self.grid_blocks, "fallback_blocks": self.fallback_blocks,
+                "requantized_blocks": self.requantized_blocks}
 
 
 def precision_order(types: Sequence[str | QType]) -> list[int]:
@@ -429,13 +432,63 @@ def distinct_sources(raws: Sequence[np.ndarray], types: Sequence[str | QType]) -
     return keep
 
 
+def _same_blocks(a: np.ndarray, b: np.ndarray, qt: QType, n_per_row: int, blk: int) -> np.ndarray:
+    """(nrows, n_per_row // blk): every quant block of qt inside combine block i is byte-equal in a
+    and b (raw rows). A quant block larger than the combine block decides each block it covers."""
+    nrows = a.shape[0]
+    nq = n_per_row // qt.block_size
+    eq = np.all((a == b).reshape(nrows, nq, qt.type_size), axis=2)
+    if qt.block_size <= blk:
+        return np.asarray(eq.reshape(nrows, n_per_row // blk, blk // qt.block_size).all(axis=2))
+    return np.repeat(eq, qt.block_size // blk, axis=1)
+
+
+def requantize_rule(raws: Sequence[np.ndarray], types: Sequence[str | QType], n_per_row: int, x: np.ndarray,
+                    target: str = "F32") -> tuple[np.ndarray, int]:
+    """The requantize rule, over the estimate x (float32 (nrows, n_per_row)): per block, a source
+    whose dequant (rounded to the output type), quantized again without an imatrix, gives every
+    other source's bytes for the block is taken as is: the original was that dequant exactly
+    (a quant of a quant; what the interval rules only approach when another source is nearly on
+    the same grid). Least precise candidate first, as the grid rule. Sources made with an imatrix
+    do not reproduce (their search used weights not in the file): the rule then never fires.
+    Returns (x, blocks taken)."""
+    keep = distinct_sources(raws, types)
+    if len(keep) < 2:
+        return x, 0
+    nrows = x.shape[0]
+    blk = block_size(n_per_row)
+    nbk = n_per_row // blk
+    out = x.reshape(nrows, nbk, blk).copy()
+    done = np.zeros((nrows, nbk), dtype=bool)
+    for c in reversed(keep):
+        cand = dequantize(raws[c], types[c], n_per_row).reshape(nrows, n_per_row)
+        if target != "F32":
+            cand = dequantize(quantize(cand, target), target, n_per_row).reshape(nrows, n_per_row)
+        ok = ~done
+        for j in keep:
+            if j == c or not ok.any():
+                continue
+            qj = get_type(types[j])
+            ok &= _same_blocks(quantize(cand, qj), np.asarray(raws[j]).reshape(nrows, -1), qj, n_per_row, blk)
+        out = np.where(ok[..., None], cand.reshape(nrows, nbk, blk), out)
+        done |= ok
+    return out.reshape(nrows, n_per_row), int(done.sum())
+
+
 def combine_rows(raws: Sequence[np.ndarray], types: Sequence[str | QType], n_per_row: int, method: str = "laplace",
-                 max_empty: float = MAX_EMPTY, grid: bool = True) -> tuple[np.ndarray, CombineStats]:
+                 max_empty: float = MAX_EMPTY, grid: bool = True, requantize: bool = True,
+                 target: str = "F32") -> tuple[np.ndarray, CombineStats]:
     """Estimate float32 rows (nrows, n_per_row) from the raw blocks of the same rows in several
-    quants (any order; identical sources are used once)."""
+    quants (any order; identical sources are used once). requantize: the requantize rule last
+    (CombineStats.requantized_blocks; target: the output's float type, to which a candidate is
+    rounded before it is quantized again)."""
     iv = [intervals(raws[i], types[i], n_per_row) for i in distinct_sources(raws, types)]
     est, st = estimate(iv, method=method, max_empty=max_empty, grid=grid)
-    return est.astype(F32), st
+    est = est.astype(F32)
+    if requantize and grid:
+        est, taken = requantize_rule(raws, types, n_per_row, est, target)
+        st.requantized_blocks = taken
+    return est, st
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -570,7 +623,8 @@ def _convert_tensor(models: Sequence[GGUFModel], infos: list[TensorInfo], target
         stop = min(t0.n_rows, start + step)
         raws = [models[i].tensor_rows(infos[i], start, stop) for i in idx]
         if how == "combine":
-            x, s = combine_rows(raws, [infos[i].qtype for i in idx], n, method=method, max_empty=max_empty)
+            x, s = combine_rows(raws, [infos[i].qtype for i in idx], n, method=method, max_empty=max_empty,
+                                target=target.name)
             st.add(s)
         else:
             x = dequantize(raws[0], infos[idx[0]].qtype, n)

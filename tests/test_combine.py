@@ -116,6 +116,33 @@ def test_grid_rule_returns_the_exact_original() -> None:
     assert st_raw.grid_blocks == 0 and rmse(raw, x) > 2 * rmse(est, x)
 
 
+@pytest.mark.parametrize("exact", ["Q4_K", "Q5_0"])
+def test_requantize_rule_makes_a_quant_of_a_quant_exact(exact: str) -> None:
+    """Rows that are a dequant of `exact`, quantized (without an imatrix) to a finer and a coarser
+    type besides: the interval rules come close; the requantize rule finds the source whose
+    dequant reproduces every other source's bytes and returns the original bit for bit (the
+    combination is then never worse than the best single source: that one is exact). On
+    continuous rows it never fires."""
+    x = dequantize(quantize(X, exact), exact, N)
+    combo = ("Q6_K", exact, "Q3_K")
+    qs = [quantize(x, t) for t in combo]
+    est, st = combine_rows(qs, combo, N)
+    without, st0 = combine_rows(qs, combo, N, requantize=False)
+    assert st0.requantized_blocks == 0 and not np.array_equal(without, x)
+    assert st.requantized_blocks >= 0.9 * st.blocks  # (Q4_K: 59 of 64; a requantize of a Q4_K
+    assert np.mean(est == x) >= 0.9 and np.mean(est == x) > np.mean(without == x)  # dequant differs in 1%)
+    assert rmse(est, x) <= rmse(without, x)
+    x16 = x.astype(np.float16).astype(np.float32)  # an F16 original (as a dequantized model is stored)
+    q16 = [quantize(x16, t) for t in combo]
+    f16, st16 = combine_rows(q16, combo, N, target="F16")  # candidates rounded to F16 before the check
+    _, st32 = combine_rows(q16, combo, N)
+    assert st16.requantized_blocks >= 0.8 * st16.blocks > 2 * st32.requantized_blocks  # Q4_K: 54, 17 of 64
+    assert np.mean(f16.astype(np.float16).astype(np.float32) == x16) >= 0.9
+    cont = [quantize(X, t) for t in combo]
+    _, st_c = combine_rows(cont, combo, N)
+    assert st_c.requantized_blocks == 0
+
+
 def test_fallback_when_intervals_disagree() -> None:
     """Sources of different data (half the rows of one quant come from other weights): the
     disjoint intervals send those blocks to the most precise source's dequant, unchanged; the
