@@ -34,7 +34,9 @@ estimate is replaced by
   related type);
 - the most precise source's dequant when more than MAX_EMPTY of the block's weights have disjoint
   intervals (the assumptions above fail there: imatrix legacy quants, another model).
-The first two count as `grid_blocks`, the last as `fallback_blocks` in `CombineStats`.
+The first two count as `grid_blocks`, the last as `fallback_blocks` in `CombineStats`. Then
+(`requantize_rule`) a source whose dequant, quantized again without an imatrix, gives every other
+source's bytes for the block is taken as is (`requantized_blocks`): the original was that dequant.
 
 Vectorized over all weights of a slab: arrays (n_sources, n_weights); no loop per block or row.
 """
