@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import AbortError, OutputError, QtoolError, WorkerError
 from .gguf_io import KV, GGUFModel, GGUFStreamWriter, OutTensor, TensorInfo, kv_u32, remove_kv, set_kv
+from .gguf_io.atomic import start_writeback
 from .pool import InFlight, WorkerPool
 from .quants import dequantize, quantize
 from .quants.to_float import FLOAT_TARGETS, dequantize_to
@@ -232,6 +233,7 @@ def _work_at(tensor_index: int, start: int, stop: int, out_type: QType, imatrix:
     done = 0
     while done < len(out):
         done += os.pwrite(fd, out[done:], offset + done)
+    start_writeback(fd, offset, done)
     return done
 
 

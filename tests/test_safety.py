@@ -394,3 +394,25 @@ def test_11_write_errors_name_the_output_not_the_temporary_file(model: Path, tmp
 
 def test_terminated_exit_codes() -> None:
     assert np.uint8(128 + signal.SIGTERM) == 143
+
+
+def test_start_writeback_leaves_the_data_and_works_on_linux(tmp_path: Path) -> None:
+    """start_writeback (sync_file_range on Linux, called after each big pwrite so that the commit's
+    fsync has little left) never changes the bytes, and takes a bad descriptor without raising
+    (the commit's fsync reports write errors)."""
+    import sys
+
+    from qtool.gguf_io import atomic
+
+    p = tmp_path / "f.bin"
+    data = bytes(range(256)) * 4096
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.pwrite(fd, data, 0)
+        atomic.start_writeback(fd, 0, len(data))
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == data
+    atomic.start_writeback(fd, 0, 1)  # closed: EBADF, ignored
+    if sys.platform.startswith("linux"):
+        assert atomic._sync_file_range

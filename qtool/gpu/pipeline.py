@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..gguf_io import GGUFError
+from ..gguf_io.atomic import start_writeback
 from ..quants.types import QType, get_type
 from .cuda import CudaKernels, cupy_module
 from .kernels import GpuKernel
@@ -112,6 +113,7 @@ class GpuPipeline:
         written = 0
         while written < nbytes:
             written += os.pwrite(self.fd, out[written:], offset + written)
+        start_writeback(self.fd, offset, nbytes)
         if done is not None:
             done()
 
