@@ -8,7 +8,9 @@ base, query scale 1/sqrt(head_dim)).
 
 One batch of sequences (each its own causal context, positions from 0) runs through the model
 one layer at a time; every weight is dequantized by the engine when its layer needs it and kept
-in a bounded cache (`cache_bytes`), so memory stays bounded by the activations plus the cache.
+in a bounded cache (`cache_bytes`), so memory stays bounded by the activations plus the cache;
+F16 matrices are instead converted to float32 at each matmul (`Weights.matrix`, the output matrix
+a block of rows at a time in `logit_blocks`) and never held as float32.
 
 Numerics (`exact=True`, the default): the activations entering each weight matmul are rounded
 to the weight type's vec_dot_type (numerics.round_for_dot), K and V are stored as F16 as in
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,11 +37,23 @@ from ..errors import QtoolError
 from ..gguf_io import GGUFModel, TensorInfo
 from ..quants import dequantize
 from ..quants.types import QType
-from .numerics import dot_type, gelu_f16, rms_norm, rope, rope_cache, round_f16, round_for_dot, silu
+from .numerics import (
+    MMAP_THRESHOLD,
+    dot_type,
+    gelu_f16,
+    keep_heap,
+    rms_norm,
+    rope,
+    rope_cache,
+    round_f16,
+    round_for_dot,
+    silu,
+)
 
 F32 = np.float32
 ARCHES = ("llama", "qwen2", "qwen3", "gemma3")
 DEFAULT_CACHE_BYTES = 4 << 30
+CAUSAL_TILE_MULTIPLE = 256  # attention splits the queries in two halves when n_ctx is a multiple
 
 
 class ModelError(QtoolError):
@@ -190,6 +205,25 @@ class Weights:
                 self._held -= old.nbytes
         return a
 
+    def raw_f16(self, name: str) -> np.ndarray | None:
+        """The F16 tensor `name` as float16[rows, n_per_row] (a view of the file) when it is F16,
+        2-D and not in the cache; else None."""
+        t = self.info(name)
+        if t.qtype.name != "F16" or len(t.shape) != 2 or name in self._cache:
+            return None
+        self.model.check_size(t)
+        return np.asarray(self.model.tensor_data(t)).reshape(t.n_rows, -1).view(np.float16)
+
+    def matrix(self, name: str) -> np.ndarray:
+        """The 2-D weight as float32 for a matmul. An F16 matrix of at most MMAP_THRESHOLD bytes as
+        float32 is converted anew on every call and not cached: the conversion costs ~1% of its
+        matmul, and the temporary reuses heap pages (numerics.keep_heap) where a cached copy costs
+        fresh pages (page faults as slow as converting it dozens of times) and memory."""
+        h = self.raw_f16(name)
+        if h is not None and 4 * h.size <= MMAP_THRESHOLD:
+            return h.astype(F32)
+        return self.get(name)
+
     def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         """get_rows: the rows `ids` of a 2-D tensor, dequantizing only those."""
         if name in self._cache:
@@ -230,6 +264,7 @@ class Forward:
         self.w = Weights(model, cache_bytes)
         self.exact = exact
         self.observer = observer
+        keep_heap()
         self.output_name = "output.weight" if self.w.has("output.weight") else "token_embd.weight"
         self._rounded: tuple[np.ndarray, str, np.ndarray] | None = None
         self._check()
@@ -249,7 +284,7 @@ class Forward:
         """x float32[n, n_in] @ W^T (+ bias), activations rounded to W's dot type."""
         if observe and self.observer is not None:
             self.observer.dense(name, x)
-        w = self.w.get(name)
+        w = self.w.matrix(name)
         if w.ndim != 2 or w.shape[1] != x.shape[1]:
             raise ModelError(f"{name}: shape {w.shape} does not take inputs of {x.shape[1]}")
         xr = x
@@ -268,7 +303,7 @@ class Forward:
         return y
 
     def norm(self, x: np.ndarray, name: str) -> np.ndarray:
-        return (rms_norm(x, self.hp.eps) * self.w.get(name)).astype(F32)
+        return (rms_norm(x, self.hp.eps) * self.w.get(name)).astype(F32, copy=False)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         x = self.w.rows("token_embd.weight", tokens.reshape(-1)).astype(F32)
@@ -303,16 +338,26 @@ class Forward:
         mask = np.where(masked, F32(-np.inf), F32(0))
         group = hp.n_head // hp.n_head_kv
         out = np.empty((n_seq, n_ctx, hp.n_head, hp.head_v), F32)
+        # causal tiles: the first half of the queries sees only the first half of the keys (the
+        # rest of its row is masked: exp gives exact zeros), so a quarter of the scores is skipped.
+        # n_ctx a multiple of 256 keeps numpy's pairwise row sums (blocks of 128) and BLAS's
+        # in-order dot products over keys identical to the whole-row computation.
+        half = n_ctx // 2 if n_ctx % CAUSAL_TILE_MULTIPLE == 0 else 0
+        tiles = [(0, half, half), (half, n_ctx, n_ctx)] if half else [(0, n_ctx, n_ctx)]
         for s in range(n_seq):
-            qs = q[s].transpose(1, 0, 2).reshape(hp.n_head_kv, group * n_ctx, hp.head_k)
+            q4 = q[s].transpose(1, 0, 2).reshape(hp.n_head_kv, group, n_ctx, hp.head_k)
             ks = k[s].transpose(1, 2, 0)  # (kv, head_k, T)
-            sc = np.matmul(qs, ks).reshape(hp.n_head_kv, group, n_ctx, n_ctx)
-            if hp.kq_scale != 1.0:
-                sc *= F32(hp.kq_scale)
-            sc += mask
-            pr = _softmax_rows(sc).reshape(hp.n_head_kv, group * n_ctx, n_ctx)
-            o = np.matmul(pr, v[s].transpose(1, 0, 2))  # (kv, group*T, head_v)
-            out[s] = o.reshape(hp.n_head, n_ctx, hp.head_v).transpose(1, 0, 2)
+            vs = v[s].transpose(1, 0, 2)  # (kv, T, head_v)
+            for t0, t1, nk in tiles:
+                nq = t1 - t0
+                qs = q4[:, :, t0:t1].reshape(hp.n_head_kv, group * nq, hp.head_k)
+                sc = np.matmul(qs, ks[:, :, :nk]).reshape(hp.n_head_kv, group, nq, nk)
+                if hp.kq_scale != 1.0:
+                    sc *= F32(hp.kq_scale)
+                sc += mask[t0:t1, :nk]
+                pr = _softmax_rows(sc).reshape(hp.n_head_kv, group * nq, nk)
+                o = np.matmul(pr, vs[:, :nk])  # (kv, group*nq, head_v)
+                out[s, t0:t1] = o.reshape(hp.n_head, nq, hp.head_v).transpose(1, 0, 2)
         return self.mm(p + "attn_output.weight", out.reshape(n_seq * n_ctx, hp.n_head * hp.head_v))
 
     def ffn(self, il: int, cur: np.ndarray) -> np.ndarray:
@@ -322,7 +367,8 @@ class Forward:
         up = self.mm(p + "ffn_up.weight", cur)
         gate = self.mm(p + "ffn_gate.weight", cur)
         act = gelu_f16(gate) if self.hp.arch == "gemma3" else silu(gate)
-        return self.mm(p + "ffn_down.weight", (act * up).astype(F32))
+        act *= up  # act is a new array (gelu_f16 / silu)
+        return self.mm(p + "ffn_down.weight", act)
 
     def moe(self, il: int, cur: np.ndarray) -> np.ndarray:
         """llm_graph_context::build_moe_ffn with softmax gating, top-k, normalized weights."""
@@ -351,12 +397,17 @@ class Forward:
             par[tok, slot] = silu(gate) * up
         if self.observer is not None:
             self.observer.experts(names["down"], par, sel, hp.n_expert)
-        out = np.zeros((n_tok, hp.n_embd), F32)
+        # as build_moe_ffn: each slot's expert output times its weight, then the slots summed in
+        # slot order, ((s0 + s1) + s2) + ..., not in expert order (float addition is not associative)
+        ys = np.empty((n_tok, k, hp.n_embd), F32)
         for e in np.unique(sel):
             tok, slot = np.nonzero(sel == e)
             xe = par[tok, slot]
             y = (round_for_dot(xe, dt_down) if self.exact else xe) @ w_down[e].T
-            np.add.at(out, tok, y * wts[tok, slot][:, None])
+            ys[tok, slot] = y * wts[tok, slot][:, None]
+        out = ys[:, 0].copy()
+        for s in range(1, k):
+            out += ys[:, s]
         return out
 
     def layer(self, il: int, x: np.ndarray, n_seq: int, n_ctx: int, keep: np.ndarray | None = None) -> np.ndarray:
@@ -399,3 +450,33 @@ class Forward:
         """Logits float32[n, n_vocab] of hidden rows h float32[n, n_embd] (the output matmul)."""
         obs = observe and self.output_name == "output.weight"
         return self.mm(self.output_name, h, observe=obs)
+
+    def logit_blocks(self, h: np.ndarray, block: int) -> Iterator[tuple[int, np.ndarray]]:
+        """The logits of hidden rows h float32[n, n_embd] as `logits(h, observe=False)` computes
+        them, `block` vocabulary entries at a time: (first id, float32[n, <= block]), the array
+        reused between blocks. An F16 output matrix is converted block by block (no float32 copy
+        of the whole vocabulary is made or kept); others come from the weight cache."""
+        name = self.output_name
+        xr = round_for_dot(h, dot_type(self.w.qtype(name))) if self.exact else h
+        xr = np.ascontiguousarray(xr, dtype=F32)
+        raw = self.w.raw_f16(name)
+        w = self.w.get(name) if raw is None else raw
+        if w.ndim != 2 or w.shape[1] != xr.shape[1]:
+            raise ModelError(f"{name}: shape {w.shape} does not take inputs of {xr.shape[1]}")
+        bias_name = name.replace(".weight", ".bias")
+        bias = self.w.get(bias_name) if self.w.has(bias_name) else None
+        n_vocab = w.shape[0]
+        out = np.empty((xr.shape[0], min(block, n_vocab)), F32)
+        wbuf = np.empty((min(block, n_vocab), w.shape[1]), F32) if raw is not None else None
+        for v0 in range(0, n_vocab, block):
+            k = min(block, n_vocab - v0)
+            if wbuf is not None:
+                wb = wbuf[:k]
+                np.copyto(wb, w[v0:v0 + k])
+            else:
+                wb = w[v0:v0 + k]
+            y = out if k == out.shape[1] else np.empty((xr.shape[0], k), F32)
+            np.matmul(xr, wb.T, out=y)
+            if bias is not None:
+                y += bias[v0:v0 + k]
+            yield v0, y

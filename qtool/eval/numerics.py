@@ -38,10 +38,44 @@ def dot_type(qtype: QType) -> str:
     return "Q8_K"
 
 
+_BLOCK = 1 << 15  # elements per step of the blocked element-wise loops (L2-resident scratch)
+_F16_MIN_NORMAL = F32(2.0 ** -14)
+_F16_OVERFLOW = F32(65520.0)  # rounds to 65536 and beyond: inf as float16
+
+
 def round_f16(x: np.ndarray) -> np.ndarray:
-    """x rounded to float16 and back (GGML_FP32_TO_FP16, round to nearest even), on float32 bits:
-    numpy's float16 casts are several times slower. Normal range: the mantissa rounded to 10 bits;
-    below 2^-14: to a multiple of 2^-24; 65520 and beyond: inf (NaN stays NaN)."""
+    """x rounded to float16 and back (GGML_FP32_TO_FP16, round to nearest even), in float32:
+    numpy's float16 casts are several times slower. Normal range: Veltkamp's split
+    c = x * (2^13 + 1), x_hi = c - (c - x), which rounds the 24-bit significand to 11 bits to
+    nearest even (checked exhaustively over a binade in the tests); below 2^-14 (float16
+    subnormals, steps of 2^-24), from 65520 (inf) and for inf / NaN the exact bit path
+    `_round_f16_bits` fixes the few elements. Runs in L2-sized blocks (memory-bound passes)."""
+    x = np.ascontiguousarray(x, dtype=F32)
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    n = xf.size
+    c = np.empty(min(_BLOCK, n), F32)
+    a_ = np.empty(min(_BLOCK, n), F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for lo in range(0, n, _BLOCK):
+            xb = xf[lo:lo + _BLOCK]
+            k = xb.size
+            cb, ab, ob = c[:k], a_[:k], of[lo:lo + k]
+            np.multiply(xb, F32(8193.0), out=cb)
+            np.subtract(cb, xb, out=ob)
+            np.subtract(cb, ob, out=ob)
+            np.abs(xb, out=ab)
+            if not ab.min() >= _F16_MIN_NORMAL:  # float16 subnormals: multiples of 2^-24
+                i = np.flatnonzero(ab < _F16_MIN_NORMAL)
+                ob[i] = np.rint(xb[i] * F32(16777216.0)) * F32(5.9604644775390625e-08)
+            if not ab.max() < _F16_OVERFLOW:  # inf, NaN (True on NaN)
+                i = np.flatnonzero(~(ab < _F16_OVERFLOW))
+                ob[i] = _round_f16_bits(xb[i])
+    return out
+
+
+def _round_f16_bits(x: np.ndarray) -> np.ndarray:
+    """round_f16 on float32 bits, every range (the reference path, and the fix-up of round_f16)."""
     x = np.ascontiguousarray(x, dtype=F32)
     u = x.view(np.uint32)
     t = u >> np.uint32(13)
@@ -60,6 +94,9 @@ def round_f16(x: np.ndarray) -> np.ndarray:
     if small.any():
         i = np.flatnonzero(small.reshape(-1))
         r.reshape(-1)[i] = np.rint(x.reshape(-1)[i] * F32(16777216.0)) * F32(5.9604644775390625e-08)
+    nan = np.isnan(x)
+    if nan.any():  # NaN stays NaN (a payload in the low bits alone would round to inf or 0)
+        r[nan] = x[nan]
     return r
 
 
@@ -150,8 +187,20 @@ def _gelu_table() -> np.ndarray:
 _GELU = _gelu_table()
 
 
-def gelu_f16(x: np.ndarray) -> np.ndarray:
-    """ggml_vec_gelu_f32 with GGML_GELU_FP16 (0 below -10, x above 10, else the fp16 table)."""
+def _gelu_key_table() -> np.ndarray:
+    """_GELU by the top 19 bits (sign, exponent, 10 mantissa bits) of a float32 that is a normal
+    float16 value: 2 MiB, looked up without a float16 cast."""
+    v = (np.arange(1 << 19, dtype=np.uint32) << np.uint32(13)).view(F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _GELU[v.astype(np.float16).view(np.uint16)]
+
+
+_GELU_KEY = _gelu_key_table()
+_GELU_LIMIT = F32(10)
+
+
+def _gelu_f16_cast(x: np.ndarray) -> np.ndarray:
+    """gelu_f16 through numpy's float16 cast (every range; the fix-up of gelu_f16)."""
     t = _GELU[np.clip(x, F32(-10), F32(10)).astype(np.float16).view(np.uint16)]
     t[x <= -10] = 0
     big = x >= 10
@@ -159,9 +208,44 @@ def gelu_f16(x: np.ndarray) -> np.ndarray:
     return t
 
 
+def gelu_f16(x: np.ndarray) -> np.ndarray:
+    """ggml_vec_gelu_f32 with GGML_GELU_FP16 (0 below -10, x above 10, else the fp16 table).
+    The float16 rounding is round_f16's Veltkamp split and the table is indexed by the rounded
+    value's top bits (no float16 cast); elements outside [2^-14, 10) in magnitude (subnormal
+    float16, the clamps, NaN) go through `_gelu_f16_cast`. L2-sized blocks."""
+    x = np.ascontiguousarray(x, dtype=F32)
+    out = np.empty_like(x)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    n = xf.size
+    c = np.empty(min(_BLOCK, n), F32)
+    r = np.empty(min(_BLOCK, n), F32)
+    key = np.empty(min(_BLOCK, n), np.int64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for lo in range(0, n, _BLOCK):
+            xb = xf[lo:lo + _BLOCK]
+            k = xb.size
+            cb, rb, kb, ob = c[:k], r[:k], key[:k], of[lo:lo + k]
+            np.multiply(xb, F32(8193.0), out=cb)
+            np.subtract(cb, xb, out=rb)
+            np.subtract(cb, rb, out=rb)
+            np.right_shift(rb.view(np.uint32), 13, out=kb)
+            np.take(_GELU_KEY, kb, out=ob)
+            np.abs(xb, out=rb)
+            if not (rb.min() >= _F16_MIN_NORMAL and rb.max() < _GELU_LIMIT):  # also False on NaN
+                i = np.flatnonzero(~((rb >= _F16_MIN_NORMAL) & (rb < _GELU_LIMIT)))
+                ob[i] = _gelu_f16_cast(xb[i])
+    return out
+
+
 def silu(x: np.ndarray) -> np.ndarray:
+    """x / (1 + exp(-x)) in float32, in one temporary (the same operations as the plain formula)."""
+    x = np.asarray(x, dtype=F32)
+    t = np.negative(x)
     with np.errstate(over="ignore"):
-        return (x / (F32(1) + np.exp(-x))).astype(F32)
+        np.exp(t, out=t)
+    t += F32(1)
+    np.divide(x, t, out=t)
+    return t
 
 
 def rope_cache(pos: np.ndarray, n_dims: int, freq_base: float,
@@ -221,3 +305,29 @@ def set_blas_threads(n: int | None) -> bool:
                 fn(int(n))
                 return True
     return False
+
+
+_HEAP_KEPT = False
+MMAP_THRESHOLD = 32 << 20  # glibc's largest M_MMAP_THRESHOLD: larger arrays are mmap'ed afresh
+
+
+def keep_heap() -> bool:
+    """Make glibc malloc keep freed memory (M_TRIM_THRESHOLD 1 GiB, M_MMAP_THRESHOLD 32 MiB,
+    the dynamic maximum) so that the forward pass's per-layer temporaries (up to 32 MiB each)
+    reuse pages instead of faulting fresh ones from the kernel on every allocation, which costs as
+    much as the arithmetic on a VM. The heap then keeps its peak size (the activations of one
+    batch). Once per process; False where the C library is not glibc."""
+    global _HEAP_KEPT
+    if _HEAP_KEPT:
+        return True
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    # M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3 (malloc.h)
+    _HEAP_KEPT = bool(mallopt(-1, 1 << 30)) and bool(mallopt(-3, MMAP_THRESHOLD))
+    return _HEAP_KEPT

@@ -27,6 +27,7 @@ from .model import Forward
 F32 = np.float32
 LOGITS_MAGIC = b"_logits_"
 SLICE_ROWS = 64
+LOGIT_BLOCK = 2048  # vocabulary entries per block of logits when only the nll is needed
 
 
 class EvalError(QtoolError):
@@ -190,16 +191,52 @@ class NllAccumulator:
         return ppl, err
 
 
+def score_rows(fwd: Forward, h: np.ndarray, targets: np.ndarray, block: int = LOGIT_BLOCK) -> np.ndarray:
+    """nll float64[n] of targets[n] from hidden rows h[n, n_embd] (the rows of any number of
+    sequences at once): the logits are computed `block` vocabulary entries at a time for all rows
+    (one large matmul per block instead of a pass over the whole output matrix per few rows) and
+    the log-sum-exp is combined across blocks online, in double: per block its max m_b and
+    s_b = sum of expf(l - m_b) in double, then lse = M + log(sum_b s_b * exp(m_b - M)). This
+    equals log_softmax_rows' max-then-sum up to float32 rounding of the shifted exponents.
+    Memory: n x block floats whatever the vocabulary size."""
+    n = len(targets)
+    out = np.empty(n, np.float64)
+    if n == 0:
+        return out
+    mx = np.full(n, -np.inf)
+    s = np.zeros(n)
+    tl = np.zeros(n)
+    rows = np.arange(n)
+    for v0, lg in fwd.logit_blocks(h, block):
+        k = lg.shape[1]
+        hit = (targets >= v0) & (targets < v0 + k)
+        if hit.any():
+            tl[hit] = lg[rows[hit], targets[hit] - v0]
+        m = lg.max(axis=1)
+        np.subtract(lg, m[:, None], out=lg)
+        np.exp(lg, out=lg)
+        sb = lg.sum(axis=1, dtype=np.float64)
+        m64 = m.astype(np.float64)
+        new = np.maximum(mx, m64)
+        with np.errstate(invalid="ignore"):  # -inf - -inf before the first block
+            s = np.where(np.isfinite(mx), s * np.exp(mx - new), 0.0) + sb * np.exp(m64 - new)
+        mx = new
+    out[:] = mx + np.log(s) - tl
+    return out
+
+
 def score_sequence(fwd: Forward, h: np.ndarray, targets: np.ndarray,
                    each: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
-    """nll float64[n] of targets[n] from hidden rows h[n, n_embd], the logits computed SLICE_ROWS
-    rows at a time (bounded memory for large vocabularies); `each(logits, rows)` sees each slice."""
+    """nll float64[n] of targets[n] from hidden rows h[n, n_embd]. With `each(logits, rows)`, which
+    needs whole rows of logits, they are computed SLICE_ROWS rows at a time (bounded memory for
+    large vocabularies); without, by score_rows."""
+    if each is None:
+        return score_rows(fwd, h, targets)
     out = np.empty(len(targets), np.float64)
     for a in range(0, len(targets), SLICE_ROWS):
         b = min(a + SLICE_ROWS, len(targets))
         lg = fwd.logits(h[a:b], observe=False)
-        if each is not None:
-            each(lg, np.arange(a, b))
+        each(lg, np.arange(a, b))
         out[a:b] = log_softmax_rows(lg, targets[a:b], inplace=True)[0]
     return out
 
@@ -214,16 +251,19 @@ def perplexity(fwd: Forward, tokens: np.ndarray, n_ctx: int, n_chunks: int | Non
     first = n_ctx // 2
     acc = NllAccumulator()
     running: list[float] = []
+    n_score = n_ctx - 1 - first
     for i, batch in chunk_batches(tokens, n_ctx, n_chunk, n_seq, bos):
         h = fwd.hidden(batch, first, progress=on_layer)
-        for s in range(batch.shape[0]):
-            start = (i + s) * n_ctx
-            targets = tokens[start + first + 1:start + n_ctx].astype(np.int64)
-            each = None
-            if writer is not None:
-                def each(lg: np.ndarray, rows: np.ndarray, w: LogitsWriter = writer) -> None:
-                    w.add(lg)
-            acc.add(score_sequence(fwd, h[s, : n_ctx - 1 - first], targets, each))
+        k = batch.shape[0]
+        targets = np.stack([tokens[(i + s) * n_ctx + first + 1:(i + s + 1) * n_ctx] for s in range(k)]).astype(np.int64)
+        if writer is None:  # all the batch's rows at once
+            nll = score_rows(fwd, h[:, :n_score].reshape(k * n_score, -1), targets.reshape(-1)).reshape(k, n_score)
+        else:
+            def each(lg: np.ndarray, rows: np.ndarray, w: LogitsWriter = writer) -> None:
+                w.add(lg)
+            nll = np.stack([score_sequence(fwd, h[s, :n_score], targets[s], each) for s in range(k)])
+        for s in range(k):
+            acc.add(nll[s])
             running.append(acc.ppl)
             if on_chunk is not None:
                 on_chunk(i + s, n_chunk, acc.ppl)
