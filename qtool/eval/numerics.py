@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import malloc_tuning
 from ..quants.types import QType
 
 F32 = np.float32
@@ -307,27 +308,12 @@ def set_blas_threads(n: int | None) -> bool:
     return False
 
 
-_HEAP_KEPT = False
-MMAP_THRESHOLD = 32 << 20  # glibc's largest M_MMAP_THRESHOLD: larger arrays are mmap'ed afresh
+MMAP_THRESHOLD = malloc_tuning.MMAP_THRESHOLD  # larger arrays are mmap'ed afresh by glibc
 
 
 def keep_heap() -> bool:
-    """Make glibc malloc keep freed memory (M_TRIM_THRESHOLD 1 GiB, M_MMAP_THRESHOLD 32 MiB,
-    the dynamic maximum) so that the forward pass's per-layer temporaries (up to 32 MiB each)
-    reuse pages instead of faulting fresh ones from the kernel on every allocation, which costs as
-    much as the arithmetic on a VM. The heap then keeps its peak size (the activations of one
-    batch). Once per process; False where the C library is not glibc."""
-    global _HEAP_KEPT
-    if _HEAP_KEPT:
-        return True
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    # M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3 (malloc.h)
-    _HEAP_KEPT = bool(mallopt(-1, 1 << 30)) and bool(mallopt(-3, MMAP_THRESHOLD))
-    return _HEAP_KEPT
+    """qtool.malloc_tuning.tune_malloc (the command line sets it already; a library user's forward
+    pass gets it here): glibc keeps freed memory, so the per-layer temporaries (up to 32 MiB each)
+    reuse pages instead of faulting fresh ones from the kernel at every allocation, which costs
+    as much as the arithmetic on a VM. False where the C library is not glibc."""
+    return malloc_tuning.tune_malloc()
