@@ -257,3 +257,26 @@ def test_rows_the_c_aborts_on_are_an_error_on_both_devices(tiny256: Path, tmp_pa
     assert r.exit_code == 1 and "make the C quantizer abort" in r.output and "Traceback" not in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["im0.gguf"]
     assert "quantize_iq2_xxs_ik" in fake_cupy.CALLS
+
+
+def test_stats_on_the_gpu_gives_the_cpu_figures(tiny256: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`stats --device cuda` quantizes the rows through the kernels (qtool.gpu.rows): the same bytes,
+    so the same report, to the last digit of the JSON."""
+    import json
+
+    args = ["stats", str(tiny256), "--type", "q4_k", "--type", "iq4_xs", "--type", "q6_k", "--type", "q8_0",
+            "--imatrix", str(IMATRIX), "--threads", "2", "--json"]
+    cpu = CliRunner().invoke(cli, args, env={"COLUMNS": "200"})
+    assert cpu.exit_code == 0, cpu.output
+    fake_cupy.install(monkeypatch)
+    gpu = CliRunner().invoke(cli, [*args, "--device", "cuda"], env={"COLUMNS": "200"})
+    assert gpu.exit_code == 0, gpu.output
+    assert json.loads(gpu.stdout) == json.loads(cpu.stdout)
+    assert {"quantize_q4_K", "quantize_iq4_xs", "quantize_q6_K", "quantize_q8_0"} <= set(fake_cupy.CALLS)
+
+
+def test_stats_device_without_cupy_is_a_clean_error(tiny256: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(qcuda, "_CUPY", None)
+    r = CliRunner().invoke(cli, ["stats", str(tiny256), "--type", "q4_k", "--device", "cuda"], env={"COLUMNS": "200"})
+    assert r.exit_code == 1 and "CuPy" in r.output and "Traceback" not in r.output, r.output

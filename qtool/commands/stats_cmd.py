@@ -14,11 +14,12 @@ from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
+from ..mix.options import OPTION_BY_NAME
 from ..quants import can_quantize, get_type, quantizable_types
 from ..quants.types import IK, QType
 from ..stats.metrics import ErrorStats
 from ..stats.report import StatsError, StatsReport, TypeResult, run_stats
-from .common import THREADS_HELP, flavour_option, threads_option
+from .common import THREADS_HELP, click_option, flavour_option, threads_option
 
 
 def _parse_ranks(value: str | None) -> list[int]:
@@ -164,6 +165,9 @@ def _format(fmt: str | None, shortcuts: dict[str, bool]) -> str:
 @click.option("--svd-rank", "svd_rank", default=None, metavar="R1,R2,...",
               help="Low-rank (LQER, and L²QER with --imatrix) correction study at these ranks.")
 @flavour_option()
+@click_option(OPTION_BY_NAME["device"], help="Where to quantize the rows: the CPU engine, or the first CUDA GPU "
+              "through CuPy (pip install 'qtool[cuda]'; the same bytes, so the same figures; types without a GPU "
+              "kernel and quantize-stats' own cuts stay on the CPU).")
 @click.option("--ik-chunks", is_flag=True,
               help="Cut and quantize exactly as quantize-stats does (16384-value rows, its row quantizer "
                    "for IQ4_NL); with --flavour ik --ik it prints llama-quantize-stats -r's lines.")
@@ -171,7 +175,7 @@ def _format(fmt: str | None, shortcuts: dict[str, bool]) -> str:
 def stats(ctx: click.Context, model: str, type_names: tuple[str, ...], imatrix: str | None,
           include: tuple[str, ...], exclude: tuple[str, ...], per_layer: bool, per_tensor: bool, histogram: bool,
           threads: int | None, fmt: str | None, as_json: bool, as_csv: bool, as_ik: bool, as_rmse: bool,
-          plot: str | None, svd_rank: str | None, flavour: str, ik_chunks: bool) -> None:
+          plot: str | None, svd_rank: str | None, flavour: str, device: str, ik_chunks: bool) -> None:
     """Quantization error of MODEL's tensors for each type (ik_llama.cpp's quantize-stats).
 
     Every selected 2-D tensor is quantized and dequantized with qtool's engine and compared with
@@ -197,7 +201,7 @@ def stats(ctx: click.Context, model: str, type_names: tuple[str, ...], imatrix: 
     try:  # errors, Ctrl-C and signals: the click group reports them
         report = run_stats(model, types, weights_fn=weights_fn, imatrix_path=imatrix, include=list(include),
                            exclude=list(exclude), threads=threads, svd_ranks=ranks, flavour=flavour,
-                           ik_chunks=ik_chunks, on_start=on_start, on_progress=on_progress,
+                           ik_chunks=ik_chunks, device=device, on_start=on_start, on_progress=on_progress,
                            on_note=lambda msg: click.echo(f"warning: {msg}", err=True))
     finally:
         stop()

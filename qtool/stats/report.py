@@ -167,11 +167,14 @@ def _segments(start: int, stop: int, per_matrix: int) -> Iterator[tuple[int, int
         s = e
 
 
-def round_trip(x: np.ndarray, qt: QType, lay: Layout, imatrix: np.ndarray | None, flavour: str) -> np.ndarray:
-    """quantize + dequantize rows x (float32[rows, n]) cut as the layout says; same shape back."""
+def round_trip(x: np.ndarray, qt: QType, lay: Layout, imatrix: np.ndarray | None, flavour: str,
+               quantizer: Callable[..., np.ndarray] = quantize) -> np.ndarray:
+    """quantize + dequantize rows x (float32[rows, n]) cut as the layout says; same shape back.
+    quantizer: the engine's quantize or a GPU one with its contract (qtool.gpu.rows; the
+    llama-quantize row layout only: quantize-stats' own cuts stay on the CPU)."""
     rows, n = x.shape
     if lay.kind == "rows":
-        return dequantize(quantize(x, qt, imatrix, flavour=flavour), qt, n)
+        return dequantize(quantizer(x, qt, imatrix, flavour=flavour), qt, n)
     flat = x.reshape(-1)
     full = flat.size // lay.row_len * lay.row_len
 
@@ -190,7 +193,7 @@ def round_trip(x: np.ndarray, qt: QType, lay: Layout, imatrix: np.ndarray | None
 
 
 def process_slab(model: GGUFModel, plan: TensorPlan, start: int, stop: int, types: dict[str, QType],
-                 flavour: str, svd: bool) -> SlabResult:
+                 flavour: str, svd: bool, quantizer: Callable[..., np.ndarray] = quantize) -> SlabResult:
     t = plan.info
     x = slab_to_float(model, t, start, stop)
     per_matrix = rows_per_matrix(t)
@@ -205,9 +208,9 @@ def process_slab(model: GGUFModel, plan: TensorPlan, start: int, stop: int, type
             q = np.empty_like(x)
             for mi, s, e in _segments(start, stop, per_matrix):
                 imx = plan.weights[mi if plan.weights.shape[0] > 1 else 0]
-                q[s - start:e - start] = round_trip(x[s - start:e - start], qt, lay, imx, flavour)
+                q[s - start:e - start] = round_trip(x[s - start:e - start], qt, lay, imx, flavour, quantizer)
         else:
-            q = round_trip(x, qt, lay, None, flavour)
+            q = round_trip(x, qt, lay, None, flavour, quantizer)
         for mi, s, e in _segments(start, stop, per_matrix):
             xs, qs = x[s - start:e - start], q[s - start:e - start]
             w = None
@@ -362,19 +365,28 @@ def compile_patterns(patterns: list[str], what: str) -> list[re.Pattern[str]]:
 def run_stats(model_path: str, types: list[QType], *, weights_fn: WeightsFn | None = None,
               imatrix_path: str | None = None, include: Sequence[str] = (), exclude: Sequence[str] = (),
               threads: int | None = None, svd_ranks: Sequence[int] = (), flavour: str = MAINLINE,
-              ik_chunks: bool = False,
+              ik_chunks: bool = False, device: str = "cpu",
               on_start: Callable[[int], None] | None = None,
               on_progress: Callable[[str, int], None] | None = None,
               on_note: Callable[[str], None] | None = None) -> StatsReport:
     """Compute the report. `weights_fn(tensor)` gives the raw imatrix rows of a tensor
     (float32[n_mats, n_per_row]) or None; threads: worker processes (None or <= 0: all cores, as
-    everywhere; the figures do not depend on it); `on_progress(name, values)` is called per slab."""
+    everywhere; the figures do not depend on it); `on_progress(name, values)` is called per slab.
+    device "cuda": the rows are quantized on the first CUDA device where their type has a kernel
+    (qtool.gpu.rows; the same bytes, so the same figures), in this process (no workers)."""
+    if device not in ("cpu", "cuda"):
+        raise StatsError(f"unknown device {device!r} (cpu, cuda)", option="--device")
+    quantizer: Callable[..., np.ndarray] = quantize
+    if device == "cuda":  # before any work: CuPy and a GPU must be there
+        from ..gpu.rows import gpu_quantizer
+
+        quantizer = gpu_quantizer()
     inc = compile_patterns(list(include), "include")
     exc = compile_patterns(list(exclude), "exclude")
     model = GGUFModel(model_path, flavour=flavour)
     try:
         return _run(model, types, weights_fn, imatrix_path, inc, exc, threads, list(svd_ranks), flavour,
-                    ik_chunks, on_start, on_progress, on_note)
+                    ik_chunks, on_start, on_progress, on_note, quantizer)
     finally:
         model.close()
 
@@ -382,7 +394,8 @@ def run_stats(model_path: str, types: list[QType], *, weights_fn: WeightsFn | No
 def _run(model: GGUFModel, types: list[QType], weights_fn: WeightsFn | None, imatrix_path: str | None,
          inc: list[re.Pattern[str]], exc: list[re.Pattern[str]], threads: int | None, svd_ranks: list[int],
          flavour: str, ik_chunks: bool, on_start: Callable[[int], None] | None,
-         on_progress: Callable[[str, int], None] | None, on_note: Callable[[str], None] | None) -> StatsReport:
+         on_progress: Callable[[str, int], None] | None, on_note: Callable[[str], None] | None,
+         quantizer: Callable[..., np.ndarray] = quantize) -> StatsReport:
     type_map = {qt.name: qt for qt in types}
     results = {qt.name: TypeResult(qt) for qt in types}
     plans: list[TensorPlan] = []
@@ -426,9 +439,9 @@ def _run(model: GGUFModel, types: list[QType], weights_fn: WeightsFn | None, ima
     n_workers = resolve_workers(threads, n_slabs, on_note)  # more than the cores: capped, with a note
     with contextlib.ExitStack() as stack:
         pool = None
-        if n_workers > 1 and total_values > 4 * SLAB_ELEMENTS:
+        if n_workers > 1 and total_values > 4 * SLAB_ELEMENTS and quantizer is quantize:
             pool = stack.enter_context(WorkerPool(n_workers, _worker_init, (model.path, flavour)))
-        _run_all(model, plans, type_map, results, flavour, svd_ranks, pool, n_workers, on_progress)
+        _run_all(model, plans, type_map, results, flavour, svd_ranks, pool, n_workers, on_progress, quantizer)
     ordered = [results[qt.name] for qt in types]
     if svd:
         for r in ordered:
@@ -491,7 +504,8 @@ class _TensorAcc:
 
 def _run_all(model: GGUFModel, plans: list[TensorPlan], type_map: dict[str, QType], results: dict[str, TypeResult],
              flavour: str, svd_ranks: list[int], pool: WorkerPool | None, threads: int,
-             on_progress: Callable[[str, int], None] | None) -> None:
+             on_progress: Callable[[str, int], None] | None,
+             quantizer: Callable[..., np.ndarray] = quantize) -> None:
     """Every slab of every tensor, in order; with a pool, up to 2 x threads slabs in flight across
     tensor boundaries (small tensors are one slab each). Tensors are finished in file order."""
     svd = bool(svd_ranks)
@@ -511,7 +525,7 @@ def _run_all(model: GGUFModel, plans: list[TensorPlan], type_map: dict[str, QTyp
             types = acc.types
             for start, stop in plan.slabs():
                 model.check_size(plan.info)
-                absorb(acc, process_slab(model, plan, start, stop, types, flavour, svd))
+                absorb(acc, process_slab(model, plan, start, stop, types, flavour, svd, quantizer))
         return
     inflight: InFlight[_TensorAcc] = InFlight(2 * threads)
     for plan in plans:
