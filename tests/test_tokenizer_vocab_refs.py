@@ -43,17 +43,7 @@ SUPPORTED = {
 LOADS = {**SUPPORTED, "aquila": True, "baichuan": True, "gpt-neox": True, "nomic-bert-moe": False}
 
 
-def llama_cpp_root() -> Path | None:
-    src = refs.ggml_source()
-    if src is None:
-        return None
-    for d in (src, src.parent.parent):
-        if (d / "src" / "llama-vocab.cpp").exists() and (d / "models").is_dir():
-            return d
-    return None
-
-
-ROOT = llama_cpp_root()
+ROOT = refs.llama_cpp_root()
 
 
 def _root() -> Path:
