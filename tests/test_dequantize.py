@@ -195,11 +195,12 @@ def test_fast_fp16_cast_is_ggml_rounding() -> None:
     """fp32_to_fp16_bits == the exact cast (round to nearest even, NaN -> 0x7E00 | sign) on every
     fp16 neighbourhood, NaNs, infs, subnormals; also where a chunk holds a few tiny values among
     normal ones (fixed one by one) or no special value at all (the fast path alone)."""
-    from qtool.quants.to_float import CHUNK, fp16_bits_slow, fp32_to_fp16_bits
+    from qtool.quants.rounding import fp16_bits_ggml
+    from qtool.quants.to_float import CHUNK, fp32_to_fp16_bits
 
     x = _f16_edge_values()
-    assert np.array_equal(fp32_to_fp16_bits(x), fp16_bits_slow(x))
-    assert fp16_bits_slow(np.array([np.float32("nan")]))[0] == 0x7E00  # not numpy's payload-keeping cast
+    assert np.array_equal(fp32_to_fp16_bits(x), fp16_bits_ggml(x))
+    assert fp16_bits_ggml(np.array([np.float32("nan")]))[0] == 0x7E00  # not numpy's payload-keeping cast
     rng = np.random.default_rng(5)
     y = (rng.standard_normal(3 * CHUNK + 77) * 0.05).astype(np.float32)
     y[rng.integers(0, y.size, 40)] = 0
@@ -208,7 +209,7 @@ def test_fast_fp16_cast_is_ggml_rounding() -> None:
     for v in (normal, y, np.concatenate([ties, -ties]), np.where(np.abs(y) < 1e-2, y * np.float32(1e-3), y)):
         got = fp32_to_fp16_bits(v.reshape(-1, 1))
         assert got.shape == (v.size, 1)
-        assert np.array_equal(got.reshape(-1), fp16_bits_slow(v))
+        assert np.array_equal(got.reshape(-1), fp16_bits_ggml(v))
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q5_0", "Q4_0", "Q4_1", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q3_K",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .registry import register
-from .rounding import bf16_bits_to_fp32, fp32_to_bf16_bits
+from .rounding import bf16_bits_to_fp32, fp16_bits_ggml, fp32_to_bf16_bits
 
 
 def _q_f32(x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
@@ -13,15 +13,8 @@ def _q_f32(x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
 
 
 def _q_f16(x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
-    """Round to nearest even as ggml_compute_fp32_to_fp16; a NaN becomes 0x7E00 with its sign
-    there, whatever its payload (numpy's cast keeps payload bits)."""
-    with np.errstate(over="ignore"):  # beyond 65504 is inf, as in C
-        h = np.ascontiguousarray(x.astype("<f2")).view("<u2")
-    nan = np.isnan(x)
-    if nan.any():
-        sign = (np.ascontiguousarray(x, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16) & 0x8000
-        h[nan] = (0x7E00 | sign)[nan]
-    return h.view(np.uint8).reshape(x.shape[0], -1)
+    """Round to nearest even as ggml_compute_fp32_to_fp16 (a NaN: 0x7E00 with its sign)."""
+    return fp16_bits_ggml(x).view(np.uint8).reshape(x.shape[0], -1)
 
 
 def _q_bf16(x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:

@@ -23,6 +23,20 @@ def fp32_to_fp16_bits(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32).astype(np.float16).view(np.uint16)
 
 
+def fp16_bits_ggml(x: np.ndarray) -> np.ndarray:
+    """ggml_compute_fp32_to_fp16 of float32 values -> uint16 bits (x's shape): numpy's cast (round to
+    nearest even; beyond 65504 inf, as in C), a NaN as 0x7E00 with its sign whatever its payload
+    (numpy keeps payload bits). F16's quantize, and the exact path of qtool.quants.to_float."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        h = np.ascontiguousarray(x.astype("<f2")).view(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        sign = (np.ascontiguousarray(x).view(np.uint32) >> 16).astype(np.uint16) & np.uint16(0x8000)
+        h[nan] = (np.uint16(0x7E00) | sign)[nan]
+    return h
+
+
 def fp16_bits_to_fp32(h: np.ndarray) -> np.ndarray:
     return np.asarray(h, dtype=np.uint16).view(np.float16).astype(np.float32)
 

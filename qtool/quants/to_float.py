@@ -22,7 +22,7 @@ import threading
 import numpy as np
 
 from .engine import dequantize
-from .rounding import fp32_to_bf16_bits
+from .rounding import fp16_bits_ggml, fp32_to_bf16_bits
 from .types import QType, get_type
 
 U16, U32, F32 = np.uint16, np.uint32, np.float32
@@ -34,19 +34,6 @@ FLOAT_TARGETS = ("F16", "BF16", "F32")
 _SCALE_DOWN = F32(2.0**-112)  # f32 exponent 127+e -> 15+e: f16's exponent field, exact for normals
 _HUGE = U32(31 << 24)  # y's bits << 1 for |x| = 65536: from there on (inf, NaN too) the fast path is wrong
 _SUBNORMAL = U32((1 << 24) - 1)  # (bits << 1) - 1 of the smallest normal float32, 2^-126
-
-
-def fp16_bits_slow(x: np.ndarray) -> np.ndarray:
-    """ggml_compute_fp32_to_fp16 of float32 values: numpy's cast (round to nearest even), a NaN as
-    0x7E00 with its sign whatever its payload (numpy keeps payload bits). The reference for
-    `fp32_to_fp16_bits`."""
-    with np.errstate(over="ignore"):  # beyond 65504 is inf, as in C
-        h = np.ascontiguousarray(np.asarray(x, dtype=F32).astype("<f2")).view(U16)
-    nan = np.isnan(x)
-    if nan.any():
-        sign = (np.ascontiguousarray(x, dtype=F32).view(U32) >> 16).astype(U16) & U16(0x8000)
-        h[nan] = (U16(0x7E00) | sign)[nan]
-    return h
 
 
 class _F16Scratch:
@@ -61,7 +48,7 @@ _SCRATCH = threading.local()  # one set of chunk buffers per thread
 
 
 def fp32_to_fp16_bits(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """float32 values -> their float16 bits (uint16, x's shape), exactly `fp16_bits_slow`.
+    """float32 values -> their float16 bits (uint16, x's shape), exactly `fp16_bits_ggml`.
 
     Per chunk: y = x * 2^-112 puts a normal fp16's exponent in the float32 exponent field (and keeps
     0 at 0), rounding to nearest even is `(bits + 0xfff + lsb) >> 13`, the low 16 bits of that are
@@ -93,7 +80,7 @@ def _fp16_chunks(xf: np.ndarray, o: np.ndarray, sc: _F16Scratch) -> None:
         np.multiply(xf[a:b], _SCALE_DOWN, out=y)
         np.left_shift(yu, U32(1), out=t)  # |y|'s bits, shifted: 0 for +-0, < 2^24 when y is subnormal
         if t.max() >= _HUGE:  # NaN, inf or |x| >= 65536 (rare): the chunk exactly
-            oc[:] = fp16_bits_slow(xf[a:b])
+            oc[:] = fp16_bits_ggml(xf[a:b])
             continue
         np.subtract(t, U32(1), out=t)  # 0 -> 0xffffffff
         tiny = np.flatnonzero(t < _SUBNORMAL) if t.min() < _SUBNORMAL else None  # nonzero |x| < 2^-14
@@ -107,7 +94,7 @@ def _fp16_chunks(xf: np.ndarray, o: np.ndarray, sc: _F16Scratch) -> None:
         np.bitwise_or(yu, t, out=yu)
         np.copyto(oc, yu, casting="unsafe")  # the low 16 bits
         if tiny is not None:  # y was subnormal, rounded once already: those values exactly
-            oc[tiny] = fp16_bits_slow(xf[a:b][tiny])
+            oc[tiny] = fp16_bits_ggml(xf[a:b][tiny])
 
 
 # --- q * d types: a table per d exponent ------------------------------------------------------
@@ -131,7 +118,7 @@ class _QdTable:
             d = np.arange(e << 10, (e + 1) << 10, dtype=np.uint32).astype(U16).view(np.float16).astype(F32)
             with np.errstate(invalid="ignore"):  # inf * 0: NaN, as in C
                 vals = d[:, None] * self.levels[None, :]  # exact: an fp16 times a small integer
-            self.table[e * 1024 * self.n:(e + 1) * 1024 * self.n] = fp16_bits_slow(vals).reshape(-1)
+            self.table[e * 1024 * self.n:(e + 1) * 1024 * self.n] = fp16_bits_ggml(vals).reshape(-1)
             self.filled[e] = True
 
 
