@@ -225,6 +225,18 @@ def score_rows(fwd: Forward, h: np.ndarray, targets: np.ndarray, block: int = LO
     return out
 
 
+def batch_targets(tokens: np.ndarray, i: int, k: int, n_ctx: int, first: int) -> np.ndarray:
+    """int64[k, n_ctx - 1 - first]: the tokens each scored row of chunks i..i+k-1 predicts."""
+    return np.stack([tokens[(i + s) * n_ctx + first + 1:(i + s + 1) * n_ctx] for s in range(k)]).astype(np.int64)
+
+
+def score_batch(fwd: Forward, h: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """nll float64[k, n] of targets[k, n] from the scored hidden rows h[k, n, n_embd] of a batch of
+    k sequences, all rows at once (score_rows)."""
+    k, n = targets.shape
+    return score_rows(fwd, h.reshape(k * n, -1), targets.reshape(-1)).reshape(k, n)
+
+
 def score_sequence(fwd: Forward, h: np.ndarray, targets: np.ndarray,
                    each: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
     """nll float64[n] of targets[n] from hidden rows h[n, n_embd]. With `each(logits, rows)`, which
@@ -255,9 +267,9 @@ def perplexity(fwd: Forward, tokens: np.ndarray, n_ctx: int, n_chunks: int | Non
     for i, batch in chunk_batches(tokens, n_ctx, n_chunk, n_seq, bos):
         h = fwd.hidden(batch, first, progress=on_layer)
         k = batch.shape[0]
-        targets = np.stack([tokens[(i + s) * n_ctx + first + 1:(i + s + 1) * n_ctx] for s in range(k)]).astype(np.int64)
+        targets = batch_targets(tokens, i, k, n_ctx, first)
         if writer is None:  # all the batch's rows at once
-            nll = score_rows(fwd, h[:, :n_score].reshape(k * n_score, -1), targets.reshape(-1)).reshape(k, n_score)
+            nll = score_batch(fwd, h[:, :n_score], targets)
         else:
             def each(lg: np.ndarray, rows: np.ndarray, w: LogitsWriter = writer) -> None:
                 w.add(lg)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..eval.model import Forward
-from ..eval.perplexity import NllAccumulator, chunk_batches, chunk_count, n_seq_for, score_rows
+from ..eval.perplexity import NllAccumulator, batch_targets, chunk_batches, chunk_count, n_seq_for, score_batch
 from .data import ImatrixData, ImatrixEntry, ImatrixError
 
 MIN_ROWS = 16
@@ -149,11 +149,7 @@ def collect_imatrix(fwd: Forward, collector: Collector, tokens: np.ndarray, n_ct
         if fwd.output_name == "output.weight" and collector.process_output:
             collector.dense("output.weight", h.reshape(k * n_ctx, -1))
         if compute_ppl:  # all the batch's scored rows at once (one matmul per vocabulary block)
-            n_score = n_ctx - 1 - first
-            targets = np.stack([tokens[(i + s) * n_ctx + first + 1:(i + s + 1) * n_ctx]
-                                for s in range(k)]).astype(np.int64)
-            nll = score_rows(fwd, h[:, first:n_ctx - 1].reshape(k * n_score, -1),
-                             targets.reshape(-1)).reshape(k, n_score)
+            nll = score_batch(fwd, h[:, first:n_ctx - 1], batch_targets(tokens, i, k, n_ctx, first))
         for s in range(k):
             if compute_ppl:
                 acc.add(nll[s])
