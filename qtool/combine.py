@@ -453,21 +453,22 @@ def requantize_rule(raws: Sequence[np.ndarray], types: Sequence[str | QType], n_
     (a quant of a quant; what the interval rules only approach when another source is nearly on
     the same grid). Least precise candidate first, as the grid rule. Sources made with an imatrix
     do not reproduce (their search used weights not in the file): the rule then never fires.
-    Returns (x, blocks taken)."""
-    keep = distinct_sources(raws, types)
-    if len(keep) < 2:
+    raws / types: distinct sources, most precise first (distinct_sources' order). Returns (x,
+    blocks taken)."""
+    k = len(raws)
+    if k < 2:
         return x, 0
     nrows = x.shape[0]
     blk = block_size(n_per_row)
     nbk = n_per_row // blk
     out = x.reshape(nrows, nbk, blk).copy()
     done = np.zeros((nrows, nbk), dtype=bool)
-    for c in reversed(keep):
+    for c in reversed(range(k)):
         cand = dequantize(raws[c], types[c], n_per_row).reshape(nrows, n_per_row)
         if target != "F32":
             cand = dequantize(quantize(cand, target), target, n_per_row).reshape(nrows, n_per_row)
         ok = ~done
-        for j in keep:
+        for j in range(k):
             if j == c or not ok.any():
                 continue
             qj = get_type(types[j])
@@ -484,11 +485,12 @@ def combine_rows(raws: Sequence[np.ndarray], types: Sequence[str | QType], n_per
     quants (any order; identical sources are used once). requantize: the requantize rule last
     (CombineStats.requantized_blocks; target: the output's float type, to which a candidate is
     rounded before it is quantized again)."""
-    iv = [intervals(raws[i], types[i], n_per_row) for i in distinct_sources(raws, types)]
+    keep = distinct_sources(raws, types)
+    iv = [intervals(raws[i], types[i], n_per_row) for i in keep]
     est, st = estimate(iv, method=method, max_empty=max_empty, grid=grid)
     est = est.astype(F32)
     if requantize and grid:
-        est, taken = requantize_rule(raws, types, n_per_row, est, target)
+        est, taken = requantize_rule([raws[i] for i in keep], [types[i] for i in keep], n_per_row, est, target)
         st.requantized_blocks = taken
     return est, st
 
