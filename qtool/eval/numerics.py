@@ -44,6 +44,15 @@ _F16_MIN_NORMAL = F32(2.0 ** -14)
 _F16_OVERFLOW = F32(65520.0)  # rounds to 65536 and beyond: inf as float16
 
 
+def _f16_split(x: np.ndarray, c: np.ndarray, out: np.ndarray) -> None:
+    """out = x rounded to float16's 11 significant bits, to nearest even (Veltkamp's split
+    c = x * (2^13 + 1), x_hi = c - (c - x)); right for |x| in float16's normal range only. c:
+    scratch of x's size."""
+    np.multiply(x, F32(8193.0), out=c)
+    np.subtract(c, x, out=out)
+    np.subtract(c, out, out=out)
+
+
 def round_f16(x: np.ndarray) -> np.ndarray:
     """x rounded to float16 and back (GGML_FP32_TO_FP16, round to nearest even), in float32:
     numpy's float16 casts are several times slower. Normal range: Veltkamp's split
@@ -62,9 +71,7 @@ def round_f16(x: np.ndarray) -> np.ndarray:
             xb = xf[lo:lo + _BLOCK]
             k = xb.size
             cb, ab, ob = c[:k], a_[:k], of[lo:lo + k]
-            np.multiply(xb, F32(8193.0), out=cb)
-            np.subtract(cb, xb, out=ob)
-            np.subtract(cb, ob, out=ob)
+            _f16_split(xb, cb, ob)
             np.abs(xb, out=ab)
             if not ab.min() >= _F16_MIN_NORMAL:  # float16 subnormals: multiples of 2^-24
                 i = np.flatnonzero(ab < _F16_MIN_NORMAL)
@@ -226,9 +233,7 @@ def gelu_f16(x: np.ndarray) -> np.ndarray:
             xb = xf[lo:lo + _BLOCK]
             k = xb.size
             cb, rb, kb, ob = c[:k], r[:k], key[:k], of[lo:lo + k]
-            np.multiply(xb, F32(8193.0), out=cb)
-            np.subtract(cb, xb, out=rb)
-            np.subtract(cb, rb, out=rb)
+            _f16_split(xb, cb, rb)
             np.right_shift(rb.view(np.uint32), 13, out=kb)
             np.take(_GELU_KEY, kb, out=ob)
             np.abs(xb, out=rb)
