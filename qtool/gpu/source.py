@@ -23,11 +23,15 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "iqk": (("iq4.cuh",), ("iqk.cuh",)),
     "ik_mainline": (CORE + ("iqk.cuh",), ("ik_mainline.cuh",)),
     "trellis": (("iq4.cuh", "iqk.cuh"), ("trellis.cuh",)),
+    "dequant": (("lattice.cuh",), ("dequant.cuh",)),
+    "dequant_ik": (("iq4.cuh", "iqk.cuh", "trellis.cuh"), ("dequant_ik.cuh",)),
 }
-SOURCE_FILES = BASE + CORE + ("lattice.cuh", "lattice_ik.cuh", "iqk.cuh", "ik_mainline.cuh", "trellis.cuh")
+SOURCE_FILES = BASE + CORE + ("lattice.cuh", "lattice_ik.cuh", "iqk.cuh", "ik_mainline.cuh", "trellis.cuh",
+                                        "dequant.cuh", "dequant_ik.cuh")
 """Every file, in an order where each may use what the files before it define (the host build)."""
 
-_KERNEL_DEF = re.compile(r"^\s*(?:[A-Z_]*KERNEL\((\w+),|QKERNEL void (quantize_\w+)\s*\()", re.M)
+_KERNEL_DEF = re.compile(r"^\s*(?:(?:QTOOL_DEQUANT\w*_KERNEL\((?P<dq>\w+),)|[A-Z_]*KERNEL\((?P<q>\w+),"
+                         r"|QKERNEL void (?P<fn>(?:de)?quantize_\w+)\s*\()", re.M)
 
 
 def _text(name: str) -> str:
@@ -54,12 +58,13 @@ def module_source(module: str) -> str:
 
 @lru_cache(maxsize=1)
 def kernel_modules() -> dict[str, str]:
-    """kernel function name -> the module that defines it."""
+    """kernel function name (`quantize_<type>`, `dequantize_<type>`) -> the module that defines it."""
     out: dict[str, str] = {}
     for module, (_, own) in MODULES.items():
         for f in own:
             for m in _KERNEL_DEF.finditer(_text(f)):
-                out[m.group(2) or f"quantize_{m.group(1)}"] = module
+                name = m["fn"] or (f"dequantize_{m['dq']}" if m["dq"] else f"quantize_{m['q']}")
+                out[name] = module
     return out
 
 

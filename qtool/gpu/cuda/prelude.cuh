@@ -131,6 +131,29 @@ QDEV void store_block(uint8_t * GGML_RESTRICT dst, const void * src, int nbytes)
         }                                                                                       \
     }
 
+// A block read from memory 16 bits at a time into registers (the counterpart of store_block:
+// blocks start at even offsets only, so wider loads of their float / uint32 fields could fault).
+QDEV void load_block(void * dst, const uint8_t * GGML_RESTRICT src, int nbytes) {
+    const uint16_t * s = (const uint16_t *) src;
+    uint16_t * d = (uint16_t *) dst;
+    for (int i = 0; i < nbytes / 2; ++i) d[i] = s[i];
+}
+
+// The dequantize kernels' calling convention (kernel name `dequantize_<type in lower case>`, one
+// thread per block of QK values; q: the rows' bytes (nrows * n_per_row / QK blocks, no row
+// header), y: float32 rows out). BODY(const BLOCK_T *blk, float *y) is ggml's
+// dequantize_row_<type> for one block. Types with a per-row header (ik's row scales) define
+// their own kernel with the same arguments.
+#define QTOOL_DEQUANT_KERNEL(NAME, QK, BLOCK_T, BODY)                                           \
+    QKERNEL void dequantize_##NAME(const uint8_t * GGML_RESTRICT q, float * GGML_RESTRICT y,    \
+                                   int64_t nrows, int64_t n_per_row) {                          \
+        QFOR(ib, nrows * (n_per_row / (QK))) {                                                  \
+            BLOCK_T blk;                                                                        \
+            load_block(&blk, q + ib * (int64_t) sizeof(BLOCK_T), (int) sizeof(BLOCK_T));       \
+            BODY(&blk, y + ib * (int64_t) (QK));                                                \
+        }                                                                                       \
+    }
+
 // Row pre-pass: sum of squares / n_per_row in C's sequential order, one thread per row
 // (ggml's quantize_row_*_impl of the legacy types compute sigma2 = sum_x2 / n_per_row).
 QKERNEL void row_mean_square(const float * GGML_RESTRICT x, float * GGML_RESTRICT out, int64_t nrows,

@@ -1,0 +1,2 @@
+// dequant_ik.cuh: dequantize kernels (see prelude.cuh QTOOL_DEQUANT_KERNEL).
+#pragma once
