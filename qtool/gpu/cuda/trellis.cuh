@@ -12,16 +12,14 @@
 // (indices parked where the final indices go), weights are recomputed per super-block (they
 // depend on the super-block only), block scales are recomputed from the parked indices
 // (find_best_scale of the chosen indices is the scale C stored).
+// IQ2_KT and IQ1_KT run one row template (kt_pm_row: C's two functions differ only in IQ1_KT's
+// retry at scale_0 - 8, the final 1.07 and the block layout, reached through overloads); the
+// 19 trial row scales (kt_trial_scales) and the parked-block helpers serve IQ3_KT as well.
 #pragma once
 
 #define KT_BLOCK 32
 #define KT_NBLOCK (QK_K/KT_BLOCK)
 #define KT_INF QBITS_U2F(0x7f800000u)
-
-QTABLE(int32_t, kt_iq2_start)
-QTABLE(int32_t, kt_iq2_members)
-QTABLE(int8_t, kt_iq2_mvals)
-QTABLE(float, kt_iq2_mid)
 
 // set_values (is_int, scale 1): the trellis value k of index i.
 QDEV void kt_values8(uint32_t i, float * r, int group, bool is_abs, uint32_t offset) {
@@ -81,39 +79,56 @@ QDEV void kt_lane_update(float score, int idx, float * vbest, int * bidx) {
     *vbest = (*vbest < score) ? *vbest : score;
 }
 
-// QuantizerIQKT<32, 8, ...>::find_best_match (AVX2, 256 clusters by sign bits against m_mid).
-QDEV void kt_find_best_match8(const int32_t * GGML_RESTRICT start, const int32_t * GGML_RESTRICT members,
-                              const int8_t * GGML_RESTRICT mvals, const float * GGML_RESTRICT mid,
-                              float d, const float * GGML_RESTRICT xb, const float * GGML_RESTRICT weight,
-                              int * GGML_RESTRICT best_idx) {
+QDEV int kt_bin5(float x) {
+    return x < -48.f ? 0 : x < -16.f ? 1 : x < 16.f ? 2 : x < 48.f ? 3 : 4;
+}
+
+// QuantizerIQKT<32, G, ...>::find_best_match (AVX2) for groups of G. G = 8: 256 clusters by the
+// sign bits against m_mid (mid), lane i holds member j + i, score hsum_float_8x8's; G = 4: 625
+// clusters by bin5 (mid unused), lane L holds members j + {0,2,4,6,1,3,5,7}[L] (add_idx), score
+// (v0+v2)+(v1+v3) (hsum_float_4x8).
+template <int G>
+QDEV void kt_find_best_match(const int32_t * GGML_RESTRICT start, const int32_t * GGML_RESTRICT members,
+                             const int8_t * GGML_RESTRICT mvals, const float * GGML_RESTRICT mid,
+                             float d, const float * GGML_RESTRICT xb, const float * GGML_RESTRICT weight,
+                             int * GGML_RESTRICT best_idx) {
     if (!d) {
-        for (int l = 0; l < KT_BLOCK/8; ++l) best_idx[l] = 0;
+        for (int l = 0; l < KT_BLOCK/G; ++l) best_idx[l] = 0;
         return;
     }
     const float id = 1/d;
-    for (int l = 0; l < KT_BLOCK/8; ++l) {
-        const float * xl = xb + 8*l;
-        const float * wl = weight + 8*l;
-        float vx[8], vw[8];
-        int u = 0;
-        for (int k = 0; k < 8; ++k) {
+    for (int l = 0; l < KT_BLOCK/G; ++l) {
+        const float * xl = xb + G*l;
+        const float * wl = weight + G*l;
+        float vx[G], vw[G];
+        int u = 0, m = 1;
+        for (int k = 0; k < G; ++k) {
             vx[k] = id*xl[k];
             vw[k] = wl[k];
-            if (vx[k] > mid[k]) u |= (1 << k);
+            if constexpr (G == 8) {
+                if (vx[k] > mid[k]) u |= (1 << k);
+            } else {
+                u += kt_bin5(vx[k])*m;
+                m *= 5;
+            }
         }
         const int p0 = start[u], p1 = start[u + 1];
         float vbest[8];
         int bidx[8];
         for (int i = 0; i < 8; ++i) { vbest[i] = KT_INF; bidx[i] = -1; }
         for (int j = p0; j < p1; j += 8) {
-            for (int i = 0; i < 8; ++i) {
-                const int8_t * q = mvals + 8*(int64_t)(j + i);
-                float s[8];
-                for (int k = 0; k < 8; ++k) {
+            for (int lane = 0; lane < 8; ++lane) {
+                const int pos = G == 8 ? lane : lane < 4 ? 2*lane : 2*(lane - 4) + 1;
+                const int8_t * q = mvals + G*(int64_t)(j + pos);
+                float s[G];
+                for (int k = 0; k < G; ++k) {
                     const float diff = (float)q[k] - vx[k];
                     s[k] = vw[k]*(diff*diff);
                 }
-                kt_lane_update(kt_hsum8(s), j - p0 + i, &vbest[i], &bidx[i]);
+                float score;
+                if constexpr (G == 8) score = kt_hsum8(s);
+                else score = (s[0] + s[2]) + (s[1] + s[3]);
+                kt_lane_update(score, j - p0 + pos, &vbest[lane], &bidx[lane]);
             }
         }
         float best = KT_INF;
@@ -162,216 +177,79 @@ QDEV void kt_store_f32(uint8_t * dst, float v) {
     store_block(dst, h, 4);
 }
 
-// One block's share of the 19 trial row scales tid[] of IQ2_KT / IQ1_KT (the level of a block:
-// iq4k_values[best_index(tid*scale)]) and IQ3_KT (iq3: nearest_int(tid*scale) clamped to 0..15,
-// on |x|); each trial's sums continue along the row in C's order.
-QDEV void kt_trials_add(const float * GGML_RESTRICT tid, float scale, const float * GGML_RESTRICT xb,
-                        const float * GGML_RESTRICT wb, const float * GGML_RESTRICT qv, bool iq3,
-                        float * GGML_RESTRICT tsumqx, float * GGML_RESTRICT tsumq2) {
-    for (int t = 0; t < 19; ++t) {
-        float dl;
-        if (iq3) {
-            int ls = nearest_int(tid[t]*scale);
-            ls = MAX(0, MIN(15, ls));
-            dl = ls;
-        } else {
-            const int ls = iqk_best_index_iq4nl(iqk_iq4k_values, tid[t]*scale);
-            dl = iqk_iq4k_values[ls];
-        }
-        float sumqx = tsumqx[t], sumq2 = tsumq2[t];
-        for (int j = 0; j < KT_BLOCK; ++j) {
-            const float q = dl*qv[j];
-            sumqx += wb[j]*(iq3 ? fabsf(xb[j]) : xb[j])*q;
-            sumq2 += wb[j]*q*q;
-        }
-        tsumqx[t] = sumqx; tsumq2[t] = sumq2;
+// |x| max over a row (std::max order).
+QDEV float kt_row_amax(const float * x, int n) {
+    float amax = 0;
+    for (int j = 0; j < n; ++j) amax = kt_max(amax, fabsf(x[j]));
+    return amax;
+}
+
+// kt_weights of super-block ibl of the row into weight; returns the super-block's x.
+QDEV const float * kt_sb_weights(const float * x, const float * quant_weights, int ibl, float * weight) {
+    const float * xbl = x + ibl*QK_K;
+    kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
+    return xbl;
+}
+
+// A row of zero blocks and row scale 0 (cy: the row's bytes, float d then the blocks).
+template <typename B>
+QDEV void kt_zero_row(uint8_t * cy, int nblock) {
+    B z;
+    memset(&z, 0, sizeof(z));
+    for (int ibl = 0; ibl < nblock; ++ibl) store_block(cy + 4 + ibl*(int64_t)sizeof(z), &z, (int) sizeof(z));
+    kt_store_f32(cy, 0.0f);
+}
+
+// C's amax_scale / max_scale update: max_scale is the block scale of the largest |s| (first on ties).
+QDEV void kt_track_max(float s, float * amax_scale, float * max_scale) {
+    const float abs_scale = fabsf(s);
+    if (abs_scale > *amax_scale) {
+        *amax_scale = abs_scale;
+        *max_scale = s;
     }
 }
 
-// C's itry loop over the 19 trials' row sums: d and best as C updates them.
-QDEV void kt_trials_best(const float * GGML_RESTRICT tsumqx, const float * GGML_RESTRICT tsumq2, float * d, float * best) {
-    for (int t = 0; t < 19; ++t) {
-        const float sumqx = tsumqx[t], sumq2 = tsumq2[t];
-        if (sumq2 > 0 && sumqx*sumqx > *best*sumq2) {
-            *d = sumqx/sumq2; *best = *d*sumqx;
-        }
+// The final pass's sums over a block's 32 values qv*ls, in C's order.
+QDEV void kt_sums(const float * GGML_RESTRICT qv, int ls, const float * GGML_RESTRICT xb,
+                  const float * GGML_RESTRICT wb, float * sumqx, float * sumq2) {
+    float sx = *sumqx, s2 = *sumq2;
+    for (int j = 0; j < KT_BLOCK; ++j) {
+        const float q = qv[j]*ls;
+        sx += wb[j]*xb[j]*q;
+        s2 += wb[j]*q*q;
     }
+    *sumqx = sx;
+    *sumq2 = s2;
 }
 
-#define KT_ROW_KERNEL(NAME, BLOCK_BYTES, ROWFN)                                                     \
-    QKERNEL void quantize_##NAME(const float * GGML_RESTRICT x, const float * GGML_RESTRICT qw,    \
-                                 uint8_t * GGML_RESTRICT y, const float * GGML_RESTRICT aux,       \
-                                 int64_t nrows, int64_t n_per_row) {                               \
-        (void) aux;                                                                                \
-        QFOR(row, nrows) {                                                                         \
-            const int64_t row_bytes = 4 + (n_per_row / QK_K) * (int64_t) (BLOCK_BYTES);            \
-            ROWFN(x + row * n_per_row, qw, y + row * row_bytes, (int) n_per_row);                  \
-        }                                                                                          \
-    }
+// ---- IQ2_KT, IQ3_KT, IQ1_KT: groups of 8, one scale per block of 32 ------------------------------
 
-// ---- IQ2_KT -----------------------------------------------------------------------------------
+QTABLE(int32_t, kt_iq2_start)
+QTABLE(int32_t, kt_iq2_members)
+QTABLE(int8_t, kt_iq2_mvals)
+QTABLE(float, kt_iq2_mid)
+QTABLE(int32_t, kt_iq3_start)
+QTABLE(int32_t, kt_iq3_members)
+QTABLE(int8_t, kt_iq3_mvals)
+QTABLE(float, kt_iq3_mid)
+QTABLE(int32_t, kt_iq1_start)
+QTABLE(int32_t, kt_iq1_members)
+QTABLE(int8_t, kt_iq1_mvals)
+QTABLE(float, kt_iq1_mid)
+
+// A quantizer's cluster tables (see kt_find_best_match).
+typedef struct {
+    const int32_t * start;
+    const int32_t * members;
+    const int8_t * mvals;
+    const float * mid;
+} kt_tables8;
+#define KT_TABLES8(T) kt_tables8{kt_##T##_start, kt_##T##_members, kt_##T##_mvals, kt_##T##_mid}
 
 typedef struct {
     uint8_t  scales[QK_K/64];
     uint16_t ql[QK_K/8];
 } block_kt_iq2;
-
-// A block's scale after the first pass (C's all_scales[ib]): 0 for a skipped block, else
-// find_best_scale of the kept indices (idx).
-QDEV float kt_iq2_scale(const float * xb, const float * weight, const int * idx) {
-    if (kt_block_amax(xb) < 1e-16f) return 0.0f;
-    float q[KT_BLOCK], dd, sc;
-    kt_block_values(idx, q, 8, false, 4096);
-    kt_find_best_scale(xb, weight, q, &dd, &sc);
-    return dd;
-}
-
-// quantize_row_iq2_kt_impl; cy: the row's bytes (float d, then the blocks).
-QDEV void kt_iq2_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
-                        uint8_t * GGML_RESTRICT cy, int n_per_row) {
-    const int nblock = n_per_row/QK_K;
-    uint8_t * yb = cy + 4;
-    float weight[QK_K];
-    int best_idx[2*(KT_BLOCK/8)];
-
-    float amax_row = 0;
-    for (int j = 0; j < n_per_row; ++j) amax_row = kt_max(amax_row, fabsf(x[j]));
-
-    float amax_scale = 0, max_scale = 0;
-    for (int ibl = 0; ibl < nblock; ++ibl) {
-        block_kt_iq2 blk;
-        memset(&blk, 0, sizeof(blk));
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
-            const float * xb = xbl + KT_BLOCK*ib;
-            const float * wb = weight + KT_BLOCK*ib;
-            const float amax = kt_block_amax(xb);
-            if (amax < 1e-16f) continue;  // all_idx 0 (blk is zeroed), scale 0
-            const float scale_0 = kt_max(90.f, 124.f*amax/amax_row);
-            float q[KT_BLOCK], dp, score_p, dm, score_m;
-            kt_find_best_match8(kt_iq2_start, kt_iq2_members, kt_iq2_mvals, kt_iq2_mid, amax/scale_0, xb, wb, best_idx);
-            kt_block_values(best_idx, q, 8, false, 4096);
-            kt_find_best_scale(xb, wb, q, &dp, &score_p);
-            kt_find_best_match8(kt_iq2_start, kt_iq2_members, kt_iq2_mvals, kt_iq2_mid, -amax/scale_0, xb, wb, best_idx + 4);
-            kt_block_values(best_idx + 4, q, 8, false, 4096);
-            kt_find_best_scale(xb, wb, q, &dm, &score_m);
-            const int * idx = best_idx;
-            float s;
-            if (score_p > score_m) s = dp;
-            else { s = dm; idx += 4; }
-            for (int ig = 0; ig < 4; ++ig) blk.ql[4*ib + ig] = (uint16_t) idx[ig];
-            const float abs_scale = fabsf(s);
-            if (abs_scale > amax_scale) {
-                amax_scale = abs_scale;
-                max_scale = s;
-            }
-        }
-        store_block(yb + ibl*(int64_t)sizeof(block_kt_iq2), &blk, (int) sizeof(block_kt_iq2));
-    }
-
-    if (!max_scale) {
-        block_kt_iq2 z;
-        memset(&z, 0, sizeof(z));
-        for (int ibl = 0; ibl < nblock; ++ibl) store_block(yb + ibl*(int64_t)sizeof(z), &z, (int) sizeof(z));
-        kt_store_f32(cy, 0.0f);
-        return;
-    }
-
-    // the 19 trial row scales: each trial's sums run along the row in C's order; all 19 are
-    // accumulated in one sweep (the updates of d, best follow in C's itry order)
-    float d = max_scale/iqk_iq4k_values[0];
-    float best = 0;
-    float tsumqx[19], tsumq2[19], tid[19];
-    for (int t = 0; t < 19; ++t) {
-        tsumqx[t] = 0; tsumq2[t] = 0;
-        tid[t] = ((t - 9) + iqk_iq4k_values[0])/max_scale;
-    }
-    for (int ibl = 0; ibl < nblock; ++ibl) {
-        block_kt_iq2 blk;
-        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(blk), (int) sizeof(blk));
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
-            const float * xb = xbl + KT_BLOCK*ib;
-            const float * wb = weight + KT_BLOCK*ib;
-            int idx[4];
-            for (int ig = 0; ig < 4; ++ig) idx[ig] = blk.ql[4*ib + ig];
-            const float scale = kt_iq2_scale(xb, wb, idx);
-            float qv[KT_BLOCK];
-            kt_block_values(idx, qv, 8, false, 4096);
-            kt_trials_add(tid, scale, xb, wb, qv, false, tsumqx, tsumq2);
-        }
-    }
-    kt_trials_best(tsumqx, tsumq2, &d, &best);
-
-    const float id = d ? 1/d : 0.f;
-    float sumqx = 0, sumq2 = 0;
-    for (int ibl = 0; ibl < nblock; ++ibl) {
-        block_kt_iq2 blk;
-        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(blk), (int) sizeof(blk));
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
-        float scales[KT_NBLOCK];
-        int prev[KT_NBLOCK][4];
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
-            for (int ig = 0; ig < 4; ++ig) prev[ib][ig] = blk.ql[4*ib + ig];
-            scales[ib] = kt_iq2_scale(xbl + KT_BLOCK*ib, weight + KT_BLOCK*ib, prev[ib]);
-        }
-        for (int ib = 0; ib < KT_NBLOCK/2; ++ib) {
-            const int ls1 = iqk_best_index_iq4nl(iqk_iq4k_values, id*scales[ib]);
-            const int ls2 = iqk_best_index_iq4nl(iqk_iq4k_values, id*scales[ib + KT_NBLOCK/2]);
-            blk.scales[ib] = (uint8_t)(ls1 | (ls2 << 4));
-        }
-        if (!d) {  // C returns with ql still zero
-            for (int j = 0; j < QK_K/8; ++j) blk.ql[j] = 0;
-            store_block(yb + ibl*(int64_t)sizeof(blk), &blk, (int) sizeof(blk));
-            continue;
-        }
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
-            const float * xb = xbl + KT_BLOCK*ib;
-            const float * wb = weight + KT_BLOCK*ib;
-            const int ls = iqk_iq4k_values[(blk.scales[ib%(KT_NBLOCK/2)] >> 4*(ib/(KT_NBLOCK/2))) & 0xf];
-            const float dl = d*ls;
-            kt_find_best_match8(kt_iq2_start, kt_iq2_members, kt_iq2_mvals, kt_iq2_mid, dl, xb, wb, best_idx);
-            float q1[KT_BLOCK], q2[KT_BLOCK];
-            kt_block_values(prev[ib], q1, 8, false, 4096);
-            kt_block_values(best_idx, q2, 8, false, 4096);
-            float mse1 = 0, mse2 = 0;
-            for (int jj = 0; jj < KT_BLOCK; ++jj) {
-                const float diff1 = xb[jj] - dl*q1[jj];
-                const float diff2 = xb[jj] - dl*q2[jj];
-                mse1 += wb[jj]*diff1*diff1;
-                mse2 += wb[jj]*diff2*diff2;
-            }
-            const float * qb = q2;
-            if (mse1 < mse2) {
-                for (int ig = 0; ig < 4; ++ig) best_idx[ig] = prev[ib][ig];
-                qb = q1;
-            }
-            for (int j = 0; j < 4; ++j) {
-                blk.ql[4*ib + j] = (uint16_t) best_idx[j];
-                for (int k = 0; k < 8; ++k) {
-                    const float q = qb[8*j + k]*ls;
-                    sumqx += wb[8*j + k]*xb[8*j + k]*q;
-                    sumq2 += wb[8*j + k]*q*q;
-                }
-            }
-        }
-        store_block(yb + ibl*(int64_t)sizeof(blk), &blk, (int) sizeof(blk));
-    }
-    if (d && sumq2 > 0) d = sumqx/sumq2;
-    kt_store_f32(cy, d);
-}
-
-KT_ROW_KERNEL(iq2_kt, sizeof(block_kt_iq2), kt_iq2_kt_row)
-
-// ---- IQ3_KT -----------------------------------------------------------------------------------
-
-QTABLE(int32_t, kt_iq3_start)
-QTABLE(int32_t, kt_iq3_members)
-QTABLE(int8_t, kt_iq3_mvals)
-QTABLE(float, kt_iq3_mid)
 
 typedef struct {
     uint8_t  scales[QK_K/64];
@@ -379,34 +257,294 @@ typedef struct {
     uint8_t  qh[QK_K/8];
 } block_kt_iq3;
 
-// A block's all_scales[ib] after the first pass: 0 for a skipped block, else find_best_scale of
-// the kept indices on |x|.
-QDEV float kt_iq3_scale(const float * xaux, const float * weight, const int * idx) {
-    if (kt_block_amax(xaux) < 1e-16f) return 0.0f;
+typedef struct {
+    uint8_t  sh[QK_K/32];
+    uint8_t  ql[QK_K/8];
+    uint8_t  qh[QK_K/16];
+} block_kt_iq1;
+
+// The 4 indices of block ib (IQ2_KT, IQ3_KT: ql; IQ1_KT: the 13-bit indices in ql, qh and sh bits
+// 4..7, the scale nibble aside; its non-template overloads win over the templates, also for a
+// non-const block). kt_put_idx of IQ1_KT ORs the bits in: the block must be zeroed.
+template <typename B>
+QDEV void kt_get_idx(const B * b, int ib, int * idx) {
+    for (int j = 0; j < 4; ++j) idx[j] = b->ql[4*ib + j];
+}
+template <typename B>
+QDEV void kt_put_idx(B * b, int ib, const int * idx) {
+    for (int j = 0; j < 4; ++j) b->ql[4*ib + j] = (uint16_t) idx[j];
+}
+QDEV void kt_get_idx(const block_kt_iq1 * b, int ib, int * idx) {
+    for (int j = 0; j < 4; ++j) {
+        idx[j] = b->ql[ib*4 + j] | (((b->qh[(ib%4)*4 + j] >> 4*(ib/4)) & 0xf) << 8) | (((b->sh[ib] >> (4 + j)) & 1) << 12);
+    }
+}
+QDEV void kt_put_idx(block_kt_iq1 * b, int ib, const int * idx) {
+    for (int j = 0; j < 4; ++j) {
+        b->ql[ib*4 + j] = (uint8_t)(idx[j] & 0xff);
+        b->qh[(ib%4)*4 + j] |= (uint8_t)(((idx[j] >> 8) & 0xf) << 4*(ib/4));
+        b->sh[ib] |= (uint8_t)((idx[j] >> 12) << (4 + j));
+    }
+}
+
+// A block's level index for the block scale v (in units of the row scale): IQ2_KT / IQ1_KT the
+// nearest of iq4k_values (best_index_iq4nl), IQ3_KT (iq3) nearest_int(v) clamped to 0..15.
+QDEV int kt_level(float v, bool iq3) {
+    if (iq3) {
+        const int ls = nearest_int(v);
+        return MAX(0, MIN(15, ls));
+    }
+    return iqk_best_index_iq4nl(iqk_iq4k_values, v);
+}
+
+// IQ2_KT's / IQ3_KT's scales[]: blocks ib and ib + 4 share a byte (low, high nibble).
+QDEV int kt_scale_nibble(const uint8_t * scales, int ib) {
+    return (scales[ib%(KT_NBLOCK/2)] >> 4*(ib/(KT_NBLOCK/2))) & 0xf;
+}
+QDEV void kt_pack_scales(uint8_t * out, const float * scales, float id, bool iq3) {
+    for (int ib = 0; ib < KT_NBLOCK/2; ++ib) {
+        const int ls1 = kt_level(id*scales[ib], iq3);
+        const int ls2 = kt_level(id*scales[ib + KT_NBLOCK/2], iq3);
+        out[ib] = (uint8_t)(ls1 | (ls2 << 4));
+    }
+}
+
+// find_best_match at d, then find_best_scale of the match's values: *dd, *sc.
+QDEV void kt_match8(kt_tables8 t, bool is_abs, float d, const float * GGML_RESTRICT xb,
+                    const float * GGML_RESTRICT wb, int * GGML_RESTRICT idx, float * dd, float * sc) {
+    float q[KT_BLOCK];
+    kt_find_best_match<8>(t.start, t.members, t.mvals, t.mid, d, xb, wb, idx);
+    kt_block_values(idx, q, 8, is_abs, 4096);
+    kt_find_best_scale(xb, wb, q, dd, sc);
+}
+
+// A block's scale after the first pass (C's all_scales[ib]): 0 for a skipped block, else
+// find_best_scale of the kept indices idx (xb: |x| for IQ3_KT, is_abs).
+QDEV float kt_block_scale(const float * xb, const float * weight, const int * idx, bool is_abs) {
+    if (kt_block_amax(xb) < 1e-16f) return 0.0f;
     float q[KT_BLOCK], dd, sc;
-    kt_block_values(idx, q, 8, true, 4096);
-    kt_find_best_scale(xaux, weight, q, &dd, &sc);
+    kt_block_values(idx, q, 8, is_abs, 4096);
+    kt_find_best_scale(xb, weight, q, &dd, &sc);
     return dd;
 }
+
+// Super-block ibl as the first pass parked it in yb (into blk), its weights, and its blocks' kept
+// indices and scales (C's all_idx, all_scales; is_abs: IQ3_KT, on |x|); returns its x.
+template <typename B>
+QDEV const float * kt_load_parked(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                                  const uint8_t * GGML_RESTRICT yb, int ibl, bool is_abs, B * blk,
+                                  float * GGML_RESTRICT weight, int (*idx)[4], float * GGML_RESTRICT scales) {
+    iqk_load_block(blk, yb + ibl*(int64_t)sizeof(B), (int) sizeof(B));
+    const float * xbl = kt_sb_weights(x, quant_weights, ibl, weight);
+    for (int ib = 0; ib < KT_NBLOCK; ++ib) {
+        const float * xb = xbl + KT_BLOCK*ib;
+        float xa[KT_BLOCK];
+        if (is_abs) {
+            for (int j = 0; j < KT_BLOCK; ++j) xa[j] = fabsf(xb[j]);
+            xb = xa;
+        }
+        kt_get_idx(blk, ib, idx[ib]);
+        scales[ib] = kt_block_scale(xb, weight + KT_BLOCK*ib, idx[ib], is_abs);
+    }
+    return xbl;
+}
+
+// C's second pass, the 19 trial row scales, after the first parked the blocks in yb; returns d.
+// IQ2_KT / IQ1_KT: d = max_scale/iq4k_values[0], trials (itry + iq4k_values[0])/max_scale, a
+// block's level iq4k_values[best_index(tid*scale)]; IQ3_KT (iq3): d = max_scale/15, trials
+// (0.2*itry + 15)/max_scale, levels nearest_int(tid*scale) clamped to 0..15, on |x|. Each trial's
+// sums run along the row in C's order; all 19 are accumulated in one sweep, then d and best are
+// updated in C's itry order. weight: scratch (QK_K).
+template <typename B>
+QDEV float kt_trial_scales(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                           const uint8_t * GGML_RESTRICT yb, int nblock, float max_scale, bool iq3,
+                           float * GGML_RESTRICT weight) {
+    float d = iq3 ? max_scale/15 : max_scale/iqk_iq4k_values[0];
+    float best = 0;
+    float tsumqx[19], tsumq2[19], tid[19];
+    for (int t = 0; t < 19; ++t) {
+        tsumqx[t] = 0; tsumq2[t] = 0;
+        tid[t] = iq3 ? ((t - 9)*0.2f + 15)/max_scale : ((t - 9) + iqk_iq4k_values[0])/max_scale;
+    }
+    for (int ibl = 0; ibl < nblock; ++ibl) {
+        B blk;
+        int idx[KT_NBLOCK][4];
+        float scales[KT_NBLOCK];
+        const float * xbl = kt_load_parked(x, quant_weights, yb, ibl, iq3, &blk, weight, idx, scales);
+        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
+            const float * xb = xbl + KT_BLOCK*ib;
+            const float * wb = weight + KT_BLOCK*ib;
+            float qv[KT_BLOCK];
+            kt_block_values(idx[ib], qv, 8, iq3, 4096);
+            for (int t = 0; t < 19; ++t) {
+                const int ls = kt_level(tid[t]*scales[ib], iq3);
+                const float dl = iq3 ? ls : iqk_iq4k_values[ls];
+                float sumqx = tsumqx[t], sumq2 = tsumq2[t];
+                for (int j = 0; j < KT_BLOCK; ++j) {
+                    const float q = dl*qv[j];
+                    sumqx += wb[j]*(iq3 ? fabsf(xb[j]) : xb[j])*q;
+                    sumq2 += wb[j]*q*q;
+                }
+                tsumqx[t] = sumqx; tsumq2[t] = sumq2;
+            }
+        }
+    }
+    for (int t = 0; t < 19; ++t) {
+        const float sumqx = tsumqx[t], sumq2 = tsumq2[t];
+        if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {
+            d = sumqx/sumq2; best = d*sumqx;
+        }
+    }
+    return d;
+}
+
+// ---- IQ2_KT, IQ1_KT ---------------------------------------------------------------------------
+
+// The scale index into iq4k_values of block ib: IQ2_KT a nibble of scales[], IQ1_KT sh[ib] bits 0..3.
+QDEV int kt_scale_idx(const block_kt_iq2 * b, int ib) { return kt_scale_nibble(b->scales, ib); }
+QDEV int kt_scale_idx(const block_kt_iq1 * b, int ib) { return b->sh[ib] & 0xf; }
+// Stores the level indices of the block scales (in a zeroed block).
+QDEV void kt_set_scales(block_kt_iq2 * b, const float * scales, float id) { kt_pack_scales(b->scales, scales, id, false); }
+QDEV void kt_set_scales(block_kt_iq1 * b, const float * scales, float id) {
+    for (int ib = 0; ib < KT_NBLOCK; ++ib) b->sh[ib] = (uint8_t) kt_level(id*scales[ib], false);
+}
+
+// The two tries of the first pass at d = +-amax/scale_0: *sp, *sm their scores; kept, *s: the
+// indices and scale of the + one where it scores higher, else of the - one.
+QDEV void kt_match_pm(kt_tables8 t, float amax, float scale_0, const float * GGML_RESTRICT xb,
+                      const float * GGML_RESTRICT wb, int * GGML_RESTRICT kept, float * s, float * sp, float * sm) {
+    int idx[2*(KT_BLOCK/8)];
+    float dp, dm;
+    kt_match8(t, false, amax/scale_0, xb, wb, idx, &dp, sp);
+    kt_match8(t, false, -amax/scale_0, xb, wb, idx + 4, &dm, sm);
+    const bool plus = *sp > *sm;
+    *s = plus ? dp : dm;
+    for (int ig = 0; ig < 4; ++ig) kept[ig] = idx[(plus ? 0 : 4) + ig];
+}
+
+// The last pass on one block: the match at dl = d*ls against the kept indices prev (the lower
+// weighted error wins; on ties the new match) into idx, its values times ls added to the sums.
+QDEV void kt_refine8(kt_tables8 t, float d, int ls, const float * GGML_RESTRICT xb, const float * GGML_RESTRICT wb,
+                     const int * GGML_RESTRICT prev, int * GGML_RESTRICT idx, float * sumqx, float * sumq2) {
+    const float dl = d*ls;
+    kt_find_best_match<8>(t.start, t.members, t.mvals, t.mid, dl, xb, wb, idx);
+    float q1[KT_BLOCK], q2[KT_BLOCK];
+    kt_block_values(prev, q1, 8, false, 4096);
+    kt_block_values(idx, q2, 8, false, 4096);
+    float mse1 = 0, mse2 = 0;
+    for (int jj = 0; jj < KT_BLOCK; ++jj) {
+        const float diff1 = xb[jj] - dl*q1[jj];
+        const float diff2 = xb[jj] - dl*q2[jj];
+        mse1 += wb[jj]*diff1*diff1;
+        mse2 += wb[jj]*diff2*diff2;
+    }
+    const float * qb = q2;
+    if (mse1 < mse2) {
+        for (int ig = 0; ig < 4; ++ig) idx[ig] = prev[ig];
+        qb = q1;
+    }
+    kt_sums(qb, ls, xb, wb, sumqx, sumq2);
+}
+
+// quantize_row_iq2_kt_impl (iq1 false) and quantize_row_iq1_kt_impl (iq1): the same passes, but
+// IQ1_KT also tries each block at scale_0 - 8 and scales the final d by 1.07. cy: the row's bytes
+// (float d, then the blocks); C's all_idx is parked in the final index bits between the passes.
+template <typename B>
+QDEV void kt_pm_row(kt_tables8 t, bool iq1, const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                    uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    const int nblock = n_per_row/QK_K;
+    uint8_t * yb = cy + 4;
+    float weight[QK_K];
+
+    const float amax_row = kt_row_amax(x, n_per_row);
+    float amax_scale = 0, max_scale = 0;
+    for (int ibl = 0; ibl < nblock; ++ibl) {
+        B blk;
+        memset(&blk, 0, sizeof(blk));
+        const float * xbl = kt_sb_weights(x, quant_weights, ibl, weight);
+        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
+            const float * xb = xbl + KT_BLOCK*ib;
+            const float * wb = weight + KT_BLOCK*ib;
+            const float amax = kt_block_amax(xb);
+            if (amax < 1e-16f) continue;  // all_idx 0 (blk is zeroed), scale 0
+            const float scale_0 = kt_max(90.f, 124.f*amax/amax_row);
+            int kept[4];
+            float s, score_p, score_m;
+            kt_match_pm(t, amax, scale_0, xb, wb, kept, &s, &score_p, &score_m);
+            if (iq1) {
+                const float score = score_p > score_m ? score_p : score_m;
+                int kept1[4];
+                float s1, score_p1, score_m1;
+                kt_match_pm(t, amax, scale_0 - 8, xb, wb, kept1, &s1, &score_p1, &score_m1);
+                if (score_p1 > score || score_m1 > score) {
+                    s = s1;
+                    for (int ig = 0; ig < 4; ++ig) kept[ig] = kept1[ig];
+                }
+            }
+            kt_put_idx(&blk, ib, kept);
+            kt_track_max(s, &amax_scale, &max_scale);
+        }
+        store_block(yb + ibl*(int64_t)sizeof(blk), &blk, (int) sizeof(blk));
+    }
+    if (!max_scale) {
+        kt_zero_row<B>(cy, nblock);
+        return;
+    }
+
+    float d = kt_trial_scales<B>(x, quant_weights, yb, nblock, max_scale, false, weight);
+
+    const float id = d ? 1/d : 0.f;
+    float sumqx = 0, sumq2 = 0;
+    for (int ibl = 0; ibl < nblock; ++ibl) {
+        B blk;
+        int prev[KT_NBLOCK][4];
+        float scales[KT_NBLOCK];
+        const float * xbl = kt_load_parked(x, quant_weights, yb, ibl, false, &blk, weight, prev, scales);
+        memset(&blk, 0, sizeof(blk));
+        kt_set_scales(&blk, scales, id);
+        if (d) {  // (else C returns with the indices still zero)
+            for (int ib = 0; ib < KT_NBLOCK; ++ib) {
+                int idx[KT_BLOCK/8];
+                kt_refine8(t, d, iqk_iq4k_values[kt_scale_idx(&blk, ib)], xbl + KT_BLOCK*ib, weight + KT_BLOCK*ib,
+                           prev[ib], idx, &sumqx, &sumq2);
+                kt_put_idx(&blk, ib, idx);
+            }
+        }
+        store_block(yb + ibl*(int64_t)sizeof(blk), &blk, (int) sizeof(blk));
+    }
+    if (d && sumq2 > 0) d = iq1 ? (sumqx/sumq2)*1.07f : sumqx/sumq2;
+    kt_store_f32(cy, d);
+}
+
+QDEV void kt_iq2_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                        uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    kt_pm_row<block_kt_iq2>(KT_TABLES8(iq2), false, x, quant_weights, cy, n_per_row);
+}
+IQK_ROW_META_KERNEL(iq2_kt, block_kt_iq2, 4, kt_iq2_kt_row)
+
+QDEV void kt_iq1_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
+                        uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    kt_pm_row<block_kt_iq1>(KT_TABLES8(iq1), true, x, quant_weights, cy, n_per_row);
+}
+IQK_ROW_META_KERNEL(iq1_kt, block_kt_iq1, 4, kt_iq1_kt_row)
+
+// ---- IQ3_KT -----------------------------------------------------------------------------------
 
 // quantize_row_iq3_kt_impl; cy: the row's bytes (float d, then the blocks). C's qtmp (the kept
 // trellis values) is recomputed from the parked indices; a skipped block has scale 0 so its
 // (stale in C) values only ever meet ls = 0.
 QDEV void kt_iq3_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
                         uint8_t * GGML_RESTRICT cy, int n_per_row) {
+    const kt_tables8 t = KT_TABLES8(iq3);
     const int nblock = n_per_row/QK_K;
     uint8_t * yb = cy + 4;
     float weight[QK_K];
     float xaux[KT_BLOCK];
     int best_idx[2*(KT_BLOCK/8)];
 
-    float amax_row = 0;
-    for (int j = 0; j < n_per_row; ++j) amax_row = kt_max(amax_row, fabsf(x[j]));
+    const float amax_row = kt_row_amax(x, n_per_row);
     if (!amax_row) {
-        block_kt_iq3 z;
-        memset(&z, 0, sizeof(z));
-        for (int ibl = 0; ibl < nblock; ++ibl) store_block(yb + ibl*(int64_t)sizeof(z), &z, (int) sizeof(z));
-        kt_store_f32(cy, 0.0f);
+        kt_zero_row<block_kt_iq3>(cy, nblock);
         return;
     }
 
@@ -414,8 +552,7 @@ QDEV void kt_iq3_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
     for (int ibl = 0; ibl < nblock; ++ibl) {
         block_kt_iq3 blk;
         memset(&blk, 0, sizeof(blk));
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
+        const float * xbl = kt_sb_weights(x, quant_weights, ibl, weight);
         for (int ib = 0; ib < KT_NBLOCK; ++ib) {
             const float * xb = xbl + KT_BLOCK*ib;
             const float * wb = weight + KT_BLOCK*ib;
@@ -429,11 +566,8 @@ QDEV void kt_iq3_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
             const float scale_0 = kt_max(84.f, 123.f*amax/amax_row);
             float best = 0, s = 0;
             for (int itry = -3; itry <= 3; ++itry) {
-                float q[KT_BLOCK], dd, score;
-                kt_find_best_match8(kt_iq3_start, kt_iq3_members, kt_iq3_mvals, kt_iq3_mid,
-                                    amax/(scale_0 + 8.0f*itry), xaux, wb, best_idx);
-                kt_block_values(best_idx, q, 8, true, 4096);
-                kt_find_best_scale(xaux, wb, q, &dd, &score);
+                float dd, score;
+                kt_match8(t, true, amax/(scale_0 + 8.0f*itry), xaux, wb, best_idx, &dd, &score);
                 if (score > best) {
                     best = score;
                     s = dd;
@@ -441,63 +575,22 @@ QDEV void kt_iq3_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
                 }
             }
             // (no solution: GGML_ASSERT in C)
-            for (int ig = 0; ig < 4; ++ig) blk.ql[4*ib + ig] = (uint16_t) best_idx[4 + ig];
-            const float abs_scale = fabsf(s);
-            if (abs_scale > amax_scale) {
-                amax_scale = abs_scale;
-                max_scale = s;
-            }
+            kt_put_idx(&blk, ib, best_idx + 4);
+            kt_track_max(s, &amax_scale, &max_scale);
         }
-        store_block(yb + ibl*(int64_t)sizeof(block_kt_iq3), &blk, (int) sizeof(block_kt_iq3));
+        store_block(yb + ibl*(int64_t)sizeof(blk), &blk, (int) sizeof(blk));
     }
 
-    float d = max_scale/15;
-    float best = 0;
-    float tsumqx[19], tsumq2[19], tid[19];
-    for (int t = 0; t < 19; ++t) {
-        tsumqx[t] = 0; tsumq2[t] = 0;
-        tid[t] = ((t - 9)*0.2f + 15)/max_scale;
-    }
-    for (int ibl = 0; ibl < nblock; ++ibl) {
-        block_kt_iq3 blk;
-        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(blk), (int) sizeof(blk));
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
-            const float * xb = xbl + KT_BLOCK*ib;
-            const float * wb = weight + KT_BLOCK*ib;
-            for (int j = 0; j < KT_BLOCK; ++j) xaux[j] = fabsf(xb[j]);
-            int idx[4];
-            for (int ig = 0; ig < 4; ++ig) idx[ig] = blk.ql[4*ib + ig];
-            const float scale = kt_iq3_scale(xaux, wb, idx);
-            float qb[KT_BLOCK];
-            kt_block_values(idx, qb, 8, true, 4096);
-            kt_trials_add(tid, scale, xb, wb, qb, true, tsumqx, tsumq2);
-        }
-    }
-    kt_trials_best(tsumqx, tsumq2, &d, &best);
+    float d = kt_trial_scales<block_kt_iq3>(x, quant_weights, yb, nblock, max_scale, true, weight);
 
     const float id = d ? 1/d : 0.f;
     float sumqx = 0, sumq2 = 0;
     for (int ibl = 0; ibl < nblock; ++ibl) {
         block_kt_iq3 blk;
-        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(blk), (int) sizeof(blk));
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
+        int prev[KT_NBLOCK][4];
         float scales[KT_NBLOCK];
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
-            int idx[4];
-            for (int ig = 0; ig < 4; ++ig) idx[ig] = blk.ql[4*ib + ig];
-            for (int j = 0; j < KT_BLOCK; ++j) xaux[j] = fabsf(xbl[KT_BLOCK*ib + j]);
-            scales[ib] = kt_iq3_scale(xaux, weight + KT_BLOCK*ib, idx);
-        }
-        for (int ib = 0; ib < KT_NBLOCK/2; ++ib) {
-            int ls1 = nearest_int(id*scales[ib]);
-            int ls2 = nearest_int(id*scales[ib + KT_NBLOCK/2]);
-            ls1 = MAX(0, MIN(15, ls1));
-            ls2 = MAX(0, MIN(15, ls2));
-            blk.scales[ib] = (uint8_t)(ls1 | (ls2 << 4));
-        }
+        const float * xbl = kt_load_parked(x, quant_weights, yb, ibl, true, &blk, weight, prev, scales);
+        kt_pack_scales(blk.scales, scales, id, true);
         for (int j = 0; j < QK_K/8; ++j) blk.qh[j] = 0;
         for (int ib = 0; ib < KT_NBLOCK; ++ib) {
             const float * xb = xbl + KT_BLOCK*ib;
@@ -506,26 +599,19 @@ QDEV void kt_iq3_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
                 xaux[j] = fabsf(xb[j]);
                 if (xb[j] < 0) blk.qh[j] |= (uint8_t)(1 << ib);
             }
-            const int ls = (blk.scales[ib%(KT_NBLOCK/2)] >> 4*(ib/(KT_NBLOCK/2))) & 0xf;
-            const float dl = d*ls;
-            kt_find_best_match8(kt_iq3_start, kt_iq3_members, kt_iq3_mvals, kt_iq3_mid, dl, xaux, wb, best_idx);
+            const int ls = kt_scale_nibble(blk.scales, ib);
             float qv[KT_BLOCK];
+            kt_find_best_match<8>(t.start, t.members, t.mvals, t.mid, d*ls, xaux, wb, best_idx);
             kt_block_values(best_idx, qv, 8, true, 4096);
-            for (int j = 0; j < 4; ++j) {
-                blk.ql[4*ib + j] = (uint16_t) best_idx[j];
-                for (int k = 0; k < 8; ++k) {
-                    const float q = qv[8*j + k]*ls;
-                    sumqx += wb[8*j + k]*xaux[8*j + k]*q;
-                    sumq2 += wb[8*j + k]*q*q;
-                }
-            }
+            kt_put_idx(&blk, ib, best_idx);
+            kt_sums(qv, ls, xaux, wb, &sumqx, &sumq2);
         }
         store_block(yb + ibl*(int64_t)sizeof(blk), &blk, (int) sizeof(blk));
     }
     if (sumq2 > 0) d = sumqx/sumq2;
     kt_store_f32(cy, d);
 }
-KT_ROW_KERNEL(iq3_kt, sizeof(block_kt_iq3), kt_iq3_kt_row)
+IQK_ROW_META_KERNEL(iq3_kt, block_kt_iq3, 4, kt_iq3_kt_row)
 
 // ---- IQ4_KT -----------------------------------------------------------------------------------
 
@@ -536,68 +622,24 @@ QTABLE(int32_t, kt_iq4o_start)
 QTABLE(int32_t, kt_iq4o_members)
 QTABLE(int8_t, kt_iq4o_mvals)
 
-QDEV int kt_bin5(float x) {
-    return x < -48.f ? 0 : x < -16.f ? 1 : x < 16.f ? 2 : x < 48.f ? 3 : 4;
-}
-
-// QuantizerIQKT<32, 4, ...>::find_best_match (AVX2, 625 clusters by bin5): lane L of the search
-// holds members j + {0,2,4,6,1,3,5,7}[L] (add_idx), score (v0+v2)+(v1+v3) (hsum_float_4x8).
-QDEV void kt_find_best_match4(const int32_t * GGML_RESTRICT start, const int32_t * GGML_RESTRICT members,
-                              const int8_t * GGML_RESTRICT mvals,
-                              float d, const float * GGML_RESTRICT xb, const float * GGML_RESTRICT weight,
-                              int * GGML_RESTRICT best_idx) {
-    if (!d) {
-        for (int l = 0; l < KT_BLOCK/4; ++l) best_idx[l] = 0;
-        return;
-    }
-    const float id = 1/d;
-    for (int l = 0; l < KT_BLOCK/4; ++l) {
-        const float * xl = xb + 4*l;
-        const float * wl = weight + 4*l;
-        float vx[4], vw[4];
-        int u = 0, m = 1;
-        for (int k = 0; k < 4; ++k) {
-            vx[k] = id*xl[k];
-            vw[k] = wl[k];
-        }
-        for (int k = 0; k < 4; ++k) { u += kt_bin5(vx[k])*m; m *= 5; }
-        const int p0 = start[u], p1 = start[u + 1];
-        float vbest[8];
-        int bidx[8];
-        for (int i = 0; i < 8; ++i) { vbest[i] = KT_INF; bidx[i] = -1; }
-        for (int j = p0; j < p1; j += 8) {
-            for (int lane = 0; lane < 8; ++lane) {
-                const int pos = lane < 4 ? 2*lane : 2*(lane - 4) + 1;
-                const int8_t * q = mvals + 4*(int64_t)(j + pos);
-                float s[4];
-                for (int k = 0; k < 4; ++k) {
-                    const float diff = (float)q[k] - vx[k];
-                    s[k] = vw[k]*(diff*diff);
-                }
-                kt_lane_update((s[0] + s[2]) + (s[1] + s[3]), j - p0 + pos, &vbest[lane], &bidx[lane]);
-            }
-        }
-        float best = KT_INF;
-        int jbest = -1;
-        for (int i = 0; i < 8; ++i) {
-            if (vbest[i] < best) { best = vbest[i]; jbest = bidx[i]; }
-        }
-        best_idx[l] = jbest < 0 ? 0 : members[p0 + jbest];  // (jbest < 0: GGML_ASSERT in C)
-    }
-}
-
 typedef struct {
     uint32_t qs[QK_K/8];
 } block_kt_iq4;
 
-// find_best_match + find_best_scale with the first (offset 0) or second quantizer
-QDEV void kt_iq4_try(bool second, float d, const float * xaux, const float * weight, float * dd, float * sc) {
+// find_best_match with the first (offset 0) or the second quantizer, and the match's values q.
+QDEV void kt_iq4_match(bool second, float d, const float * GGML_RESTRICT xb, const float * GGML_RESTRICT weight,
+                       int * GGML_RESTRICT idx, float * GGML_RESTRICT q) {
+    if (second) kt_find_best_match<4>(kt_iq4o_start, kt_iq4o_members, kt_iq4o_mvals, 0, d, xb, weight, idx);
+    else kt_find_best_match<4>(kt_iq4_start, kt_iq4_members, kt_iq4_mvals, 0, d, xb, weight, idx);
+    kt_block_values(idx, q, 4, false, second ? 4096u + 32768u : 4096u);
+}
+
+// kt_iq4_match, then find_best_scale of the match: *dd, *sc.
+QDEV void kt_iq4_try(bool second, float d, const float * xb, const float * weight, float * dd, float * sc) {
     int idx[KT_BLOCK/4];
     float q[KT_BLOCK];
-    if (second) kt_find_best_match4(kt_iq4o_start, kt_iq4o_members, kt_iq4o_mvals, d, xaux, weight, idx);
-    else kt_find_best_match4(kt_iq4_start, kt_iq4_members, kt_iq4_mvals, d, xaux, weight, idx);
-    kt_block_values(idx, q, 4, false, second ? 4096u + 32768u : 4096u);
-    kt_find_best_scale(xaux, weight, q, dd, sc);
+    kt_iq4_match(second, d, xb, weight, idx, q);
+    kt_find_best_scale(xb, weight, q, dd, sc);
 }
 
 // quantize_row_iq4_kt_impl; cy: the row's bytes (float d, then the blocks). Between the passes
@@ -609,16 +651,11 @@ QDEV void kt_iq4_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
     const int nblock = n_per_row/QK_K;
     uint8_t * yb = cy + 4;
     float weight[QK_K];
-    float xaux[KT_BLOCK];
     int best_idx[KT_BLOCK/4];
 
-    float amax_row = 0;
-    for (int j = 0; j < n_per_row; ++j) amax_row = kt_max(amax_row, fabsf(x[j]));
+    const float amax_row = kt_row_amax(x, n_per_row);
     if (!amax_row) {
-        block_kt_iq4 z;
-        memset(&z, 0, sizeof(z));
-        for (int ibl = 0; ibl < nblock; ++ibl) store_block(yb + ibl*(int64_t)sizeof(z), &z, (int) sizeof(z));
-        kt_store_f32(cy, 0.0f);
+        kt_zero_row<block_kt_iq4>(cy, nblock);
         return;
     }
 
@@ -627,49 +664,37 @@ QDEV void kt_iq4_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
         block_kt_iq4 blk;
         memset(&blk, 0, sizeof(blk));
         float scales[KT_NBLOCK];
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
+        const float * xbl = kt_sb_weights(x, quant_weights, ibl, weight);
         for (int ib = 0; ib < KT_NBLOCK; ++ib) {
+            const float * xb = xbl + ib*KT_BLOCK;
             const float * wb = weight + ib*KT_BLOCK;
-            float amax = 0;
-            for (int j = 0; j < KT_BLOCK; ++j) {
-                xaux[j] = xbl[ib*KT_BLOCK + j];
-                const float ax = fabsf(xaux[j]);
-                amax = kt_max(amax, ax);
-            }
+            const float amax = kt_block_amax(xb);
             scales[ib] = 0;
             if (amax < 1e-16f) continue;
             float best = 0;
+            bool with_offset = false;
             const float scale_0 = kt_max(90.f, 124.f*amax/amax_row);
-            for (int itry = -2; itry <= 2; ++itry) {
-                float dp, score_p, dm, score_m;
-                kt_iq4_try(false, amax/(8.f*itry + scale_0), xaux, wb, &dp, &score_p);
-                if (score_p > best) { best = score_p; scales[ib] = dp; }
-                kt_iq4_try(false, -amax/(8.f*itry + scale_0), xaux, wb, &dm, &score_m);
-                if (score_m > best) { best = score_m; scales[ib] = dm; }
-            }
-            {
-                float dd, score;
-                kt_iq4_try(true, scales[ib], xaux, wb, &dd, &score);
-                if (score > best) {
-                    scales[ib] = dd;
-                    blk.qs[ib] = 1;
+            // C's two loops over itry = -2..2 (d = +-amax/(8*itry + scale_0)), the first with the
+            // first quantizer, the second with the second one after trying it at the best scale so far
+            for (int second = 0; second < 2; ++second) {
+                if (second) {
+                    float dd, score;
+                    kt_iq4_try(true, scales[ib], xb, wb, &dd, &score);
+                    if (score > best) {  // (best is not updated, as in C)
+                        scales[ib] = dd;
+                        blk.qs[ib] = 1;
+                    }
+                }
+                for (int itry = -2; itry <= 2; ++itry) {
+                    for (int neg = 0; neg < 2; ++neg) {
+                        float dd, score;
+                        kt_iq4_try(second, (neg ? -amax : amax)/(8.f*itry + scale_0), xb, wb, &dd, &score);
+                        if (score > best) { best = score; scales[ib] = dd; with_offset = second; }
+                    }
                 }
             }
-            bool with_offset = false;
-            for (int itry = -2; itry <= 2; ++itry) {
-                float dp, score_p, dm, score_m;
-                kt_iq4_try(true, amax/(8.f*itry + scale_0), xaux, wb, &dp, &score_p);
-                if (score_p > best) { best = score_p; scales[ib] = dp; with_offset = true; }
-                kt_iq4_try(true, -amax/(8.f*itry + scale_0), xaux, wb, &dm, &score_m);
-                if (score_m > best) { best = score_m; scales[ib] = dm; with_offset = true; }
-            }
             if (with_offset) blk.qs[ib] = 1;
-            const float abs_scale = fabsf(scales[ib]);
-            if (abs_scale > amax_scale) {
-                amax_scale = abs_scale;
-                max_scale = scales[ib];
-            }
+            kt_track_max(scales[ib], &amax_scale, &max_scale);
         }
         memcpy(&blk.qs[KT_NBLOCK], scales, sizeof(scales));  // parked in ql
         store_block(yb + ibl*(int64_t)sizeof(blk), &blk, (int) sizeof(blk));
@@ -699,32 +724,22 @@ QDEV void kt_iq4_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
         memset(bytes, 0, sizeof(bytes));
         uint8_t * ql = bytes;
         uint8_t * qh = bytes + 64;
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
+        const float * xbl = kt_sb_weights(x, quant_weights, ibl, weight);
         for (int ib = 0; ib < KT_NBLOCK; ++ib) {
             const bool second = shb[ib] & 1;
+            const float * xb = xbl + ib*KT_BLOCK;
             const float * wb = weight + ib*KT_BLOCK;
-            for (int j = 0; j < KT_BLOCK; ++j) xaux[j] = xbl[ib*KT_BLOCK + j];
             int ls = nearest_int(id*scales[ib]);
             ls = MIN(ls, 63);
             shb[ib] = (shb[ib] & 0xffffff00u) | (uint8_t)((((uint32_t)(ls + 64)) << 1) | (shb[ib] & 1));
-            const float dl = d*ls;
-            if (second) kt_find_best_match4(kt_iq4o_start, kt_iq4o_members, kt_iq4o_mvals, dl, xaux, wb, best_idx);
-            else kt_find_best_match4(kt_iq4_start, kt_iq4_members, kt_iq4_mvals, dl, xaux, wb, best_idx);
+            float qv[KT_BLOCK];
+            kt_iq4_match(second, d*ls, xb, wb, best_idx, qv);
             for (int j = 0; j < KT_BLOCK/4; ++j) {
                 shb[ib] |= ((uint32_t)(best_idx[j] >> 12) << (8 + 3*j));
                 ql[8*ib + j] = (uint8_t)(best_idx[j] & 255);
                 qh[(8*ib + j)%32] |= (uint8_t)(((best_idx[j] >> 8) & 0xf) << 4*((8*ib + j)/32));
-                float qv[4];
-                kt_values8((uint32_t) best_idx[j], qv, 4, false, second ? 4096u + 32768u : 4096u);
-                const float * xl = xaux + 4*j;
-                const float * wl = wb + 4*j;
-                for (int k = 0; k < 4; ++k) {
-                    const float q = qv[k]*ls;
-                    sumqx += wl[k]*xl[k]*q;
-                    sumq2 += wl[k]*q*q;
-                }
             }
+            kt_sums(qv, ls, xb, wb, &sumqx, &sumq2);
         }
         memcpy(&blk.qs[KT_NBLOCK], bytes, sizeof(bytes));
         store_block(yb + ibl*(int64_t)sizeof(blk), &blk, (int) sizeof(blk));
@@ -732,188 +747,4 @@ QDEV void kt_iq4_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRI
     if (sumq2 > 0) d = sumqx/sumq2;
     kt_store_f32(cy, d);
 }
-KT_ROW_KERNEL(iq4_kt, sizeof(block_kt_iq4), kt_iq4_kt_row)
-
-// ---- IQ1_KT -----------------------------------------------------------------------------------
-
-QTABLE(int32_t, kt_iq1_start)
-QTABLE(int32_t, kt_iq1_members)
-QTABLE(int8_t, kt_iq1_mvals)
-QTABLE(float, kt_iq1_mid)
-
-typedef struct {
-    uint8_t  sh[QK_K/32];
-    uint8_t  ql[QK_K/8];
-    uint8_t  qh[QK_K/16];
-} block_kt_iq1;
-
-// the 13-bit indices of block ib as the final layout holds them (the scale nibble aside)
-QDEV void kt_iq1_get_idx(const block_kt_iq1 * b, int ib, int * idx) {
-    for (int j = 0; j < 4; ++j) {
-        idx[j] = b->ql[ib*4 + j] | (((b->qh[(ib%4)*4 + j] >> 4*(ib/4)) & 0xf) << 8) | (((b->sh[ib] >> (4 + j)) & 1) << 12);
-    }
-}
-QDEV void kt_iq1_put_idx(block_kt_iq1 * b, int ib, const int * idx) {
-    for (int j = 0; j < 4; ++j) {
-        b->ql[ib*4 + j] = (uint8_t)(idx[j] & 0xff);
-        b->qh[(ib%4)*4 + j] |= (uint8_t)(((idx[j] >> 8) & 0xf) << 4*(ib/4));
-        b->sh[ib] |= (uint8_t)((idx[j] >> 12) << (4 + j));
-    }
-}
-
-QDEV float kt_iq1_scale(const float * xb, const float * weight, const int * idx) {
-    if (kt_block_amax(xb) < 1e-16f) return 0.0f;
-    float q[KT_BLOCK], dd, sc;
-    kt_block_values(idx, q, 8, false, 4096);
-    kt_find_best_scale(xb, weight, q, &dd, &sc);
-    return dd;
-}
-
-QDEV void kt_iq1_match(float d, const float * xb, const float * wb, int * idx, float * dd, float * sc) {
-    float q[KT_BLOCK];
-    kt_find_best_match8(kt_iq1_start, kt_iq1_members, kt_iq1_mvals, kt_iq1_mid, d, xb, wb, idx);
-    kt_block_values(idx, q, 8, false, 4096);
-    kt_find_best_scale(xb, wb, q, dd, sc);
-}
-
-// quantize_row_iq1_kt_impl; cy: the row's bytes (float d, then the blocks). C's all_idx is
-// parked in the final index bits (ql, qh, sh bits 4..7) between the passes.
-QDEV void kt_iq1_kt_row(const float * GGML_RESTRICT x, const float * GGML_RESTRICT quant_weights,
-                        uint8_t * GGML_RESTRICT cy, int n_per_row) {
-    const int nblock = n_per_row/QK_K;
-    uint8_t * yb = cy + 4;
-    float weight[QK_K];
-    int best_idx[2*(KT_BLOCK/8)];
-
-    float amax_row = 0;
-    for (int j = 0; j < n_per_row; ++j) amax_row = kt_max(amax_row, fabsf(x[j]));
-
-    float amax_scale = 0, max_scale = 0;
-    for (int ibl = 0; ibl < nblock; ++ibl) {
-        block_kt_iq1 blk;
-        memset(&blk, 0, sizeof(blk));
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
-            const float * xb = xbl + KT_BLOCK*ib;
-            const float * wb = weight + KT_BLOCK*ib;
-            const float amax = kt_block_amax(xb);
-            if (amax < 1e-16f) continue;
-            float scale_0 = kt_max(90.f, 124.f*amax/amax_row);
-            float dp, score_p, dm, score_m;
-            kt_iq1_match(amax/scale_0, xb, wb, best_idx, &dp, &score_p);
-            kt_iq1_match(-amax/scale_0, xb, wb, best_idx + 4, &dm, &score_m);
-            int kept[4];
-            const int * idx = best_idx;
-            float s;
-            if (score_p > score_m) s = dp;
-            else { s = dm; idx += 4; score_p = score_m; }
-            for (int ig = 0; ig < 4; ++ig) kept[ig] = idx[ig];
-
-            scale_0 -= 8;
-            float dp1, score_p1, dm1, score_m1;
-            kt_iq1_match(amax/scale_0, xb, wb, best_idx, &dp1, &score_p1);
-            kt_iq1_match(-amax/scale_0, xb, wb, best_idx + 4, &dm1, &score_m1);
-            if (score_p1 > score_p || score_m1 > score_p) {
-                idx = best_idx;
-                if (score_p1 > score_m1) s = dp1;
-                else { s = dm1; idx += 4; }
-                for (int ig = 0; ig < 4; ++ig) kept[ig] = idx[ig];
-            }
-            kt_iq1_put_idx(&blk, ib, kept);
-            const float abs_scale = fabsf(s);
-            if (abs_scale > amax_scale) {
-                amax_scale = abs_scale;
-                max_scale = s;
-            }
-        }
-        store_block(yb + ibl*(int64_t)sizeof(block_kt_iq1), &blk, (int) sizeof(block_kt_iq1));
-    }
-
-    if (!max_scale) {
-        block_kt_iq1 z;
-        memset(&z, 0, sizeof(z));
-        for (int ibl = 0; ibl < nblock; ++ibl) store_block(yb + ibl*(int64_t)sizeof(z), &z, (int) sizeof(z));
-        kt_store_f32(cy, 0.0f);
-        return;
-    }
-
-    float d = max_scale/iqk_iq4k_values[0];
-    float best = 0;
-    float tsumqx[19], tsumq2[19], tid[19];
-    for (int t = 0; t < 19; ++t) {
-        tsumqx[t] = 0; tsumq2[t] = 0;
-        tid[t] = ((t - 9) + iqk_iq4k_values[0])/max_scale;
-    }
-    for (int ibl = 0; ibl < nblock; ++ibl) {
-        block_kt_iq1 blk;
-        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(blk), (int) sizeof(blk));
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
-            const float * xb = xbl + KT_BLOCK*ib;
-            const float * wb = weight + KT_BLOCK*ib;
-            int idx[4];
-            kt_iq1_get_idx(&blk, ib, idx);
-            const float scale = kt_iq1_scale(xb, wb, idx);
-            float qv[KT_BLOCK];
-            kt_block_values(idx, qv, 8, false, 4096);
-            kt_trials_add(tid, scale, xb, wb, qv, false, tsumqx, tsumq2);
-        }
-    }
-    kt_trials_best(tsumqx, tsumq2, &d, &best);
-
-    const float id = d ? 1/d : 0.f;
-    float sumqx = 0, sumq2 = 0;
-    for (int ibl = 0; ibl < nblock; ++ibl) {
-        block_kt_iq1 blk;
-        iqk_load_block(&blk, yb + ibl*(int64_t)sizeof(blk), (int) sizeof(blk));
-        const float * xbl = x + ibl*QK_K;
-        kt_weights(xbl, quant_weights ? quant_weights + ibl*QK_K : 0, weight);
-        int prev[KT_NBLOCK][4];
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) kt_iq1_get_idx(&blk, ib, prev[ib]);
-        memset(&blk, 0, sizeof(blk));
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
-            const float scale = kt_iq1_scale(xbl + KT_BLOCK*ib, weight + KT_BLOCK*ib, prev[ib]);
-            blk.sh[ib] = (uint8_t) iqk_best_index_iq4nl(iqk_iq4k_values, id*scale);
-        }
-        if (!d) {
-            store_block(yb + ibl*(int64_t)sizeof(blk), &blk, (int) sizeof(blk));
-            continue;
-        }
-        for (int ib = 0; ib < KT_NBLOCK; ++ib) {
-            const float * xb = xbl + KT_BLOCK*ib;
-            const float * wb = weight + KT_BLOCK*ib;
-            const int ls = iqk_iq4k_values[blk.sh[ib] & 0xf];
-            const float dl = d*ls;
-            kt_find_best_match8(kt_iq1_start, kt_iq1_members, kt_iq1_mvals, kt_iq1_mid, dl, xb, wb, best_idx);
-            float q1[KT_BLOCK], q2[KT_BLOCK];
-            kt_block_values(prev[ib], q1, 8, false, 4096);
-            kt_block_values(best_idx, q2, 8, false, 4096);
-            float mse1 = 0, mse2 = 0;
-            for (int jj = 0; jj < KT_BLOCK; ++jj) {
-                const float diff1 = xb[jj] - dl*q1[jj];
-                const float diff2 = xb[jj] - dl*q2[jj];
-                mse1 += wb[jj]*diff1*diff1;
-                mse2 += wb[jj]*diff2*diff2;
-            }
-            const float * qb = q2;
-            if (mse1 < mse2) {
-                for (int ig = 0; ig < 4; ++ig) best_idx[ig] = prev[ib][ig];
-                qb = q1;
-            }
-            kt_iq1_put_idx(&blk, ib, best_idx);
-            for (int j = 0; j < 4; ++j) {
-                for (int k = 0; k < 8; ++k) {
-                    const float q = qb[8*j + k]*ls;
-                    sumqx += wb[8*j + k]*xb[8*j + k]*q;
-                    sumq2 += wb[8*j + k]*q*q;
-                }
-            }
-        }
-        store_block(yb + ibl*(int64_t)sizeof(blk), &blk, (int) sizeof(blk));
-    }
-    if (d && sumq2 > 0) d = (sumqx/sumq2)*1.07f;
-    kt_store_f32(cy, d);
-}
-KT_ROW_KERNEL(iq1_kt, sizeof(block_kt_iq1), kt_iq1_kt_row)
+IQK_ROW_META_KERNEL(iq4_kt, block_kt_iq4, 4, kt_iq4_kt_row)
