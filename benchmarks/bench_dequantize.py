@@ -1,7 +1,7 @@
 """`qtool dequantize` vs reading the input (`cat IN > /dev/null`) vs `llama-quantize --allow-requantize IN OUT F16`.
 
     python benchmarks/bench_dequantize.py MODEL.gguf [--to F16] [--threads 2] [--repeat 3] \
-        [--llama-quantize PATH] [--out-dir DIR] [--qtool "python -m qtool"] [--json]
+        [--llama-quantize PATH] [--out-dir DIR] [--qtool "python -m qtool"] [--device cuda] [--json]
 
 The issue's target (16): qtool reads the input at >= 0.5x the bytes/s of `cat` in one run. Every
 tool runs as a fresh process, alternately, `--repeat` times; the best and the median wall time of
@@ -13,7 +13,10 @@ each are printed with the CPU time (user + sys) of the children. What is measure
 - qtool: `qtool dequantize -q -t N IN OUT` (start-up, header parse, fsync of the atomic output
   included), and the same in-process (`dequantize_file`, no interpreter start-up);
 - llama-quantize (from --llama-quantize, $LLAMA_QUANTIZE, $QTOOL_LLAMA_BIN/llama-quantize or PATH):
-  its F16 / BF16 / F32 output, compared byte for byte with qtool's.
+  its F16 / BF16 / F32 output, compared byte for byte with qtool's;
+- with --device cuda: `qtool dequantize --device cuda` too, as a command and in-process (the
+  in-process runs after the first reuse its CUDA context and loaded kernels), its output compared
+  byte for byte with the CPU run's; one untimed run first compiles the kernels (NVRTC, cached).
 
 The ratio printed is input bytes/s of qtool over input bytes/s of cat (= cat's time over qtool's).
 """
@@ -70,13 +73,14 @@ def write_floor(path: Path, size: int) -> tuple[float, float]:
     return wall, cpu
 
 
-def in_process(model: str, out: Path, to: str, threads: int) -> Callable[[], tuple[float, float]]:
+def in_process(model: str, out: Path, to: str, threads: int,
+               device: str = "cpu") -> Callable[[], tuple[float, float]]:
     def run() -> tuple[float, float]:
         from qtool.dequantize import dequantize_file
 
         before = os.times()
         t0 = time.perf_counter()
-        dequantize_file(model, out, to, nthreads=threads)
+        dequantize_file(model, out, to, nthreads=threads, device=device)
         wall = time.perf_counter() - t0
         after = os.times()
         cpu = sum(after[:4]) - sum(before[:4])  # own and the workers' user + sys
@@ -96,6 +100,8 @@ def main() -> None:
                     help="the qtool command line (default: this interpreter's -m qtool)")
     ap.add_argument("--no-in-process", action="store_true",
                     help="skip the in-process run (when --qtool is another tree, e.g. a baseline)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: time `qtool dequantize --device cuda` as well (CuPy and a GPU needed)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
@@ -111,11 +117,19 @@ def main() -> None:
     }
     if not a.no_in_process:
         tools["qtool in-process"] = in_process(a.model, work / "qtool-ip.gguf", a.to, a.threads)
+    out_c = work / "qtool-cuda.gguf"
+    cuda_cmd = qtool_cmd[:-1] + ["--device", "cuda", str(out_c)]
+    if a.device == "cuda":
+        tools["qtool cuda"] = lambda: run_timed(cuda_cmd)
+        if not a.no_in_process:
+            tools["qtool cuda in-proc"] = in_process(a.model, work / "qtool-cuda-ip.gguf", a.to, a.threads, "cuda")
     if llq:
         tools["llama-quantize"] = lambda: run_timed([llq, "--allow-requantize", a.model, str(out_l), a.to])
     try:
         run_timed(cat_cmd, shell=True)  # warm the page cache: every tool reads a cached input
         run_timed(qtool_cmd)  # and the output's size is known
+        if a.device == "cuda":
+            run_timed(cuda_cmd)  # compiles the kernels once (NVRTC; CuPy caches them)
         size_out = out_q.stat().st_size
         tools["write floor"] = lambda: write_floor(work / "zeros.bin", size_out)
         times: dict[str, list[tuple[float, float]]] = {k: [] for k in tools}
@@ -123,6 +137,7 @@ def main() -> None:
             for k, f in tools.items():
                 times[k].append(f())
         same = filecmp.cmp(out_q, out_l, shallow=False) if llq else None
+        same_cuda = filecmp.cmp(out_q, out_c, shallow=False) if a.device == "cuda" else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -137,7 +152,7 @@ def main() -> None:
                "bytes_out": size_out, "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "tools": rows,
                "ratio_to_cat": round(ratio, 3),
                "ratio_to_cat_in_process": round(ratio_ip, 3) if ratio_ip is not None else None,
-               "identical_to_llama_quantize": same}
+               "identical_to_llama_quantize": same, "cuda_identical_to_cpu": same_cuda}
     if a.json:
         print(json.dumps(summary, indent=1))
         return
@@ -152,6 +167,9 @@ def main() -> None:
     if "llama-quantize" in best:
         print(f"qtool / llama-quantize time: {best['qtool'] / best['llama-quantize']:.2f}; "
               f"outputs {'identical' if same else 'DIFFER'}")
+    if "qtool cuda" in best:
+        print(f"qtool cuda / qtool cpu time: {best['qtool cuda'] / best['qtool']:.2f}; "
+              f"outputs {'identical' if same_cuda else 'DIFFER'}")
 
 
 if __name__ == "__main__":

@@ -492,6 +492,13 @@ def _note_cpu_tensors(jobs: list[TensorJob], flavour: str, recover_grid: bool,
         kinds = sorted({f"{j.out_type.name.lower()}{' (imatrix)' if j.imatrix is not None else ''}" for j in cpu})
         warn(f"--device cuda: {len(cpu)} tensor(s) of type(s) {', '.join(kinds)} have no GPU kernel and run on "
              "the CPU")
+    from .gpu.pipeline import raw_input
+
+    cpu_in = [j for j in jobs if j.converts and gpu_job(j, flavour, recover_grid) and not raw_input(j.info.qtype)]
+    if cpu_in and warn is not None:
+        kinds = sorted({j.info.qtype.name.lower() for j in cpu_in})
+        warn(f"--device cuda: {len(cpu_in)} tensor(s) stored as type(s) {', '.join(kinds)} have no GPU dequantize "
+             "kernel: dequantized on the CPU, then quantized on the GPU")
 
 
 def _check_rows(p: Plan) -> None:

@@ -56,10 +56,13 @@ def dequantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str
                     nthreads: int | None = None, flavour: str = MAINLINE, dry_run: bool = False,
                     on_plan: Callable[[Plan, list[str]], None] | None = None,
                     on_progress: Callable[[str, int], None] | None = None,
-                    warn: Callable[[str], None] | None = None) -> QuantizeResult:
+                    warn: Callable[[str], None] | None = None, device: str = "cpu") -> QuantizeResult:
     """Write `output`, the float (`to`) version of `input`, as llama-quantize's float ftype with
     --allow-requantize does. Raises DequantizeError (nothing written) when a converted tensor has a
-    type the engine cannot dequantize, OutputError when output is the input (or not writable)."""
+    type the engine cannot dequantize, OutputError when output is the input (or not writable).
+    device "cuda": the stored blocks go to the CUDA devices as they are and are dequantized there
+    (qtool.gpu.dequant; the same bytes), types without a GPU dequantize kernel on the CPU (`warn`
+    names them once); GpuUnavailable, before any work, where CuPy or a GPU is missing."""
     target = parse_target(to)
     src = os.fspath(input)
     if not dry_run:
@@ -77,7 +80,7 @@ def dequantize_file(input: str | os.PathLike[str], output: str | os.PathLike[str
 
     opts = build_options(flavour=flavour, allow_requantize=True)
     return quantize_file(src, output, target, nthreads=nthreads, options=opts, dry_run=dry_run,
-                         on_plan=checked_plan, on_progress=on_progress, warn=warn)
+                         on_plan=checked_plan, on_progress=on_progress, warn=warn, device=device)
 
 
 def detect_model_grid(path: str | os.PathLike[str], max_tensors: int = 8, max_rows: int = 16,

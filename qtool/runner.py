@@ -166,10 +166,11 @@ def _open_gpu(stack: contextlib.ExitStack, path: str) -> GpuPipeline:
 
 def _run_gpu(model: GGUFModel, w: GGUFStreamWriter, gpu: GpuPipeline, job: TensorJob, flavour: str,
              on_progress: Callable[[str, int], None] | None) -> None:
-    """One tensor through the GPU pipeline: chunks of rows as stored (F16/BF16/F32; other input
-    types dequantized here first), written at their offsets; the writer moves past the tensor."""
+    """One tensor through the GPU pipeline: chunks of rows as stored (F16/BF16/F32, or the blocks of
+    a type the GPU dequantizes; other input types dequantized here first), written at their
+    offsets; the writer moves past the tensor."""
     from .gpu.kernels import gpu_kernel
-    from .gpu.pipeline import FLOAT_INPUTS, FileSpan
+    from .gpu.pipeline import FileSpan, raw_input
 
     t = job.info
     base = w.tensor_offset()
@@ -181,7 +182,7 @@ def _run_gpu(model: GGUFModel, w: GGUFStreamWriter, gpu: GpuPipeline, job: Tenso
     elements = SLAB_ELEMENTS if k.carries_rows else gpu.chunk_elements
     for start, stop, imx in _slabs(job, elements):
         src: FileSpan | np.ndarray
-        if t.qtype.name in FLOAT_INPUTS:  # read straight from the file (pread into pinned memory)
+        if raw_input(t.qtype):  # read straight from the file (pread into pinned memory)
             src = FileSpan(model.parts[t.part].path, t.offset + start * in_row_bytes, (stop - start) * in_row_bytes)
         else:
             src = rows_to_float(model, t, start, stop)

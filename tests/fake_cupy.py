@@ -18,6 +18,13 @@ leaves bytes of its output unwritten is caught. Each RawModule keeps its own QTA
 (one module per device, as on GPUs) and sets them into the one host library around its launches.
 cuda.runtime.deviceSynchronize is there for a fix of qtool/gpu/cuda.py's table binding.
 `install(monkeypatch, devices=N)` puts the module in place of cupy for one test.
+
+The array API of the forward pass (qtool.eval with --device cuda): `ARRAY_API`, the cupy
+functions it calls, each numpy's on the arrays' memory with results as device arrays (0-d arrays
+for whole reductions, as CuPy), get_array_module, ndarray operators and methods. With
+`install(..., strict=True)` (STRICT) a host numpy array where CuPy wants a device array (an
+operand, an index, a value set into device memory) or a numpy function called on a device array
+raises TypeError, as CuPy refuses implicit transfers; off, device arrays behave as numpy's.
 """
 
 from __future__ import annotations
@@ -33,10 +40,15 @@ from typing import Any
 
 import numpy as np
 
-float16, float32, int32, uint8, uint16, uint32 = np.float16, np.float32, np.int32, np.uint8, np.uint16, np.uint32
+from qtool.gpu.source import _KERNEL_DEF
+
+float16, float32, float64, int32, int64, uint8, uint16, uint32 = (np.float16, np.float32, np.float64, np.int32,
+                                                                   np.int64, np.uint8, np.uint16, np.uint32)
 POISON = 0xA5
 DEVICES = 1
 """Device count reported by cuda.runtime.getDeviceCount (install() sets it)."""
+STRICT = False
+"""Refuse host arrays mixed with device arrays, as CuPy does (install(strict=True) sets it)."""
 CALLS: dict[str, int] = {}
 """Launches per kernel name (for tests that check what ran on the 'GPU')."""
 _LOCK = threading.Lock()
@@ -149,6 +161,85 @@ class ndarray(np.ndarray):
         _on(_current_stream(), lambda: np.left_shift(src, k, out=dst), (src,), (dst,), "<<")
         return out
 
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if not STRICT:
+            return super().__array_ufunc__(ufunc, method, *inputs, **kwargs)  # type: ignore[arg-type]
+        _no_host((*inputs, *kwargs.get("out", ())), ufunc.__name__)
+        if "out" in kwargs:
+            kwargs["out"] = _plain(kwargs["out"])
+        return _wrap(getattr(ufunc, method)(*_plain(inputs), **kwargs))
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        if STRICT:
+            raise TypeError(f"numpy.{func.__name__} called on a device array (call cupy's, or fetch it with .get())")
+        return super().__array_function__(func, types, args, kwargs)
+
+    def __getitem__(self, index: Any) -> Any:
+        if STRICT:
+            _no_host(index, "indexing")
+        return super().__getitem__(index)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if STRICT:
+            _no_host((index, value), "setitem")
+        super().__setitem__(index, value)
+
+
+def _no_host(a: Any, what: str) -> None:
+    """TypeError where a (or a member of a tuple / list) is a host numpy array (not a scalar)."""
+    if isinstance(a, (tuple, list)):
+        for v in a:
+            _no_host(v, what)
+    elif type(a) is np.ndarray:
+        raise TypeError(f"{what}: a host numpy array where cupy needs a device array (cupy.asarray it)")
+
+
+def _plain(a: Any) -> Any:
+    """Device arrays (also in tuples / lists) as the plain numpy arrays of their memory."""
+    if isinstance(a, ndarray):
+        return a.view(np.ndarray)
+    if isinstance(a, (tuple, list)):
+        return type(a)(_plain(v) for v in a)
+    return a
+
+
+def _wrap(r: Any) -> Any:
+    """numpy results as device arrays (numpy scalars as 0-d arrays, as CuPy returns them)."""
+    if isinstance(r, np.ndarray):
+        return r.view(ndarray)
+    if isinstance(r, np.generic):
+        return np.asarray(r).view(ndarray)
+    if isinstance(r, tuple):
+        return tuple(_wrap(v) for v in r)
+    return r
+
+
+ARRAY_API = ("abs", "arange", "argmax", "ascontiguousarray", "clip", "copyto", "divide", "empty_like", "exp",
+             "full", "isfinite", "log", "matmul", "maximum", "minimum", "negative", "rint", "sqrt", "stack",
+             "subtract", "where")
+"""The cupy functions qtool.eval's generic numerics call on device arrays (besides asarray, asnumpy,
+empty, zeros and get_array_module)."""
+
+
+def _array_fn(name: str) -> Callable[..., Any]:
+    f = getattr(np, name)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if STRICT:
+            _no_host((*args, *kwargs.values()), f"cupy.{name}")
+        return _wrap(f(*_plain(args), **{k: _plain(v) for k, v in kwargs.items()}))
+
+    call.__name__ = name
+    return call
+
+
+for _fn_name in ARRAY_API:
+    globals()[_fn_name] = _array_fn(_fn_name)
+
+
+def get_array_module(*args: Any) -> types.ModuleType:
+    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
+
 
 def _dev(a: np.ndarray) -> ndarray:
     return a.view(ndarray)
@@ -161,10 +252,13 @@ def empty(shape: Any, dtype: Any = np.float32) -> ndarray:
     return _dev(a)
 
 
-def asarray(a: Any) -> ndarray:
+def asarray(a: Any, dtype: Any = None) -> ndarray:
     """A host array copied to the device on the current stream (as CuPy: through a pinned staging
-    buffer, so the host array may change at once; the device copy is ordered on that stream only)."""
-    src = np.array(np.asarray(a), copy=True, order="C")
+    buffer, so the host array may change at once; the device copy is ordered on that stream only).
+    A device array is returned as it is (or converted, given another dtype), as CuPy does."""
+    if isinstance(a, ndarray):
+        return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+    src = np.array(np.asarray(a, dtype=dtype), copy=True, order="C")
     out = empty(src.shape, src.dtype)
     dst = out.view(np.ndarray)
     _on(_current_stream(), lambda: np.copyto(dst, src), writes=(dst,))
@@ -229,6 +323,7 @@ class Device:
         if not 0 <= device < DEVICES:
             raise RuntimeError(f"cudaErrorInvalidDevice: device {device} of {DEVICES}")
         self.id = device
+        self.compute_capability = "90"
 
     def __enter__(self) -> Device:
         return self
@@ -287,7 +382,8 @@ class _Function:
         self.module, self.fn, self.name = module, getattr(module.lib, name), name
 
     def __call__(self, grid: tuple[int, ...], block: tuple[int, ...], args: tuple[Any, ...]) -> None:
-        if len(args) not in (4, 6) or not grid[0] > 0 or not block[0] > 0:
+        n_args = 1 if self.name == "qtool_probe_subnormal" else (4, 6)
+        if len(args) not in (n_args if isinstance(n_args, tuple) else (n_args,)) or not grid[0] > 0 or not block[0] > 0:
             raise ValueError(f"{self.name}: bad launch {grid} {block} ({len(args)} arguments)")
         keep = tuple(args)  # the arrays stay alive until the queued launch has run
         m = self.module
@@ -300,7 +396,9 @@ class _Function:
                 self.fn(*(_c_arg(a) for a in keep))
 
         arrays = tuple(a for a in keep if isinstance(a, np.ndarray))
-        out = keep[1] if self.name == "row_mean_square" else keep[2]
+        # row_mean_square(x, out, ...) and dequantize_*(q, y, nrows, n): the second; quantize_*: the third
+        out = (keep[0] if self.name == "qtool_probe_subnormal" else keep[1]
+               if self.name == "row_mean_square" or self.name.startswith("dequantize_") else keep[2])
         tables = [(p, p + 1) for p in m.globals.values()] if STRICT_TABLES else []
         _on(_current_stream(), op, arrays, (out,), self.name, tables)
 
@@ -315,7 +413,6 @@ class _Global:
         self.module.globals[self.name] = _TABLES[self.name] = ctypes.c_uint64.from_address(int(ptr)).value
 
 
-_KERNEL_DEF = re.compile(r"^\s*(?:[A-Z_]*KERNEL\((\w+),|QKERNEL void (quantize_\w+)\s*\()", re.M)
 _QTABLE_DEF = re.compile(r"^\s*QTABLE\(\s*\w+\s*,\s*(\w+)\s*\)", re.M)
 _CALL_LOCK = threading.Lock()
 
@@ -334,8 +431,9 @@ class RawModule:
         self.lib = _host_lib()
 
     def get_function(self, name: str) -> _Function:
-        own = {m.group(2) or f"quantize_{m.group(1)}" for m in _KERNEL_DEF.finditer(self.code)}
-        if name not in own and not (name == "row_mean_square" and name in self.code):
+        own = {m["fn"] or (f"dequantize_{m['dq']}" if m["dq"] else f"quantize_{m['q']}")
+               for m in _KERNEL_DEF.finditer(self.code)}  # named as qtool.gpu.source.kernel_modules does
+        if name not in own and not (name in ("row_mean_square", "qtool_probe_subnormal") and name in self.code):
             raise KeyError(f"{name} is not a kernel of this module")  # as cuModuleGetFunction fails
         if self.lib is None:
             self.compile()
@@ -349,14 +447,54 @@ class RawModule:
         return _Global(self, name)
 
 
-def install(monkeypatch: Any, devices: int = 1) -> types.ModuleType:
-    """Make `import cupy` give this module (devices fake GPUs) for one test; qtool's cached cupy is reset."""
+# --- the direct NVRTC path (qtool.gpu.nvrtc): cupy.cuda.compiler / cupy.cuda.function -------------
+COMPILED: list[tuple[str, ...]] = []
+"""The option tuples compile_using_nvrtc was called with (one entry per compile)."""
+_PTX_HEAD = b"// fake PTX\n"
+
+
+def _compile_using_nvrtc(source: str, options: tuple[str, ...] = ()) -> tuple[bytes, dict[str, str]]:
+    COMPILED.append(tuple(options))
+    return _PTX_HEAD + source.encode(), {}
+
+
+class _Module:
+    """cupy.cuda.function.Module: load() takes the compiled object (here the source behind a PTX-like
+    head, NUL-terminated as the driver needs PTX text)."""
+
+    def __init__(self) -> None:
+        self.raw: RawModule | None = None
+
+    def load(self, obj: bytes) -> None:
+        if not obj.startswith(_PTX_HEAD) or not obj.endswith(b"\0"):
+            raise ValueError("not a NUL-terminated PTX text")
+        self.raw = RawModule(obj[len(_PTX_HEAD):-1].decode())
+
+    def get_function(self, name: str) -> _Function:
+        assert self.raw is not None
+        return self.raw.get_function(name)
+
+    def get_global_var(self, name: str) -> _Global:
+        assert self.raw is not None
+        return self.raw.get_global(name)
+
+
+def install(monkeypatch: Any, devices: int = 1, strict: bool = False, direct: bool = False) -> types.ModuleType:
+    """Make `import cupy` give this module (devices fake GPUs) for one test; qtool's cached cupy is
+    reset. strict: host arrays mixed with device arrays raise (STRICT). direct: offer
+    cupy.cuda.compiler / cupy.cuda.function, so CudaKernels compiles through qtool.gpu.nvrtc."""
     import qtool.gpu.cuda as qcuda
 
     mod = sys.modules[__name__]
     monkeypatch.setattr(mod, "DEVICES", devices)
+    monkeypatch.setattr(mod, "STRICT", strict)
     monkeypatch.setitem(sys.modules, "cupy", mod)
     monkeypatch.setattr(qcuda, "_CUPY", None)
+    if direct:
+        monkeypatch.setattr(cuda, "compiler", types.SimpleNamespace(compile_using_nvrtc=_compile_using_nvrtc),
+                            raising=False)
+        monkeypatch.setattr(cuda, "function", types.SimpleNamespace(Module=_Module), raising=False)
+    COMPILED.clear()
     CALLS.clear()
     _TABLES.clear()
     _WRITES.clear()

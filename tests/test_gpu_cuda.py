@@ -17,7 +17,7 @@ from qtool.gpu import GPU_KERNELS
 from qtool.gpu.cuda import device_count
 from qtool.quants import engine
 
-from .vectors import expected, inputs, mismatched_rows
+from .vectors import VECTORS, expected, inputs, mismatched_rows
 
 pytestmark = pytest.mark.skipif(device_count() == 0, reason="no CUDA device (CuPy and a GPU needed)")
 CASES = [pytest.param(k.type_name, k.flavour, v, id=f"{k.type_name}-{k.flavour}-{'im' if v else 'noim'}")
@@ -32,10 +32,26 @@ def gpu():  # type: ignore[no-untyped-def]
     return CudaKernels(0)
 
 
+def test_build_keeps_subnormals_on_gpu(gpu) -> None:  # type: ignore[no-untyped-def]
+    """The kernels are built without flush-to-zero (qtool.gpu.nvrtc; CuPy's RawModule adds
+    -ftz=true): rows of subnormal float32 values quantize as the CPU engine does."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((16, 1024)).astype(np.float32) * np.float32(2.0**-121)
+    x[8:] *= np.float32(2.0**-4)  # scales and products subnormal, values mostly normal
+    assert np.count_nonzero(engine.quantize(x, "Q8_0")) > 1000
+    im = rng.chisquare(2, 1024).astype(np.float32) * np.float32(2.0**-130)
+    for name in ("Q8_0", "Q4_0", "Q5_1", "Q3_K", "Q4_K", "Q6_K", "IQ4_XS"):
+        assert np.array_equal(gpu.quantize(x, name), engine.quantize(x, name)), name
+        assert np.array_equal(gpu.quantize(x, name, im), engine.quantize(x, name, im)), name
+    assert gpu.keeps_subnormals is True
+
+
 @pytest.mark.parametrize(("name", "flavour", "imatrix"), CASES)
 def test_golden_vectors_on_gpu(gpu, name: str, flavour: str, imatrix: bool) -> None:  # type: ignore[no-untyped-def]
     k = GPU_KERNELS[(name, flavour)]
     impl = "ik_llama" if k.flavour == "ik" else "mainline"
+    if not (VECTORS / impl / f"{name}.npz").exists():
+        pytest.skip(f"no golden vectors for {name} (F32: a copy)")
     x, im, kinds = inputs(impl)
     want = expected(name, impl)["q_im" if imatrix else "q_noim"]
     got = gpu.quantize(x, name, im if imatrix else None, flavour=k.flavour)

@@ -11,7 +11,7 @@ import click
 from ..imatrix import FORMATS, format_for_path, read_imatrix, write_imatrix
 from ..imatrix.merge import combine
 from .common import threads_option
-from .eval_cmd import EXACT_HELP, THREADS_HELP, info, layer_steps, load_model, progress_bar
+from .eval_cmd import EXACT_HELP, THREADS_HELP, check_device, device_option, info, layer_steps, load_model, progress_bar
 
 
 @click.command("collect")
@@ -40,9 +40,11 @@ from .eval_cmd import EXACT_HELP, THREADS_HELP, info, layer_steps, load_model, p
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or running values.")
 @threads_option(help=THREADS_HELP)
+@device_option()
 def collect(model_path: str, text_path: str, out: str, output_format: str | None, n_chunks: int, n_ctx: int,
             n_batch: int, in_files: tuple[str, ...], process_output: bool, parse_special: bool, no_escape: bool,
-            save_frequency: int, no_ppl: bool, exact: bool, as_json: bool, quiet: bool, threads: int | None) -> None:
+            save_frequency: int, no_ppl: bool, exact: bool, as_json: bool, quiet: bool, threads: int | None,
+            device: str) -> None:
     """Collect an importance matrix as llama-imatrix does: chunks of -c tokens, the squared inputs of
     every blk.* weight matmul (per expert for MoE tensors), the running PPL."""
     from ..eval import Forward, Tokenizer, bos_id, tokenize_file
@@ -51,6 +53,7 @@ def collect(model_path: str, text_path: str, out: str, output_format: str | None
     from ..gguf_io.atomic import check_output
     from ..imatrix.collect import Collector, collect_imatrix, dataset_name
 
+    check_device(device)
     set_blas_threads(threads)
     fmt = output_format or format_for_path(out) or "gguf"
     inputs = [model_path, text_path, *in_files]
@@ -72,9 +75,10 @@ def collect(model_path: str, text_path: str, out: str, output_format: str | None
             write_imatrix(collector.result(datasets), path, fmt, inputs=inputs)
 
     collector.on_chunk = save_at
-    fwd = Forward(model, exact=exact, observer=collector)
+    fwd = Forward(model, exact=exact, observer=collector, device=device)
     if not quiet:
-        info(f"imatrix collect: {len(ids)} tokens, {n_chunk} chunks of {n_ctx}, {n_seq} per batch")
+        info(f"imatrix collect: {len(ids)} tokens, {n_chunk} chunks of {n_ctx}, {n_seq} per batch"
+             + (" on cuda" if device == "cuda" else ""))
 
     def on_chunk(i: int, n: int, ppl: float | None) -> None:
         if not quiet and not as_json and ppl is not None:

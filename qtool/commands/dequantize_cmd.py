@@ -15,7 +15,8 @@ from rich.table import Table
 from ..combine import METHODS, combine_files
 from ..dequantize import TARGETS, dequantize_file
 from ..mix import Plan
-from .common import ProgressBar, flavour_option, plan_values, threads_option
+from ..mix.options import OPTION_BY_NAME
+from .common import ProgressBar, click_option, flavour_option, plan_values, threads_option
 from .mix_cmd import render_plan
 
 
@@ -30,11 +31,14 @@ from .mix_cmd import render_plan
               help="Float type of the converted tensors (llama-quantize's F16, BF16 or F32 ftype).")
 @flavour_option()
 @threads_option()
+@click_option(OPTION_BY_NAME["device"],
+              help="Where to dequantize: the CPU engine, or CUDA GPUs through CuPy (pip install 'qtool[cuda]'; "
+                   "same bytes; stored types without a GPU kernel are dequantized on the CPU, listed once).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (type per tensor) and write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (summary, or the plan).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary table.")
 def dequantize(paths: tuple[str, ...], sources: tuple[str, ...], method: str, to: str, flavour: str,
-               threads: int | None, dry_run: bool, as_json: bool, quiet: bool) -> None:
+               threads: int | None, device: str, dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Dequantize IN.gguf to OUT.gguf: every tensor llama-quantize would convert (2-D and larger)
     becomes F16 (or --to BF16 / F32); the file is byte-identical to
     `llama-quantize --allow-requantize IN OUT F16`. With --from A.gguf --from B.gguf ... OUT.gguf:
@@ -45,6 +49,8 @@ def dequantize(paths: tuple[str, ...], sources: tuple[str, ...], method: str, to
             raise click.UsageError("with --from, give only OUT.gguf")
         if dry_run:
             raise click.UsageError("--dry-run plans a single input: leave out --from")
+        if device != "cpu":
+            raise click.UsageError("--device cuda dequantizes a single input: leave out --from")
         _combine(list(sources), paths[0], to, method, as_json, quiet, err)
         return
     if len(paths) != 2:
@@ -67,7 +73,7 @@ def dequantize(paths: tuple[str, ...], sources: tuple[str, ...], method: str, to
 
     try:  # errors and signals: the click group reports them (no output is left)
         r = dequantize_file(input, output, to, nthreads=threads, flavour=flavour, dry_run=dry_run,
-                            on_plan=on_plan, on_progress=bar.advance, warn=warn)
+                            on_plan=on_plan, on_progress=bar.advance, warn=warn, device=device or "cpu")
     finally:
         bar.stop()
     if dry_run:

@@ -15,12 +15,28 @@ import click
 from ..errors import QtoolError
 from ..gguf_io import GGUFModel
 from ..gguf_io.atomic import AtomicOutput
-from .common import threads_option
+from ..mix.options import OPTION_BY_NAME
+from .common import click_option, threads_option
 
 THREADS_HELP = ("BLAS threads for the matmuls (default: all cores); the results do not depend on it "
                 "(BLAS does not split the sums).")
 EXACT_HELP = ("Round activations to each weight's dot-product type (F16 / Q8_0 / Q8_K) and K/V to F16, as "
               "llama.cpp's CPU backend does (default); --no-exact keeps float32 activations.")
+DEVICE_HELP = ("Where to run the forward pass: the CPU (numpy; llama.cpp CPU backend's numerics), or the first "
+               "CUDA GPU through CuPy (pip install 'qtool[cuda]'; weights, matmuls, attention and the per-token "
+               "figures on the GPU; close to the CPU's figures, not bit-identical).")
+
+
+def device_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--device cpu|cuda (the choices of quantize's --device row) for the forward-pass commands."""
+    return click_option(OPTION_BY_NAME["device"], help=DEVICE_HELP)
+
+
+def check_device(device: str) -> None:
+    """Fail before any work where --device cuda has no CuPy or GPU (GpuUnavailable, a user error)."""
+    from ..eval.numerics import device_module
+
+    device_module(device)
 
 
 def info(msg: str) -> None:
@@ -74,6 +90,7 @@ def common_eval_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout."),
         click.option("-q", "--quiet", is_flag=True, help="No progress bar or running values."),
         threads_option(help=THREADS_HELP),
+        device_option(),
     ]
     for d in reversed(decorators):
         f = d(f)
@@ -98,21 +115,22 @@ def load_model(path: str, what: str = "-m") -> GGUFModel:
 @common_eval_options
 def perplexity_cmd(model_path: str, text_path: str, save_logits: str | None, n_ctx: int, n_chunks: int, n_batch: int,
                    exact: bool, parse_special: bool, no_escape: bool, as_json: bool, quiet: bool,
-                   threads: int | None) -> None:
+                   threads: int | None, device: str) -> None:
     """Perplexity of MODEL on a text, as llama-perplexity computes it (the second half of each
     chunk of -c tokens is scored; ± is llama.cpp's estimate)."""
     from ..eval import Forward, Tokenizer, bos_id, tokenize_file
     from ..eval.numerics import set_blas_threads
     from ..eval.perplexity import LogitsWriter, chunk_count, perplexity
 
+    check_device(device)
     set_blas_threads(threads)
     model = load_model(model_path)
     tok = Tokenizer.from_model(model)
     ids = tokenize_file(tok, text_path, parse_special, not no_escape)
     n_chunk = chunk_count(len(ids), n_ctx, n_chunks)
-    fwd = Forward(model, exact=exact)
+    fwd = Forward(model, exact=exact, device=device)
     if not quiet:
-        info(f"perplexity: {len(ids)} tokens, {n_chunk} chunks of {n_ctx}")
+        info(f"perplexity: {len(ids)} tokens, {n_chunk} chunks of {n_ctx}" + (" on cuda" if device == "cuda" else ""))
 
     def on_chunk(i: int, n: int, ppl: float) -> None:
         if not quiet and not as_json:
@@ -148,7 +166,7 @@ def perplexity_cmd(model_path: str, text_path: str, save_logits: str | None, n_c
 @common_eval_options
 def kld_cmd(model_path: str, base_path: str | None, text_path: str | None, logits_path: str | None,
             save_logits: str | None, n_ctx: int, n_chunks: int, n_batch: int, exact: bool, parse_special: bool,
-            no_escape: bool, as_json: bool, quiet: bool, threads: int | None) -> None:
+            no_escape: bool, as_json: bool, quiet: bool, threads: int | None, device: str) -> None:
     """KL divergence of MODEL from a base model, as llama-perplexity --kl-divergence: mean KLD and its
     percentiles, top-token agreement, Δp statistics, both PPLs."""
     from ..eval import Forward, Tokenizer, bos_id, tokenize_file
@@ -162,10 +180,11 @@ def kld_cmd(model_path: str, base_path: str | None, text_path: str | None, logit
         raise click.UsageError("--base needs -f TEXT")
     if save_logits and logits_path:
         raise click.UsageError("--save-logits writes the base's log-probabilities: use it with --base")
+    check_device(device)
     set_blas_threads(threads)
     model = load_model(model_path)
     tok = Tokenizer.from_model(model)
-    fwd = Forward(model, exact=exact)
+    fwd = Forward(model, exact=exact, device=device)
     base: Any
     fh = None
     if logits_path is not None:
@@ -183,11 +202,11 @@ def kld_cmd(model_path: str, base_path: str | None, text_path: str | None, logit
         ids = tokenize_file(tok, text_path, parse_special, not no_escape)
         n_chunk = chunk_count(len(ids), n_ctx, n_chunks)
         base_model = load_model(base_path, "--base")
-        base = Forward(base_model, exact=exact)
+        base = Forward(base_model, exact=exact, device=device)
         if base.hp.n_vocab != fwd.hp.n_vocab:
             raise EvalError(f"inconsistent vocabulary ({base.hp.n_vocab} vs {fwd.hp.n_vocab})", option="--base")
     if not quiet:
-        info(f"kld: {n_chunk} chunks of {n_ctx}")
+        info(f"kld: {n_chunk} chunks of {n_ctx}" + (" on cuda" if device == "cuda" else ""))
         if not as_json:
             info("chunk   PPL            ln(PPL(Q)/PPL(base))  KL Divergence     Same top p")
 

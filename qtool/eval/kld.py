@@ -6,6 +6,9 @@ from one, or computed from the base model on the fly and optionally saved); per 
 KLD = sum over tokens with base log-prob > -16 of p_base * (log p_base - log p), the NLL of both,
 whether their top tokens agree, and Δp = p(target) - p_base(target). The summary has llama.cpp's
 mean ± uncertainty, percentiles (its interpolation), median, and the PPL figures.
+
+With forward passes on a device the per-token figures (`kld_figures`) are computed there and
+fetched as small arrays; the sums and the summary are made on the host.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from .model import Forward
+from .numerics import array_module, to_device, to_host
 from .perplexity import (
     SLICE_ROWS,
     EvalError,
@@ -53,34 +57,46 @@ class KldSums:
     p_diff_values: list[np.ndarray] = field(default_factory=list)
 
 
-def kld_rows(logits: np.ndarray, base: np.ndarray, targets: np.ndarray, acc: KldSums) -> None:
-    """perplexity.cpp log_softmax(n_vocab, logits, base_log_prob, tok, kld) for each row."""
+def kld_figures(logits: Any, base: Any, targets: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """perplexity.cpp log_softmax(n_vocab, logits, base_log_prob, tok, kld)'s per-row figures,
+    computed on the logits' device (base rows and targets are moved there), fetched to the host:
+    (nll float32[n], nll_base float32[n], kld float64[n], whether the top tokens agree bool[n])."""
+    xp = array_module(logits)
+    base, targets = to_device(xp, base), to_device(xp, targets)
     n, n_vocab = logits.shape
-    rows = np.arange(n)
-    imax = np.argmax(logits, axis=1)
+    rows = xp.arange(n)
+    imax = xp.argmax(logits, axis=1)
     mx = logits[rows, imax]
-    s = np.exp(logits - mx[:, None]).sum(axis=1, dtype=np.float64)
-    lse = np.log(s).astype(F32)
-    hdr = np.ascontiguousarray(base[:, :4]).view(F32)
+    s = xp.exp(logits - mx[:, None]).sum(axis=1, dtype=np.float64)
+    lse = xp.log(s).astype(F32)
+    hdr = xp.ascontiguousarray(base[:, :4]).view(F32)
     scale, min_lp = hdr[:, 0], hdr[:, 1]
     q = base[:, 4:4 + n_vocab].astype(F32)
     nll = ((mx + lse) - logits[rows, targets]).astype(F32)
     nll_base = (-(scale * q[rows, targets] + min_lp)).astype(F32)
+    mxl = (mx + lse).astype(F32)
+    p_log_base = (scale[:, None] * q + min_lp[:, None]).astype(F32)
+    imax_base = xp.argmax(p_log_base, axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        term = xp.exp(p_log_base) * (p_log_base - logits + mxl[:, None])
+    kld = xp.where(p_log_base > F32(-16), term, F32(0)).sum(axis=1, dtype=np.float64)
+    return to_host(nll), to_host(nll_base), to_host(kld), to_host(imax == imax_base)
+
+
+def kld_rows(logits: Any, base: Any, targets: Any, acc: KldSums) -> None:
+    """perplexity.cpp log_softmax(n_vocab, logits, base_log_prob, tok, kld) for each row, added
+    to acc."""
+    nll, nll_base, kld, same = kld_figures(logits, base, targets)
+    n = len(nll)
     acc.sum_nll += float(nll.astype(np.float64).sum())
     acc.sum_nll2 += float((nll * nll).astype(np.float64).sum())
     acc.sum_nll_base += float(nll_base.astype(np.float64).sum())
     acc.sum_nll_base2 += float((nll_base * nll_base).astype(np.float64).sum())
     acc.sum_nll_nll_base += float((nll * nll_base).astype(np.float64).sum())
-    mxl = (mx + lse).astype(F32)
-    p_log_base = (scale[:, None] * q + min_lp[:, None]).astype(F32)
-    imax_base = np.argmax(p_log_base, axis=1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        term = np.exp(p_log_base) * (p_log_base - logits + mxl[:, None])
-    kld = np.where(p_log_base > F32(-16), term, F32(0)).sum(axis=1, dtype=np.float64)
     acc.sum_kld += float(kld.sum())
     acc.sum_kld2 += float((kld * kld).sum())
     acc.count += n
-    acc.n_same_top += int((imax == imax_base).sum())
+    acc.n_same_top += int(same.sum())
     p_diff = (np.exp(-nll) - np.exp(-nll_base)).astype(F32)
     pd2 = p_diff.astype(np.float64) ** 2
     acc.sum_p_diff += float(p_diff.astype(np.float64).sum())
@@ -174,7 +190,8 @@ def kl_divergence(fwd: Forward, tokens: np.ndarray, n_ctx: int, n_chunk: int,
                   on_chunk: Callable[[int, int, KldSums], None] | None = None,
                   on_layer: Callable[[], None] | None = None) -> KldSums:
     """Compare fwd's predictions with the base (a model run on the same chunks, or the packed rows of
-    a base file) over n_chunk chunks of `tokens`."""
+    a base file) over n_chunk chunks of `tokens`. A base model's packed rows stay on its device
+    (fetched only for the writer)."""
     n_vocab = fwd.hp.n_vocab
     first = n_ctx // 2
     nv = n_packed(n_vocab)
@@ -190,12 +207,12 @@ def kl_divergence(fwd: Forward, tokens: np.ndarray, n_ctx: int, n_chunk: int,
                 assert not isinstance(base, Forward)
                 rows = next(base)
             else:
-                rows = np.empty((len(targets), nv), np.uint16)
+                rows = base.xp.empty((len(targets), nv), np.uint16)  # type: ignore[union-attr]
                 for a in range(0, len(targets), SLICE_ROWS):
                     b = min(a + SLICE_ROWS, len(targets))
                     rows[a:b] = pack_log_probs(base.logits(hb[s, a:b], observe=False), nv)  # type: ignore[union-attr]
             if writer is not None:
-                writer.f.write(rows.tobytes())
+                writer.f.write(to_host(rows).tobytes())
             for a in range(0, len(targets), SLICE_ROWS):
                 b = min(a + SLICE_ROWS, len(targets))
                 kld_rows(fwd.logits(h[s, a:b], observe=False), rows[a:b], targets[a:b], acc)

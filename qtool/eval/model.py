@@ -21,6 +21,15 @@ An `observer` sees the input of every weight matmul before rounding, as llama-im
 collect_imatrix sees src1: `dense(name, x)` with x float32[n_tokens, n_in] and
 `experts(name, x, ids, n_expert)` for MUL_MAT_ID with x float32[n_tokens, n_slots, n_in]
 (n_slots 1 when the input is broadcast over the selected experts) and ids int[n_tokens, n_used].
+
+`device="cuda"` runs the pass on the first CUDA GPU through CuPy (`xp`, the array module, is
+cupy instead of numpy; the same code): weights are dequantized on the host and uploaded into the
+cache as float32 (F16 matrices uploaded as float16 and converted on the device at each matmul),
+the matmuls are cuBLAS's, attention, norms, RoPE and the `exact` roundings run on the device;
+token ids go in and the hidden states stay there (the observer gets device arrays; MoE routing
+is chosen on the host from the fetched gate probabilities, small). The figures are close to the
+CPU's, not bit-identical (cuBLAS and CuPy sum in other orders; exp and log are CUDA's), as
+llama.cpp's CUDA backend differs from its CPU backend.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,6 +48,8 @@ from ..quants import dequantize
 from ..quants.types import QType
 from .numerics import (
     MMAP_THRESHOLD,
+    array_module,
+    device_module,
     dot_type,
     gelu_f16,
     keep_heap,
@@ -48,6 +59,8 @@ from .numerics import (
     round_f16,
     round_for_dot,
     silu,
+    to_device,
+    to_host,
 )
 
 F32 = np.float32
@@ -153,13 +166,15 @@ class HParams:
 
 class Weights:
     """Dequantized weights on demand, float32[rows, n_per_row] (3-D: [n_mat, rows, n_per_row]),
-    kept in an LRU cache of at most `cache_bytes`."""
+    kept in an LRU cache of at most `cache_bytes`; on xp's device (numpy: the host) where xp is
+    CuPy (dequantized on the host, then uploaded; the device copy is what the cache holds)."""
 
-    def __init__(self, model: GGUFModel, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(self, model: GGUFModel, cache_bytes: int = DEFAULT_CACHE_BYTES, xp: Any = np) -> None:
         self.model = model
         self.infos: dict[str, TensorInfo] = {t.name: t for t in model.tensors}
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.xp = xp
+        self._cache: OrderedDict[str, Any] = OrderedDict()
         self._held = 0
 
     def has(self, name: str) -> bool:
@@ -179,10 +194,23 @@ class Weights:
     def qtype(self, name: str) -> QType:
         return self.info(name).qtype
 
-    def get(self, name: str) -> np.ndarray:
-        a = self._cache.get(name)
+    def _recall(self, key: str) -> Any:
+        a = self._cache.get(key)
         if a is not None:
-            self._cache.move_to_end(name)
+            self._cache.move_to_end(key)
+        return a
+
+    def _keep(self, key: str, a: Any) -> None:
+        if a.nbytes <= self.cache_bytes:
+            self._cache[key] = a
+            self._held += a.nbytes
+            while self._held > self.cache_bytes and self._cache:
+                _, old = self._cache.popitem(last=False)
+                self._held -= old.nbytes
+
+    def get(self, name: str) -> Any:
+        a = self._recall(name)
+        if a is not None:
             return a
         t = self.info(name)
         self.model.check_size(t)
@@ -197,37 +225,45 @@ class Weights:
             a = a.reshape(-1)
         elif len(t.shape) == 3:
             a = a.reshape(t.shape[2], t.shape[1], t.shape[0])
-        if a.nbytes <= self.cache_bytes:
-            self._cache[name] = a
-            self._held += a.nbytes
-            while self._held > self.cache_bytes and self._cache:
-                _, old = self._cache.popitem(last=False)
-                self._held -= old.nbytes
+        a = to_device(self.xp, a)
+        self._keep(name, a)
         return a
 
-    def raw_f16(self, name: str) -> np.ndarray | None:
-        """The F16 tensor `name` as float16[rows, n_per_row] (a view of the file) when it is F16,
-        2-D and not in the cache; else None."""
+    def raw_f16(self, name: str) -> Any:
+        """The F16 tensor `name` as float16[rows, n_per_row] when it is F16, 2-D and not in the
+        cache as float32; else None. On the host a view of the file; on a device its copy there,
+        kept in the cache (half the bytes of float32)."""
         t = self.info(name)
         if t.qtype.name != "F16" or len(t.shape) != 2 or name in self._cache:
             return None
+        if self.xp is not np:
+            a = self._recall(name + "#f16")
+            if a is not None:
+                return a
         self.model.check_size(t)
-        return np.asarray(self.model.tensor_data(t)).reshape(t.n_rows, -1).view(np.float16)
+        h = np.asarray(self.model.tensor_data(t)).reshape(t.n_rows, -1).view(np.float16)
+        if self.xp is np:
+            return h
+        a = self.xp.asarray(h)
+        self._keep(name + "#f16", a)
+        return a
 
-    def matrix(self, name: str) -> np.ndarray:
+    def matrix(self, name: str) -> Any:
         """The 2-D weight as float32 for a matmul. An F16 matrix of at most MMAP_THRESHOLD bytes as
         float32 is converted anew on every call and not cached: the conversion costs ~1% of its
         matmul, and the temporary reuses heap pages (numerics.keep_heap) where a cached copy costs
-        fresh pages (page faults as slow as converting it dozens of times) and memory."""
+        fresh pages (page faults as slow as converting it dozens of times) and memory. On a
+        device every F16 matrix is converted there at each call (from its cached float16 copy)."""
         h = self.raw_f16(name)
-        if h is not None and 4 * h.size <= MMAP_THRESHOLD:
+        if h is not None and (self.xp is not np or 4 * h.size <= MMAP_THRESHOLD):
             return h.astype(F32)
         return self.get(name)
 
-    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
-        """get_rows: the rows `ids` of a 2-D tensor, dequantizing only those."""
+    def rows(self, name: str, ids: np.ndarray) -> Any:
+        """get_rows: the rows `ids` (host ints) of a 2-D tensor, dequantizing only those; on xp's
+        device."""
         if name in self._cache:
-            return self._cache[name][ids]
+            return self._cache[name][to_device(self.xp, ids)]
         t = self.info(name)
         self.model.check_size(t)
         data = np.asarray(self.model.tensor_data(t)).reshape(t.n_rows, -1)
@@ -239,15 +275,16 @@ class Weights:
             r = sel.view(np.float16).astype(F32).reshape(len(uniq), t.n_per_row)
         else:
             r = dequantize(sel, t.qtype, t.n_per_row)
-        return r[inv].reshape(*ids.shape, t.n_per_row)
+        return to_device(self.xp, r[inv].reshape(*ids.shape, t.n_per_row))
 
 
-def _softmax_rows(s: np.ndarray) -> np.ndarray:
+def _softmax_rows(s: Any) -> Any:
     """Softmax over the last axis, in place (rows of -inf only give NaN-free zeros)."""
+    xp = array_module(s)
     m = s.max(axis=-1, keepdims=True)
-    m[~np.isfinite(m)] = 0
-    np.subtract(s, m, out=s)
-    np.exp(s, out=s)
+    m[~xp.isfinite(m)] = 0
+    xp.subtract(s, m, out=s)
+    xp.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
     return s
 
@@ -256,17 +293,20 @@ class Forward:
     """Run token batches through a GGUF model (see the module docstring)."""
 
     def __init__(self, model: GGUFModel, *, exact: bool = True, cache_bytes: int | None = None,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, device: str = "cpu") -> None:
         self.model = model
         self.hp = HParams.from_model(model)
+        self.device = device
+        self.xp = device_module(device)
         if cache_bytes is None:
             cache_bytes = int(os.environ.get("QTOOL_EVAL_CACHE_BYTES", DEFAULT_CACHE_BYTES))
-        self.w = Weights(model, cache_bytes)
+        self.w = Weights(model, cache_bytes, self.xp)
         self.exact = exact
         self.observer = observer
         keep_heap()
         self.output_name = "output.weight" if self.w.has("output.weight") else "token_embd.weight"
-        self._rounded: tuple[np.ndarray, str, np.ndarray] | None = None
+        self._rounded: tuple[Any, str, Any] | None = None
+        self._rope: dict[tuple[int, float, float], tuple[Any, Any]] = {}
         self._check()
 
     def _check(self) -> None:
@@ -280,7 +320,7 @@ class Forward:
 
     # -- pieces -----------------------------------------------------------------------------------
 
-    def mm(self, name: str, x: np.ndarray, observe: bool = True) -> np.ndarray:
+    def mm(self, name: str, x: Any, observe: bool = True) -> Any:
         """x float32[n, n_in] @ W^T (+ bias), activations rounded to W's dot type."""
         if observe and self.observer is not None:
             self.observer.dense(name, x)
@@ -302,17 +342,27 @@ class Forward:
             y += self.w.get(bias)
         return y
 
-    def norm(self, x: np.ndarray, name: str) -> np.ndarray:
+    def norm(self, x: Any, name: str) -> Any:
         return (rms_norm(x, self.hp.eps) * self.w.get(name)).astype(F32, copy=False)
 
-    def embed(self, tokens: np.ndarray) -> np.ndarray:
+    def rope_tables(self, n_ctx: int, base: float, scale: float) -> tuple[Any, Any]:
+        """rope_cache of positions 0..n_ctx-1 on the pass's device, made once per shape."""
+        key = (n_ctx, base, scale)
+        t = self._rope.get(key)
+        if t is None:
+            cos, sin = rope_cache(np.arange(n_ctx), self.hp.n_rot, base, scale)
+            t = self._rope[key] = (to_device(self.xp, cos), to_device(self.xp, sin))
+        return t
+
+    def embed(self, tokens: np.ndarray) -> Any:
         x = self.w.rows("token_embd.weight", tokens.reshape(-1)).astype(F32)
         if self.hp.embd_scale != 1.0:
             x *= F32(self.hp.embd_scale)
         return x
 
-    def attention(self, il: int, cur: np.ndarray, n_seq: int, n_ctx: int) -> np.ndarray:
+    def attention(self, il: int, cur: Any, n_seq: int, n_ctx: int) -> Any:
         hp = self.hp
+        xp = self.xp
         p = f"blk.{il}."
         q = self.mm(p + "attn_q.weight", cur).reshape(n_seq, n_ctx, hp.n_head, hp.head_k)
         k = self.mm(p + "attn_k.weight", cur).reshape(n_seq, n_ctx, hp.n_head_kv, hp.head_k)
@@ -322,7 +372,7 @@ class Forward:
             k = self.norm(k, p + "attn_k_norm.weight")
         swa = hp.swa_layers[il] if hp.swa_layers else False
         base, scale = (hp.rope_base_swa, hp.rope_scale_swa) if swa else (hp.rope_base, hp.rope_scale)
-        cos, sin = rope_cache(np.arange(n_ctx), hp.n_rot, base, scale)
+        cos, sin = self.rope_tables(n_ctx, base, scale)
         cos, sin = cos[:, None, :], sin[:, None, :]
         q = rope(q, cos, sin, hp.neox)
         k = rope(k, cos, sin, hp.neox)
@@ -331,13 +381,13 @@ class Forward:
         if self.exact:  # the KV cache is F16
             k = round_f16(k)
             v = round_f16(v)
-        pos = np.arange(n_ctx)
+        pos = xp.arange(n_ctx)
         masked = pos[None, :] > pos[:, None]
         if swa and hp.n_swa > 0:
             masked |= (pos[:, None] - pos[None, :]) >= hp.n_swa
-        mask = np.where(masked, F32(-np.inf), F32(0))
+        mask = xp.where(masked, F32(-np.inf), F32(0))
         group = hp.n_head // hp.n_head_kv
-        out = np.empty((n_seq, n_ctx, hp.n_head, hp.head_v), F32)
+        out = xp.empty((n_seq, n_ctx, hp.n_head, hp.head_v), F32)
         # causal tiles: the first half of the queries sees only the first half of the keys (the
         # rest of its row is masked: exp gives exact zeros), so a quarter of the scores is skipped.
         # n_ctx a multiple of 256 keeps numpy's pairwise row sums (blocks of 128) and BLAS's
@@ -351,16 +401,16 @@ class Forward:
             for t0, t1, nk in tiles:
                 nq = t1 - t0
                 qs = q4[:, :, t0:t1].reshape(hp.n_head_kv, group * nq, hp.head_k)
-                sc = np.matmul(qs, ks[:, :, :nk]).reshape(hp.n_head_kv, group, nq, nk)
+                sc = xp.matmul(qs, ks[:, :, :nk]).reshape(hp.n_head_kv, group, nq, nk)
                 if hp.kq_scale != 1.0:
                     sc *= F32(hp.kq_scale)
                 sc += mask[t0:t1, :nk]
                 pr = _softmax_rows(sc).reshape(hp.n_head_kv, group * nq, nk)
-                o = np.matmul(pr, vs[:, :nk])  # (kv, group*nq, head_v)
+                o = xp.matmul(pr, vs[:, :nk])  # (kv, group*nq, head_v)
                 out[s, t0:t1] = o.reshape(hp.n_head, nq, hp.head_v).transpose(1, 0, 2)
         return self.mm(p + "attn_output.weight", out.reshape(n_seq * n_ctx, hp.n_head * hp.head_v))
 
-    def ffn(self, il: int, cur: np.ndarray) -> np.ndarray:
+    def ffn(self, il: int, cur: Any) -> Any:
         p = f"blk.{il}."
         if self.w.has(p + "ffn_gate_inp.weight"):
             return self.moe(il, cur)
@@ -370,13 +420,16 @@ class Forward:
         act *= up  # act is a new array (gelu_f16 / silu)
         return self.mm(p + "ffn_down.weight", act)
 
-    def moe(self, il: int, cur: np.ndarray) -> np.ndarray:
-        """llm_graph_context::build_moe_ffn with softmax gating, top-k, normalized weights."""
+    def moe(self, il: int, cur: Any) -> Any:
+        """llm_graph_context::build_moe_ffn with softmax gating, top-k, normalized weights. The
+        routing (top-k and weights) is chosen on the host; on a device from the fetched gate
+        probabilities (n_tok x n_expert), the experts' matmuls stay there."""
         hp = self.hp
+        xp = self.xp
         p = f"blk.{il}."
         n_tok = cur.shape[0]
         logits = self.mm(p + "ffn_gate_inp.weight", cur)
-        probs = _softmax_rows(logits)
+        probs = to_host(_softmax_rows(logits))
         k = hp.n_expert_used
         sel = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         wts = np.take_along_axis(probs, sel, axis=1)
@@ -388,9 +441,9 @@ class Forward:
         w_up, w_gate, w_down = (self.w.get(names[t]) for t in ("up", "gate", "down"))
         dt_up, dt_gate, dt_down = (dot_type(self.w.qtype(names[t])) for t in ("up", "gate", "down"))
         n_ff = w_up.shape[1]
-        par = np.zeros((n_tok, k, n_ff), F32)
+        par = xp.zeros((n_tok, k, n_ff), F32)
         for e in np.unique(sel):
-            tok, slot = np.nonzero(sel == e)
+            tok, slot = (to_device(xp, i) for i in np.nonzero(sel == e))
             xe = cur[tok]
             up = (round_for_dot(xe, dt_up) if self.exact else xe) @ w_up[e].T
             gate = (round_for_dot(xe, dt_gate) if self.exact else xe) @ w_gate[e].T
@@ -399,9 +452,10 @@ class Forward:
             self.observer.experts(names["down"], par, sel, hp.n_expert)
         # as build_moe_ffn: each slot's expert output times its weight, then the slots summed in
         # slot order, ((s0 + s1) + s2) + ..., not in expert order (float addition is not associative)
-        ys = np.empty((n_tok, k, hp.n_embd), F32)
+        ys = xp.empty((n_tok, k, hp.n_embd), F32)
+        wts = to_device(xp, wts)
         for e in np.unique(sel):
-            tok, slot = np.nonzero(sel == e)
+            tok, slot = (to_device(xp, i) for i in np.nonzero(sel == e))
             xe = par[tok, slot]
             y = (round_for_dot(xe, dt_down) if self.exact else xe) @ w_down[e].T
             ys[tok, slot] = y * wts[tok, slot][:, None]
@@ -410,9 +464,9 @@ class Forward:
             out += ys[:, s]
         return out
 
-    def layer(self, il: int, x: np.ndarray, n_seq: int, n_ctx: int, keep: np.ndarray | None = None) -> np.ndarray:
-        """One transformer block; `keep` (row indices) trims the rows after attention, as
-        llama.cpp's inp_out_ids does in the last layer."""
+    def layer(self, il: int, x: Any, n_seq: int, n_ctx: int, keep: Any = None) -> Any:
+        """One transformer block; `keep` (row indices, on the pass's device) trims the rows after
+        attention, as llama.cpp's inp_out_ids does in the last layer."""
         p = f"blk.{il}."
         cur = self.norm(x, p + "attn_norm.weight")
         cur = self.attention(il, cur, n_seq, n_ctx)
@@ -430,14 +484,15 @@ class Forward:
 
     # -- whole passes -------------------------------------------------------------------------------
 
-    def hidden(self, tokens: np.ndarray, first: int = 0, progress: object = None) -> np.ndarray:
-        """The output-normalized hidden states of positions >= first, float32[n_seq, n_ctx-first, n_embd],
-        for tokens int[n_seq, n_ctx] (one causal sequence per row)."""
+    def hidden(self, tokens: np.ndarray, first: int = 0, progress: object = None) -> Any:
+        """The output-normalized hidden states of positions >= first, float32[n_seq, n_ctx-first, n_embd]
+        (on the pass's device), for tokens int[n_seq, n_ctx] (host; one causal sequence per row)."""
         n_seq, n_ctx = tokens.shape
         x = self.embed(tokens)
         keep = None
         if first > 0:
-            keep = (np.arange(n_seq)[:, None] * n_ctx + np.arange(first, n_ctx)[None, :]).reshape(-1)
+            keep = to_device(self.xp, (np.arange(n_seq)[:, None] * n_ctx
+                                       + np.arange(first, n_ctx)[None, :]).reshape(-1))
         for il in range(self.hp.n_layer):
             x = self.layer(il, x, n_seq, n_ctx, keep if il == self.hp.n_layer - 1 else None)
             self._rounded = None
@@ -446,19 +501,20 @@ class Forward:
         x = self.norm(x, "output_norm.weight")
         return x.reshape(n_seq, -1, self.hp.n_embd)
 
-    def logits(self, h: np.ndarray, observe: bool = True) -> np.ndarray:
+    def logits(self, h: Any, observe: bool = True) -> Any:
         """Logits float32[n, n_vocab] of hidden rows h float32[n, n_embd] (the output matmul)."""
         obs = observe and self.output_name == "output.weight"
         return self.mm(self.output_name, h, observe=obs)
 
-    def logit_blocks(self, h: np.ndarray, block: int) -> Iterator[tuple[int, np.ndarray]]:
+    def logit_blocks(self, h: Any, block: int) -> Iterator[tuple[int, Any]]:
         """The logits of hidden rows h float32[n, n_embd] as `logits(h, observe=False)` computes
         them, `block` vocabulary entries at a time: (first id, float32[n, <= block]), the array
         reused between blocks. An F16 output matrix is converted block by block (no float32 copy
         of the whole vocabulary is made or kept); others come from the weight cache."""
+        xp = self.xp
         name = self.output_name
         xr = round_for_dot(h, dot_type(self.w.qtype(name))) if self.exact else h
-        xr = np.ascontiguousarray(xr, dtype=F32)
+        xr = xp.ascontiguousarray(xr, dtype=F32)
         raw = self.w.raw_f16(name)
         w = self.w.get(name) if raw is None else raw
         if w.ndim != 2 or w.shape[1] != xr.shape[1]:
@@ -466,17 +522,17 @@ class Forward:
         bias_name = name.replace(".weight", ".bias")
         bias = self.w.get(bias_name) if self.w.has(bias_name) else None
         n_vocab = w.shape[0]
-        out = np.empty((xr.shape[0], min(block, n_vocab)), F32)
-        wbuf = np.empty((min(block, n_vocab), w.shape[1]), F32) if raw is not None else None
+        out = xp.empty((xr.shape[0], min(block, n_vocab)), F32)
+        wbuf = xp.empty((min(block, n_vocab), w.shape[1]), F32) if raw is not None else None
         for v0 in range(0, n_vocab, block):
             k = min(block, n_vocab - v0)
             if wbuf is not None:
                 wb = wbuf[:k]
-                np.copyto(wb, w[v0:v0 + k])
+                xp.copyto(wb, w[v0:v0 + k])
             else:
                 wb = w[v0:v0 + k]
-            y = out if k == out.shape[1] else np.empty((xr.shape[0], k), F32)
-            np.matmul(xr, wb.T, out=y)
+            y = out if k == out.shape[1] else xp.empty((xr.shape[0], k), F32)
+            xp.matmul(xr, wb.T, out=y)
             if bias is not None:
                 y += bias[v0:v0 + k]
             yield v0, y

@@ -13,9 +13,18 @@
 - `geglu`: ggml_vec_geglu_f32 with GGML_GELU_FP16: GELU (tanh form) looked up by the fp16 of x,
   the result an fp16 value.
 - `rope_cache`: ggml rope_cache_init, theta advanced by repeated float multiplication.
+
+Device arrays: the element-wise steps take numpy arrays or CuPy arrays (`--device cuda`) and
+return arrays of the same module (`array_module`); on numpy they are the exact CPU-backend
+numerics above, on CuPy the same formulas in plain CuPy calls (one kernel per operation, so no
+fused multiply-add; float16 rounding by the device's own conversion, which is round to nearest
+even in every range), close to the CPU's but not bit-identical (exp / log / sums in another order).
 """
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +48,65 @@ def dot_type(qtype: QType) -> str:
     return "Q8_K"
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def device_module(device: str) -> Any:
+    """The array module the forward pass runs on: numpy for "cpu", CuPy for "cuda" (the first
+    visible GPU; qtool.gpu.cuda.GpuUnavailable, a user error, where CuPy or a GPU is missing)."""
+    if device == "cpu":
+        return np
+    if device == "cuda":
+        from ..gpu.cuda import cupy_module
+
+        return cupy_module()
+    raise ValueError(f"unknown device {device!r} ({', '.join(DEVICES)})")
+
+
+def array_module(x: Any) -> Any:
+    """numpy for host arrays, cupy for CuPy arrays (cupy.get_array_module, asked only where cupy
+    was imported): the `xp` of the generic numerics."""
+    if type(x) is np.ndarray:
+        return np
+    cp = sys.modules.get("cupy")
+    return np if cp is None else cp.get_array_module(x)
+
+
+def to_host(a: Any) -> np.ndarray:
+    """a as a numpy array: itself when it is one, else fetched from the device (.get())."""
+    if type(a) is not np.ndarray and hasattr(a, "get"):
+        return a.get()  # type: ignore[no-any-return]
+    return np.asarray(a)
+
+
+def to_device(xp: Any, a: Any) -> Any:
+    """Host array a on xp's device (itself for numpy; xp.asarray copies it over for CuPy)."""
+    return a if xp is np else xp.asarray(a)
+
+
+_CONSTANTS: dict[tuple[int, str], Any] = {}
+
+
+def device_constant(xp: Any, name: str, host: np.ndarray) -> Any:
+    """A constant table (host) on xp's device, uploaded once per module."""
+    if xp is np:
+        return host
+    key = (id(xp), name)
+    a = _CONSTANTS.get(key)
+    if a is None:
+        a = _CONSTANTS[key] = xp.asarray(host)
+    return a
+
+
+def sum_squares(x: Any, axis: int) -> Any:
+    """Sum of x*x over axis -1 (any rank) or 0 (2-D) with products and sums in float64."""
+    xp = array_module(x)
+    if xp is np:
+        return np.einsum("...i,...i->..." if axis == -1 else "ij,ij->j", x, x, dtype=np.float64)
+    x64 = x.astype(xp.float64)
+    return (x64 * x64).sum(axis=axis)
+
+
 _BLOCK = 1 << 15  # elements per step of the blocked element-wise loops (L2-resident scratch)
 _F16_MIN_NORMAL = F32(2.0 ** -14)
 _F16_OVERFLOW = F32(65520.0)  # rounds to 65536 and beyond: inf as float16
@@ -59,7 +127,11 @@ def round_f16(x: np.ndarray) -> np.ndarray:
     c = x * (2^13 + 1), x_hi = c - (c - x), which rounds the 24-bit significand to 11 bits to
     nearest even (checked exhaustively over a binade in the tests); below 2^-14 (float16
     subnormals, steps of 2^-24), from 65520 (inf) and for inf / NaN the exact bit path
-    `_round_f16_bits` fixes the few elements. Runs in L2-sized blocks (memory-bound passes)."""
+    `_round_f16_bits` fixes the few elements. Runs in L2-sized blocks (memory-bound passes).
+    On a device: its float16 conversion (round to nearest even, every range)."""
+    xp = array_module(x)
+    if xp is not np:
+        return x.astype(xp.float16).astype(xp.float32)
     x = np.ascontiguousarray(x, dtype=F32)
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -110,10 +182,11 @@ def _round_f16_bits(x: np.ndarray) -> np.ndarray:
 
 def round_bf16(x: np.ndarray) -> np.ndarray:
     """GGML_FP32_TO_BF16 (round to nearest even; NaN kept quiet) and back."""
-    u = np.ascontiguousarray(x, dtype=F32).view(np.uint32)
-    r = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint32)
-    r = np.where((u & 0x7FFFFFFF) > 0x7F800000, (u >> 16) | 64, r)
-    return (r.astype(np.uint32) << 16).view(F32)
+    xp = array_module(x)
+    u = xp.ascontiguousarray(x, dtype=F32).view(xp.uint32)
+    r = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(xp.uint32)
+    r = xp.where((u & 0x7FFFFFFF) > 0x7F800000, (u >> 16) | 64, r)
+    return (r.astype(xp.uint32) << np.uint32(16)).view(F32)  # uint32 whatever the scalar promotion rules
 
 
 def round_q8_0(x: np.ndarray) -> np.ndarray:
@@ -132,12 +205,13 @@ def round_q8_0_x86(x: np.ndarray) -> np.ndarray:
     """quantize_row_q8_0 of ggml-cpu's x86 (AVX/AVX2) build then dequantize, fused: the same
     d = amax/127 (stored as fp16), but q = round-half-even(x * (127/amax)), which differs from the
     reference in the last bit of a few values."""
-    b = np.ascontiguousarray(x, dtype=F32).reshape(-1, 32)
-    amax = np.abs(b).max(axis=1, keepdims=True)
+    xp = array_module(x)
+    b = xp.ascontiguousarray(x, dtype=F32).reshape(-1, 32)
+    amax = xp.abs(b).max(axis=1, keepdims=True)
     d = amax / F32(127)
     with np.errstate(divide="ignore"):
-        idv = np.where(amax != 0, F32(127) / amax, F32(0)).astype(F32)
-    return (np.rint(b * idv) * d.astype(np.float16).astype(F32)).reshape(x.shape)
+        idv = xp.where(amax != 0, F32(127) / amax, F32(0)).astype(F32)
+    return (xp.rint(b * idv) * d.astype(xp.float16).astype(F32)).reshape(x.shape)
 
 
 def _roundf(v: np.ndarray) -> np.ndarray:
@@ -150,14 +224,15 @@ def _roundf(v: np.ndarray) -> np.ndarray:
 def round_q8_k(x: np.ndarray) -> np.ndarray:
     """quantize_row_q8_K_ref then dequantize_row_q8_K, fused: the value of largest magnitude
     (first one on ties) gives iscale = -127/max, q = min(127, nearest_int(iscale*x)), d = 1/iscale."""
-    b = np.ascontiguousarray(x, dtype=F32).reshape(-1, 256)
-    idx = np.argmax(np.abs(b), axis=1)
-    mx = b[np.arange(b.shape[0]), idx][:, None]
+    xp = array_module(x)
+    b = xp.ascontiguousarray(x, dtype=F32).reshape(-1, 256)
+    idx = xp.argmax(xp.abs(b), axis=1)
+    mx = b[xp.arange(b.shape[0]), idx][:, None]
     zero = mx == 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        iscale = np.where(zero, F32(0), F32(-127) / np.where(zero, F32(1), mx)).astype(F32)
-        q = np.minimum(np.rint(iscale * b), F32(127))
-        d = np.where(zero, F32(0), F32(1) / np.where(zero, F32(1), iscale)).astype(F32)
+        iscale = xp.where(zero, F32(0), F32(-127) / xp.where(zero, F32(1), mx)).astype(F32)
+        q = xp.minimum(xp.rint(iscale * b), F32(127))
+        d = xp.where(zero, F32(0), F32(1) / xp.where(zero, F32(1), iscale)).astype(F32)
     return (d * q).astype(F32).reshape(x.shape)
 
 
@@ -178,9 +253,10 @@ def round_for_dot(x: np.ndarray, kind: str) -> np.ndarray:
 
 def rms_norm(x: np.ndarray, eps: float) -> np.ndarray:
     """ggml rms_norm over the last axis (no weight)."""
-    ss = np.einsum("...i,...i->...", x, x, dtype=np.float64)
+    xp = array_module(x)
+    ss = sum_squares(x, -1)
     mean = ss / x.shape[-1]
-    scale = (F32(1) / np.sqrt((mean + eps).astype(F32))).astype(F32)
+    scale = (F32(1) / xp.sqrt((mean + eps).astype(F32))).astype(F32)
     return x * scale[..., None]
 
 
@@ -208,19 +284,22 @@ _GELU_LIMIT = F32(10)
 
 
 def _gelu_f16_cast(x: np.ndarray) -> np.ndarray:
-    """gelu_f16 through numpy's float16 cast (every range; the fix-up of gelu_f16)."""
-    t = _GELU[np.clip(x, F32(-10), F32(10)).astype(np.float16).view(np.uint16)]
-    t[x <= -10] = 0
-    big = x >= 10
-    t[big] = x[big]
-    return t
+    """gelu_f16 through a float16 cast (every range; the fix-up of gelu_f16 on numpy, the whole
+    of it on a device, where the cast is fast)."""
+    xp = array_module(x)
+    t = device_constant(xp, "gelu", _GELU)[xp.clip(x, F32(-10), F32(10)).astype(xp.float16).view(xp.uint16)]
+    t = xp.where(x <= F32(-10), F32(0), t)
+    return xp.where(x >= F32(10), x, t)  # type: ignore[no-any-return]
 
 
 def gelu_f16(x: np.ndarray) -> np.ndarray:
     """ggml_vec_gelu_f32 with GGML_GELU_FP16 (0 below -10, x above 10, else the fp16 table).
     The float16 rounding is round_f16's Veltkamp split and the table is indexed by the rounded
     value's top bits (no float16 cast); elements outside [2^-14, 10) in magnitude (subnormal
-    float16, the clamps, NaN) go through `_gelu_f16_cast`. L2-sized blocks."""
+    float16, the clamps, NaN) go through `_gelu_f16_cast`. L2-sized blocks. On a device: the
+    cast of `_gelu_f16_cast` for all elements."""
+    if array_module(x) is not np:
+        return _gelu_f16_cast(x)
     x = np.ascontiguousarray(x, dtype=F32)
     out = np.empty_like(x)
     xf, of = x.reshape(-1), out.reshape(-1)
@@ -245,12 +324,13 @@ def gelu_f16(x: np.ndarray) -> np.ndarray:
 
 def silu(x: np.ndarray) -> np.ndarray:
     """x / (1 + exp(-x)) in float32, in one temporary (the same operations as the plain formula)."""
-    x = np.asarray(x, dtype=F32)
-    t = np.negative(x)
+    xp = array_module(x)
+    x = xp.asarray(x, dtype=F32)
+    t = xp.negative(x)
     with np.errstate(over="ignore"):
-        np.exp(t, out=t)
+        xp.exp(t, out=t)
     t += F32(1)
-    np.divide(x, t, out=t)
+    xp.divide(x, t, out=t)
     return t
 
 

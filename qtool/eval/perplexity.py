@@ -9,6 +9,10 @@ sqrt(var(nll)/(count-1)) * PPL.
 Also here: llama-perplexity's `--kl-divergence-base` file ("_logits_", n_ctx, n_vocab, n_chunk,
 the tokens, then per scored token the log-probabilities packed as uint16 with a float scale and
 minimum), written by `LogitsWriter` and read by `read_logits_header` / `LogitsReader`.
+
+With a forward pass on a device (`Forward(device="cuda")`) the logits, their log-sum-exp and the
+packed log-probabilities are computed there (the same code on CuPy arrays); only per-token
+figures (float64[n]) and packed rows come back.
 """
 
 from __future__ import annotations
@@ -17,17 +21,19 @@ import math
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..errors import QtoolError
 from .model import Forward
+from .numerics import array_module, to_device, to_host
 
 F32 = np.float32
 LOGITS_MAGIC = b"_logits_"
 SLICE_ROWS = 64
 LOGIT_BLOCK = 2048  # vocabulary entries per block of logits when only the nll is needed
+DEVICE_LOGIT_BLOCK = 16384  # the same on a GPU: fewer, larger matmuls (rows x block floats of memory)
 
 
 class EvalError(QtoolError):
@@ -74,37 +80,42 @@ class TokenScores:
     top: np.ndarray
 
 
-def log_softmax_rows(logits: np.ndarray, targets: np.ndarray, inplace: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def log_softmax_rows(logits: Any, targets: Any, inplace: bool = False) -> tuple[Any, Any]:
     """(nll float64[n], logsumexp float64[n]) as perplexity.cpp log_softmax: max, then
-    sum of expf(l - max) in double. inplace: logits is overwritten (no temporary of its size)."""
+    sum of expf(l - max) in double. inplace: logits is overwritten (no temporary of its size).
+    On the logits' device (targets are moved there)."""
+    xp = array_module(logits)
+    targets = to_device(xp, targets)
     mx = logits.max(axis=1)
-    tl = logits[np.arange(logits.shape[0]), targets].astype(np.float64)
-    e = logits if inplace else np.empty_like(logits)
-    np.subtract(logits, mx[:, None], out=e)
-    np.exp(e, out=e)
+    tl = logits[xp.arange(logits.shape[0]), targets].astype(np.float64)
+    e = logits if inplace else xp.empty_like(logits)
+    xp.subtract(logits, mx[:, None], out=e)
+    xp.exp(e, out=e)
     s = e.sum(axis=1, dtype=np.float64)
-    lse = mx.astype(np.float64) + np.log(s)
+    lse = mx.astype(np.float64) + xp.log(s)
     return lse - tl, lse
 
 
-def pack_log_probs(logits: np.ndarray, nv: int) -> np.ndarray:
+def pack_log_probs(logits: Any, nv: int) -> Any:
     """perplexity.cpp log_softmax(..., uint16_t * log_prob, ...): rows of nv uint16, the first four
-    holding float scale and min_log_prob, then nearest_int((l - min_logit)/scale) per token."""
+    holding float scale and min_log_prob, then nearest_int((l - min_logit)/scale) per token.
+    On the logits' device."""
+    xp = array_module(logits)
     n, n_vocab = logits.shape
     mx = logits.max(axis=1)
-    mn = np.maximum(logits.min(axis=1), (mx - F32(16)).astype(F32))
-    s = np.exp(logits - mx[:, None]).sum(axis=1, dtype=np.float64)
-    lse = np.log(s).astype(F32)
+    mn = xp.maximum(logits.min(axis=1), (mx - F32(16)).astype(F32))
+    s = xp.exp(logits - mx[:, None]).sum(axis=1, dtype=np.float64)
+    lse = xp.log(s).astype(F32)
     min_log_prob = ((mn - mx).astype(F32) - lse).astype(F32)
     scale = ((mx - mn).astype(F32) / F32(65535)).astype(F32)
-    out = np.zeros((n, nv), np.uint16)
-    hdr = np.stack([scale, min_log_prob], axis=1).astype(F32)
+    out = xp.zeros((n, nv), np.uint16)
+    hdr = xp.stack([scale, min_log_prob], axis=1).astype(F32)
     out[:, :4] = hdr.view(np.uint16)
     with np.errstate(divide="ignore"):
-        inv = np.where(scale != 0, F32(1) / scale, F32(0)).astype(F32)
-    q = np.rint((inv[:, None] * (logits - mn[:, None])).astype(F32))
-    q = np.where(logits > mn[:, None], q, 0)
-    out[:, 4:4 + n_vocab] = np.where(scale[:, None] != 0, q, 0).astype(np.uint16)
+        inv = xp.where(scale != 0, F32(1) / scale, F32(0)).astype(F32)
+    q = xp.rint((inv[:, None] * (logits - mn[:, None])).astype(F32))
+    q = xp.where(logits > mn[:, None], q, F32(0))
+    out[:, 4:4 + n_vocab] = xp.where(scale[:, None] != 0, q, F32(0)).astype(np.uint16)
     return out
 
 
@@ -122,8 +133,8 @@ class LogitsWriter:
         f.write(struct.pack("<iii", n_ctx, n_vocab, n_chunk))
         f.write(np.ascontiguousarray(tokens[:n_chunk * n_ctx], dtype="<i4").tobytes())
 
-    def add(self, logits: np.ndarray) -> None:
-        self.f.write(pack_log_probs(logits, self.nv).tobytes())
+    def add(self, logits: Any) -> None:
+        self.f.write(to_host(pack_log_probs(logits, self.nv)).tobytes())
 
 
 @dataclass
@@ -191,38 +202,40 @@ class NllAccumulator:
         return ppl, err
 
 
-def score_rows(fwd: Forward, h: np.ndarray, targets: np.ndarray, block: int = LOGIT_BLOCK) -> np.ndarray:
+def score_rows(fwd: Forward, h: Any, targets: np.ndarray, block: int | None = None) -> np.ndarray:
     """nll float64[n] of targets[n] from hidden rows h[n, n_embd] (the rows of any number of
     sequences at once): the logits are computed `block` vocabulary entries at a time for all rows
     (one large matmul per block instead of a pass over the whole output matrix per few rows) and
     the log-sum-exp is combined across blocks online, in double: per block its max m_b and
     s_b = sum of expf(l - m_b) in double, then lse = M + log(sum_b s_b * exp(m_b - M)). This
     equals log_softmax_rows' max-then-sum up to float32 rounding of the shifted exponents.
-    Memory: n x block floats whatever the vocabulary size."""
+    Memory: n x block floats whatever the vocabulary size (block: LOGIT_BLOCK on the host,
+    DEVICE_LOGIT_BLOCK on a GPU, unless given). On h's device; the result is fetched."""
     n = len(targets)
-    out = np.empty(n, np.float64)
     if n == 0:
-        return out
-    mx = np.full(n, -np.inf)
-    s = np.zeros(n)
-    tl = np.zeros(n)
-    rows = np.arange(n)
+        return np.empty(n, np.float64)
+    xp = array_module(h)
+    if block is None:
+        block = LOGIT_BLOCK if xp is np else DEVICE_LOGIT_BLOCK
+    t = to_device(xp, targets)
+    mx = xp.full(n, -np.inf, dtype=np.float64)
+    s = xp.zeros(n, dtype=np.float64)
+    tl = xp.zeros(n, dtype=np.float64)
+    rows = xp.arange(n)
     for v0, lg in fwd.logit_blocks(h, block):
         k = lg.shape[1]
-        hit = (targets >= v0) & (targets < v0 + k)
-        if hit.any():
-            tl[hit] = lg[rows[hit], targets[hit] - v0]
+        # the target's logit where it falls in this block (a gather of fixed size: no sync)
+        tl = xp.where((t >= v0) & (t < v0 + k), lg[rows, xp.clip(t - v0, 0, k - 1)], tl)
         m = lg.max(axis=1)
-        np.subtract(lg, m[:, None], out=lg)
-        np.exp(lg, out=lg)
+        xp.subtract(lg, m[:, None], out=lg)
+        xp.exp(lg, out=lg)
         sb = lg.sum(axis=1, dtype=np.float64)
         m64 = m.astype(np.float64)
-        new = np.maximum(mx, m64)
+        new = xp.maximum(mx, m64)
         with np.errstate(invalid="ignore"):  # -inf - -inf before the first block
-            s = np.where(np.isfinite(mx), s * np.exp(mx - new), 0.0) + sb * np.exp(m64 - new)
+            s = xp.where(xp.isfinite(mx), s * xp.exp(mx - new), 0.0) + sb * xp.exp(m64 - new)
         mx = new
-    out[:] = mx + np.log(s) - tl
-    return out
+    return to_host(mx + xp.log(s) - tl)
 
 
 def batch_targets(tokens: np.ndarray, i: int, k: int, n_ctx: int, first: int) -> np.ndarray:
@@ -230,15 +243,15 @@ def batch_targets(tokens: np.ndarray, i: int, k: int, n_ctx: int, first: int) ->
     return np.stack([tokens[(i + s) * n_ctx + first + 1:(i + s + 1) * n_ctx] for s in range(k)]).astype(np.int64)
 
 
-def score_batch(fwd: Forward, h: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def score_batch(fwd: Forward, h: Any, targets: np.ndarray) -> np.ndarray:
     """nll float64[k, n] of targets[k, n] from the scored hidden rows h[k, n, n_embd] of a batch of
     k sequences, all rows at once (score_rows)."""
     k, n = targets.shape
     return score_rows(fwd, h.reshape(k * n, -1), targets.reshape(-1)).reshape(k, n)
 
 
-def score_sequence(fwd: Forward, h: np.ndarray, targets: np.ndarray,
-                   each: Callable[[np.ndarray, np.ndarray], None] | None = None) -> np.ndarray:
+def score_sequence(fwd: Forward, h: Any, targets: np.ndarray,
+                   each: Callable[[Any, np.ndarray], None] | None = None) -> np.ndarray:
     """nll float64[n] of targets[n] from hidden rows h[n, n_embd]. With `each(logits, rows)`, which
     needs whole rows of logits, they are computed SLICE_ROWS rows at a time (bounded memory for
     large vocabularies); without, by score_rows."""
@@ -249,7 +262,7 @@ def score_sequence(fwd: Forward, h: np.ndarray, targets: np.ndarray,
         b = min(a + SLICE_ROWS, len(targets))
         lg = fwd.logits(h[a:b], observe=False)
         each(lg, np.arange(a, b))
-        out[a:b] = log_softmax_rows(lg, targets[a:b], inplace=True)[0]
+        out[a:b] = to_host(log_softmax_rows(lg, targets[a:b], inplace=True)[0])
     return out
 
 
@@ -271,7 +284,7 @@ def perplexity(fwd: Forward, tokens: np.ndarray, n_ctx: int, n_chunks: int | Non
         if writer is None:  # all the batch's rows at once
             nll = score_batch(fwd, h[:, :n_score], targets)
         else:
-            def each(lg: np.ndarray, rows: np.ndarray, w: LogitsWriter = writer) -> None:
+            def each(lg: Any, rows: np.ndarray, w: LogitsWriter = writer) -> None:
                 w.add(lg)
             nll = np.stack([score_sequence(fwd, h[s, :n_score], targets[s], each) for s in range(k)])
         for s in range(k):

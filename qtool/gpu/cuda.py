@@ -1,14 +1,15 @@
 """Run the kernels on a CUDA GPU through CuPy (`pip install qtool[cuda]`).
 
 `CudaKernels(device)` compiles the kernel source per module, at first use, with NVRTC
-(`--fmad=false`; IEEE division and square root are NVRTC's defaults; CuPy caches the binaries)
-and quantizes rows that are already on the device (CuPy arrays) or on the host (numpy arrays,
+(`--fmad=false --ftz=false`, IEEE division and square root: qtool.gpu.nvrtc, cached on disk)
+and quantizes or dequantizes rows that are already on the device (CuPy arrays) or on the host (numpy arrays,
 copied over and back).
 Every launch is one thread per block (or per row, for kernels that carry state along a row).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,12 @@ import numpy as np
 from ..errors import QtoolError
 from ..quants.engine import check_rows
 from ..quants.types import MAINLINE, QType, get_type
+from .dequant import DequantKernel, check_blocks, dequant_kernel_for
 from .kernels import GpuKernel, KernelAbort, kernel_for
+from .nvrtc import NVRTC_OPTIONS, compile_module, direct_compile_available
 from .source import kernel_modules, module_source
 from .tables import table
 
-NVRTC_OPTIONS = ("--fmad=false", "-std=c++17")
 THREADS_PER_BLOCK = 128
 _NULL = np.uint64(0)
 
@@ -74,17 +76,42 @@ class CudaKernels:
         self._tables: dict[str, Any] = {}  # table name -> its copy on this device
         self._bound: set[tuple[str, str]] = set()  # (module, table) whose QTABLE pointer is set
         self._abort: dict[str, Any] = {}  # module -> the int its qtool_abort points at (prelude.cuh)
+        self.keeps_subnormals: bool | None = None  # the probe's answer, once a module is built
 
     def module(self, name: str) -> Any:
-        """The compiled module (NVRTC through CuPy, which caches the binary on disk)."""
+        """The compiled module: NVRTC without flush-to-zero (qtool.gpu.nvrtc, cached on disk); where
+        this CuPy lacks the calls that needs, CuPy's RawModule (which flushes subnormals: a warning
+        says so, once, after the probe). The first module built on the device runs the probe."""
         m = self._modules.get(name)
         if m is None:
             cp = self.cp
-            with cp.cuda.Device(self.device):
-                m = cp.RawModule(code=module_source(name), options=NVRTC_OPTIONS)
-                m.compile()
+            code = module_source(name)
+            if direct_compile_available(cp):
+                m = compile_module(cp, code, self.device)
+            else:
+                with cp.cuda.Device(self.device):
+                    m = cp.RawModule(code=code, options=NVRTC_OPTIONS)
+                    m.compile()
             self._modules[name] = m
+            if self.keeps_subnormals is None:
+                self.keeps_subnormals = self._probe_subnormals(m)
         return m
+
+    def _probe_subnormals(self, m: Any) -> bool:
+        """Run prelude.cuh's qtool_probe_subnormal: True where the build keeps subnormal floats (as
+        ggml's C on x86), else warn that bytes may differ from the CPU's on such values."""
+        cp = self.cp
+        with cp.cuda.Device(self.device):
+            y = cp.asarray(np.array([2.0**-126, 2.0**-127], dtype=np.float32))
+            m.get_function("qtool_probe_subnormal")((1,), (1,), (y,))
+            cp.cuda.runtime.deviceSynchronize()  # the launch may sit on a caller's stream
+            got = cp.asnumpy(y)
+        ok = bool(got[0] == np.float32(2.0**-127) and got[1] == np.float32(2.0**-125))
+        if not ok:
+            warnings.warn("--device cuda: this CuPy's kernel build flushes subnormal floats to zero; the "
+                          "GPU's bytes may differ from the CPU's where values or scales are subnormal",
+                          RuntimeWarning, stacklevel=3)
+        return ok
 
     def _fn(self, name: str, module: str) -> Any:
         key = f"{module}:{name}"
@@ -126,7 +153,7 @@ class CudaKernels:
             self._abort[module] = f
         return f
 
-    def check_abort(self, k: GpuKernel) -> None:
+    def check_abort(self, k: GpuKernel | DequantKernel) -> None:
         """Raise KernelAbort if a launch of k's module met rows on which the C aborts; call it once
         the launch has finished (the flag is sticky: any launch of the module since the last check)."""
         f = self._abort.get(kernel_modules()[k.kernel])
@@ -173,5 +200,28 @@ class CudaKernels:
         x, qw = check_rows(rows, qt, imatrix)
         with cp.cuda.Device(self.device):
             out = cp.asnumpy(self.quantize_device(cp.asarray(x), k, None if qw is None else cp.asarray(qw)))
+        self.check_abort(k)
+        return out
+
+    def dequantize_device(self, q: Any, k: DequantKernel, nrows: int, n_per_row: int, out: Any | None = None) -> Any:
+        """Dequantize rows of blocks on the device (q: CuPy uint8, the rows' bytes, C-contiguous)
+        into out (CuPy float32 [nrows, n_per_row], allocated if None); on the current CuPy stream."""
+        cp = self.cp
+        if out is None:
+            out = cp.empty((nrows, n_per_row), dtype=cp.float32)
+        self._abort_flag(k.module)
+        self._bind_tables(k.module, k.tables)
+        self._launch(k.kernel, k.module, k.threads(nrows, n_per_row), (q, out, np.int64(nrows), np.int64(n_per_row)))
+        return out
+
+    def dequantize(self, data: np.ndarray, qtype: str | QType, n_per_row: int) -> np.ndarray:
+        """engine.dequantize on the GPU: rows' bytes (numpy) in, float32 [nrows, n_per_row] (numpy) out."""
+        cp = self.cp
+        qt = get_type(qtype)
+        k = dequant_kernel_for(qt)
+        q = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        nrows, _ = check_blocks(q, qt, n_per_row)
+        with cp.cuda.Device(self.device):
+            out = cp.asnumpy(self.dequantize_device(cp.asarray(q), k, nrows, n_per_row))
         self.check_abort(k)
         return out

@@ -12,16 +12,15 @@ import ctypes
 import os
 import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..quants.engine import check_rows
 from ..quants.types import MAINLINE, QType, get_type
+from .dequant import check_blocks, dequant_kernel_for
 from .kernels import KernelAbort, kernel_for
-from .source import kernel_source, source_digest
+from .source import cache_dir, kernel_source, source_digest
 from .tables import table
 
 _F32P = ctypes.POINTER(ctypes.c_float)
@@ -43,16 +42,6 @@ def compiler() -> str | None:
     return None
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    d = Path(base) / "qtool" / "gpu-host"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-    except OSError:
-        return Path(tempfile.mkdtemp(prefix="qtool-gpu-host-"))
-
-
 class HostKernels:
     """The kernel source built as a shared library and called through ctypes."""
 
@@ -60,7 +49,7 @@ class HostKernels:
         cxx = compiler()
         if cxx is None:
             raise HostBuildError("no C++ compiler found (set CXX)")
-        lib = _cache_dir() / f"qtool_kernels_{source_digest()}.so"
+        lib = cache_dir("gpu-host") / f"qtool_kernels_{source_digest()}.so"
         if not lib.exists():
             src = lib.with_suffix(".cpp")
             src.write_text(kernel_source(), encoding="utf-8")
@@ -102,6 +91,23 @@ class HostKernels:
         self._fn(k.kernel)(x.ctypes.data_as(_F32P), None if qw is None else qw.ctypes.data_as(_F32P),
                            y.ctypes.data_as(_U8P), None if aux is None else aux.ctypes.data_as(_F32P),
                            ctypes.c_int64(nrows), ctypes.c_int64(n))
+        if self._abort.value:
+            raise KernelAbort(k)
+        return y
+
+    def dequantize(self, data: np.ndarray, qtype: str | QType, n_per_row: int) -> np.ndarray:
+        """Dequantize rows of blocks as the GPU kernel does (the contract of engine.dequantize:
+        bytes of whole rows in, float32 [nrows, n_per_row] out)."""
+        qt = get_type(qtype)
+        k = dequant_kernel_for(qt)
+        q = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        nrows, _ = check_blocks(q, qt, n_per_row)
+        y = np.empty((nrows, n_per_row), dtype=np.float32)
+        self._bind_tables(k.tables)
+        self._abort.value = 0
+        ctypes.c_void_p.in_dll(self.lib, "qtool_abort").value = ctypes.addressof(self._abort)
+        self._fn(k.kernel)(q.ctypes.data_as(_U8P), y.ctypes.data_as(_F32P), ctypes.c_int64(nrows),
+                           ctypes.c_int64(n_per_row))
         if self._abort.value:
             raise KernelAbort(k)
         return y

@@ -12,17 +12,23 @@ kernel, else the other flavour's where the numpy engine runs the same function f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import AbortError
 from ..quants.types import IK, MAINLINE, QType, get_type
+
+if TYPE_CHECKING:
+    from .dequant import DequantKernel
 
 
 class KernelAbort(AbortError):
     """A kernel met rows on which ggml's / ik_llama.cpp's C aborts (GGML_ASSERT): the numpy engine
     raises on them too (a RuntimeError naming the cause), so the GPU's bytes are not used."""
 
-    def __init__(self, k: GpuKernel) -> None:
-        super().__init__(f"{k.type_name} ({k.flavour}): these rows make the C quantizer abort (GGML_ASSERT); "
+    def __init__(self, k: GpuKernel | DequantKernel) -> None:
+        what = f"{k.type_name} ({k.flavour})" if isinstance(k, GpuKernel) else k.type_name
+        act = "quantizer" if isinstance(k, GpuKernel) else "dequantizer"
+        super().__init__(f"{what}: these rows make the C {act} abort (GGML_ASSERT); "
                          "the CPU engine refuses them too (--device cpu names the cause)")
 
 
@@ -84,6 +90,8 @@ GPU_KERNELS: dict[tuple[str, str], GpuKernel] = {(k.type_name, k.flavour): k for
     GpuKernel("NVFP4", "quantize_nvfp4"),
     GpuKernel("Q1_0", "quantize_q1_0"),
     GpuKernel("Q2_0", "quantize_q2_0"),
+    # dequant.cuh: F32 (a copy of the float32 rows: `dequantize --to F32` and F32 tensors of a plan)
+    GpuKernel("F32", "quantize_f32"),
     # lattice.cuh: IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M
     GpuKernel("IQ3_XXS", "quantize_iq3_xxs", variants=(False, True),
               tables=("lat_iq3_256_grid", "lat_iq3_256_map", "lat_iq3_256_neighbours")),

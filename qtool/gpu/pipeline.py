@@ -1,11 +1,13 @@
 """Stream tensors through CUDA devices: raw input bytes in, quantized rows out, copies overlapped.
 
-A chunk of rows is taken as the input file stores it (F16 / BF16 / F32 bytes: half the bytes of
-float32 for the usual F16/BF16 models), read with pread straight from the file into a pinned
-host buffer (one copy out of the page cache, as `cat` does; no page faults of a memory map),
-sent to the device on the slot's own CUDA stream, widened to float32 there, quantized by the
-type's kernel and copied back into a pinned buffer, all asynchronously. Other input types are
-dequantized on the CPU and sent as float32. A writer thread waits for each chunk's event and
+A chunk of rows is taken as the input file stores it (F16 / BF16 / F32 bytes, or the blocks of a
+quantized type with a dequantize kernel (qtool.gpu.dequant): half the bytes of float32 for the
+usual F16/BF16 models, an eighth to a half for quantized ones), read with pread straight from the
+file into a pinned host buffer (one copy out of the page cache, as `cat` does; no page faults of
+a memory map), sent to the device on the slot's own CUDA stream, dequantized to float32 there
+(exact: the CPU engine's float32 bits), quantized by the type's kernel and copied back into a
+pinned buffer, all asynchronously. Other input types (no dequantize kernel) are dequantized on
+the CPU and sent as float32. A writer thread waits for each chunk's event and
 writes its bytes with os.pwrite at their final offset in the output's temporary file, while
 the calling thread already reads the next chunks into the other slots (several per device), so
 reading, GPU work and writing overlap. With several devices, chunks go round-robin over them.
@@ -28,12 +30,19 @@ from ..gguf_io import GGUFError
 from ..gguf_io.atomic import start_writeback
 from ..quants.types import QType, get_type
 from .cuda import CudaKernels, cupy_module
+from .dequant import DequantKernel, dequant_kernel
 from .kernels import GpuKernel
 
 CHUNK_ELEMENTS = 1 << 25
 """Values per chunk (32 Mi: 64 MiB of F16 in, 128 MiB of float32 on the device)."""
 SLOTS_PER_DEVICE = 3
 FLOAT_INPUTS = ("F32", "F16", "BF16")
+
+
+def raw_input(qtype: QType) -> bool:
+    """Whether rows stored as this type go to the device as stored (F32, F16, BF16, or a type with
+    a dequantize kernel); the others are dequantized on the CPU and sent as float32."""
+    return qtype.name in FLOAT_INPUTS or dequant_kernel(qtype) is not None
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,7 @@ class _Slot:
     pin_out: Any = None
     dev_in: Any = None
     dev_out: Any = None
+    dev_x: Any = None  # float32 rows dequantized on the device (inputs with a dequantize kernel)
     busy: Future[None] | None = None  # the writer's job for the chunk in this slot
 
 
@@ -103,11 +113,13 @@ class GpuPipeline:
                                 "(it changed during the run?)")
             done += n
 
-    def _write(self, s: _Slot, event: Any, kernel: GpuKernel, offset: int, nbytes: int,
+    def _write(self, s: _Slot, event: Any, kernel: GpuKernel, dq: DequantKernel | None, offset: int, nbytes: int,
                done: Callable[[], None] | None) -> None:
         """Writer thread: wait for the chunk's GPU work, write its bytes at offset (unless the kernel
         met rows on which the C aborts: KernelAbort, as the engine raises)."""
         event.synchronize()
+        if dq is not None:
+            s.kernels.check_abort(dq)
         s.kernels.check_abort(kernel)
         out = memoryview(s.pin_out[:nbytes])
         written = 0
@@ -119,23 +131,29 @@ class GpuPipeline:
 
     def submit(self, src: FileSpan | np.ndarray, in_type: QType, n_per_row: int, kernel: GpuKernel,
                imatrix: np.ndarray | None, offset: int, done: Callable[[], None] | None = None) -> None:
-        """Quantize rows given as the input stores them (a FileSpan of an F16 / BF16 / F32 tensor's
-        rows, or float32 rows in memory) and write them at `offset`; `done` is called (from the
-        writer thread) once the bytes are in the file."""
+        """Quantize rows given as the input stores them (a FileSpan of the rows of a tensor whose type
+        `raw_input` accepts, or float32 rows in memory) and write them at `offset`; `done` is called
+        (from the writer thread) once the bytes are in the file."""
         cp = self.cp
         s = self.slots[self._next]
         self._next = (self._next + 1) % len(self.slots)
         if s.busy is not None:
             s.busy.result()  # the slot's previous chunk is written (its errors surface here)
             s.busy = None
+        dq: DequantKernel | None = None
         if isinstance(src, np.ndarray):
-            name, nbytes = "F32", src.nbytes
+            stored, nbytes = get_type("F32"), src.nbytes
             if src.dtype != np.float32:
                 raise TypeError("rows in memory must be float32")
         else:
-            name, nbytes = in_type.name, src.nbytes
-        nrows = nbytes // (n_per_row * _width(name))
+            stored, nbytes = in_type, src.nbytes
+            if stored.name != "F32":
+                dq = dequant_kernel(stored)
+                if dq is None and stored.name not in FLOAT_INPUTS:
+                    raise ValueError(f"{stored.name} rows have no dequantize kernel: send them as float32 rows")
+        nrows = nbytes // stored.row_bytes(n_per_row)
         out_bytes = nrows * kernel.qtype.row_bytes(n_per_row)
+        x_bytes = nrows * n_per_row * 4
         with cp.cuda.Device(s.kernels.device):
             if s.pin_in is None or s.pin_in.nbytes < nbytes:
                 s.pin_in = _pinned(cp, nbytes)
@@ -143,17 +161,23 @@ class GpuPipeline:
             if s.pin_out is None or s.pin_out.nbytes < out_bytes:
                 s.pin_out = _pinned(cp, out_bytes)
                 s.dev_out = cp.empty(out_bytes, dtype=cp.uint8)
+            if dq is not None and (s.dev_x is None or s.dev_x.nbytes < x_bytes):
+                s.dev_x = cp.empty(x_bytes, dtype=cp.uint8)
             self._read(src, s.pin_in[:nbytes])  # the host's share: page cache -> pinned memory
             with s.stream:
                 d_in = s.dev_in[:nbytes]
                 d_in.set(s.pin_in[:nbytes], stream=s.stream)
-                x = _widen(cp, d_in, name).reshape(nrows, n_per_row)
+                if dq is None:
+                    x = _widen(cp, d_in, stored.name).reshape(nrows, n_per_row)
+                else:  # the stored blocks (or F16 / BF16 values) dequantized on the device
+                    x = s.dev_x[:x_bytes].view(cp.float32).reshape(nrows, n_per_row)
+                    s.kernels.dequantize_device(d_in, dq, nrows, n_per_row, x)
                 qw = None if imatrix is None else self._device_imatrix(s, imatrix)
                 d_out = s.dev_out[:out_bytes].reshape(nrows, -1)
                 s.kernels.quantize_device(x, kernel, qw, d_out)
                 d_out.reshape(-1).get(stream=s.stream, out=s.pin_out[:out_bytes])
                 event = s.stream.record()
-        s.busy = self._writer.submit(self._write, s, event, kernel, offset, out_bytes, done)
+        s.busy = self._writer.submit(self._write, s, event, kernel, dq, offset, out_bytes, done)
 
     def _device_imatrix(self, s: _Slot, imatrix: np.ndarray) -> Any:
         """The imatrix row on the device, uploaded on the slot's own stream when it differs from the
@@ -187,10 +211,6 @@ class GpuPipeline:
                 os.close(fd)
             self._fds.clear()
             self._imatrix.clear()
-
-
-def _width(name: str) -> int:
-    return get_type(name).type_size  # bytes per value of F32 / F16 / BF16 (blocks of one)
 
 
 def _widen(cp: Any, raw: Any, name: str) -> Any:

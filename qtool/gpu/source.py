@@ -9,9 +9,12 @@ a minute for all of them together, a few seconds for the common types' module.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import tempfile
 from functools import cache, lru_cache
 from importlib import resources
+from pathlib import Path
 
 BASE = ("prelude.cuh", "search.cuh", "search_k.cuh")
 CORE = ("legacy.cuh", "iq4.cuh", "kquants_23.cuh", "kquants_45.cuh", "q6_k.cuh", "small.cuh")
@@ -24,7 +27,7 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ik_mainline": (CORE + ("iqk.cuh",), ("ik_mainline.cuh",)),
     "trellis": (("iq4.cuh", "iqk.cuh"), ("trellis.cuh",)),
     "dequant": (("lattice.cuh",), ("dequant.cuh",)),
-    "dequant_ik": (("iq4.cuh", "iqk.cuh", "trellis.cuh"), ("dequant_ik.cuh",)),
+    "dequant_ik": (("iq4.cuh", "iqk.cuh"), ("dequant_ik.cuh",)),
 }
 SOURCE_FILES = BASE + CORE + ("lattice.cuh", "lattice_ik.cuh", "iqk.cuh", "ik_mainline.cuh", "trellis.cuh",
                                         "dequant.cuh", "dequant_ik.cuh")
@@ -71,3 +74,15 @@ def kernel_modules() -> dict[str, str]:
 def source_digest() -> str:
     """A short hash of the source (cache key for compiled builds)."""
     return hashlib.sha256(kernel_source().encode()).hexdigest()[:16]
+
+
+def cache_dir(name: str) -> Path:
+    """~/.cache/qtool/<name> (or $XDG_CACHE_HOME/qtool/<name>) for compiled kernels; a fresh temporary
+    folder where that cannot be made."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    d = Path(base) / "qtool" / name
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix=f"qtool-{name}-"))

@@ -83,3 +83,33 @@ for _what in ("start", "members", "mvals", "mid"):
     for _tn, _key in (("IQ2_KT", "iq2"), ("IQ3_KT", "iq3"), ("IQ1_KT", "iq1"), ("IQ4_KT", "iq4"),
                       ("IQ4_KT_OFFSET", "iq4o")):
         TABLES[f"kt_{_key}_{_what}"] = _kt(_tn, _what)
+
+
+# dequant.cuh (mainline's lattice i-quants): ggml-common.h's dequantization grids as bytes, a grid
+# point after another (iq2xxs_grid / iq2xs_grid / iq2s_grid: 8 uint8 values; iq3xxs_grid /
+# iq3s_grid: 4; iq1s_grid: 8 int8, -1 / 0 / 1), from the levels of the engine's grid words (its
+# full lattice tables build neighbour lists: seconds; tests/test_gpu_dequant.py checks these
+# against the engine's dequantization grids).
+def _dq_grid(type_name: str) -> Callable[[], np.ndarray]:
+    def build() -> np.ndarray:
+        if type_name in ("IQ3_XXS", "IQ3_S"):
+            from ..quants.lattice import grids_d4
+
+            words = (grids_d4.KGRID_256 if type_name == "IQ3_XXS" else grids_d4.KGRID_512).astype(np.int32)
+            levels = (words[:, None] >> (3 * np.arange(4))) & 7
+            values = grids_d4.IQ3XXS_VALUES if type_name == "IQ3_XXS" else grids_d4.IQ3S_VALUES
+            return values[levels].astype(np.uint8).reshape(-1)
+        if type_name == "IQ1_S":
+            from ..quants.lattice.grids_iq1 import kgrid_words as iq1_words
+
+            w = iq1_words().astype(np.int32)
+            return (((w[:, None] >> (2 * np.arange(8))) & 3) - 1).astype(np.int8).reshape(-1)
+        from ..quants.lattice.grids_e8 import DEQ_LEVELS, grid_levels
+
+        return DEQ_LEVELS[grid_levels(type_name)].astype(np.uint8).reshape(-1)
+    return build
+
+
+for _tn, _key in (("IQ2_XXS", "iq2xxs"), ("IQ2_XS", "iq2xs"), ("IQ2_S", "iq2s"), ("IQ3_XXS", "iq3xxs"),
+                  ("IQ3_S", "iq3s"), ("IQ1_S", "iq1s")):
+    TABLES[f"dq_{_key}_grid"] = _dq_grid(_tn)

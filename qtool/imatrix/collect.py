@@ -14,6 +14,11 @@ the squares of every weight matmul's input activations per column:
 `collect_imatrix` runs llama-imatrix's compute_imatrix: chunks of n_ctx tokens (BOS first when
 the vocabulary adds one), n_batch / n_ctx chunks per batch, every position's logits (the
 running PPL of the chunks' second halves unless compute_ppl is False).
+
+On a device (`Forward(device="cuda")`) the activations the collector sees are CuPy arrays: the
+sums of squares are kept and added on that device (float64) and fetched by `result()`; counts
+stay on the host (they depend on the shapes and the host-side MoE routing only), and the
+non-finite check runs once per batch (`check_pending`) instead of after every matmul.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..eval.model import Forward
+from ..eval.numerics import array_module, sum_squares, to_device, to_host
 from ..eval.perplexity import NllAccumulator, batch_targets, chunk_batches, chunk_count, n_seq_for, score_batch
 from .data import ImatrixData, ImatrixEntry, ImatrixError
 
@@ -32,14 +39,16 @@ MIN_ROWS = 16
 
 
 class Collector:
-    """Per-tensor sums of squared activations (float64 while collecting) and counts."""
+    """Per-tensor sums of squared activations (float64 while collecting, on the activations'
+    device) and counts (host)."""
 
     def __init__(self, chunk_size: int, process_output: bool = False,
                  on_chunk: Callable[[int], None] | None = None) -> None:
         self.chunk_size = chunk_size
         self.process_output = process_output
-        self.sums: dict[str, np.ndarray] = {}
+        self.sums: dict[str, Any] = {}
         self.counts: dict[str, np.ndarray] = {}
+        self._unchecked: set[str] = set()  # device sums not yet checked for non-finite values
         self.last_chunk = 0
         self.datasets: list[str] = []
         self.on_chunk = on_chunk
@@ -64,37 +73,48 @@ class Collector:
             if self.on_chunk is not None:
                 self.on_chunk(step)
 
-    def dense(self, name: str, x: np.ndarray) -> None:
+    def _sums_on(self, name: str, xp: Any) -> Any:
+        """The sums of `name` on xp's device (loaded --in-file sums are moved there once)."""
+        s = self.sums[name]
+        if array_module(s) is not xp:
+            s = self.sums[name] = to_device(xp, to_host(s))
+        return s
+
+    def dense(self, name: str, x: Any) -> None:
         if x.shape[0] < MIN_ROWS or not self.wants(name):
             return
+        xp = array_module(x)
         s = self.sums.get(name)
         if s is None:
-            s = self.sums[name] = np.zeros((1, x.shape[1]), np.float64)
+            s = self.sums[name] = xp.zeros((1, x.shape[1]), np.float64)
             self.counts[name] = np.zeros(1, np.int64)
         elif s.size != x.shape[1]:
             raise ImatrixError(f"inconsistent size for {name} ({s.size} vs {x.shape[1]})")
         c = self.counts[name]
         if c.size > 1 and (c == c[0]).all():
             c = self.counts[name] = c[:1].copy()
-            s = self.sums[name] = s.reshape(1, -1)
-        s[0] += np.einsum("ij,ij->j", x, x, dtype=np.float64)
+            self.sums[name] = s.reshape(1, -1)
+        s = self._sums_on(name, xp)
+        s[0] += sum_squares(x, 0)
         c += x.shape[0]
-        self._check(name)
+        self._check(name, xp)
         self._step(c)
 
-    def experts(self, name: str, x: np.ndarray, ids: np.ndarray, n_expert: int) -> None:
+    def experts(self, name: str, x: Any, ids: np.ndarray, n_expert: int) -> None:
+        """x (host or device), ids host ints (the forward pass routes on the host)."""
         n_tok, n_slots, n_in = x.shape
+        xp = array_module(x)
         s = self.sums.get(name)
         c = self.counts.get(name)
         if c is not None and c.size == 1 and n_expert > 1:
             c = self.counts[name] = np.full(n_expert, c[0], np.int64)
         if s is None or s.size == 0:
-            s = self.sums[name] = np.zeros((n_expert, n_in), np.float64)
+            s = self.sums[name] = xp.zeros((n_expert, n_in), np.float64)
             c = self.counts[name] = np.zeros(n_expert, np.int64)
         elif s.size != n_in * n_expert:
             raise ImatrixError(f"inconsistent size for {name} ({s.size} vs {n_in * n_expert})")
-        s = s.reshape(n_expert, n_in)
-        self.sums[name] = s
+        self.sums[name] = s.reshape(n_expert, n_in)
+        s = self._sums_on(name, xp)
         assert c is not None
         if c.size != n_expert:
             raise ImatrixError(f"inconsistent expert count for {name} ({c.size} vs {n_expert})")
@@ -102,19 +122,32 @@ class Collector:
             raise ImatrixError(f"{name}: expert id out of range")
         for e in np.unique(ids):
             tok, slot = np.nonzero(ids == e)
-            rows = x[tok, slot % n_slots]
-            s[e] += np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
+            rows = x[to_device(xp, tok), to_device(xp, slot % n_slots)]
+            s[e] += sum_squares(rows, 0)
             c[e] += len(tok)
-        self._check(name)
+        self._check(name, xp)
         self._step(c)
 
-    def _check(self, name: str) -> None:
-        if not np.isfinite(self.sums[name]).all():
+    def _check(self, name: str, xp: Any = np) -> None:
+        """Raise on non-finite sums: at once on the host; on a device, at check_pending (a
+        check there waits for the device)."""
+        if xp is not np:
+            self._unchecked.add(name)
+        elif not np.isfinite(self.sums[name]).all():
             raise ImatrixError(f"non-finite values detected in {name}")
 
+    def check_pending(self) -> None:
+        """The non-finite check of the device sums changed since the last one."""
+        for name in sorted(self._unchecked):
+            if not bool(array_module(self.sums[name]).isfinite(self.sums[name]).all()):
+                raise ImatrixError(f"non-finite values detected in {name}")
+        self._unchecked.clear()
+
     def result(self, datasets: list[str]) -> ImatrixData:
-        """The collected form (entries in sorted order, as save_imatrix writes them)."""
-        entries = {n: ImatrixEntry(self.sums[n].astype(np.float32).reshape(self.counts[n].size, -1),
+        """The collected form (entries in sorted order, as save_imatrix writes them; device sums
+        are fetched)."""
+        self.check_pending()
+        entries = {n: ImatrixEntry(to_host(self.sums[n]).astype(np.float32).reshape(self.counts[n].size, -1),
                                    self.counts[n].copy()) for n in sorted(self.sums)}
         return ImatrixData(entries, self.datasets + datasets, self.last_chunk, self.chunk_size,
                            legacy=False, has_metadata=True)
@@ -156,6 +189,7 @@ def collect_imatrix(fwd: Forward, collector: Collector, tokens: np.ndarray, n_ct
                 running.append(acc.ppl)
             if on_chunk is not None:
                 on_chunk(i + s, n_chunk, acc.ppl if compute_ppl else None)
+        collector.check_pending()
     ppl = err = None
     if compute_ppl and acc.count > 1:
         ppl, err = acc.estimate()

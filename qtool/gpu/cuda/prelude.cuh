@@ -97,6 +97,14 @@ QDEV int8_t f2i8(float f) { return (int8_t)(uint8_t)(uint32_t)f2i(f); }
 QDEV uint8_t f2u8(float f) { return (uint8_t)(uint32_t)f2i(f); }
 
 QDEV int nearest_int(float fval) {
+#ifdef __CUDACC_RTC__
+    // ggml's bit trick reads the NaN's payload. A GPU makes every NaN 0x7FFFFFFF (-> 4194303); x86
+    // makes 0xFFC00000 for an invalid operation (-> 0), as where a block's range is so small that
+    // nmax / (max - min) overflows and inf * 0 follows (Q5_1 with an imatrix on rows of ~1e-38,
+    // seen on an H200): give x86's answer. (A NaN propagated from a NaN input keeps its payload on
+    // x86; such rows are not data.)
+    if (fval != fval) return 0;
+#endif
     float val = fval + 12582912.f;
     int i = (int)fp32_to_bits(val);
     return (i & 0x007fffff) - 0x00400000;
@@ -154,6 +162,16 @@ QDEV void load_block(void * dst, const uint8_t * GGML_RESTRICT src, int nbytes) 
         }                                                                                       \
     }
 
+// The backend checks once per device that its build keeps subnormal floats as x86 does (CuPy's
+// own compile path adds -ftz=true, which flushes them: qtool/gpu/nvrtc.py): y[0] = 2^-126 / 2 and
+// y[1] = 2^-127 * 4 give 2^-127 and 2^-125, both 0 under flush-to-zero.
+QKERNEL void qtool_probe_subnormal(float * y) {
+    QFOR(i, 1) {
+        y[0] = y[0] * 0.5f;
+        y[1] = y[1] * 4.0f;
+    }
+}
+
 // Row pre-pass: sum of squares / n_per_row in C's sequential order, one thread per row
 // (ggml's quantize_row_*_impl of the legacy types compute sigma2 = sum_x2 / n_per_row).
 QKERNEL void row_mean_square(const float * GGML_RESTRICT x, float * GGML_RESTRICT out, int64_t nrows,
@@ -178,3 +196,28 @@ QKERNEL void row_mean_square(const float * GGML_RESTRICT x, float * GGML_RESTRIC
 // (the bytes of such a launch are not used). One store of 1 from any thread; never cleared here.
 QTABLE(int, qtool_abort)
 #define QTOOL_ABORT() do { if (qtool_abort) *(int *) qtool_abort = 1; } while (0)
+
+// ---- x86 NaN semantics for the dequantize kernels (dequant.cuh, dequant_ik.cuh) ----------------
+// Their output is the numpy engine's (and x86's) float32 bits, NaN included (F16 / BF16 outputs
+// keep a NaN's sign and payload). A GPU's arithmetic on a NaN gives its canonical NaN 0x7FFFFFFF;
+// x86's gives the first NaN operand made quiet, or 0xFFC00000 (the default NaN) for one it makes
+// (inf * 0, inf - inf). So every operation that can meet a NaN or an inf (fp16 / float scales
+// from the file, their products) goes through dq_mul / dq_add / dq_sub (x86's NaN on both
+// devices), signs are flipped as bits (dq_neg), and fp16 is widened as numpy does (dq_fp16).
+QDEV bool dq_isnan(float a) { return (QBITS_F2U(a) & 0x7FFFFFFFu) > 0x7F800000u; }
+QDEV float dq_nan2(float a, float b) {  // x86: the first NaN operand, quiet; else the default NaN
+    return QBITS_U2F(dq_isnan(a) ? (QBITS_F2U(a) | 0x400000u)
+                     : dq_isnan(b) ? (QBITS_F2U(b) | 0x400000u) : 0xFFC00000u);
+}
+QDEV float dq_mul(float a, float b) { const float r = a * b; return dq_isnan(r) ? dq_nan2(a, b) : r; }
+QDEV float dq_add(float a, float b) { const float r = a + b; return dq_isnan(r) ? dq_nan2(a, b) : r; }
+QDEV float dq_sub(float a, float b) { const float r = a - b; return dq_isnan(r) ? dq_nan2(a, b) : r; }
+QDEV float dq_neg(float a) { return QBITS_U2F(QBITS_F2U(a) ^ 0x80000000u); }
+
+// GGML_FP16_TO_FP32, with inf / NaN widened by bits (payload kept, as numpy's float16 -> float32).
+QDEV float dq_fp16(uint16_t h) {
+    if ((h & 0x7C00u) == 0x7C00u) {
+        return QBITS_U2F(((uint32_t) (h & 0x8000u) << 16) | 0x7F800000u | ((uint32_t) (h & 0x3FFu) << 13));
+    }
+    return GGML_FP16_TO_FP32(h);
+}
