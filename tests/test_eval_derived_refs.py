@@ -124,7 +124,7 @@ def test_moe_slots_summed_in_slot_order() -> None:
     fwd = Forward.__new__(Forward)
     fwd.hp = SimpleNamespace(n_expert=n_expert, n_expert_used=3, n_embd=1)  # type: ignore[assignment]
     fwd.w = SimpleNamespace(get=weights.__getitem__, qtype=lambda name: f32)  # type: ignore[assignment]
-    fwd.exact, fwd.observer = True, None
+    fwd.exact, fwd.observer, fwd.xp = True, None, np
     fwd.mm = lambda name, x, observe=True: logits.copy()  # type: ignore[method-assign]
     out = float(fwd.moe(0, np.ones((1, 1), np.float32))[0, 0])
     p = np.exp(np.array([1.0, 3.0, 3.0]) - 3)
