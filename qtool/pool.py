@@ -124,7 +124,7 @@ class WorkerPool:
         try:
             return self._ex.submit(fn, *args)
         except BrokenProcessPool:
-            raise WorkerError(_DIED) from None
+            raise _died() from None
 
     def shutdown(self) -> None:
         self._ex.shutdown(wait=True, cancel_futures=True)
@@ -138,6 +138,17 @@ class WorkerPool:
 
 _DIED = ("a worker process died during the run (killed, out of memory, or its input file changed "
          "under it)")
+DIED_GRACE = 0.25
+"""Seconds a dead worker is not reported for: a signal sent to the whole process group (Ctrl-C,
+`kill -HUP -PGID`, a closed terminal) kills the workers (SIG_DFL) and reaches this process too,
+but a worker can die and its pool break before this process's handler has run (seen once under
+load: exit 1 "a worker process died" instead of 129 for SIGHUP). Sleeping lets the handler run
+first (it raises out of the sleep), so such a run ends as the signal says."""
+
+
+def _died() -> WorkerError:
+    time.sleep(DIED_GRACE)
+    return WorkerError(_DIED)
 
 
 def result(f: Future[T]) -> T:
@@ -145,7 +156,7 @@ def result(f: Future[T]) -> T:
     try:
         return f.result()
     except BrokenProcessPool:
-        raise WorkerError(_DIED) from None
+        raise _died() from None
 
 
 class InFlight(Generic[T]):

@@ -416,3 +416,22 @@ def test_start_writeback_leaves_the_data_and_works_on_linux(tmp_path: Path) -> N
     atomic.start_writeback(fd, 0, 1)  # closed: EBADF, ignored
     if sys.platform.startswith("linux"):
         assert atomic._sync_file_range
+
+
+def test_5_a_signal_that_also_killed_the_workers_wins_over_their_death() -> None:
+    """A group-wide signal kills the workers (SIG_DFL) and reaches the main process too; when the
+    broken pool is seen first, the dead worker is reported only after a grace period in which
+    the main process's handler runs, so the run ends as the signal says (exit 128 + signum), not
+    as "a worker died" (a race seen once in CI: exit 1 for SIGHUP)."""
+    import threading
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    f: Future[int] = Future()
+    f.set_exception(BrokenProcessPool("gone"))
+    threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGHUP)).start()
+    with pytest.raises(atomic.Terminated) as e, atomic.terminating_signals():
+        qtool.pool.result(f)
+    assert e.value.signum == signal.SIGHUP
+    with pytest.raises(WorkerError, match="worker process died"):  # no signal: the death is reported
+        qtool.pool.result(f)
