@@ -82,7 +82,9 @@ def _watch_parent(parent: int) -> None:
 def _setup(parent: int, init: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("SIGTERM", "SIGHUP", "SIGQUIT"):
-        if hasattr(signal, name):
+        # default action (die with the group), except where the run ignores the signal (`nohup`
+        # ignores SIGHUP, and so does the main process: a worker dying of it would fail the run)
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
             signal.signal(getattr(signal, name), signal.SIG_DFL)
     _set_pdeathsig()
     if os.getppid() != parent:  # the parent died before the line above ran
@@ -141,9 +143,8 @@ _DIED = ("a worker process died during the run (killed, out of memory, or its in
 DIED_GRACE = 0.25
 """Seconds a dead worker is not reported for: a signal sent to the whole process group (Ctrl-C,
 `kill -HUP -PGID`, a closed terminal) kills the workers (SIG_DFL) and reaches this process too,
-but a worker can die and its pool break before this process's handler has run (seen once under
-load: exit 1 "a worker process died" instead of 129 for SIGHUP). Sleeping lets the handler run
-first (it raises out of the sleep), so such a run ends as the signal says."""
+but a worker can die and its pool break before this process's handler has run. Sleeping lets
+the handler run first (it raises out of the sleep), so such a run ends as the signal says."""
 
 
 def _died() -> WorkerError:

@@ -590,9 +590,11 @@ def test_keyboard_interrupt_via_cli(m256: Path, tmp_path: Path, monkeypatch: pyt
 
 
 _SLOW = """
-import signal, sys, time
-# as from a terminal: a shell's background job (CI, nohup) starts with SIGINT ignored, inherited
+import os, signal, sys, time
+# as from a terminal: a shell's background job (CI, nohup) starts with SIGINT ignored, inherited,
+# and nohup with SIGHUP ignored (QTOOL_TEST_NOHUP: keep it so)
 signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGHUP, signal.SIG_IGN if os.environ.get("QTOOL_TEST_NOHUP") else signal.SIG_DFL)
 import qtool.runner as r
 real = r.convert_rows
 def convert_rows(*a, **k):
@@ -635,6 +637,34 @@ def test_ctrl_c_subprocess(sig: int, nthreads: str, m256: Path, tmp_path: Path) 
     assert "no output written" in err.decode()
     assert "Traceback" not in err.decode()
     assert os.listdir(out_dir) == []
+
+
+def test_nohup_run_survives_sighup(m256: Path, tmp_path: Path) -> None:
+    """Under `nohup` (SIGHUP ignored) a group-wide SIGHUP (the terminal closing) neither stops the
+    main process nor kills its workers: the run completes with its output (the workers used to
+    take the default action and die, failing the run with "a worker process died")."""
+    script = tmp_path / "slow_qtool.py"
+    script.write_text(_SLOW)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    p = subprocess.Popen([sys.executable, str(script), "quantize", str(m256), str(out_dir / "o.gguf"), "Q4_0", "2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                         env={**os.environ, "QTOOL_TEST_NOHUP": "1"})
+    try:
+        t0 = time.monotonic()
+        while not any(n.endswith(".part") for n in os.listdir(out_dir)):
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() - t0 < 60, "no temporary output appeared"
+            time.sleep(0.01)
+        time.sleep(0.3)
+        os.killpg(p.pid, signal.SIGHUP)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 0, err.decode()
+    assert os.listdir(out_dir) == ["o.gguf"]
 
 
 def test_api_result(m256: Path, tmp_path: Path) -> None:

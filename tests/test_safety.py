@@ -422,7 +422,7 @@ def test_5_a_signal_that_also_killed_the_workers_wins_over_their_death() -> None
     """A group-wide signal kills the workers (SIG_DFL) and reaches the main process too; when the
     broken pool is seen first, the dead worker is reported only after a grace period in which
     the main process's handler runs, so the run ends as the signal says (exit 128 + signum), not
-    as "a worker died" (a race seen once in CI: exit 1 for SIGHUP)."""
+    as "a worker died"."""
     import threading
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
