@@ -25,12 +25,12 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "lattice_ik": (("lattice.cuh",), ("lattice_ik.cuh",)),
     "iqk": (("iq4.cuh",), ("iqk.cuh",)),
     "ik_mainline": (CORE + ("iqk.cuh",), ("ik_mainline.cuh",)),
-    "trellis": (("iq4.cuh", "iqk.cuh"), ("trellis.cuh",)),
+    "trellis": (("iq4.cuh", "iqk.cuh", "trellis_blocks.cuh"), ("trellis.cuh",)),
     "dequant": (("lattice.cuh",), ("dequant.cuh",)),
-    "dequant_ik": (("iq4.cuh", "iqk.cuh"), ("dequant_ik.cuh",)),
+    "dequant_ik": (("iq4.cuh", "iqk.cuh", "trellis_blocks.cuh"), ("dequant_ik.cuh",)),
 }
-SOURCE_FILES = BASE + CORE + ("lattice.cuh", "lattice_ik.cuh", "iqk.cuh", "ik_mainline.cuh", "trellis.cuh",
-                                        "dequant.cuh", "dequant_ik.cuh")
+SOURCE_FILES = BASE + CORE + ("lattice.cuh", "lattice_ik.cuh", "iqk.cuh", "ik_mainline.cuh", "trellis_blocks.cuh",
+                              "trellis.cuh", "dequant.cuh", "dequant_ik.cuh")
 """Every file, in an order where each may use what the files before it define (the host build)."""
 
 _KERNEL_DEF = re.compile(r"^\s*(?:(?:QTOOL_DEQUANT\w*_KERNEL\((?P<dq>\w+),)|[A-Z_]*KERNEL\((?P<q>\w+),"

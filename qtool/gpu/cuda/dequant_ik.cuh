@@ -336,15 +336,13 @@ QDEV void dqik_iq2_kl(const block_iq2_kl * x, const ggml_half * hdr, float * y) 
 }
 QTOOL_DEQUANT_ROW_KERNEL(iq2_kl, QK_K, block_iq2_kl, ggml_half, dqik_iq2_kl)
 
-// ---- trellis types IQ1_KT, IQ2_KT, IQ3_KT, IQ4_KT (float row scale; kScale = 1: is_int) -----------
-
-typedef struct { uint8_t sh[QK_K/32]; uint8_t ql[QK_K/8]; uint8_t qh[QK_K/16]; } dqik_block_iq1_kt;
-typedef struct { uint8_t scales[QK_K/64]; uint16_t ql[QK_K/8]; } dqik_block_iq2_kt;
-typedef struct { uint8_t scales[QK_K/64]; uint16_t ql[QK_K/8]; uint8_t qh[QK_K/8]; } dqik_block_iq3_kt;
-typedef struct { uint32_t qs[QK_K/8]; } dqik_block_iq4_kt;
+// ---- trellis types IQ1_KT, IQ2_KT, IQ3_KT, IQ4_KT (float row scale; kScale = 1: is_int; blocks:
+// trellis_blocks.cuh) -----------------------------------------------------------------------------
 
 // QuantizerIQKT::set_values (is_int): result[k] = scale * (sum of the 4 bytes of x & 0x3f3f3f3f,
 // x the k-th step of the LCG from i + offset) - 126), |...| where is_abs.
+// (trellis_blocks.cuh's kt_values8 with the scale applied through dq_mul; a copy of its own because
+// the GPU-NaN emulation build (tests/test_gpu_dequant_nan.py) retypes this file's floats.)
 QDEV void dqik_kt_set_values(uint32_t i, float * result, float scale, int group, bool is_abs, uint32_t offset) {
     uint32_t x = i + offset;
     for (int k = 0; k < group; ++k) {
@@ -356,7 +354,7 @@ QDEV void dqik_kt_set_values(uint32_t i, float * result, float scale, int group,
     }
 }
 
-QDEV void dqik_iq1_kt(const dqik_block_iq1_kt * x, const float * hdr, float * y) {
+QDEV void dqik_iq1_kt(const block_kt_iq1 * x, const float * hdr, float * y) {
     const float d = *hdr;
     for (int ib = 0; ib < 8; ++ib) {
         float sl = dq_mul(d, (float) iqk_iq4k_values[x->sh[ib] & 0xf]);
@@ -368,9 +366,9 @@ QDEV void dqik_iq1_kt(const dqik_block_iq1_kt * x, const float * hdr, float * y)
         }
     }
 }
-QTOOL_DEQUANT_ROW_KERNEL(iq1_kt, QK_K, dqik_block_iq1_kt, float, dqik_iq1_kt)
+QTOOL_DEQUANT_ROW_KERNEL(iq1_kt, QK_K, block_kt_iq1, float, dqik_iq1_kt)
 
-QDEV void dqik_iq2_kt(const dqik_block_iq2_kt * x, const float * hdr, float * y) {
+QDEV void dqik_iq2_kt(const block_kt_iq2 * x, const float * hdr, float * y) {
     const float d = *hdr;
     float * yl = y;
     float * yh = y + QK_K/2;
@@ -389,9 +387,9 @@ QDEV void dqik_iq2_kt(const dqik_block_iq2_kt * x, const float * hdr, float * y)
         qh += 4;
     }
 }
-QTOOL_DEQUANT_ROW_KERNEL(iq2_kt, QK_K, dqik_block_iq2_kt, float, dqik_iq2_kt)
+QTOOL_DEQUANT_ROW_KERNEL(iq2_kt, QK_K, block_kt_iq2, float, dqik_iq2_kt)
 
-QDEV void dqik_iq3_kt(const dqik_block_iq3_kt * x, const float * hdr, float * y) {
+QDEV void dqik_iq3_kt(const block_kt_iq3 * x, const float * hdr, float * y) {
     const float d = *hdr;
     float * yl = y;
     float * yh = y + QK_K/2;
@@ -416,9 +414,9 @@ QDEV void dqik_iq3_kt(const dqik_block_iq3_kt * x, const float * hdr, float * y)
         }
     }
 }
-QTOOL_DEQUANT_ROW_KERNEL(iq3_kt, QK_K, dqik_block_iq3_kt, float, dqik_iq3_kt)
+QTOOL_DEQUANT_ROW_KERNEL(iq3_kt, QK_K, block_kt_iq3, float, dqik_iq3_kt)
 
-QDEV void dqik_iq4_kt(const dqik_block_iq4_kt * x, const float * hdr, float * y) {
+QDEV void dqik_iq4_kt(const block_kt_iq4 * x, const float * hdr, float * y) {
     const float d = *hdr;
     const uint32_t * shb = x->qs;
     const uint8_t * ql = (const uint8_t *)(shb + 8);
@@ -435,7 +433,7 @@ QDEV void dqik_iq4_kt(const dqik_block_iq4_kt * x, const float * hdr, float * y)
         }
     }
 }
-QTOOL_DEQUANT_ROW_KERNEL(iq4_kt, QK_K, dqik_block_iq4_kt, float, dqik_iq4_kt)
+QTOOL_DEQUANT_ROW_KERNEL(iq4_kt, QK_K, block_kt_iq4, float, dqik_iq4_kt)
 
 // ---- Q6_0 ---------------------------------------------------------------------------------------
 

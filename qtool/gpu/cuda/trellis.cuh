@@ -15,23 +15,9 @@
 // IQ2_KT and IQ1_KT run one row template (kt_pm_row: C's two functions differ only in IQ1_KT's
 // retry at scale_0 - 8, the final 1.07 and the block layout, reached through overloads); the
 // 19 trial row scales (kt_trial_scales) and the parked-block helpers serve IQ3_KT as well.
+// The block layouts and set_values are in trellis_blocks.cuh (shared with dequant_ik.cuh).
 #pragma once
 
-#define KT_BLOCK 32
-#define KT_NBLOCK (QK_K/KT_BLOCK)
-#define KT_INF QBITS_U2F(0x7f800000u)
-
-// set_values (is_int, scale 1): the trellis value k of index i.
-QDEV void kt_values8(uint32_t i, float * r, int group, bool is_abs, uint32_t offset) {
-    uint32_t x = i + offset;
-    for (int k = 0; k < group; ++k) {
-        x = 0xCBAC1FEDu*x;
-        const uint32_t s = x & 0x3f3f3f3fu;
-        const int sum = (int)(s & 0xff) + (int)((s >> 8) & 0xff) + (int)((s >> 16) & 0xff) + (int)(s >> 24);
-        const float v = sum - 126.f;
-        r[k] = is_abs ? fabsf(v) : v;
-    }
-}
 
 // std::max(a, b) on floats
 QDEV float kt_max(float a, float b) { return (a < b) ? b : a; }
@@ -246,22 +232,6 @@ typedef struct {
 } kt_tables8;
 #define KT_TABLES8(T) kt_tables8{kt_##T##_start, kt_##T##_members, kt_##T##_mvals, kt_##T##_mid}
 
-typedef struct {
-    uint8_t  scales[QK_K/64];
-    uint16_t ql[QK_K/8];
-} block_kt_iq2;
-
-typedef struct {
-    uint8_t  scales[QK_K/64];
-    uint16_t ql[QK_K/8];
-    uint8_t  qh[QK_K/8];
-} block_kt_iq3;
-
-typedef struct {
-    uint8_t  sh[QK_K/32];
-    uint8_t  ql[QK_K/8];
-    uint8_t  qh[QK_K/16];
-} block_kt_iq1;
 
 // The 4 indices of block ib (IQ2_KT, IQ3_KT: ql; IQ1_KT: the 13-bit indices in ql, qh and sh bits
 // 4..7, the scale nibble aside; its non-template overloads win over the templates, also for a
@@ -622,9 +592,6 @@ QTABLE(int32_t, kt_iq4o_start)
 QTABLE(int32_t, kt_iq4o_members)
 QTABLE(int8_t, kt_iq4o_mvals)
 
-typedef struct {
-    uint32_t qs[QK_K/8];
-} block_kt_iq4;
 
 // find_best_match with the first (offset 0) or the second quantizer, and the match's values q.
 QDEV void kt_iq4_match(bool second, float d, const float * GGML_RESTRICT xb, const float * GGML_RESTRICT weight,
