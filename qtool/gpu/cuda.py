@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import QtoolError
 from ..quants.engine import check_rows
 from ..quants.types import MAINLINE, QType, get_type
-from .dequant import DequantKernel, check_blocks, dequant_kernel_for
+from .dequant import DequantKernel, dequant_call
 from .kernels import GpuKernel, KernelAbort, kernel_for
 from .nvrtc import NVRTC_OPTIONS, compile_module, direct_compile_available
 from .source import kernel_modules, module_source
@@ -217,10 +217,7 @@ class CudaKernels:
     def dequantize(self, data: np.ndarray, qtype: str | QType, n_per_row: int) -> np.ndarray:
         """engine.dequantize on the GPU: rows' bytes (numpy) in, float32 [nrows, n_per_row] (numpy) out."""
         cp = self.cp
-        qt = get_type(qtype)
-        k = dequant_kernel_for(qt)
-        q = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
-        nrows, _ = check_blocks(q, qt, n_per_row)
+        k, q, nrows = dequant_call(data, qtype, n_per_row)
         with cp.cuda.Device(self.device):
             out = cp.asnumpy(self.dequantize_device(cp.asarray(q), k, nrows, n_per_row))
         self.check_abort(k)

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+
+import numpy as np
 
 from ..quants.engine import can_dequantize
 from ..quants.types import QType, get_type
@@ -79,21 +80,18 @@ def dequant_kernel(qtype: str | QType) -> DequantKernel | None:
     return k
 
 
-def dequant_kernel_for(qtype: str | QType) -> DequantKernel:
-    """dequant_kernel, or a ValueError naming the type (backends' dequantize)."""
-    k = dequant_kernel(qtype)
+def dequant_call(data: np.ndarray, qtype: str | QType, n_per_row: int) -> tuple[DequantKernel, np.ndarray, int]:
+    """What the backends' dequantize (engine.dequantize's contract) launches: the type's kernel, the
+    rows' bytes as one contiguous uint8 array, and the row count. ValueError where the type has no
+    kernel, n_per_row is not whole blocks or the bytes are not whole rows."""
+    qt = get_type(qtype)
+    k = dequant_kernel(qt)
     if k is None:
-        raise ValueError(f"no GPU dequantize kernel for {get_type(qtype).name}")
-    return k
-
-
-def check_blocks(data: Any, qtype: QType, n_per_row: int) -> tuple[int, int]:
-    """(nrows, row_bytes) of rows of a type's blocks (numpy or CuPy bytes), as engine.dequantize
-    takes them; ValueError where n_per_row is not whole blocks or the bytes are not whole rows."""
-    if n_per_row <= 0 or n_per_row % qtype.block_size:
-        raise ValueError(f"{qtype.name}: {n_per_row} values per row is not a multiple of {qtype.block_size}")
-    nrb = qtype.row_bytes(n_per_row)
-    nbytes = int(data.nbytes)
-    if nbytes % nrb:
-        raise ValueError(f"{qtype.name}: {nbytes} bytes are not whole rows of {nrb} bytes")
-    return nbytes // nrb, nrb
+        raise ValueError(f"no GPU dequantize kernel for {qt.name}")
+    if n_per_row <= 0 or n_per_row % qt.block_size:
+        raise ValueError(f"{qt.name}: {n_per_row} values per row is not a multiple of {qt.block_size}")
+    q = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+    nrb = qt.row_bytes(n_per_row)
+    if q.nbytes % nrb:
+        raise ValueError(f"{qt.name}: {q.nbytes} bytes are not whole rows of {nrb} bytes")
+    return k, q, q.nbytes // nrb

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..quants.engine import check_rows
 from ..quants.types import MAINLINE, QType, get_type
-from .dequant import check_blocks, dequant_kernel_for
-from .kernels import KernelAbort, kernel_for
+from .dequant import DequantKernel, dequant_call
+from .kernels import GpuKernel, KernelAbort, kernel_for
 from .source import cache_dir, kernel_source, source_digest
 from .tables import table
 
@@ -72,6 +72,15 @@ class HostKernels:
     def _fn(self, name: str) -> Any:
         return getattr(self.lib, name)
 
+    def _call(self, k: GpuKernel | DequantKernel, *args: Any) -> None:
+        """Run k's kernel with prelude.cuh's qtool_abort pointed at this object's int; KernelAbort
+        where the kernel met rows the C aborts on."""
+        self._abort.value = 0
+        ctypes.c_void_p.in_dll(self.lib, "qtool_abort").value = ctypes.addressof(self._abort)
+        self._fn(k.kernel)(*args)
+        if self._abort.value:
+            raise KernelAbort(k)
+
     def quantize(self, rows: np.ndarray, qtype: str | QType, imatrix: np.ndarray | None = None,
                  flavour: str = MAINLINE) -> np.ndarray:
         """Quantize float32 rows as the GPU kernel does (same contract as qtool.quants.quantize)."""
@@ -86,28 +95,17 @@ class HostKernels:
             aux = np.empty(nrows, dtype=np.float32)
             self._fn("row_mean_square")(x.ctypes.data_as(_F32P), aux.ctypes.data_as(_F32P),
                                         ctypes.c_int64(nrows), ctypes.c_int64(n))
-        self._abort.value = 0
-        ctypes.c_void_p.in_dll(self.lib, "qtool_abort").value = ctypes.addressof(self._abort)
-        self._fn(k.kernel)(x.ctypes.data_as(_F32P), None if qw is None else qw.ctypes.data_as(_F32P),
-                           y.ctypes.data_as(_U8P), None if aux is None else aux.ctypes.data_as(_F32P),
-                           ctypes.c_int64(nrows), ctypes.c_int64(n))
-        if self._abort.value:
-            raise KernelAbort(k)
+        self._call(k, x.ctypes.data_as(_F32P), None if qw is None else qw.ctypes.data_as(_F32P),
+                   y.ctypes.data_as(_U8P), None if aux is None else aux.ctypes.data_as(_F32P),
+                   ctypes.c_int64(nrows), ctypes.c_int64(n))
         return y
 
     def dequantize(self, data: np.ndarray, qtype: str | QType, n_per_row: int) -> np.ndarray:
         """Dequantize rows of blocks as the GPU kernel does (the contract of engine.dequantize:
         bytes of whole rows in, float32 [nrows, n_per_row] out)."""
-        qt = get_type(qtype)
-        k = dequant_kernel_for(qt)
-        q = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
-        nrows, _ = check_blocks(q, qt, n_per_row)
+        k, q, nrows = dequant_call(data, qtype, n_per_row)
         y = np.empty((nrows, n_per_row), dtype=np.float32)
         self._bind_tables(k.tables)
-        self._abort.value = 0
-        ctypes.c_void_p.in_dll(self.lib, "qtool_abort").value = ctypes.addressof(self._abort)
-        self._fn(k.kernel)(q.ctypes.data_as(_U8P), y.ctypes.data_as(_F32P), ctypes.c_int64(nrows),
-                           ctypes.c_int64(n_per_row))
-        if self._abort.value:
-            raise KernelAbort(k)
+        self._call(k, q.ctypes.data_as(_U8P), y.ctypes.data_as(_F32P), ctypes.c_int64(nrows),
+                   ctypes.c_int64(n_per_row))
         return y

@@ -49,7 +49,7 @@ class _DeviceGlobal:
         runtime.memcpy(self.ptr, int(src), nbytes, runtime.memcpyHostToDevice)
 
 
-def _nvrtc_version(cp: Any) -> str:
+def _nvrtc_version() -> str:
     try:
         from cupy_backends.cuda.libs import nvrtc
 
@@ -70,7 +70,7 @@ def compile_module(cp: Any, code: str, device: int, options: tuple[str, ...] = N
     compiler, function = cp.cuda.compiler, cp.cuda.function
     with cp.cuda.Device(device):
         cc = cp.cuda.Device(device).compute_capability
-        key = hashlib.sha256("\0".join((code, *options, _nvrtc_version(cp), str(cc),
+        key = hashlib.sha256("\0".join((code, *options, _nvrtc_version(), str(cc),
                                         getattr(cp, "__version__", "?"))).encode()).hexdigest()[:32]
         path = cache_dir("cuda") / f"{key}.bin"
         obj = _read(path)

@@ -36,13 +36,13 @@ from .kernels import GpuKernel
 CHUNK_ELEMENTS = 1 << 25
 """Values per chunk (32 Mi: 64 MiB of F16 in, 128 MiB of float32 on the device)."""
 SLOTS_PER_DEVICE = 3
-FLOAT_INPUTS = ("F32", "F16", "BF16")
 
 
 def raw_input(qtype: QType) -> bool:
-    """Whether rows stored as this type go to the device as stored (F32, F16, BF16, or a type with
-    a dequantize kernel); the others are dequantized on the CPU and sent as float32."""
-    return qtype.name in FLOAT_INPUTS or dequant_kernel(qtype) is not None
+    """Whether rows stored as this type go to the device as stored (F32, or a type with a dequantize
+    kernel: F16, BF16 and the quantized types); the others are dequantized on the CPU and sent as
+    float32."""
+    return qtype.name == "F32" or dequant_kernel(qtype) is not None
 
 
 @dataclass(frozen=True)
@@ -147,10 +147,9 @@ class GpuPipeline:
                 raise TypeError("rows in memory must be float32")
         else:
             stored, nbytes = in_type, src.nbytes
-            if stored.name != "F32":
-                dq = dequant_kernel(stored)
-                if dq is None and stored.name not in FLOAT_INPUTS:
-                    raise ValueError(f"{stored.name} rows have no dequantize kernel: send them as float32 rows")
+            if not raw_input(stored):
+                raise ValueError(f"{stored.name} rows have no dequantize kernel: send them as float32 rows")
+            dq = None if stored.name == "F32" else dequant_kernel(stored)
         nrows = nbytes // stored.row_bytes(n_per_row)
         out_bytes = nrows * kernel.qtype.row_bytes(n_per_row)
         x_bytes = nrows * n_per_row * 4
@@ -167,8 +166,8 @@ class GpuPipeline:
             with s.stream:
                 d_in = s.dev_in[:nbytes]
                 d_in.set(s.pin_in[:nbytes], stream=s.stream)
-                if dq is None:
-                    x = _widen(cp, d_in, stored.name).reshape(nrows, n_per_row)
+                if dq is None:  # float32 rows
+                    x = d_in.view(cp.float32).reshape(nrows, n_per_row)
                 else:  # the stored blocks (or F16 / BF16 values) dequantized on the device
                     x = s.dev_x[:x_bytes].view(cp.float32).reshape(nrows, n_per_row)
                     s.kernels.dequantize_device(d_in, dq, nrows, n_per_row, x)
@@ -212,13 +211,3 @@ class GpuPipeline:
             self._fds.clear()
             self._imatrix.clear()
 
-
-def _widen(cp: Any, raw: Any, name: str) -> Any:
-    """Raw device bytes of F32 / F16 / BF16 values as float32 (exact: every F16 / BF16 value is a float32)."""
-    if name == "F32":
-        return raw.view(cp.float32)
-    if name == "F16":
-        return raw.view(cp.float16).astype(cp.float32)
-    if name == "BF16":
-        return (raw.view(cp.uint16).astype(cp.uint32) << 16).view(cp.float32)
-    raise ValueError(f"no device conversion from {name}")
