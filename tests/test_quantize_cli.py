@@ -607,18 +607,17 @@ main()
 """
 
 
-@pytest.mark.parametrize("sig,nthreads", [(signal.SIGINT, "1"), (signal.SIGINT, "2"), (signal.SIGTERM, "2"),
-                                         (signal.SIGHUP, "2"), (signal.SIGQUIT, "2")])
-def test_ctrl_c_subprocess(sig: int, nthreads: str, m256: Path, tmp_path: Path) -> None:
-    """A real run (each work item slowed to 0.2 s) gets the signal through its whole process
-    group, as Ctrl-C from a terminal does, once the temporary output exists: exit 130 (128 + the
-    signal for SIGTERM, SIGHUP, SIGQUIT), no traceback from the main process or a worker, no file left."""
+def _signal_slow_run(m256: Path, tmp_path: Path, out_dir: Path, nthreads: str, sig: int,
+                     env: dict[str, str] | None = None, wait: float = 60) -> tuple[subprocess.Popen[bytes], bytes]:
+    """Start the slowed quantize (_SLOW) in its own process group, send sig to the group once the
+    temporary output exists (the run is still going), wait for the end (at most `wait` seconds):
+    (process, stderr)."""
     script = tmp_path / "slow_qtool.py"
     script.write_text(_SLOW)
-    out_dir = tmp_path / "out"
     out_dir.mkdir()
     p = subprocess.Popen([sys.executable, str(script), "quantize", str(m256), str(out_dir / "o.gguf"), "Q4_0",
-                          nthreads], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                          nthreads], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                         env={**os.environ, **(env or {})})
     try:
         t0 = time.monotonic()
         while not any(n.endswith(".part") for n in os.listdir(out_dir)):
@@ -628,11 +627,22 @@ def test_ctrl_c_subprocess(sig: int, nthreads: str, m256: Path, tmp_path: Path) 
         time.sleep(0.3)
         assert p.poll() is None
         os.killpg(p.pid, sig)
-        _, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=wait)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+    return p, err
+
+
+@pytest.mark.parametrize("sig,nthreads", [(signal.SIGINT, "1"), (signal.SIGINT, "2"), (signal.SIGTERM, "2"),
+                                         (signal.SIGHUP, "2"), (signal.SIGQUIT, "2")])
+def test_ctrl_c_subprocess(sig: int, nthreads: str, m256: Path, tmp_path: Path) -> None:
+    """A real run (each work item slowed to 0.2 s) gets the signal through its whole process
+    group, as Ctrl-C from a terminal does, once the temporary output exists: exit 130 (128 + the
+    signal for SIGTERM, SIGHUP, SIGQUIT), no traceback from the main process or a worker, no file left."""
+    out_dir = tmp_path / "out"
+    p, err = _signal_slow_run(m256, tmp_path, out_dir, nthreads, sig)
     assert p.returncode == (130 if sig == signal.SIGINT else 128 + sig), err.decode()
     assert "no output written" in err.decode()
     assert "Traceback" not in err.decode()
@@ -643,26 +653,8 @@ def test_nohup_run_survives_sighup(m256: Path, tmp_path: Path) -> None:
     """Under `nohup` (SIGHUP ignored) a group-wide SIGHUP (the terminal closing) neither stops the
     main process nor kills its workers: the run completes with its output (the workers used to
     take the default action and die, failing the run with "a worker process died")."""
-    script = tmp_path / "slow_qtool.py"
-    script.write_text(_SLOW)
     out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    p = subprocess.Popen([sys.executable, str(script), "quantize", str(m256), str(out_dir / "o.gguf"), "Q4_0", "2"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                         env={**os.environ, "QTOOL_TEST_NOHUP": "1"})
-    try:
-        t0 = time.monotonic()
-        while not any(n.endswith(".part") for n in os.listdir(out_dir)):
-            assert p.poll() is None, p.communicate()
-            assert time.monotonic() - t0 < 60, "no temporary output appeared"
-            time.sleep(0.01)
-        time.sleep(0.3)
-        os.killpg(p.pid, signal.SIGHUP)
-        _, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    p, err = _signal_slow_run(m256, tmp_path, out_dir, "2", signal.SIGHUP, {"QTOOL_TEST_NOHUP": "1"}, wait=120)
     assert p.returncode == 0, err.decode()
     assert os.listdir(out_dir) == ["o.gguf"]
 
